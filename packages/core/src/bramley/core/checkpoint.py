@@ -1,0 +1,191 @@
+"""Safetensors checkpoints that know how to rebuild their model.
+
+Files are plain safetensors; the model's build recipe (``model.model_config``, set by ``create_model``) travels in
+the header metadata under ``bramley_config`` and, for ``save_pretrained`` folders, also in ``config.json``.
+Every failure names the file and the problem: missing/unexpected keys, shape mismatches, corrupt headers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "CheckpointError",
+    "atomic_write",
+    "check_state_dict",
+    "from_pretrained",
+    "load_checkpoint",
+    "read_metadata",
+    "save_checkpoint",
+    "save_pretrained",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+_CONFIG_KEY = "bramley_config"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read or does not fit the model."""
+
+
+def atomic_write(path: str | os.PathLike, write_fn) -> Path:
+    """Call ``write_fn(tmp_path)`` then atomically rename onto ``path``: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _to_saveable(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU tensors; tensors that share storage (tied weights) are cloned apart."""
+    out, seen = {}, set()
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")
+        t = value.detach().cpu()
+        ptr = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
+        if ptr is not None and ptr in seen:
+            t = t.clone()
+        elif ptr is not None:
+            seen.add(ptr)
+        out[key] = t.contiguous()
+    return out
+
+
+def save_checkpoint(
+    model_or_state: nn.Module | Mapping[str, torch.Tensor],
+    path: str | os.PathLike,
+    config: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write weights to a safetensors file atomically, with the model's build config in the metadata.
+
+    Args:
+        model_or_state: a module (its ``state_dict()`` is saved and its ``model_config`` used by default) or a
+            state dict.
+        path: destination ``.safetensors`` file.
+        config: JSON-serialisable build recipe; defaults to ``model.model_config`` when present.
+        metadata: extra string metadata.
+    """
+    if isinstance(model_or_state, nn.Module):
+        state = model_or_state.state_dict()
+        config = config if config is not None else getattr(model_or_state, "model_config", None)
+    else:
+        state = model_or_state
+    meta = dict(metadata or {})
+    if config is not None:
+        try:
+            meta[_CONFIG_KEY] = json.dumps(config, sort_keys=True)
+        except TypeError as e:
+            msg = f"model config is not JSON-serialisable ({e}); pass plain values to the factory"
+            raise CheckpointError(msg) from e
+    tensors = _to_saveable(state)
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def _open_error(path: Path, e: Exception) -> CheckpointError:
+    if not path.exists():
+        return CheckpointError(f"checkpoint {path} does not exist")
+    return CheckpointError(f"checkpoint {path} is not a readable safetensors file: {e}")
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a safetensors file, with ``bramley_config`` decoded from JSON."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _open_error(path, e) from e
+    if _CONFIG_KEY in meta:
+        meta[_CONFIG_KEY] = json.loads(meta[_CONFIG_KEY])
+    return meta
+
+
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` listing every missing key, unexpected key and shape mismatch."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state_dict)
+        if tuple(expected[k].shape) != tuple(state_dict[k].shape)
+    )
+    if missing or unexpected or shapes:
+        lines = [f"{source} does not match {type(model).__name__}:"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if items:
+                more = " ..." if len(items) > 20 else ""
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + more)
+        raise CheckpointError("\n".join(lines))
+
+
+def load_checkpoint(
+    path: str | os.PathLike, model: nn.Module | None = None, strict: bool = True, device: str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Read a safetensors checkpoint; if ``model`` is given, load it (strictly by default) and return the state."""
+    path = Path(path)
+    try:
+        state = load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise _open_error(path, e) from e
+    if model is not None:
+        if strict:
+            check_state_dict(model, state, source=f"checkpoint {path}")
+        model.load_state_dict(state, strict=strict)
+    return state
+
+
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, config: Mapping[str, Any] | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` into ``directory`` (Hugging Face hub folder layout)."""
+    directory = Path(directory)
+    config = config if config is not None else getattr(model, "model_config", None)
+    if config is None:
+        raise CheckpointError(
+            "model has no model_config: build it with bramley.core.create_model "
+            "or pass config={'name': ..., 'kwargs': {...}}"
+        )
+    save_checkpoint(model, directory / WEIGHTS_NAME, config=config)
+    text = json.dumps(dict(config), indent=2, sort_keys=True) + "\n"
+    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    return directory
+
+
+def from_pretrained(directory: str | os.PathLike, device: str = "cpu", **overrides: Any) -> nn.Module:
+    """Rebuild a model from a ``save_pretrained`` folder; ``overrides`` replace factory keyword arguments."""
+    from .registry import create_model
+
+    directory = Path(directory)
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise CheckpointError(f"{directory} has no {CONFIG_NAME}; is it a save_pretrained folder?")
+    try:
+        config = json.loads(config_path.read_text())
+        name, kwargs = config["name"], dict(config.get("kwargs", {}))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{config_path} is not a valid bramley model config: {e}") from e
+    kwargs.update(overrides)
+    model = create_model(name, **kwargs)
+    load_checkpoint(directory / WEIGHTS_NAME, model, device=device)
+    return model.to(device)

@@ -1,0 +1,103 @@
+"""Run configuration: YAML/JSON files, ``key=value`` overrides on the command line, the resolved copy on disk."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["ConfigError", "apply_overrides", "load_config", "parse_overrides", "resolve_config", "save_config"]
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed or names an unknown key."""
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML (or JSON) mapping from ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at top level, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(items: Iterable[str]) -> list[tuple[list[str], Any]]:
+    """Parse ``a.b=value`` strings; values are read as YAML scalars/lists (``lr=1e-3``, ``sizes=[8,16]``)."""
+    parsed = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} is not of the form key=value (nested keys as a.b.c=value)")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from e
+        parsed.append((key.split("."), value))
+    return parsed
+
+
+def apply_overrides(
+    config: Mapping[str, Any], overrides: Iterable[str | tuple[list[str], Any]], strict: bool = True
+) -> dict[str, Any]:
+    """Return a copy of ``config`` with overrides applied; with ``strict``, unknown keys are errors."""
+    out = copy.deepcopy(dict(config))
+    overrides = list(overrides)
+    items = [o for o in overrides if not isinstance(o, str)]
+    items += parse_overrides(o for o in overrides if isinstance(o, str))
+    for path, value in items:
+        node = out
+        for depth, part in enumerate(path):
+            last = depth == len(path) - 1
+            if strict and part not in node:
+                where = ".".join(path[:depth]) or "top level"
+                known = ", ".join(sorted(node))
+                raise ConfigError(f"unknown config key {'.'.join(path)!r}: {part!r} is not in {where} (known: {known})")
+            if last:
+                node[part] = value
+            else:
+                if not isinstance(node.setdefault(part, {}), dict):
+                    raise ConfigError(f"config key {'.'.join(path[: depth + 1])!r} is a value, not a section")
+                node = node[part]
+    return out
+
+
+def resolve_config(
+    defaults: Mapping[str, Any], config_path: str | os.PathLike | None = None, overrides: Iterable[str] = ()
+) -> dict[str, Any]:
+    """defaults <- config file <- command-line overrides; keys outside ``defaults`` are rejected."""
+    config = copy.deepcopy(dict(defaults))
+    if config_path is not None:
+        config = _merge(config, load_config(config_path), source=str(config_path))
+    return apply_overrides(config, list(overrides))
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
+    for key, value in update.items():
+        if key not in base:
+            raise ConfigError(f"{source}: unknown config key {prefix + key!r} (known: {', '.join(sorted(base))})")
+        if isinstance(base[key], dict) and isinstance(value, Mapping):
+            base[key] = _merge(base[key], value, source, prefix + key + ".")
+        else:
+            base[key] = value
+    return base
+
+
+def save_config(config: Mapping[str, Any], directory: str | os.PathLike, name: str = "config.yaml") -> Path:
+    """Write the resolved config beside a run's outputs so the run can be repeated exactly."""
+    from .checkpoint import atomic_write
+
+    text = yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=False)
+    return atomic_write(Path(directory) / name, lambda tmp: Path(tmp).write_text(text))

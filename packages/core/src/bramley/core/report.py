@@ -1,0 +1,87 @@
+"""Output of mini reproductions: a printed markdown table, ``results.json`` with the environment, a PNG plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["environment", "format_table", "mean_std", "write_results"]
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware that a reported number depends on."""
+    import torch
+
+    env = {
+        "date": time.strftime("%Y-%m-%d"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
+    try:
+        from importlib.metadata import version
+
+        env["bramley-core"] = version("bramley-core")
+    except Exception:
+        pass
+    return env
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_std of no values")
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, digits: int = 3) -> str:
+    """A GitHub markdown table of ``rows`` (dicts); columns default to the first row's keys."""
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or rows[0].keys())
+    cells = [[_fmt(row.get(c, ""), digits) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    line = lambda items: "| " + " | ".join(s.ljust(w) for s, w in zip(items, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(columns), sep, *(line(r) for r in cells)])
+
+
+def write_results(
+    out_dir: str | os.PathLike,
+    results: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]] | None = None,
+    columns: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write ``results.json`` (results + environment) and ``table.md``; print the table. Returns the json path."""
+    from .checkpoint import atomic_write
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"environment": environment(), **results}
+    if rows is not None:
+        payload.setdefault("table", [dict(r) for r in rows])
+        table = format_table(rows, columns)
+        text = (f"## {title}\n\n" if title else "") + table + "\n"
+        atomic_write(out / "table.md", lambda tmp: Path(tmp).write_text(text))
+        print(text)
+    path = atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
+    print(f"wrote {path}")
+    return path

@@ -1,0 +1,9 @@
+from bramley.mrl.cli import main
+
+
+def test_help_runs(capsys):
+    try:
+        main(["--help"])
+    except SystemExit as e:
+        assert e.code == 0
+    assert "bramley-mrl" in capsys.readouterr().out

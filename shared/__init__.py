@@ -1,0 +1,1 @@
+"""Workspace assets shared by every package's tests (not a distributed package)."""

@@ -1,0 +1,61 @@
+"""Pytest plugin loaded for the whole workspace (see ``addopts`` in the root pyproject).
+
+- ``gpu``-marked tests are skipped when no CUDA device is present.
+- Every test starts from the same seeds and with a small torch thread pool so that 2-core CI runs are repeatable.
+- Fixtures that make small data files on the fly (no downloads anywhere in the test suite).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """A tiny ImageFolder tree: 3 classes x 4 RGB PNGs of 20x24 pixels, written by the test itself."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for c, cls in enumerate(["cat", "dog", "fox"]):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
+            pixels[..., c] = 255  # class-dependent colour so a model can tell them apart
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def triton_interpret(monkeypatch):
+    """Run Triton kernels on CPU through the interpreter (small sizes only: it is slow)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    yield
+    os.environ.pop("TRITON_INTERPRET", None)

@@ -1,0 +1,187 @@
+"""Scaffold a new bramley method package and add it to the workspace.
+
+    uv run python tools/new_package.py mrl --title "Matryoshka Representation Learning"
+
+Creates packages/<name>/ (pyproject, README, CHANGELOG, src/bramley/<module>/{__init__,cli,reproduce}.py, tests/)
+and adds the package to the root dev dependency group and [tool.uv.sources]. Run `uv lock` afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+
+PYPROJECT = """\
+[project]
+name = "bramley-{name}"
+version = "0.1.0"
+description = "{title} (bramley method package)."
+readme = "README.md"
+requires-python = ">=3.10"
+license = "Apache-2.0"
+dependencies = ["bramley-core>=0.1,<1"]
+
+[project.scripts]
+bramley-{name} = "bramley.{module}.cli:main"
+
+[project.entry-points."bramley.cli"]
+{name} = "bramley.{module}.cli:main"
+
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[tool.hatch.build.targets.wheel]
+packages = ["src/bramley"]
+"""
+
+README = """\
+# bramley-{name}
+
+{title}.
+
+## Quickstart
+
+```bash
+pip install bramley-{name}
+bramley-{name} --help
+bramley reproduce {name}
+```
+"""
+
+CHANGELOG = """\
+# Changelog — bramley-{name}
+
+All notable changes to this package. Format: [Keep a Changelog](https://keepachangelog.com/en/1.1.0/).
+
+## [Unreleased]
+
+## [0.1.0]
+### Added
+- Package scaffold.
+"""
+
+INIT = '''\
+"""{title}."""
+
+__version__ = "0.1.0"
+'''
+
+CLI = '''\
+"""Command line of bramley-{name} (also available as `bramley {name}`)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from bramley.core.cli import run_method_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bramley-{name}", description="{title}.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("reproduce", help="run the mini reproduction", add_help=False)
+    p.set_defaults(func=lambda args: _reproduce(args.rest))
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _reproduce(argv: list[str]) -> int:
+    from .reproduce import main as reproduce_main
+
+    return reproduce_main(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_method_cli(build_parser(), argv)
+'''
+
+REPRODUCE = '''\
+"""Mini reproduction of {title} (`bramley reproduce {name}`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bramley reproduce {name}")
+    parser.add_argument("--out", default="runs/reproduce-{name}")
+    parser.parse_args(argv)
+    raise NotImplementedError("the {name} mini reproduction is not written yet")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
+
+TEST = '''\
+from bramley.{module}.cli import main
+
+
+def test_help_runs(capsys):
+    try:
+        main(["--help"])
+    except SystemExit as e:
+        assert e.code == 0
+    assert "bramley-{name}" in capsys.readouterr().out
+'''
+
+
+def add_to_workspace(pyproject: Path, dist: str) -> None:
+    """Insert ``dist`` into the root dev group and [tool.uv.sources] (text edit keeps comments and order)."""
+    text = pyproject.read_text()
+    if f'"{dist}"' in text.split("[dependency-groups]", 1)[1].split("]", 1)[0]:
+        return
+    text = text.replace('    "bramley-core",\n', f'    "bramley-core",\n    "{dist}",\n', 1)
+    source_line = "bramley-core = { workspace = true, editable = true }\n"
+    text = text.replace(source_line, source_line + f"{dist} = {{ workspace = true, editable = true }}\n", 1)
+    pyproject.write_text(text)
+
+
+def scaffold(name: str, title: str, root: Path = ROOT) -> Path:
+    if not NAME_RE.match(name):
+        raise SystemExit(f"package name {name!r} must be lowercase letters/digits with single dashes (e.g. 'mrl')")
+    module = name.replace("-", "_")
+    pkg = root / "packages" / name
+    if pkg.exists():
+        raise SystemExit(f"{pkg} already exists")
+    values = {"name": name, "module": module, "title": title}
+    files = {
+        "pyproject.toml": PYPROJECT,
+        "README.md": README,
+        "CHANGELOG.md": CHANGELOG,
+        f"src/bramley/{module}/__init__.py": INIT,
+        f"src/bramley/{module}/cli.py": CLI,
+        f"src/bramley/{module}/reproduce.py": REPRODUCE,
+        "tests/test_cli.py": TEST,
+    }
+    for rel, template in files.items():
+        path = pkg / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(template.format(**values))
+    add_to_workspace(root / "pyproject.toml", f"bramley-{name}")
+    return pkg
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("name", help="method name, e.g. 'mrl' (dist bramley-<name>, import bramley.<name>)")
+    parser.add_argument("--title", required=True, help="paper / method title for the README and docstrings")
+    parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    pkg = scaffold(args.name, args.title, args.root)
+    print(f"created {pkg.relative_to(args.root)}; now run `uv lock` and fill in the package")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
