@@ -9,7 +9,9 @@ from bramley.core.cli import run_method_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bramley-fct", description="Forward Compatible Training for large-scale embedding retrieval.")
+    parser = argparse.ArgumentParser(
+        prog="bramley-fct", description="Forward Compatible Training for large-scale embedding retrieval."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("reproduce", help="run the mini reproduction", add_help=False)
     p.set_defaults(func=lambda args: _reproduce(args.rest))

@@ -1,0 +1,217 @@
+"""The FCT training stages on :class:`bramley.core.train.Trainer`: backbones (independent or BCT), the
+side-information model (SimCLR or autoencoder), and the forward transformation (MSE to the frozen new model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from bramley.core.train import TrainConfig, Trainer
+
+from .augment import BatchAugment
+from .models import FCTTransformation, SideInfoModel, nt_xent
+
+__all__ = [
+    "BCTLoss",
+    "ClassificationLoss",
+    "TransformationTask",
+    "embed_dataset",
+    "train_backbone",
+    "train_side_info",
+    "train_transformation",
+]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------------------------- losses
+class ClassificationLoss:
+    """Cross-entropy with label smoothing on the backbone's logits (the independent old / new models)."""
+
+    def __init__(self, label_smoothing: float = 0.1) -> None:
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        x, y = batch
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        return loss, {"acc": (logits.argmax(1) == y).float().mean().item()}
+
+
+class BCTLoss(ClassificationLoss):
+    """Backward compatible training (Shen et al., CVPR 2020): the new model's own classification loss plus the
+    "influence" loss, i.e. the new embeddings classified by the frozen old classifier, on samples of the old classes.
+
+    Args:
+        old_classifier: the old model's classifier weight ``(old_classes, dim)``; the new embedding must have the
+            same ``dim`` (BCT's constraint).
+        weight: weight of the influence loss (BCT uses 1).
+        label_smoothing: applied to both terms.
+    """
+
+    def __init__(self, old_classifier: torch.Tensor, weight: float = 1.0, label_smoothing: float = 0.1) -> None:
+        super().__init__(label_smoothing)
+        self.old_classifier = old_classifier.detach().clone()
+        self.num_old_classes = old_classifier.shape[0]
+        self.weight = weight
+
+    def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        x, y = batch
+        emb = model.embed(x)
+        if emb.shape[1] != self.old_classifier.shape[1]:
+            raise ValueError(
+                f"BCT needs equal embedding dims: new model {emb.shape[1]} vs old classifier {self.old_classifier.shape[1]}"
+            )
+        logits = model.classify(emb)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        old = y < self.num_old_classes
+        influence = torch.zeros((), device=emb.device)
+        if old.any():
+            w = self.old_classifier.to(device=emb.device, dtype=emb.dtype)
+            influence = F.cross_entropy(F.linear(emb[old], w), y[old], label_smoothing=self.label_smoothing)
+        acc = (logits.argmax(1) == y).float().mean().item()
+        return loss + self.weight * influence, {"acc": acc, "influence": influence.item()}
+
+
+class SimCLRLoss:
+    """NT-Xent between two augmented views of each image (SimCLR), on the side-information model's projections."""
+
+    def __init__(self, augment: BatchAugment | None = None, temperature: float = 0.5) -> None:
+        self.augment = augment or BatchAugment()
+        self.temperature = temperature
+
+    def __call__(self, model: SideInfoModel, batch: Batch) -> torch.Tensor:
+        x = batch[0]
+        views = torch.cat([self.augment(x), self.augment(x)])
+        z = model.project(model(views))
+        return nt_xent(*z.chunk(2), temperature=self.temperature)
+
+
+class AutoencoderLoss:
+    """Denoising autoencoder: reconstruct the clean image from an augmented one (MSE)."""
+
+    def __init__(self, augment: BatchAugment | None = None) -> None:
+        self.augment = augment or BatchAugment(scale=(0.8, 1.0), brightness=0.1, contrast=0.1, noise=0.1)
+
+    def __call__(self, model: SideInfoModel, batch: Batch) -> torch.Tensor:
+        x = batch[0]
+        return F.mse_loss(model.project(model(self.augment(x))), x)
+
+
+class TransformationTask(nn.Module):
+    """The transformation plus the frozen old, new and side-information models, as one module for the Trainer.
+
+    Only the transformation has trainable parameters; the frozen models stay in eval mode whatever ``train()``
+    is called with, so their BatchNorm statistics never move.
+    """
+
+    def __init__(
+        self,
+        transformation: FCTTransformation,
+        old_model: nn.Module,
+        new_model: nn.Module,
+        side_model: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if transformation.uses_side_info and side_model is None:
+            raise ValueError("the transformation uses side information but no side-information model was given")
+        if not transformation.uses_side_info and side_model is not None:
+            raise ValueError("a side-information model was given but the transformation has side_info_dim=0")
+        self.transformation, self.old_model, self.new_model, self.side_model = (
+            transformation,
+            old_model,
+            new_model,
+            side_model,
+        )
+        for frozen in (old_model, new_model, side_model):
+            if frozen is not None:
+                frozen.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> TransformationTask:
+        self.training = mode
+        self.transformation.train(mode)
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h(old(x), side(x)), new(x))``: the transformed old embedding and its target."""
+        with torch.no_grad():
+            old = self.old_model.embed(x)
+            new = self.new_model.embed(x)
+            side = self.side_model.embed(x) if self.side_model is not None else None
+        return self.transformation(old, side), new
+
+
+def transformation_loss(task: TransformationTask, batch: Batch) -> torch.Tensor:
+    """MSE between the transformed old embedding and the new model's embedding (the paper's objective)."""
+    pred, target = task(batch[0])
+    return F.mse_loss(pred, target)
+
+
+# ------------------------------------------------------------------------------------------------------------ eval
+@torch.no_grad()
+def embed_dataset(
+    model: nn.Module, data: Dataset, batch_size: int = 256, device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(embeddings, labels)`` of a whole dataset with ``model.embed`` in eval mode (order preserved)."""
+    was_training = model.training
+    model.eval().to(device)
+    embs, labels = [], []
+    for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
+        embs.append(model.embed(x.to(device)).float().cpu())
+        labels.append(torch.as_tensor(y))
+    model.train(was_training)
+    if not embs:
+        raise ValueError("cannot embed an empty dataset")
+    return torch.cat(embs), torch.cat(labels).long()
+
+
+def _fit(model: nn.Module, cfg: TrainConfig, data: Dataset, loss_fn: Callable, **kw: Any) -> dict[str, Any]:
+    trainer = Trainer(model, cfg, train_data=data, loss_fn=loss_fn, **kw)
+    return trainer.fit()
+
+
+# ---------------------------------------------------------------------------------------------------------- stages
+def train_backbone(
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    label_smoothing: float = 0.1,
+    bct_old_model: nn.Module | None = None,
+    bct_weight: float = 1.0,
+) -> dict[str, Any]:
+    """Train an old or new embedding model by classification; with ``bct_old_model``, train it with BCT."""
+    if bct_old_model is None:
+        loss_fn: Callable = ClassificationLoss(label_smoothing)
+    else:
+        loss_fn = BCTLoss(bct_old_model.head.classifier.weight, bct_weight, label_smoothing)
+    return _fit(model, cfg, data, loss_fn)
+
+
+def train_side_info(
+    model: SideInfoModel,
+    data: Dataset,
+    cfg: TrainConfig,
+    augment: BatchAugment | None = None,
+    temperature: float = 0.5,
+) -> dict[str, Any]:
+    """Train the side-information model without labels (SimCLR or autoencoder, per ``model.objective``)."""
+    loss_fn = SimCLRLoss(augment, temperature) if model.objective == "simclr" else AutoencoderLoss(augment)
+    return _fit(model, cfg, data, loss_fn)
+
+
+def train_transformation(
+    transformation: FCTTransformation,
+    old_model: nn.Module,
+    new_model: nn.Module,
+    side_model: nn.Module | None,
+    data: Dataset,
+    cfg: TrainConfig,
+) -> dict[str, Any]:
+    """Train ``h`` with MSE to the new model's embeddings; old, new and side models are frozen."""
+    return _fit(TransformationTask(transformation, old_model, new_model, side_model), cfg, data, transformation_loss)
