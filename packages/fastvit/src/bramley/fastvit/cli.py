@@ -9,7 +9,10 @@ from bramley.core.cli import run_method_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bramley-fastvit", description="FastViT: a fast hybrid vision transformer using structural reparameterization.")
+    parser = argparse.ArgumentParser(
+        prog="bramley-fastvit",
+        description="FastViT: a fast hybrid vision transformer using structural reparameterization.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("reproduce", help="run the mini reproduction", add_help=False)
     p.set_defaults(func=lambda args: _reproduce(args.rest))

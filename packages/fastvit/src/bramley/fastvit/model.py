@@ -1,0 +1,807 @@
+"""FastViT: a hybrid vision transformer whose token mixers fold into plain convolutions for inference.
+
+Paper: "FastViT: A Fast Hybrid Vision Transformer using Structural Reparameterization", Vasu et al., ICCV 2023
+(https://arxiv.org/abs/2303.14189). MobileCLIP's image towers MCi0/1/2 (https://arxiv.org/abs/2311.17049) are
+FastViT variants and live here too.
+
+Layout (stem -> 4 stages -> final conv -> classifier):
+
+- stem: three MobileOne blocks (3x3 s2, depthwise 3x3 s2, 1x1), reduction 4.
+- stage i: ``downsample`` (i > 0: :class:`PatchEmbed`, a 7x7 large-kernel conv with a 3x3 branch + 1x1 MobileOne
+  block, stride 2), ``pos_emb`` (:class:`RepConditionalPosEnc` before attention stages), then ``blocks``:
+  :class:`RepMixerBlock` (conv stages) or :class:`AttentionBlock` (stage 4 of SA/MA/MCi variants).
+- ``final_conv``: a depthwise-grouped MobileOne block with squeeze-excite doubling the width, then pool + linear.
+
+Every reparameterizable module has ``reparameterize()``; :func:`reparameterize` fuses a whole model. Module and
+parameter names are timm's (``timm.models.fastvit``) except the squeeze-excite convs, which keep the official
+``se.reduce``/``se.expand`` names of the shared :class:`bramley.core.layers.SqueezeExcite`; see
+:mod:`bramley.fastvit.convert` for the exact timm and official key maps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bramley.core.layers import (
+    ConvNorm,
+    MobileOneBlock,
+    SqueezeExcite,
+    identity_kernel,
+    pad_kernel,
+    reparameterize_model,
+)
+from bramley.core.registry import register_model
+
+__all__ = [
+    "FASTVIT_CONFIGS",
+    "AttentionBlock",
+    "ConvMlp",
+    "FastVit",
+    "FastVitStage",
+    "PatchEmbed",
+    "RepConditionalPosEnc",
+    "RepMixer",
+    "RepMixerBlock",
+    "ReparamLargeKernelConv",
+    "reparameterize",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------- blocks
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample with probability ``drop_prob`` (train only)."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class LayerScale2d(nn.Module):
+    """Per-channel learnable scale ``gamma`` of shape ``(C, 1, 1)`` for NCHW tensors."""
+
+    def __init__(self, dim: int, init_value: float = 1e-5):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim, 1, 1), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+def _conv_from(kernel: torch.Tensor, bias: torch.Tensor, stride: int, groups: int) -> nn.Conv2d:
+    """A biased conv holding ``kernel``/``bias`` with "same" padding for its (odd) kernel size."""
+    out_chs, in_per_group, k, _ = kernel.shape
+    conv = nn.Conv2d(in_per_group * groups, out_chs, k, stride=stride, padding=k // 2, groups=groups, bias=True)
+    conv = conv.to(device=kernel.device, dtype=kernel.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(kernel)
+        conv.bias.copy_(bias)
+    return conv
+
+
+class ReparamLargeKernelConv(nn.Module):
+    """Large-kernel conv-BN with a parallel small-kernel conv-BN branch (RepLKNet style), foldable into one conv.
+
+    Args:
+        in_chs: input channels.
+        out_chs: output channels.
+        kernel_size: the large kernel (7 in FastViT).
+        stride: conv stride.
+        groups: conv groups (FastViT: ``in_chs``).
+        small_kernel: the small branch's kernel (3 in FastViT), ``None`` for none.
+        use_se: squeeze-excite (hidden width ``out_chs / 4``) after the conv, as in MobileCLIP's downsampling layers.
+        act_layer: activation after the conv; ``None`` for none. The official FastViT code computes a GELU here but
+            discards its result, so FastViT checkpoints need ``None``; MobileCLIP applies it (timm: ``lkc_use_act``).
+        inference_mode: build the fused conv directly.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        small_kernel: int | None = 3,
+        use_se: bool = False,
+        act_layer: Callable[[], nn.Module] | None = None,
+        inference_mode: bool = False,
+    ):
+        super().__init__()
+        if small_kernel is not None and small_kernel > kernel_size:
+            raise ValueError(f"small_kernel ({small_kernel}) must not exceed kernel_size ({kernel_size})")
+        self.in_chs, self.out_chs = in_chs, out_chs
+        self.kernel_size, self.small_kernel = kernel_size, small_kernel
+        self.stride, self.groups = stride, groups
+        self.reparam_conv: nn.Conv2d | None = None
+        self.large_conv: ConvNorm | None = None
+        self.small_conv: ConvNorm | None = None
+        if inference_mode:
+            weight = torch.empty(out_chs, in_chs // groups, kernel_size, kernel_size)
+            self.reparam_conv = _conv_from(weight, torch.zeros(out_chs), stride, groups)
+            nn.init.kaiming_uniform_(self.reparam_conv.weight, a=5**0.5)
+        else:
+            self.large_conv = ConvNorm(in_chs, out_chs, kernel_size, stride=stride, groups=groups)
+            if small_kernel is not None:
+                self.small_conv = ConvNorm(in_chs, out_chs, small_kernel, stride=stride, groups=groups)
+        self.se = SqueezeExcite(out_chs, rd_ratio=0.25) if use_se else nn.Identity()
+        self.act = act_layer() if act_layer is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reparam_conv is not None:
+            out = self.reparam_conv(x)
+        else:
+            out = self.large_conv(x)
+            if self.small_conv is not None:
+                out = out + self.small_conv(x)
+        return self.act(self.se(out))
+
+    def get_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weight, bias)`` of the single conv equal to both branches in eval mode."""
+        if self.reparam_conv is not None:
+            return self.reparam_conv.weight, self.reparam_conv.bias
+        kernel, bias = self.large_conv.fuse()
+        if self.small_conv is not None:
+            small_k, small_b = self.small_conv.fuse()
+            kernel, bias = kernel + pad_kernel(small_k, self.kernel_size), bias + small_b
+        return kernel, bias
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold both branches into ``reparam_conv`` (no-op once fused)."""
+        if self.reparam_conv is not None:
+            return
+        kernel, bias = self.get_kernel_bias()
+        self.reparam_conv = _conv_from(kernel, bias, self.stride, self.groups)
+        self.large_conv = self.small_conv = None
+
+
+class PatchEmbed(nn.Module):
+    """Stage-entry downsampling: a 7x7 stride-2 large-kernel conv (with 3x3 branch) then a 1x1 MobileOne block."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        embed_dim: int,
+        patch_size: int = 7,
+        stride: int = 2,
+        use_se: bool = False,
+        lkc_use_act: bool = False,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        inference_mode: bool = False,
+    ):
+        super().__init__()
+        self.proj = nn.Sequential(
+            ReparamLargeKernelConv(
+                in_chs,
+                embed_dim,
+                kernel_size=patch_size,
+                stride=stride,
+                groups=in_chs,
+                small_kernel=3,
+                use_se=use_se,
+                act_layer=act_layer if lkc_use_act else None,
+                inference_mode=inference_mode,
+            ),
+            MobileOneBlock(embed_dim, embed_dim, 1, act_layer=act_layer, inference_mode=inference_mode),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class RepMixer(nn.Module):
+    """The FastViT token mixer ``x + gamma * (mixer(x) - norm(x))``, foldable into one depthwise conv.
+
+    ``mixer`` is a depthwise MobileOne block (kxk conv-BN + 1x1 conv-BN + BN skip) and ``norm`` a bare BatchNorm
+    (as a branch-less MobileOne block). Because every part is linear in eval mode, the residual connection itself
+    folds into the kernel: ``W = I + gamma * (W_mixer - W_norm)``, ``b = gamma * (b_mixer - b_norm)``. The fused
+    model has no skip connection here, which is what makes it fast (fewer memory round trips).
+    """
+
+    def __init__(
+        self, dim: int, kernel_size: int = 3, layer_scale_init_value: float | None = 1e-5, inference_mode: bool = False
+    ):
+        super().__init__()
+        self.dim, self.kernel_size = dim, kernel_size
+        self.reparam_conv: nn.Conv2d | None = None
+        self.norm: MobileOneBlock | None = None
+        self.mixer: MobileOneBlock | None = None
+        self.layer_scale: nn.Module | None = None
+        if inference_mode:
+            self.reparam_conv = _conv_from(
+                identity_kernel(dim, kernel_size, groups=dim), torch.zeros(dim), stride=1, groups=dim
+            )
+        else:
+            common = dict(groups=dim, use_act=False)
+            self.norm = MobileOneBlock(dim, dim, kernel_size, use_scale_branch=False, num_conv_branches=0, **common)
+            self.mixer = MobileOneBlock(dim, dim, kernel_size, **common)
+            self.layer_scale = (
+                LayerScale2d(dim, layer_scale_init_value) if layer_scale_init_value is not None else nn.Identity()
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reparam_conv is not None:
+            return self.reparam_conv(x)
+        return x + self.layer_scale(self.mixer(x) - self.norm(x))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold mixer, norm, layer scale and the skip connection into one depthwise conv (no-op once fused)."""
+        if self.reparam_conv is not None:
+            return
+        w_mix, b_mix = self.mixer.get_kernel_bias()
+        w_norm, b_norm = self.norm.get_kernel_bias()
+        if isinstance(self.layer_scale, LayerScale2d):
+            gamma = self.layer_scale.gamma.reshape(-1)
+        else:
+            gamma = torch.ones(self.dim, dtype=w_mix.dtype, device=w_mix.device)
+        ident = identity_kernel(self.dim, self.kernel_size, groups=self.dim, dtype=w_mix.dtype, device=w_mix.device)
+        kernel = ident + gamma.reshape(-1, 1, 1, 1) * (w_mix - w_norm)
+        bias = gamma * (b_mix - b_norm)
+        self.reparam_conv = _conv_from(kernel, bias, stride=1, groups=self.dim)
+        self.mixer = self.norm = self.layer_scale = None
+
+
+class ConvMlp(nn.Module):
+    """FastViT's ConvFFN: depthwise 7x7 conv-BN, then a 1x1 expand / GELU / 1x1 project MLP."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        hidden_chs: int,
+        out_chs: int | None = None,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        drop: float = 0.0,
+    ):
+        super().__init__()
+        out_chs = out_chs or in_chs
+        self.conv = ConvNorm(in_chs, out_chs, 7, groups=in_chs)
+        self.fc1 = nn.Conv2d(in_chs, hidden_chs, 1)
+        self.act = act_layer()
+        self.fc2 = nn.Conv2d(hidden_chs, out_chs, 1)
+        self.drop = nn.Dropout(drop)
+        for m in self.modules():  # the official ConvFFN init (truncated normal, std 0.02, zero bias)
+            if isinstance(m, nn.Conv2d):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.fc1(self.conv(x)))
+        return self.drop(self.fc2(self.drop(x)))
+
+
+class RepConditionalPosEnc(nn.Module):
+    """Conditional positional encoding ``x + dwconv7x7(x)`` (RepCPE), foldable into one depthwise conv."""
+
+    def __init__(self, dim: int, kernel_size: int = 7, inference_mode: bool = False):
+        super().__init__()
+        self.dim, self.kernel_size = dim, kernel_size
+        self.reparam_conv: nn.Conv2d | None = None
+        self.pos_enc: nn.Conv2d | None = None
+        conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=True)
+        if inference_mode:
+            self.reparam_conv = conv
+        else:
+            self.pos_enc = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reparam_conv is not None:
+            return self.reparam_conv(x)
+        return x + self.pos_enc(x)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the skip connection into the conv (no-op once fused)."""
+        if self.reparam_conv is not None:
+            return
+        w = self.pos_enc.weight
+        ident = identity_kernel(self.dim, self.kernel_size, groups=self.dim, dtype=w.dtype, device=w.device)
+        self.reparam_conv = _conv_from(ident + w, self.pos_enc.bias, stride=1, groups=self.dim)
+        self.pos_enc = None
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention on dense ``(batch, seq, heads, head_dim)`` tensors via ``bramley.core.ops.attention``."""
+    try:
+        from bramley.core.ops.attention import attention
+    except ImportError:  # core ops not installed yet: the same function through PyTorch's SDPA
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    return attention(q, k, v)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the H*W positions of an NCHW map, computed by ``bramley.core.ops.attention``.
+
+    Heads have ``head_dim`` channels (32 in FastViT); qkv has no bias, the output projection has one.
+    """
+
+    def __init__(self, dim: int, head_dim: int = 32, qkv_bias: bool = False, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % head_dim:
+            raise ValueError(f"attention dim {dim} is not divisible by head_dim {head_dim}")
+        self.head_dim, self.num_heads = head_dim, dim // head_dim
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        q, k, v = self.qkv(tokens).reshape(b, h * w, 3, self.num_heads, self.head_dim).unbind(2)  # (B, N, H, D) each
+        out = _attention(q, k, v).reshape(b, h * w, c)
+        out = self.proj_drop(self.proj(out))
+        return out.transpose(1, 2).reshape(b, c, h, w)
+
+
+class RepMixerBlock(nn.Module):
+    """Conv stage block: RepMixer token mixing, then a layer-scaled ConvFFN residual."""
+
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: int = 3,
+        mlp_ratio: float = 4.0,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        proj_drop: float = 0.0,
+        drop_path: float = 0.0,
+        layer_scale_init_value: float | None = 1e-5,
+        inference_mode: bool = False,
+    ):
+        super().__init__()
+        self.token_mixer = RepMixer(dim, kernel_size, layer_scale_init_value, inference_mode=inference_mode)
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.layer_scale = (
+            LayerScale2d(dim, layer_scale_init_value) if layer_scale_init_value is not None else nn.Identity()
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.token_mixer(x)
+        return x + self.drop_path(self.layer_scale(self.mlp(x)))
+
+
+class AttentionBlock(nn.Module):
+    """Attention stage block: BatchNorm + MHSA residual, then a ConvFFN residual, both layer-scaled."""
+
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: float = 4.0,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        proj_drop: float = 0.0,
+        drop_path: float = 0.0,
+        layer_scale_init_value: float | None = 1e-5,
+    ):
+        super().__init__()
+
+        def scale() -> nn.Module:
+            return LayerScale2d(dim, layer_scale_init_value) if layer_scale_init_value is not None else nn.Identity()
+
+        self.norm = nn.BatchNorm2d(dim)
+        self.token_mixer = Attention(dim, proj_drop=proj_drop)
+        self.layer_scale_1 = scale()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.layer_scale_2 = scale()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.layer_scale_1(self.token_mixer(self.norm(x))))
+        return x + self.drop_path2(self.layer_scale_2(self.mlp(x)))
+
+
+class FastVitStage(nn.Module):
+    """One stage: optional :class:`PatchEmbed` downsampling, optional RepCPE, then ``depth`` blocks."""
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        depth: int,
+        token_mixer: str,
+        downsample: bool,
+        se_downsample: bool = False,
+        pos_emb: bool = False,
+        mlp_ratio: float = 4.0,
+        repmixer_kernel_size: int = 3,
+        down_patch_size: int = 7,
+        down_stride: int = 2,
+        lkc_use_act: bool = False,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        proj_drop_rate: float = 0.0,
+        drop_path_rates: Sequence[float] = (),
+        layer_scale_init_value: float | None = 1e-5,
+        inference_mode: bool = False,
+    ):
+        super().__init__()
+        if not downsample and dim != dim_out:
+            raise ValueError(f"a stage without downsampling must keep its width ({dim} != {dim_out})")
+        if token_mixer not in ("repmixer", "attention"):
+            raise ValueError(f"unknown token mixer {token_mixer!r} (expected 'repmixer' or 'attention')")
+        dpr = list(drop_path_rates) or [0.0] * depth
+        self.downsample = (
+            PatchEmbed(
+                dim, dim_out, down_patch_size, down_stride, se_downsample, lkc_use_act, act_layer, inference_mode
+            )
+            if downsample
+            else nn.Identity()
+        )
+        self.pos_emb = RepConditionalPosEnc(dim_out, inference_mode=inference_mode) if pos_emb else nn.Identity()
+        if token_mixer == "repmixer":
+            blocks = [
+                RepMixerBlock(
+                    dim_out,
+                    repmixer_kernel_size,
+                    mlp_ratio,
+                    act_layer,
+                    proj_drop_rate,
+                    dpr[i],
+                    layer_scale_init_value,
+                    inference_mode,
+                )
+                for i in range(depth)
+            ]
+        else:
+            blocks = [
+                AttentionBlock(dim_out, mlp_ratio, act_layer, proj_drop_rate, dpr[i], layer_scale_init_value)
+                for i in range(depth)
+            ]
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.pos_emb(self.downsample(x)))
+
+
+class ClassifierHead(nn.Module):
+    """Global average pool, dropout, linear (``fc`` is an identity when ``num_classes == 0``)."""
+
+    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0):
+        super().__init__()
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(x.mean((2, 3)))
+        return x if pre_logits else self.fc(x)
+
+
+# ------------------------------------------------------------------------------------------------------------ model
+
+
+class FastVit(nn.Module):
+    """FastViT classifier / backbone.
+
+    Args:
+        layers: blocks per stage.
+        embed_dims: widths per stage.
+        mlp_ratios: ConvFFN expansion per stage.
+        token_mixers: ``"repmixer"`` or ``"attention"`` per stage.
+        pos_embs: RepCPE at the start of each stage (SA/MA/MCi: stage 4 only).
+        se_downsamples: squeeze-excite in each stage's downsampling conv (MCi: stages 3 and 4).
+        downsamples: downsample at the start of each stage (stage 0 never needs it: the stem has).
+        lkc_use_act: apply GELU after the large-kernel downsampling conv (MCi: yes; FastViT: no, see
+            :class:`ReparamLargeKernelConv`).
+        in_chans: input channels.
+        num_classes: classifier outputs; 0 for a pooled-feature model.
+        repmixer_kernel_size: RepMixer kernel.
+        cls_ratio: width multiplier of ``final_conv``.
+        drop_rate: dropout before the classifier.
+        proj_drop_rate: dropout in ConvFFN and attention projection.
+        drop_path_rate: stochastic depth, linear from 0 over all blocks up to this value.
+        layer_scale_init_value: initial layer scale (``None``: no layer scale).
+        inference_mode: build the fused (reparameterized) structure directly, e.g. to load fused checkpoints.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int] = (2, 2, 6, 2),
+        embed_dims: Sequence[int] = (64, 128, 256, 512),
+        mlp_ratios: Sequence[float] = (4, 4, 4, 4),
+        token_mixers: Sequence[str] = ("repmixer",) * 4,
+        pos_embs: Sequence[bool] = (False,) * 4,
+        se_downsamples: Sequence[bool] = (False,) * 4,
+        downsamples: Sequence[bool] = (False, True, True, True),
+        lkc_use_act: bool = False,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        repmixer_kernel_size: int = 3,
+        cls_ratio: float = 2.0,
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        layer_scale_init_value: float | None = 1e-5,
+        inference_mode: bool = False,
+    ):
+        super().__init__()
+        n = len(layers)
+        per_stage = {
+            "embed_dims": embed_dims,
+            "mlp_ratios": mlp_ratios,
+            "token_mixers": token_mixers,
+            "pos_embs": pos_embs,
+            "se_downsamples": se_downsamples,
+            "downsamples": downsamples,
+        }
+        for key, values in per_stage.items():
+            if len(values) != n:
+                raise ValueError(f"{key} has {len(values)} entries but layers has {n} stages")
+        if n < 1 or any(d < 1 for d in layers):
+            raise ValueError(f"layers must be positive block counts, got {tuple(layers)}")
+        act_layer = nn.GELU
+        self.in_chans, self.num_classes = in_chans, num_classes
+        self.stem = nn.Sequential(
+            MobileOneBlock(in_chans, embed_dims[0], 3, stride=2, act_layer=act_layer, inference_mode=inference_mode),
+            MobileOneBlock(
+                embed_dims[0],
+                embed_dims[0],
+                3,
+                stride=2,
+                groups=embed_dims[0],
+                act_layer=act_layer,
+                inference_mode=inference_mode,
+            ),
+            MobileOneBlock(embed_dims[0], embed_dims[0], 1, act_layer=act_layer, inference_mode=inference_mode),
+        )
+        dpr = torch.linspace(0, drop_path_rate, sum(layers)).tolist()
+        stages, prev_dim, reduction = [], embed_dims[0], 4
+        self.feature_info: list[dict[str, Any]] = []
+        for i in range(n):
+            downsample = bool(downsamples[i]) or prev_dim != embed_dims[i]
+            stages.append(
+                FastVitStage(
+                    prev_dim,
+                    embed_dims[i],
+                    layers[i],
+                    token_mixers[i],
+                    downsample=downsample,
+                    se_downsample=bool(se_downsamples[i]),
+                    pos_emb=bool(pos_embs[i]),
+                    mlp_ratio=mlp_ratios[i],
+                    repmixer_kernel_size=repmixer_kernel_size,
+                    lkc_use_act=lkc_use_act,
+                    act_layer=act_layer,
+                    proj_drop_rate=proj_drop_rate,
+                    drop_path_rates=dpr[sum(layers[:i]) : sum(layers[: i + 1])],
+                    layer_scale_init_value=layer_scale_init_value,
+                    inference_mode=inference_mode,
+                )
+            )
+            prev_dim = embed_dims[i]
+            reduction *= 2 if downsample else 1
+            self.feature_info.append(dict(num_chs=prev_dim, reduction=reduction, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.num_features = int(embed_dims[-1] * cls_ratio)
+        self.final_conv = MobileOneBlock(
+            embed_dims[-1],
+            self.num_features,
+            3,
+            groups=embed_dims[-1],
+            use_se=True,
+            act_layer=act_layer,
+            inference_mode=inference_mode,
+        )
+        self.head = ClassifierHead(self.num_features, num_classes, drop_rate)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"FastVit expects an image batch of shape (N, {self.in_chans}, H, W), got {shape}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"FastVit expects {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"FastVit expects a floating-point image tensor, got {x.dtype}")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem, stages and ``final_conv``: the (N, num_features, H/32, W/32) map before pooling."""
+        self._check_input(x)
+        return self.final_conv(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's feature protocol: the outputs of the selected stages (every stage by default).
+
+        Feature ``i`` is the output of stage ``i`` after its last block, for every variant. (The official code's
+        ``fork_feat`` taps ``network`` indices 0/2/4/6, which for SA/MA models is the RepCPE output *before* the
+        stage-4 attention blocks; we take the real end of stage 4.) ``indices`` as in timm: an int ``n`` takes the
+        last ``n`` stages, a sequence takes those stage indices (negative allowed).
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        n = len(self.stages)
+        if indices is None:
+            take = list(range(n))
+        elif isinstance(indices, int):
+            if not 0 < indices <= n:
+                raise ValueError(f"indices={indices}: must take between 1 and {n} stages")
+            take = list(range(n - indices, n))
+        else:
+            take = []
+            for i in indices:
+                if not -n <= i < n:
+                    raise ValueError(f"feature index {i} out of range for {n} stages")
+                take.append(i % n)
+        self._check_input(x)
+        x = self.stem(x)
+        last = max(take)
+        feats = []
+        for i, stage in enumerate(self.stages):
+            if stop_early and i > last:
+                break
+            x = stage(x)
+            if i in take:
+                feats.append(x)
+        if intermediates_only:
+            return feats
+        return self.final_conv(x), feats
+
+    def reparameterize(self) -> None:
+        """Marks the model fused; the submodules are fused by :func:`reparameterize` (deepest first)."""
+        config = getattr(self, "model_config", None)
+        if isinstance(config, dict):
+            config.setdefault("kwargs", {})["inference_mode"] = True
+
+    @property
+    def is_reparameterized(self) -> bool:
+        """True when no train-time branch is left."""
+        return not any(
+            getattr(m, "reparam_conv", "absent") is None for m in self.modules() if hasattr(m, "reparameterize")
+        )
+
+
+def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Fuse every RepMixer, RepCPE, large-kernel conv and MobileOne block of ``model`` for inference.
+
+    The fused model computes the same function as ``model`` in eval mode (BatchNorm running statistics) with fewer
+    layers and no RepMixer/RepCPE skip connections. It is returned in eval mode; its ``model_config`` (if any) says
+    ``inference_mode=True`` so :func:`bramley.core.checkpoint.save_pretrained` folders rebuild the fused structure.
+
+    Args:
+        model: a :class:`FastVit` (or any module holding FastViT blocks).
+        inplace: fuse ``model`` itself instead of a deep copy.
+    """
+    fused = reparameterize_model(model, inplace=inplace)
+    return fused.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------- configs
+
+_SA = dict(token_mixers=("repmixer", "repmixer", "repmixer", "attention"), pos_embs=(False, False, False, True))
+_MCI = dict(_SA, se_downsamples=(False, False, True, True), lkc_use_act=True, mlp_ratios=(3, 3, 3, 3))
+
+#: Architectures of the paper's Table 1 (FastViT) and MobileCLIP's image encoders (MCi), as the official code builds
+#: them. SA36/MA36 use layer scale 1e-6 at init (official ``fastvit_sa36``/``fastvit_ma36``), the rest 1e-5.
+FASTVIT_CONFIGS: dict[str, dict[str, Any]] = {
+    "fastvit_t8": dict(layers=(2, 2, 4, 2), embed_dims=(48, 96, 192, 384), mlp_ratios=(3, 3, 3, 3)),
+    "fastvit_t12": dict(layers=(2, 2, 6, 2), embed_dims=(64, 128, 256, 512), mlp_ratios=(3, 3, 3, 3)),
+    "fastvit_s12": dict(layers=(2, 2, 6, 2), embed_dims=(64, 128, 256, 512), mlp_ratios=(4, 4, 4, 4)),
+    "fastvit_sa12": dict(_SA, layers=(2, 2, 6, 2), embed_dims=(64, 128, 256, 512), mlp_ratios=(4, 4, 4, 4)),
+    "fastvit_sa24": dict(_SA, layers=(4, 4, 12, 4), embed_dims=(64, 128, 256, 512), mlp_ratios=(4, 4, 4, 4)),
+    "fastvit_sa36": dict(
+        _SA, layers=(6, 6, 18, 6), embed_dims=(64, 128, 256, 512), mlp_ratios=(4, 4, 4, 4), layer_scale_init_value=1e-6
+    ),
+    "fastvit_ma36": dict(
+        _SA, layers=(6, 6, 18, 6), embed_dims=(76, 152, 304, 608), mlp_ratios=(4, 4, 4, 4), layer_scale_init_value=1e-6
+    ),
+    "fastvit_mci0": dict(_MCI, layers=(2, 6, 10, 2), embed_dims=(64, 128, 256, 512), num_classes=512),
+    "fastvit_mci1": dict(_MCI, layers=(4, 12, 20, 4), embed_dims=(64, 128, 256, 512), num_classes=512),
+    "fastvit_mci2": dict(_MCI, layers=(4, 12, 24, 4), embed_dims=(80, 160, 320, 640), num_classes=512),
+}
+
+#: Full-scale training drop-path rate per variant (official README commands, ImageNet-1k without distillation /
+#: with hard distillation). MCi towers were trained by MobileCLIP's own recipe: not listed.
+DROP_PATH_RATES: dict[str, tuple[float, float]] = {
+    "fastvit_t8": (0.0, 0.0),
+    "fastvit_t12": (0.0, 0.0),
+    "fastvit_s12": (0.0, 0.0),
+    "fastvit_sa12": (0.1, 0.0),
+    "fastvit_sa24": (0.1, 0.05),
+    "fastvit_sa36": (0.2, 0.1),
+    "fastvit_ma36": (0.35, 0.2),
+}
+
+
+# -------------------------------------------------------------------------------------------------------- factories
+
+
+def _create(variant: str, **kwargs: Any) -> FastVit:
+    return FastVit(**{**FASTVIT_CONFIGS[variant], **kwargs})
+
+
+@register_model(tags=("fastvit",))
+def fastvit_t8(**kwargs: Any) -> FastVit:
+    """FastViT-T8: 4 RepMixer stages, widths 48-384, MLP ratio 3."""
+    return _create("fastvit_t8", **kwargs)
+
+
+@register_model(tags=("fastvit",))
+def fastvit_t12(**kwargs: Any) -> FastVit:
+    """FastViT-T12: 4 RepMixer stages, widths 64-512, MLP ratio 3."""
+    return _create("fastvit_t12", **kwargs)
+
+
+@register_model(tags=("fastvit",))
+def fastvit_s12(**kwargs: Any) -> FastVit:
+    """FastViT-S12: 4 RepMixer stages, widths 64-512, MLP ratio 4."""
+    return _create("fastvit_s12", **kwargs)
+
+
+@register_model(tags=("fastvit",))
+def fastvit_sa12(**kwargs: Any) -> FastVit:
+    """FastViT-SA12: RepMixer stages 1-3, RepCPE + attention stage 4."""
+    return _create("fastvit_sa12", **kwargs)
+
+
+@register_model(tags=("fastvit",))
+def fastvit_sa24(**kwargs: Any) -> FastVit:
+    """FastViT-SA24: layers 4-4-12-4, attention stage 4."""
+    return _create("fastvit_sa24", **kwargs)
+
+
+@register_model(tags=("fastvit",))
+def fastvit_sa36(**kwargs: Any) -> FastVit:
+    """FastViT-SA36: layers 6-6-18-6, attention stage 4."""
+    return _create("fastvit_sa36", **kwargs)
+
+
+@register_model(tags=("fastvit",))
+def fastvit_ma36(**kwargs: Any) -> FastVit:
+    """FastViT-MA36: layers 6-6-18-6, widths 76-608, attention stage 4."""
+    return _create("fastvit_ma36", **kwargs)
+
+
+@register_model(tags=("fastvit", "mobileclip"))
+def fastvit_mci0(**kwargs: Any) -> FastVit:
+    """MobileCLIP-S0 image tower MCi0: layers 2-6-10-2, SE downsampling, 512-d projection."""
+    return _create("fastvit_mci0", **kwargs)
+
+
+@register_model(tags=("fastvit", "mobileclip"))
+def fastvit_mci1(**kwargs: Any) -> FastVit:
+    """MobileCLIP-S1 image tower MCi1: layers 4-12-20-4, SE downsampling, 512-d projection."""
+    return _create("fastvit_mci1", **kwargs)
+
+
+@register_model(tags=("fastvit", "mobileclip"))
+def fastvit_mci2(**kwargs: Any) -> FastVit:
+    """MobileCLIP-S2 image tower MCi2: layers 4-12-24-4, widths 80-640, SE downsampling, 512-d projection."""
+    return _create("fastvit_mci2", **kwargs)
