@@ -1,11 +1,44 @@
-"""Bundled datasets, real-data loaders, text corpora and samplers shared by every bramley package."""
+"""Bundled datasets, real-data loaders, text corpora and samplers shared by every bramley package.
+
+- :class:`DigitsDataset` / :func:`digits_tensors`: scikit-learn digits with stratified seeded splits.
+- :class:`SamplePhotosDataset`: crops of scikit-learn's two sample photos, leakage-free split regions.
+- :class:`ImageFolder`, :func:`train_transform`, :func:`eval_transform`: real datasets on disk.
+- :class:`TextDocuments`, :func:`python_stdlib_documents`, :class:`ByteTokenizer`: local text corpora.
+- :class:`VariableBatchSampler`, :class:`MultiScaleDataset`, :func:`multiscale_collate`: multi-scale training.
+- :func:`seeded_rng`, :class:`SeededTransformDataset`: augmentations reproducible per (seed, epoch, sample).
+"""
 
 from .digits import DigitsDataset, digits_splits, digits_tensors
+from .folder import IMAGENET_MEAN, IMAGENET_STD, ImageFolder, eval_transform, image_folder_splits, train_transform
+from .photos import SamplePhotosDataset, split_regions
+from .sampler import MultiScaleDataset, VariableBatchSampler, make_scales, multiscale_collate
+from .seeded import SeededTransformDataset, SharedEpoch, sample_seed, seeded_rng
 from .splits import stratified_split
+from .text import ByteTokenizer, ReadStats, TextDocuments, python_stdlib_documents
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ByteTokenizer",
     "DigitsDataset",
+    "ImageFolder",
+    "MultiScaleDataset",
+    "ReadStats",
+    "SamplePhotosDataset",
+    "SeededTransformDataset",
+    "SharedEpoch",
+    "TextDocuments",
+    "VariableBatchSampler",
     "digits_splits",
     "digits_tensors",
+    "eval_transform",
+    "image_folder_splits",
+    "make_scales",
+    "multiscale_collate",
+    "python_stdlib_documents",
+    "sample_seed",
+    "seeded_rng",
+    "split_regions",
     "stratified_split",
+    "train_transform",
 ]
