@@ -1,0 +1,29 @@
+"""The bramley trainer: ``Trainer(model, TrainConfig(...), train_data=..., loss_fn=...).fit()``.
+
+See :class:`Trainer` for the loop and :class:`TrainConfig` for every setting.
+"""
+
+from .config import TrainConfig
+from .data import ResumableBatchSampler, ShardedBatchSampler, move_to_device
+from .ema import ModelEma
+from .optim import build_optimizer, param_groups
+from .rng import seed_everything
+from .schedule import LRSchedule, build_scheduler
+from .trainer import CHECKPOINT_NAME, METRICS_NAME, Trainer, resolve_amp
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "METRICS_NAME",
+    "LRSchedule",
+    "ModelEma",
+    "ResumableBatchSampler",
+    "ShardedBatchSampler",
+    "TrainConfig",
+    "Trainer",
+    "build_optimizer",
+    "build_scheduler",
+    "move_to_device",
+    "param_groups",
+    "resolve_amp",
+    "seed_everything",
+]

@@ -1,0 +1,130 @@
+"""Thin glue over ``torch.distributed``: process-group setup under torchrun, DDP / FSDP2 wrapping, full state dicts.
+
+Everything distributed is PyTorch's own (``init_process_group``, ``DistributedDataParallel``, ``fully_shard``,
+``torch.distributed.checkpoint.state_dict``); this module only decides which to call.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+__all__ = [
+    "DistInfo",
+    "full_model_state_dict",
+    "full_optimizer_state_dict",
+    "init_distributed",
+    "load_full_model_state_dict",
+    "load_full_optimizer_state_dict",
+    "wrap_model",
+]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: ``world_size == 1`` means no process group is used."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; anything else is used as given."""
+    if device == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE > 1``); otherwise run single-process.
+
+    Uses an existing process group if the caller made one. Backend: ``nccl`` on CUDA, ``gloo`` on CPU.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not dist.is_initialized() and world <= 1:
+        return DistInfo(), resolve_device(device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
+        atexit.register(_destroy)
+    return DistInfo(dist.get_rank(), local_rank, dist.get_world_size()), dev
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, info: DistInfo, device: torch.device, mode: str, **kwargs) -> nn.Module:
+    """The module that runs forward/backward: the model itself, ``DistributedDataParallel(model)``, or the model
+    after ``fully_shard`` (FSDP2 shards in place) on each submodule whose class name is in ``shard_modules`` and
+    then on the root.
+    """
+    if not info.enabled:
+        return model
+    if mode == "ddp":
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=ids, find_unused_parameters=kwargs.get("find_unused_parameters", False)
+        )
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        shard_types = set(kwargs.get("shard_modules") or ())
+        for sub in list(model.modules())[1:]:
+            if type(sub).__name__ in shard_types:
+                fully_shard(sub)
+        fully_shard(model)
+        return model
+    raise ValueError(f"unknown distributed mode {mode!r} (ddp or fsdp)")
+
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Unsharded CPU state dict with plain FQN keys (empty on ranks > 0 under FSDP); same keys for any wrapping."""
+    return get_model_state_dict(model, options=_FULL)
+
+
+def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Unsharded optimizer state keyed by parameter FQN, portable between single-process, DDP and FSDP."""
+    return get_optimizer_state_dict(model, optimizer, options=_FULL)
+
+
+def load_full_model_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a full state dict (every rank passes the whole thing) into a plain, DDP or FSDP model."""
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
+
+
+def load_full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load an optimizer state saved by :func:`full_optimizer_state_dict`."""
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))

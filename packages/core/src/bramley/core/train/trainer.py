@@ -1,0 +1,624 @@
+"""The one trainer of bramley: AMP, accumulation, EMA, schedules, exact resume, JSONL metrics, DDP / FSDP.
+
+A training step is ``grad_accum_steps`` micro-steps ``loss_fn(model, batch).backward()`` followed by one optimizer
+step, one scheduler step and one EMA update. Checkpoints are taken after optimizer steps and hold everything needed
+to continue as if the run had never stopped: weights, optimizer, scheduler, grad scaler, EMA, the position in the
+data (epoch, batches consumed) and every RNG state of every rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from ..checkpoint import atomic_write, save_checkpoint
+from .config import TrainConfig
+from .data import DeviceLoader, ResumableBatchSampler, ShardedBatchSampler, move_to_device
+from .distributed import (
+    full_model_state_dict,
+    full_optimizer_state_dict,
+    init_distributed,
+    load_full_model_state_dict,
+    load_full_optimizer_state_dict,
+    wrap_model,
+)
+from .ema import ModelEma
+from .optim import build_optimizer
+from .rng import get_rng_state, seed_everything, set_rng_state
+from .schedule import LRSchedule, build_scheduler
+
+__all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "Trainer", "resolve_amp"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+_FORMAT = "bramley-train-1"
+
+LossFn = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, Mapping[str, float]]"]
+EvalFn = Callable[[nn.Module, Iterable], Mapping[str, float]]
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """``(autocast dtype or None, use a GradScaler)`` for the AMP mode on ``device``.
+
+    ``auto``: bf16 on CUDA devices that support it, else fp16 with a GradScaler on CUDA, no autocast elsewhere.
+    ``bf16`` works on CPU and CUDA; ``fp16`` needs CUDA.
+    """
+    if amp == "none":
+        return None, False
+    if amp == "auto":
+        if device.type != "cuda":
+            return None, False
+        return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (torch.float16, True)
+    if amp == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"amp='bf16' but {torch.cuda.get_device_name(device)} has no bf16 support; use 'fp16'")
+        return torch.bfloat16, False
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError(
+                f"amp='fp16' needs a CUDA device (this run is on {device.type}): fp16 autocast with loss scaling "
+                "is CUDA-only here; use amp='bf16' or amp='none'"
+            )
+        return torch.float16, True
+    raise ValueError(f"unknown amp mode {amp!r} (none, auto, bf16, fp16)")
+
+
+class Trainer:
+    """Train ``model`` on ``train_data`` with ``loss_fn`` as configured by ``cfg``.
+
+    Args:
+        model: the model (moved to the device; wrapped in DDP / FSDP when launched by torchrun).
+        cfg: a :class:`TrainConfig`, or a mapping of its fields (e.g. a YAML section).
+        train_data: a map-style dataset.
+        loss_fn: ``loss_fn(model, batch) -> loss`` or ``(loss, {"name": float})``; ``batch`` is already on the
+            device and ``model`` is the module to call (the DDP wrapper under DDP).
+        eval_data: optional dataset evaluated every ``cfg.eval_every`` epochs and at the end.
+        eval_fn: ``eval_fn(model, loader) -> {"name": float}``, run under ``torch.no_grad`` in eval mode; the loader
+            yields batches already on the device. Default: the mean of ``loss_fn`` over ``eval_data``.
+        batch_sampler: optional object yielding lists of indices (or of ``(index, h, w)`` tuples) with
+            ``set_epoch(epoch)`` and ``__len__``; it must give the same batches for the same epoch, and shard itself
+            under DDP. Default: a :class:`ShardedBatchSampler` over ``train_data``.
+        collate_fn: passed to the DataLoaders.
+        optimizer: an optimizer over ``model``'s parameters, or ``f(model) -> optimizer`` (needed for FSDP, whose
+            parameters only exist after sharding). Default: built from ``cfg.optimizer``. The schedule multiplies
+            each param group's own learning rate.
+        callbacks: ``f(trainer)`` called after every optimizer step (and after that step's checkpoint); setting
+            ``trainer.should_stop = True`` ends ``fit`` after the current step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig | Mapping[str, Any] | None = None,
+        train_data: Dataset | None = None,
+        loss_fn: LossFn | None = None,
+        eval_data: Dataset | None = None,
+        eval_fn: EvalFn | None = None,
+        *,
+        batch_sampler: Any = None,
+        collate_fn: Callable | None = None,
+        optimizer: torch.optim.Optimizer | Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+        callbacks: Sequence[Callable[[Trainer], None]] = (),
+    ) -> None:
+        if cfg is None:
+            cfg = TrainConfig()
+        elif isinstance(cfg, Mapping):
+            cfg = TrainConfig.from_dict(cfg)
+        elif not isinstance(cfg, TrainConfig):
+            raise TypeError(f"cfg must be a TrainConfig or a mapping, got {type(cfg).__name__}")
+        cfg.validate()
+        if train_data is None and batch_sampler is None:
+            raise ValueError("Trainer needs train_data")
+        if isinstance(train_data, IterableDataset):
+            raise TypeError("train_data is an IterableDataset; the trainer needs a map-style dataset for exact resume")
+        if loss_fn is None:
+            raise ValueError("Trainer needs loss_fn(model, batch) -> loss or (loss, {'name': float})")
+        self.cfg = cfg
+        self.loss_fn = loss_fn
+        self.eval_fn = eval_fn
+        self.callbacks = list(callbacks)
+        self.should_stop = False
+
+        self.dist, self.device = init_distributed(cfg.device)
+        self.amp_dtype, use_scaler = resolve_amp(cfg.amp, self.device)
+        self.out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else None
+        fsdp = self.dist.enabled and cfg.distributed == "fsdp"
+
+        self.model = model.to(self.device)
+        self.ema = ModelEma(self.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay is not None else None
+        wrap_kw = {"find_unused_parameters": cfg.find_unused_parameters, "shard_modules": cfg.fsdp_shard_modules}
+        self.wrapped = wrap_model(self.model, self.dist, self.device, cfg.distributed, **wrap_kw)
+        if self.ema is not None and fsdp:
+            wrap_model(self.ema.module, self.dist, self.device, "fsdp", **wrap_kw)
+
+        if optimizer is None:
+            self.optimizer = build_optimizer(self.model, cfg)
+        elif isinstance(optimizer, torch.optim.Optimizer):
+            if fsdp:
+                raise TypeError("under FSDP pass optimizer as a factory f(model) -> optimizer (sharding swaps params)")
+            self.optimizer = optimizer
+        elif callable(optimizer):
+            self.optimizer = optimizer(self.model)
+        else:
+            raise TypeError(f"optimizer must be an Optimizer or a callable, got {type(optimizer).__name__}")
+        if use_scaler and fsdp:
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+            self.scaler = ShardedGradScaler(self.device.type)
+        else:
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+
+        self._build_data(train_data, eval_data, batch_sampler, collate_fn)
+        if cfg.steps is not None:
+            self.total_steps = cfg.steps
+        else:
+            self.total_steps = sum(self.steps_in_epoch(e) for e in range(cfg.epochs))
+        if cfg.warmup_steps is not None:
+            warmup = cfg.warmup_steps
+        else:
+            warmup = round(cfg.warmup_epochs * self.steps_in_epoch(0))
+        self.schedule = LRSchedule(cfg.schedule, self.total_steps, warmup, cfg.min_lr_ratio, cfg.warmup_start_factor)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler = build_scheduler(self.optimizer, self.schedule)
+
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.start_step = 0
+        self.losses: list[float] = []
+        self.last_metrics: dict[str, float] = {}
+        self._pending: list[tuple[int, torch.Tensor, Mapping[str, Any]]] = []
+        self._epoch_losses: list[float] = []
+        self._window: list[dict[str, float]] = []
+        self._last_eval_step = -1
+        self._log_window_start = time.perf_counter()
+        self._grad_norm: torch.Tensor | None = None
+        self._finished_metrics: dict[str, float] | None = None
+
+    # ------------------------------------------------------------------ data
+    def _build_data(self, train_data, eval_data, batch_sampler, collate_fn) -> None:
+        cfg = self.cfg
+        if batch_sampler is None:
+            batch_sampler = ShardedBatchSampler(
+                len(train_data),
+                cfg.batch_size,
+                seed=cfg.seed,
+                shuffle=cfg.shuffle,
+                drop_last=cfg.drop_last,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+            )
+        else:
+            missing = [m for m in ("set_epoch", "__len__", "__iter__") if not hasattr(batch_sampler, m)]
+            if missing:
+                raise TypeError(
+                    f"batch_sampler {type(batch_sampler).__name__} lacks {', '.join(missing)}: the trainer needs "
+                    "set_epoch(epoch) (same batches for the same epoch, for exact resume) and __len__"
+                )
+        self.batch_sampler = ResumableBatchSampler(batch_sampler)
+        self._loader_gen = torch.Generator()
+        pin = cfg.pin_memory and self.device.type == "cuda"
+        self.train_loader = DataLoader(
+            train_data,
+            batch_sampler=self.batch_sampler,
+            num_workers=cfg.num_workers,
+            collate_fn=collate_fn,
+            pin_memory=pin,
+            generator=self._loader_gen,
+        )
+        self.eval_loader = None
+        if eval_data is not None:
+            loader = DataLoader(
+                eval_data,
+                batch_size=cfg.eval_batch_size or cfg.batch_size,
+                shuffle=False,
+                num_workers=cfg.num_workers,
+                collate_fn=collate_fn,
+                pin_memory=pin,
+                generator=torch.Generator().manual_seed(cfg.seed),
+            )
+            self.eval_loader = DeviceLoader(loader, self.device, non_blocking=pin)
+        elif self.eval_fn is not None:
+            raise ValueError("eval_fn given without eval_data")
+        self._epoch_batches: dict[int, int] = {}
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        """Micro-batches this rank sees in ``epoch`` (the sampler's length after ``set_epoch(epoch)``)."""
+        if epoch not in self._epoch_batches:
+            sampler = self.batch_sampler.batch_sampler
+            sampler.set_epoch(epoch)
+            self._epoch_batches[epoch] = len(sampler)
+            if self._epoch_batches[epoch] < 1:
+                raise ValueError(f"batch sampler yields no batch in epoch {epoch}")
+        return self._epoch_batches[epoch]
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        """Optimizer steps in ``epoch``: a last group of fewer than ``grad_accum_steps`` micro-batches still steps."""
+        return math.ceil(self.batches_in_epoch(epoch) / self.cfg.grad_accum_steps)
+
+    # ------------------------------------------------------------------ training
+    @property
+    def ema_model(self) -> nn.Module | None:
+        """The EMA copy of the model (``None`` without ``ema_decay``)."""
+        return self.ema.module if self.ema is not None else None
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _sync_context(self, sync: bool):
+        """Skip the gradient all-reduce on non-final micro-steps (DDP ``no_sync`` / FSDP2 gradient sync off)."""
+        if not self.dist.enabled:
+            return contextlib.nullcontext()
+        if isinstance(self.wrapped, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext() if sync else self.wrapped.no_sync()
+        self.wrapped.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+
+    def _compute_loss(self, batch: Any) -> tuple[torch.Tensor, Mapping[str, Any]]:
+        out = self.loss_fn(self.wrapped, batch)
+        extras: Mapping[str, Any] = {}
+        if isinstance(out, tuple):
+            if len(out) != 2 or not isinstance(out[1], Mapping):
+                raise TypeError("loss_fn must return a loss tensor or (loss, {'name': float})")
+            out, extras = out
+        if not isinstance(out, torch.Tensor) or out.numel() != 1:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise TypeError(f"loss_fn must return a scalar loss tensor, got {shape}")
+        return out.reshape(()), extras
+
+    def _optimizer_step(self) -> None:
+        cfg = self.cfg
+        if cfg.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+            self._grad_norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # a GradScaler-skipped first step makes LambdaLR warn about call order
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def fit(self) -> dict[str, float]:
+        """Train to the configured budget (resuming first if ``cfg.resume``); returns the final metrics."""
+        cfg = self.cfg
+        resumed = self._maybe_resume()
+        if self._finished_metrics is not None:
+            return dict(self._finished_metrics)
+        if not resumed:
+            seed_everything(cfg.seed + self.dist.rank)
+            self._start_metrics_file(keep_until=None)
+        self.start_step = self.step
+        progress = None
+        if cfg.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True)
+        self.wrapped.train()
+        accum = cfg.grad_accum_steps
+        try:
+            while self.step < self.total_steps and not self.should_stop:
+                n_batches = self.batches_in_epoch(self.epoch)
+                self.batch_sampler.set_epoch(self.epoch, skip=self.batch_in_epoch)
+                self._loader_gen.manual_seed(cfg.seed * 1_000_003 + self.epoch * 1009 + self.dist.rank)
+                group_losses: list[torch.Tensor] = []
+                group_extras: Mapping[str, Any] = {}
+                for i, batch in enumerate(self.train_loader, start=self.batch_in_epoch):
+                    group_start = i - i % accum
+                    group_size = min(accum, n_batches - group_start)
+                    last_micro = i - group_start == group_size - 1
+                    batch = move_to_device(batch, self.device, non_blocking=cfg.pin_memory)
+                    with self._sync_context(last_micro), self._autocast():
+                        loss, extras = self._compute_loss(batch)
+                    self.scaler.scale(loss / group_size).backward()
+                    group_losses.append(loss.detach().float())
+                    group_extras = extras
+                    if not last_micro:
+                        continue
+                    lr = self.scheduler.get_last_lr()[0]
+                    self._optimizer_step()
+                    self.step += 1
+                    self.batch_in_epoch = i + 1
+                    step_loss = torch.stack(group_losses).mean()
+                    self._pending.append((self.step, step_loss, {"lr": lr, **group_extras}))
+                    group_losses = []
+                    if progress is not None:
+                        progress.update(1)
+                    if self.step % cfg.log_every == 0:
+                        self._log()
+                        if progress is not None:
+                            progress.set_postfix(loss=f"{self.losses[-1]:.4f}", lr=f"{lr:.3g}")
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                        self.save()
+                    for callback in self.callbacks:
+                        callback(self)
+                    if self.step >= self.total_steps or self.should_stop:
+                        break
+                if self.batch_in_epoch >= n_batches:
+                    self._end_epoch()
+        finally:
+            if progress is not None:
+                progress.close()
+        if self.should_stop and self.step < self.total_steps:
+            self._log()
+            return self._summary()
+        return self._finish()
+
+    def _end_epoch(self) -> None:
+        self._log()
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        last_epoch = self.step >= self.total_steps
+        if self.eval_loader is not None and (self.epoch % self.cfg.eval_every == 0 or last_epoch):
+            self.evaluate()
+        self._epoch_losses = []
+
+    def _finish(self) -> dict[str, float]:
+        self._log()
+        if self.eval_loader is not None and self._last_eval_step != self.step:
+            self.evaluate()
+        metrics = self._summary()
+        if self.out_dir is not None:
+            self.save(final_metrics=metrics)
+            self._save_weights()
+        return metrics
+
+    def _summary(self) -> dict[str, float]:
+        epoch = self.epoch + self.batch_in_epoch / self.batches_in_epoch(self.epoch)
+        metrics = {"step": float(self.step), "epoch": epoch}
+        if self._epoch_losses:
+            metrics["train_loss"] = sum(self._epoch_losses) / len(self._epoch_losses)
+        elif "train_loss" in self.last_metrics:
+            metrics["train_loss"] = self.last_metrics["train_loss"]
+        metrics.update({k: v for k, v in self.last_metrics.items() if k.startswith(("eval_", "ema_eval_"))})
+        return metrics
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Run ``eval_fn`` on the model (and the EMA model) over ``eval_data``; logs and returns the metrics.
+
+        Under DDP / FSDP every rank evaluates the whole eval set (identical results, no gathering needed).
+        """
+        if self.eval_loader is None:
+            raise ValueError("evaluate() needs eval_data")
+        metrics = {f"eval_{k}": v for k, v in self._eval_model(self.model).items()}
+        if self.ema is not None:
+            metrics.update({f"ema_eval_{k}": v for k, v in self._eval_model(self.ema.module).items()})
+        self.wrapped.train()
+        self._last_eval_step = self.step
+        self.last_metrics.update(metrics)
+        self._write_metrics({"kind": "eval", "step": self.step, "epoch": self.epoch, **metrics})
+        return metrics
+
+    def _eval_model(self, model: nn.Module) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        try:
+            with self._autocast():
+                if self.eval_fn is not None:
+                    result = self.eval_fn(model, self.eval_loader)
+                else:
+                    losses = [self._eval_loss(model, batch) for batch in self.eval_loader]
+                    result = {"loss": sum(losses) / len(losses)}
+        finally:
+            model.train(was_training)
+        if not isinstance(result, Mapping):
+            raise TypeError(f"eval_fn must return a mapping name -> float, got {type(result).__name__}")
+        return {k: float(v) for k, v in result.items()}
+
+    def _eval_loss(self, model: nn.Module, batch: Any) -> float:
+        out = self.loss_fn(model, batch)
+        return float(out[0] if isinstance(out, tuple) else out)
+
+    # ------------------------------------------------------------------ logging
+    def _collect(self) -> None:
+        """Turn pending per-step loss tensors into floats (one device sync, one all-reduce across ranks)."""
+        if not self._pending:
+            return
+        keys = sorted(k for k in self._pending[-1][2] if k != "lr")
+        rows = []
+        for step, loss, extras in self._pending:
+            if sorted(k for k in extras if k != "lr") != keys:
+                raise ValueError(f"loss_fn returned metrics {sorted(extras)} at step {step}, later {keys}")
+            rows.append(torch.stack([loss.float().cpu(), *(torch.as_tensor(float(extras[k])) for k in keys)]))
+        values = torch.stack(rows).to(self.device)
+        if self.dist.enabled:
+            dist.all_reduce(values)  # SUM then divide: gloo has no AVG
+            values /= self.dist.world_size
+        values = values.cpu().double().tolist()
+        for (step, _, extras), row in zip(self._pending, values):
+            if not math.isfinite(row[0]):
+                raise FloatingPointError(f"training loss is {row[0]} at step {step}")
+            self._window.append({"step": step, "lr": extras["lr"], "loss": row[0], **dict(zip(keys, row[1:]))})
+            self.losses.append(row[0])
+            self._epoch_losses.append(row[0])
+        self._pending = []
+        self.last_metrics["train_loss"] = sum(self._epoch_losses) / len(self._epoch_losses)
+
+    def _log(self) -> None:
+        """Write one train record: the mean loss (and loss_fn metrics) over the steps since the last record."""
+        self._collect()
+        if not self._window:
+            return
+        now = time.perf_counter()
+        window, self._window = self._window, []
+        last = window[-1]
+        record: dict[str, Any] = {"kind": "train", "step": last["step"], "epoch": self.epoch, "lr": last["lr"]}
+        for key in last:
+            if key not in ("step", "lr"):
+                name = key if key == "loss" else f"train_{key}"
+                record[name] = sum(w[key] for w in window) / len(window)
+        if self._grad_norm is not None:
+            record["grad_norm"] = float(self._grad_norm)
+        record["steps_per_s"] = len(window) / max(now - self._log_window_start, 1e-9)
+        self._log_window_start = now
+        self._write_metrics(record)
+
+    def _write_metrics(self, record: Mapping[str, Any]) -> None:
+        if self.out_dir is None or not self.dist.is_main:
+            return
+        with open(self.out_dir / METRICS_NAME, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _start_metrics_file(self, keep_until: int | None) -> None:
+        """Fresh run: empty metrics.jsonl. Resume at step k: keep train records up to k and eval records before k
+        (the resumed run repeats whatever came after the checkpoint)."""
+        if self.out_dir is None or not self.dist.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / METRICS_NAME
+        kept = []
+        if keep_until is not None and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by the kill
+                if rec.get("step", 0) < keep_until or (rec.get("kind") == "train" and rec.get("step") == keep_until):
+                    kept.append(line + "\n")
+        text = "".join(kept)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to resume (collective under DDP/FSDP: call on every rank; complete on rank 0)."""
+        rng = get_rng_state()
+        if self.dist.enabled:
+            gathered: list[Any] = [None] * self.dist.world_size
+            dist.all_gather_object(gathered, rng)
+            rng_states = gathered
+        else:
+            rng_states = [rng]
+        state: dict[str, Any] = {
+            "format": _FORMAT,
+            "model": full_model_state_dict(self.wrapped),
+            "optimizer": full_optimizer_state_dict(self.wrapped, self.optimizer),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "epoch_losses": list(self._epoch_losses),
+            "log_window": list(self._window),
+            "rng": rng_states,
+            "world_size": self.dist.world_size,
+            "config": self.cfg.to_dict(),
+        }
+        if self.ema is not None:
+            state["ema"] = {"module": full_model_state_dict(self.ema.module), "updates": self.ema.updates}
+        return state
+
+    def save(self, path: str | os.PathLike | None = None, final_metrics: Mapping[str, float] | None = None) -> Path:
+        """Write the resume checkpoint atomically (rank 0) to ``path`` or ``out_dir/checkpoint.pt``."""
+        if path is None:
+            if self.out_dir is None:
+                raise ValueError("save() needs a path or cfg.out_dir")
+            path = self.out_dir / CHECKPOINT_NAME
+        path = Path(path)
+        self._collect()
+        state = self.checkpoint_state()
+        if final_metrics is not None:
+            state["final_metrics"] = dict(final_metrics)
+        if self.dist.is_main:
+            atomic_write(path, lambda tmp: torch.save(state, tmp))
+        if self.dist.enabled:
+            dist.barrier()
+        return path
+
+    def _save_weights(self) -> None:
+        """Final weights as safetensors (``model.safetensors``, ``ema.safetensors``) with the model's config."""
+        state = full_model_state_dict(self.wrapped)
+        ema_state = full_model_state_dict(self.ema.module) if self.ema is not None else None
+        if self.dist.is_main:
+            config = getattr(self.model, "model_config", None)
+            save_checkpoint(state, self.out_dir / "model.safetensors", config=config)
+            if ema_state is not None:
+                save_checkpoint(ema_state, self.out_dir / "ema.safetensors", config=config)
+        if self.dist.enabled:
+            dist.barrier()
+
+    def _resume_path(self) -> Path | None:
+        resume = self.cfg.resume
+        if resume is False or resume is None:
+            return None
+        if resume is True:
+            path = self.out_dir / CHECKPOINT_NAME
+            return path if path.exists() else None
+        path = Path(resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"resume checkpoint {path} does not exist")
+        return path
+
+    def _maybe_resume(self) -> bool:
+        path = self._resume_path()
+        if path is None:
+            return False
+        self.load(path)
+        return True
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Restore a checkpoint written by :meth:`save` (every rank reads the file)."""
+        path = Path(path)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise RuntimeError(f"cannot read training checkpoint {path}: {e}") from e
+        if not isinstance(state, dict) or state.get("format") != _FORMAT:
+            raise RuntimeError(f"{path} is not a bramley training checkpoint (format {_FORMAT})")
+        changed = {
+            k: (v, getattr(self.cfg, k))
+            for k, v in state["config"].items()
+            if k not in ("resume", "progress", "out_dir") and hasattr(self.cfg, k) and v != self.cfg.to_dict()[k]
+        }
+        if changed:
+            diff = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
+            warnings.warn(f"resuming {path} with a changed config ({diff}); the run will not match", stacklevel=2)
+        load_full_model_state_dict(self.wrapped, state["model"])
+        load_full_optimizer_state_dict(self.wrapped, self.optimizer, state["optimizer"])
+        sched = dict(state["scheduler"])
+        sched.pop("lr_lambdas", None)  # the schedule comes from the current config
+        self.scheduler.load_state_dict(sched)
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise RuntimeError(f"{path} has no EMA state but ema_decay is set")
+            if isinstance(self.wrapped, nn.parallel.DistributedDataParallel) or not self.dist.enabled:
+                self.ema.module.load_state_dict(state["ema"]["module"])
+            else:
+                load_full_model_state_dict(self.ema.module, state["ema"]["module"])
+            self.ema.updates = int(state["ema"]["updates"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self._epoch_losses = list(state["epoch_losses"])
+        self._window = [dict(w) for w in state["log_window"]]
+        if state["world_size"] == self.dist.world_size:
+            set_rng_state(state["rng"][self.dist.rank])
+        else:
+            warnings.warn(
+                f"{path} was written by {state['world_size']} process(es), this run has {self.dist.world_size}: "
+                "RNG states are re-seeded and the data order is resharded, so the run will not match exactly",
+                stacklevel=2,
+            )
+            seed_everything(self.cfg.seed + self.dist.rank + 7919 * self.step)
+        if "final_metrics" in state:
+            self._finished_metrics = dict(state["final_metrics"])
+        else:
+            self._start_metrics_file(keep_until=self.step)
