@@ -1,0 +1,250 @@
+"""Adaptive retrieval with Matryoshka embeddings: exact kNN at any size, shortlist-then-rerank, funnel.
+
+Similarity is the cosine between embeddings truncated to the searched size and L2-normalised there, which ranks
+exactly like the official code's L2 distance between normalised vectors (``|a - b|^2 = 2 - 2 cos``). Scores are
+cosines, best first. Exact search is a chunked matmul + top-k in float32 (the database may be stored in float16 or
+bfloat16 to halve its memory; blocks are converted to float32 before the product, so the search is exact over the
+stored values). FAISS (``pip install bramley-mrl[faiss]``) can run the full-database stage instead
+(``backend="faiss"``, an exact ``IndexFlatIP``) with the same neighbours.
+
+Compute is reported as the paper does: MFLOPs per query = (vectors scored) x (dimension) / 1e6, i.e. one
+multiply-add per dimension, so a funnel costs ``N * d_0 + sum_i L_i * d_i``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .nesting import check_nesting
+
+__all__ = ["MatryoshkaIndex", "SearchResult", "exact_search", "faiss_available", "funnel_mflops", "neighbor_recall"]
+
+_CACHE_BYTES = 1 << 30  # normalised prefixes up to this size are kept as float32 copies
+
+
+@dataclass
+class SearchResult:
+    """Neighbours of each query: ``indices`` and cosine ``scores`` of shape ``(Q, k)``, best first."""
+
+    scores: torch.Tensor
+    indices: torch.Tensor
+    mflops_per_query: float
+
+
+def faiss_available() -> bool:
+    """Whether the optional FAISS backend can be imported."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def funnel_mflops(num_database: int, retrieval_dim: int, rerank_dims: Sequence[int], shortlists: Sequence[int]) -> float:
+    """MFLOPs per query of a funnel: ``N * d_0`` to shortlist, then ``L_i * d_i`` per rerank stage."""
+    return (num_database * retrieval_dim + sum(L * d for L, d in zip(shortlists, rerank_dims))) / 1e6
+
+
+def neighbor_recall(approx: torch.Tensor, exact: torch.Tensor, k: int | None = None) -> float:
+    """Share of the exact top-``k`` neighbours that the approximate top-``k`` contains (the ANN "recall@k")."""
+    if approx.ndim != 2 or exact.ndim != 2 or approx.shape[0] != exact.shape[0]:
+        raise ValueError(f"neighbour lists must be (Q, k) with equal Q, got {tuple(approx.shape)}, {tuple(exact.shape)}")
+    k = k or exact.shape[1]
+    if k > approx.shape[1] or k > exact.shape[1]:
+        raise ValueError(f"k={k} exceeds the neighbour lists' length {approx.shape[1]}, {exact.shape[1]}")
+    a, e = approx[:, :k], exact[:, :k]
+    hits = (a.unsqueeze(2) == e.unsqueeze(1)).any(dim=1).sum()
+    return float(hits) / e.numel()
+
+
+class MatryoshkaIndex:
+    """A database of Matryoshka embeddings searchable at any prefix size.
+
+    Args:
+        embeddings: ``(N, D)`` database vectors (any float dtype; the dtype is kept for storage).
+        chunk_size: database rows scored per block (bounds memory: ``query_batch x chunk_size`` floats).
+        query_batch: queries scored together.
+        backend: ``"torch"`` (default) or ``"faiss"`` for the full-database stage.
+        copy: keep a normalised copy (default); ``False`` normalises ``embeddings`` in place to save memory.
+    """
+
+    def __init__(
+        self,
+        embeddings: torch.Tensor,
+        chunk_size: int = 65536,
+        query_batch: int = 256,
+        backend: str = "torch",
+        copy: bool = True,
+    ) -> None:
+        if embeddings.ndim != 2 or embeddings.shape[0] == 0 or embeddings.shape[1] == 0:
+            raise ValueError(f"database embeddings must be a non-empty (N, D) tensor, got {tuple(embeddings.shape)}")
+        if not embeddings.is_floating_point():
+            raise ValueError(f"database embeddings must be floating point, got {embeddings.dtype}")
+        if backend not in ("torch", "faiss"):
+            raise ValueError(f"backend must be 'torch' or 'faiss', got {backend!r}")
+        if backend == "faiss" and not faiss_available():
+            raise ImportError("backend='faiss' needs FAISS: pip install 'bramley-mrl[faiss]'")
+        if chunk_size < 1 or query_batch < 1:
+            raise ValueError("chunk_size and query_batch must be >= 1")
+        self.chunk_size = chunk_size
+        self.query_batch = query_batch
+        self.backend = backend
+        # Store the rows normalised at full size: a prefix of it, renormalised, equals the normalised raw prefix.
+        self.data = torch.empty_like(embeddings, device="cpu") if copy else embeddings.cpu()
+        for start in range(0, embeddings.shape[0], chunk_size):
+            block = embeddings[start : start + chunk_size].float()
+            self.data[start : start + chunk_size] = F.normalize(block, dim=1).to(self.data.dtype)
+        self._prefix_cache: dict[int, torch.Tensor] = {}
+        self._faiss_cache: dict[int, object] = {}
+
+    @property
+    def size(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.data.shape[1]
+
+    def _check_dim(self, dim: int | None) -> int:
+        dim = self.dim if dim is None else dim
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= self.dim:
+            raise ValueError(f"search dim must be an int in [1, {self.dim}] (the index dim), got {dim!r}")
+        return dim
+
+    def _check_queries(self, queries: torch.Tensor) -> torch.Tensor:
+        if queries.ndim != 2:
+            raise ValueError(f"queries must be (Q, D), got shape {tuple(queries.shape)}")
+        if queries.shape[1] != self.dim:
+            raise ValueError(
+                f"query dim {queries.shape[1]} does not match the index dim {self.dim}; "
+                "pass full-size query embeddings and choose the search size with dim="
+            )
+        if not queries.is_floating_point():
+            raise ValueError(f"queries must be floating point, got {queries.dtype}")
+        return queries.float()
+
+    def prefix(self, dim: int) -> torch.Tensor | None:
+        """The float32 normalised ``(N, dim)`` prefix if it is small enough to cache, else ``None``."""
+        if dim == self.dim and self.data.dtype == torch.float32:
+            return self.data
+        if dim not in self._prefix_cache:
+            if self.size * dim * 4 > _CACHE_BYTES:
+                return None
+            self._prefix_cache[dim] = self._as_unit(self.data[:, :dim])
+        return self._prefix_cache[dim]
+
+    def _blocks(self, dim: int) -> Iterator[tuple[int, torch.Tensor]]:
+        cached = self.prefix(dim)
+        for start in range(0, self.size, self.chunk_size):
+            if cached is not None:
+                yield start, cached[start : start + self.chunk_size]
+                continue
+            yield start, self._as_unit(self.data[start : start + self.chunk_size, :dim])
+
+    def _rows(self, indices: torch.Tensor, dim: int) -> torch.Tensor:
+        cached = self._prefix_cache.get(dim)
+        if cached is not None:
+            return cached[indices]
+        return self._as_unit(self.data[indices, :dim])
+
+    def _as_unit(self, rows: torch.Tensor) -> torch.Tensor:
+        # Stored float32 full-size rows are unit already; prefixes and rounded (16-bit) rows are renormalised.
+        if rows.shape[-1] == self.dim and rows.dtype == torch.float32:
+            return rows
+        return F.normalize(rows.float(), dim=-1)
+
+    def search(self, queries: torch.Tensor, k: int, dim: int | None = None) -> SearchResult:
+        """Exact top-``k`` neighbours of each query over the whole database at size ``dim`` (default full)."""
+        dim = self._check_dim(dim)
+        q = F.normalize(self._check_queries(queries)[:, :dim], dim=1)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.size:
+            raise ValueError(f"k must be an int in [1, {self.size}] (the database size), got {k!r}")
+        if self.backend == "faiss":
+            scores, indices = self._faiss_search(q, k, dim)
+        else:
+            scores, indices = self._torch_search(q, k, dim)
+        return SearchResult(scores, indices, self.size * dim / 1e6)
+
+    def _torch_search(self, q: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        all_scores, all_indices = [], []
+        for qs in range(0, q.shape[0], self.query_batch):
+            qb = q[qs : qs + self.query_batch]
+            best_s = qb.new_empty(qb.shape[0], 0)
+            best_i = torch.empty(qb.shape[0], 0, dtype=torch.int64)
+            for start, block in self._blocks(dim):
+                s, i = (qb @ block.T).topk(min(k, block.shape[0]), dim=1)
+                best_s, order = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
+                best_i = torch.cat([best_i, i + start], 1).gather(1, order)
+            all_scores.append(best_s)
+            all_indices.append(best_i)
+        return torch.cat(all_scores), torch.cat(all_indices)
+
+    def _faiss_search(self, q: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import faiss
+        import numpy as np
+
+        if dim not in self._faiss_cache:
+            index = faiss.IndexFlatIP(dim)
+            for _, block in self._blocks(dim):
+                index.add(np.ascontiguousarray(block.numpy(), dtype=np.float32))
+            self._faiss_cache[dim] = index
+        scores, indices = self._faiss_cache[dim].search(np.ascontiguousarray(q.numpy()), k)
+        return torch.from_numpy(scores), torch.from_numpy(indices).long()
+
+    def rerank(self, queries: torch.Tensor, candidates: torch.Tensor, dim: int | None = None) -> SearchResult:
+        """Reorder each query's ``candidates`` (``(Q, L)`` database indices) by cosine at size ``dim``."""
+        dim = self._check_dim(dim)
+        q = F.normalize(self._check_queries(queries)[:, :dim], dim=1)
+        if candidates.ndim != 2 or candidates.shape[0] != q.shape[0]:
+            raise ValueError(f"candidates must be (Q={q.shape[0]}, L), got shape {tuple(candidates.shape)}")
+        if candidates.numel() and not 0 <= int(candidates.min()) <= int(candidates.max()) < self.size:
+            raise ValueError(f"candidate indices must lie in [0, {self.size})")
+        candidates = candidates.long()
+        scores = torch.einsum("qld,qd->ql", self._rows(candidates, dim), q)
+        scores, order = scores.sort(dim=1, descending=True, stable=True)
+        return SearchResult(scores, candidates.gather(1, order), candidates.shape[1] * dim / 1e6)
+
+    def funnel(
+        self, queries: torch.Tensor, retrieval_dim: int, rerank_dims: Sequence[int], shortlists: Sequence[int]
+    ) -> SearchResult:
+        """Funnel retrieval (paper, Sec. 5.3): shortlist at ``retrieval_dim``, then rerank-and-cut repeatedly.
+
+        Stage ``i`` keeps the first ``shortlists[i]`` neighbours of the previous ranking and reorders them at size
+        ``rerank_dims[i]``; the result has ``shortlists[-1]`` neighbours. Sizes must increase, shortlists must not.
+        Shortlist-then-rerank (adaptive retrieval) is the one-stage funnel.
+        """
+        rerank_dims, shortlists = list(rerank_dims), list(shortlists)
+        check_nesting([retrieval_dim, *rerank_dims], self.dim, name="funnel sizes (retrieval_dim, *rerank_dims)")
+        if len(rerank_dims) != len(shortlists) or not shortlists:
+            raise ValueError(f"need one shortlist length per rerank dim, got {shortlists} for {rerank_dims}")
+        if any(isinstance(L, bool) or not isinstance(L, int) or L < 1 for L in shortlists):
+            raise ValueError(f"shortlist lengths must be positive ints, got {shortlists}")
+        if any(b > a for a, b in zip(shortlists, shortlists[1:])):
+            raise ValueError(f"funnel shortlists must not grow, got {shortlists}")
+        result = self.search(queries, shortlists[0], retrieval_dim)
+        mflops = result.mflops_per_query
+        for dim, length in zip(rerank_dims, shortlists):
+            result = self.rerank(queries, result.indices[:, :length], dim)
+            mflops += result.mflops_per_query
+        return SearchResult(result.scores, result.indices, mflops)
+
+    def shortlist_rerank(
+        self, queries: torch.Tensor, shortlist_dim: int, rerank_dim: int, shortlist: int, k: int | None = None
+    ) -> SearchResult:
+        """Adaptive retrieval: ``shortlist`` neighbours at ``shortlist_dim``, reordered at ``rerank_dim``, top ``k``."""
+        result = self.funnel(queries, shortlist_dim, [rerank_dim], [shortlist])
+        k = shortlist if k is None else k
+        if not 1 <= k <= shortlist:
+            raise ValueError(f"k must be in [1, shortlist={shortlist}], got {k}")
+        return SearchResult(result.scores[:, :k], result.indices[:, :k], result.mflops_per_query)
+
+
+def exact_search(
+    database: torch.Tensor, queries: torch.Tensor, k: int, dim: int | None = None, backend: str = "torch"
+) -> SearchResult:
+    """One-shot exact cosine kNN at size ``dim`` (builds a :class:`MatryoshkaIndex`)."""
+    return MatryoshkaIndex(database, backend=backend).search(queries, k, dim)
