@@ -81,7 +81,8 @@ class Trainer:
     Args:
         model: the model (moved to the device; wrapped in DDP / FSDP when launched by torchrun).
         cfg: a :class:`TrainConfig`, or a mapping of its fields (e.g. a YAML section).
-        train_data: a map-style dataset.
+        train_data: a map-style dataset; its ``set_epoch(epoch)`` is called each epoch when it has one (seeded
+            per-sample augmentation, see ``bramley.core.data``).
         loss_fn: ``loss_fn(model, batch) -> loss`` or ``(loss, {"name": float})``; ``batch`` is already on the
             device and ``model`` is the module to call (the DDP wrapper under DDP).
         eval_data: optional dataset evaluated every ``cfg.eval_every`` epochs and at the end.
@@ -119,7 +120,7 @@ class Trainer:
         elif not isinstance(cfg, TrainConfig):
             raise TypeError(f"cfg must be a TrainConfig or a mapping, got {type(cfg).__name__}")
         cfg.validate()
-        if train_data is None and batch_sampler is None:
+        if train_data is None:
             raise ValueError("Trainer needs train_data")
         if isinstance(train_data, IterableDataset):
             raise TypeError("train_data is an IterableDataset; the trainer needs a map-style dataset for exact resume")
@@ -160,6 +161,7 @@ class Trainer:
         else:
             self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
 
+        self.train_data = train_data
         self._build_data(train_data, eval_data, batch_sampler, collate_fn)
         if cfg.steps is not None:
             self.total_steps = cfg.steps
@@ -317,6 +319,8 @@ class Trainer:
             while self.step < self.total_steps and not self.should_stop:
                 n_batches = self.batches_in_epoch(self.epoch)
                 self.batch_sampler.set_epoch(self.epoch, skip=self.batch_in_epoch)
+                if hasattr(self.train_data, "set_epoch"):  # per-sample seeded augmentation (bramley.core.data)
+                    self.train_data.set_epoch(self.epoch)
                 self._loader_gen.manual_seed(cfg.seed * 1_000_003 + self.epoch * 1009 + self.dist.rank)
                 group_losses: list[torch.Tensor] = []
                 group_extras: Mapping[str, Any] = {}
@@ -594,7 +598,7 @@ class Trainer:
         load_full_model_state_dict(self.wrapped, state["model"])
         load_full_optimizer_state_dict(self.wrapped, self.optimizer, state["optimizer"])
         sched = dict(state["scheduler"])
-        sched.pop("lr_lambdas", None)  # the schedule comes from the current config
+        sched["lr_lambdas"] = [None] * len(self.scheduler.lr_lambdas)  # the schedule comes from the current config
         self.scheduler.load_state_dict(sched)
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:

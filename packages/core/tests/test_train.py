@@ -1,0 +1,415 @@
+"""bramley.core.train: config, schedules, EMA, accumulation, AMP, metrics, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Dataset, TensorDataset
+
+from bramley.core.config import ConfigError
+from bramley.core.train import (
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    LRSchedule,
+    ModelEma,
+    ShardedBatchSampler,
+    TrainConfig,
+    Trainer,
+    param_groups,
+    resolve_amp,
+)
+from bramley.core.train import trainer as trainer_module
+
+
+def make_data(n: int = 48, dim: int = 6, classes: int = 3, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g)
+    y = (x[:, :classes].argmax(1)).long()
+    return TensorDataset(x, y)
+
+
+def make_model(seed: int = 0, dropout: float = 0.0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 3))
+
+
+def ce_loss(model, batch):
+    x, y = batch
+    logits = model(x)
+    return F.cross_entropy(logits.float(), y), {"acc": (logits.argmax(1) == y).float().mean()}
+
+
+def top1(model, loader):
+    correct = total = 0
+    for x, y in loader:
+        correct += (model(x).argmax(1) == y).sum().item()
+        total += len(y)
+    return {"top1": correct / total}
+
+
+# ---------------------------------------------------------------- config
+def test_config_from_dict_coerces_and_round_trips():
+    cfg = TrainConfig.from_dict({"lr": "1e-3", "epochs": 2, "betas": [0.9, 0.95], "clip_grad_norm": None})
+    assert cfg.lr == 1e-3 and cfg.betas == (0.9, 0.95) and cfg.clip_grad_norm is None
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.replace(batch_size=8).batch_size == 8
+
+
+def test_config_unknown_key_lists_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown TrainConfig keys \['learning_rate'\].*valid keys:.*\blr\b"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"optimizer": "lamb"}, "optimizer='lamb' is not one of sgd, adamw"),
+        ({"amp": "fp8"}, "amp='fp8'"),
+        ({"grad_accum_steps": 0}, "grad_accum_steps must be >= 1"),
+        ({"ema_decay": 1.0}, "ema_decay must be in"),
+        ({"checkpoint_every": 5}, "need out_dir"),
+        ({"lr": "fast"}, "lr must be float"),
+    ],
+)
+def test_config_rejects_bad_values(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict(changes)
+
+
+# ---------------------------------------------------------------- schedules
+def test_warmup_cosine_values():
+    s = LRSchedule("cosine", total_steps=14, warmup_steps=4, min_ratio=0.1)
+    assert [s(i) for i in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert s(4) == pytest.approx(1.0)
+    assert s(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert s(14) == pytest.approx(0.1)
+    values = [s(i) for i in range(4, 15)]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+
+
+def test_linear_constant_and_start_factor():
+    lin = LRSchedule("linear", total_steps=10, warmup_steps=0)
+    assert [lin(i) for i in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])
+    const = LRSchedule("constant", total_steps=10, warmup_steps=2, warmup_start_factor=0.5)
+    assert [const(i) for i in (0, 1, 2, 9)] == pytest.approx([0.75, 1.0, 1.0, 1.0])
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        LRSchedule("cosine", total_steps=3, warmup_steps=5)
+
+
+def test_trainer_applies_schedule_per_step(tmp_path):
+    cfg = TrainConfig(
+        epochs=2, batch_size=8, lr=0.2, schedule="cosine", warmup_epochs=1, log_every=1, out_dir=str(tmp_path)
+    )
+    trainer = Trainer(make_model(), cfg, train_data=make_data(32), loss_fn=ce_loss)
+    trainer.fit()
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / METRICS_NAME).read_text().splitlines()) if r["kind"] == "train"]
+    expected = [0.2 * LRSchedule("cosine", 8, 4)(i) for i in range(8)]
+    assert lrs == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------- sampler
+def test_sharded_sampler_union_matches_single_process():
+    single = ShardedBatchSampler(20, 4, seed=3, drop_last=True)
+    shards = [ShardedBatchSampler(20, 2, seed=3, drop_last=True, rank=r, world_size=2) for r in range(2)]
+    for epoch in (0, 1):
+        for s in [single, *shards]:
+            s.set_epoch(epoch)
+        for big, a, b in zip(single, *shards):
+            assert sorted(big) == sorted(a + b)
+    single.set_epoch(0)
+    first = list(single)
+    single.set_epoch(1)
+    assert list(single) != first and sorted(i for batch in single for i in batch) == list(range(20))
+
+
+def test_sampler_padding_and_errors():
+    s = ShardedBatchSampler(5, 2, shuffle=False, drop_last=False, rank=1, world_size=2)
+    assert list(s) == [[1, 3], [0]]  # padded with the first index so both ranks get 3 samples
+    with pytest.raises(ValueError, match="no batch"):
+        ShardedBatchSampler(3, 4, drop_last=True)
+
+
+# ---------------------------------------------------------------- EMA and optimizer groups
+def test_ema_math_and_warmup():
+    model = nn.Linear(2, 1)
+    ema = ModelEma(model, decay=0.9)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.module.weight, 0.9 * start + 0.1 * model.weight, rtol=0, atol=1e-6)
+    warm = ModelEma(model, decay=0.999, warmup=True)
+    decays = []
+    for _ in range(3):
+        decays.append(warm.current_decay())
+        warm.update(model)
+    assert decays == pytest.approx([2 / 11, 3 / 12, 4 / 13])
+
+
+def test_param_groups_skip_norm_and_bias():
+    model = make_model()
+    groups = param_groups(model, weight_decay=0.1)
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert decayed == {id(model[0].weight), id(model[4].weight)}
+    assert groups[1]["weight_decay"] == 0.0 and len(groups[1]["params"]) == 4
+    assert len(param_groups(model, 0.1, decay_norm_and_bias=True)) == 1
+
+
+# ---------------------------------------------------------------- accumulation and AMP
+def _linear_run(batch_size: int, accum: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Linear(6, 3)
+    cfg = TrainConfig(
+        epochs=2, batch_size=batch_size, grad_accum_steps=accum, lr=0.05, momentum=0.9, weight_decay=1e-3, seed=1
+    )
+    data = make_data(32)
+    Trainer(model, cfg, train_data=data, loss_fn=lambda m, b: F.mse_loss(m(b[0]), F.one_hot(b[1], 3).float())).fit()
+    return model.state_dict()
+
+
+def test_grad_accumulation_matches_big_batch():
+    big, accumulated = _linear_run(8, 1), _linear_run(4, 2)
+    for key in big:
+        torch.testing.assert_close(accumulated[key], big[key], rtol=0, atol=1e-6)
+
+
+def test_partial_accumulation_group_still_steps():
+    cfg = TrainConfig(epochs=1, batch_size=8, grad_accum_steps=4, drop_last=True)
+    trainer = Trainer(make_model(), cfg, train_data=make_data(40), loss_fn=ce_loss)  # 5 batches -> 4 + 1
+    assert trainer.steps_in_epoch(0) == 2
+    trainer.fit()
+    assert trainer.step == 2 and len(trainer.losses) == 2
+
+
+def test_bf16_autocast_on_cpu():
+    seen = []
+
+    def loss_fn(model, batch):
+        logits = model(batch[0])
+        seen.append(logits.dtype)
+        return F.cross_entropy(logits.float(), batch[1])
+
+    cfg = TrainConfig(steps=3, batch_size=8, amp="bf16")
+    result = Trainer(make_model(), cfg, train_data=make_data(), loss_fn=loss_fn).fit()
+    assert seen == [torch.bfloat16] * 3 and math.isfinite(result["train_loss"])
+
+
+def test_amp_resolution_on_cpu():
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) == (None, False)
+    assert resolve_amp("bf16", cpu) == (torch.bfloat16, False)
+    with pytest.raises(ValueError, match=r"fp16.*needs a CUDA device"):
+        resolve_amp("fp16", cpu)
+
+
+# ---------------------------------------------------------------- metrics, budget, errors
+def test_metrics_jsonl_and_result(tmp_path):
+    cfg = TrainConfig(
+        epochs=2, batch_size=8, lr=0.1, log_every=2, ema_decay=0.5, out_dir=str(tmp_path), clip_grad_norm=1.0
+    )
+    trainer = Trainer(
+        make_model(), cfg, train_data=make_data(32), loss_fn=ce_loss, eval_data=make_data(16, seed=1), eval_fn=top1
+    )
+    result = trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / METRICS_NAME).read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in train] == [2, 4, 6, 8]
+    assert {"loss", "lr", "train_acc", "grad_norm", "epoch", "steps_per_s"} <= set(train[0])
+    assert train[0]["loss"] == pytest.approx(sum(trainer.losses[:2]) / 2)
+    assert [(r["step"], r["epoch"]) for r in evals] == [(4, 1), (8, 2)]
+    assert result["eval_top1"] == evals[-1]["eval_top1"] and result["ema_eval_top1"] == evals[-1]["ema_eval_top1"]
+    assert result["step"] == 8 and result["train_loss"] == pytest.approx(sum(trainer.losses[4:]) / 4)
+    assert trainer.ema_model is not None and trainer.ema_model is not trainer.model
+    assert {p.name for p in tmp_path.iterdir()} == {
+        METRICS_NAME,
+        CHECKPOINT_NAME,
+        "model.safetensors",
+        "ema.safetensors",
+    }
+
+
+def test_steps_budget_and_default_eval():
+    cfg = TrainConfig(steps=5, batch_size=8, epochs=100)
+    trainer = Trainer(make_model(), cfg, train_data=make_data(32), loss_fn=ce_loss, eval_data=make_data(16, seed=1))
+    result = trainer.fit()
+    assert trainer.step == 5 and result["epoch"] == pytest.approx(1.25) and "eval_loss" in result
+
+
+def test_clear_errors():
+    data = make_data(32)
+    with pytest.raises(TypeError, match="scalar loss"):
+        Trainer(make_model(), TrainConfig(steps=1, batch_size=8), train_data=data, loss_fn=lambda m, b: m(b[0])).fit()
+    with pytest.raises(TypeError, match="lacks set_epoch"):
+        Trainer(make_model(), TrainConfig(), train_data=data, loss_fn=ce_loss, batch_sampler=[[0, 1]])
+    with pytest.raises(ValueError, match="gives no batch"):
+        Trainer(make_model(), TrainConfig(batch_size=64), train_data=data, loss_fn=ce_loss)
+    with pytest.raises(FloatingPointError, match="nan at step 1"):
+        Trainer(
+            make_model(),
+            TrainConfig(steps=2, batch_size=8, log_every=1),
+            train_data=data,
+            loss_fn=lambda m, b: m(b[0]).sum() * float("nan"),
+        ).fit()
+
+
+class ScaleDataset(Dataset):
+    """Items are keyed by (index, h, w) like the multi-scale sampler's; returns an h*w-sized feature."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.epochs: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key):
+        index, h, w = key
+        return torch.full((6,), float(index) / self.n + h * w / 100), torch.tensor(index % 3)
+
+
+class EpochSizedSampler:
+    """A user batch sampler whose batch size (and so its length) changes with the epoch."""
+
+    def __init__(self, n: int):
+        self.n, self.epoch = n, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self):
+        size = 4 if self.epoch % 2 == 0 else 8
+        g = torch.Generator().manual_seed(self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        return [[(i, 2, size) for i in order[s : s + size]] for s in range(0, self.n - size + 1, size)]
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def __iter__(self):
+        return iter(self._batches())
+
+
+def test_user_batch_sampler_with_tuples():
+    data = ScaleDataset(32)
+    trainer = Trainer(
+        make_model(), TrainConfig(epochs=2), train_data=data, loss_fn=ce_loss, batch_sampler=EpochSizedSampler(32)
+    )
+    assert trainer.total_steps == 8 + 4
+    trainer.fit()
+    assert trainer.step == 12 and data.epochs == [0, 1]
+
+
+# ---------------------------------------------------------------- checkpoints and exact resume
+class Crash(RuntimeError):
+    pass
+
+
+def _resume_config(out_dir, **kw) -> TrainConfig:
+    base = dict(
+        epochs=2,
+        batch_size=4,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-3,
+        ema_decay=0.8,
+        ema_warmup=True,
+        warmup_epochs=0.5,
+        grad_accum_steps=2,
+        checkpoint_every=3,
+        log_every=1,
+        out_dir=str(out_dir),
+        seed=5,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def _run(out_dir, crash_at=None, resume=False):
+    def crash(trainer):
+        if trainer.step == crash_at:
+            raise Crash
+
+    cfg = _resume_config(out_dir, resume=resume)
+    trainer = Trainer(
+        make_model(dropout=0.2),
+        cfg,
+        train_data=make_data(40),
+        loss_fn=ce_loss,
+        eval_data=make_data(8, seed=1),
+        eval_fn=top1,
+        callbacks=[crash] if crash_at else [],
+    )
+    if crash_at:
+        with pytest.raises(Crash):
+            trainer.fit()
+    else:
+        trainer.fit()
+    return trainer
+
+
+def _records(out_dir):
+    records = [json.loads(line) for line in (out_dir / METRICS_NAME).read_text().splitlines()]
+    for r in records:
+        r.pop("steps_per_s", None)
+    return records
+
+
+def test_resume_is_exact(tmp_path):
+    straight = _run(tmp_path / "a")  # 40 samples / 4 = 10 batches -> 5 steps per epoch, 10 steps
+    assert straight.step == 10
+    crashed = _run(tmp_path / "b", crash_at=8)  # mid epoch 1; last checkpoint at step 6
+    assert crashed.step == 8
+    resumed = _run(tmp_path / "b", resume=True)
+    assert resumed.start_step == 6
+    assert resumed.losses == straight.losses[6:]
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    for key, value in straight.ema_model.state_dict().items():
+        assert torch.equal(resumed.ema_model.state_dict()[key], value), key
+    assert _records(tmp_path / "b") == _records(tmp_path / "a")
+    again = _run(tmp_path / "b", resume=True)  # a finished run returns its final metrics without training
+    assert again.start_step == 0 and again.losses == []
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    trainer = Trainer(make_model(), _resume_config(tmp_path, ema_decay=None), train_data=make_data(40), loss_fn=ce_loss)
+    path = trainer.save()
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def broken_save(obj, f, *args, **kwargs):
+        real_save({"partial": torch.zeros(3)}, f)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(trainer_module.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save()
+    monkeypatch.setattr(trainer_module.torch, "save", real_save)
+    assert path.read_bytes() == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temp file left behind
+    trainer.load(path)  # still a valid checkpoint
+
+
+def test_resume_rejects_foreign_file(tmp_path):
+    bad = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, bad)
+    trainer = Trainer(
+        make_model(),
+        TrainConfig(steps=1, batch_size=8, resume=str(bad), out_dir=str(tmp_path)),
+        train_data=make_data(),
+        loss_fn=ce_loss,
+    )
+    with pytest.raises(RuntimeError, match="not a bramley training checkpoint"):
+        trainer.fit()
+    missing = TrainConfig(steps=1, batch_size=8, resume=str(tmp_path / "nope.pt"), out_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"nope\.pt"):
+        Trainer(make_model(), missing, train_data=make_data(), loss_fn=ce_loss).fit()
