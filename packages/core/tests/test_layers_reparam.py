@@ -84,6 +84,12 @@ def test_block_fused_equals_unfused(in_chs, out_chs, k, stride, groups, branches
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
 
 
+def test_plain_conv_bn_block_has_single_branch():
+    block = randomize_bn(MobileOneBlock(8, 8, 3, use_scale_branch=False, use_identity=False))
+    assert block.identity is None and block.conv_scale is None and len(block.conv_kxk) == 1
+    assert_fused_equal(block, torch.randn(2, 8, 6, 6))
+
+
 def test_block_without_activation_is_linear_and_fuses():
     block = randomize_bn(MobileOneBlock(4, 4, 3, use_act=False, num_conv_branches=3))
     assert isinstance(block.act, nn.Identity)

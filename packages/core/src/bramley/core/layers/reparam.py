@@ -155,7 +155,9 @@ class MobileOneBlock(nn.Module):
 
     Train time: ``act(se(sum_i conv_kxk[i](x) + conv_scale(x) + identity(x)))`` where each ``conv_kxk`` is a k x k
     conv-BN, ``conv_scale`` a 1x1 conv-BN (only when ``kernel_size > 1`` and ``use_scale_branch``) and ``identity``
-    a BatchNorm (only when ``stride == 1`` and ``in_chs == out_chs``). Inference: ``act(se(reparam_conv(x)))``.
+    a BatchNorm (only when ``stride == 1`` and ``in_chs == out_chs``). With ``num_conv_branches=1`` and both optional
+    branches off it is a plain conv-BN-act, the baseline that over-parameterization is compared against.
+    Inference: ``act(se(reparam_conv(x)))``.
 
     Args:
         in_chs: input channels.
@@ -168,6 +170,7 @@ class MobileOneBlock(nn.Module):
         use_se: squeeze-excite (:class:`SqueezeExcite`) before the activation.
         use_act: apply ``act_layer``; else the block is linear.
         use_scale_branch: add the 1x1 conv-BN branch (ignored when ``kernel_size == 1``).
+        use_identity: add the BatchNorm skip branch where it applies (``stride == 1`` and ``in_chs == out_chs``).
         num_conv_branches: number ``k`` of parallel k x k conv-BN branches (over-parameterization factor).
         act_layer: activation class, instantiated without arguments.
         se_layer: squeeze-excite class, called as ``se_layer(out_chs)``.
@@ -184,6 +187,7 @@ class MobileOneBlock(nn.Module):
         use_se: bool = False,
         use_act: bool = True,
         use_scale_branch: bool = True,
+        use_identity: bool = True,
         num_conv_branches: int = 1,
         act_layer: Callable[[], nn.Module] = nn.ReLU,
         se_layer: Callable[[int], nn.Module] = SqueezeExcite,
@@ -206,7 +210,7 @@ class MobileOneBlock(nn.Module):
         if inference_mode:
             self.reparam_conv = self._make_reparam_conv()
         else:
-            if stride == 1 and in_chs == out_chs:
+            if use_identity and stride == 1 and in_chs == out_chs:
                 self.identity = nn.BatchNorm2d(out_chs)
             self.conv_kxk = nn.ModuleList(
                 ConvNorm(in_chs, out_chs, kernel_size, stride=stride, groups=groups) for _ in range(num_conv_branches)
