@@ -320,20 +320,27 @@ class RepConditionalPosEnc(nn.Module):
         self.pos_enc = None
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention on dense ``(batch, seq, heads, head_dim)`` tensors via ``bramley.core.ops.attention``."""
-    try:
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, core_op: bool = True) -> torch.Tensor:
+    """Softmax attention on dense ``(batch, seq, heads, head_dim)`` tensors.
+
+    ``bramley.core.ops.attention`` by default; PyTorch's ``scaled_dot_product_attention`` (the same function) when
+    ``core_op`` is off, which exporters such as ONNX understand while the core custom op is opaque to them.
+    """
+    if core_op:
         from bramley.core.ops.attention import attention
-    except ImportError:  # core ops not installed yet: the same function through PyTorch's SDPA
-        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
-    return attention(q, k, v)
+
+        return attention(q, k, v)
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
 
 
 class Attention(nn.Module):
     """Multi-head self-attention over the H*W positions of an NCHW map, computed by ``bramley.core.ops.attention``.
 
-    Heads have ``head_dim`` channels (32 in FastViT); qkv has no bias, the output projection has one.
+    Heads have ``head_dim`` channels (32 in FastViT); qkv has no bias, the output projection has one. Setting
+    ``use_core_op = False`` computes the same attention with PyTorch's SDPA (used for ONNX export).
     """
+
+    use_core_op: bool = True
 
     def __init__(self, dim: int, head_dim: int = 32, qkv_bias: bool = False, proj_drop: float = 0.0):
         super().__init__()
@@ -348,7 +355,7 @@ class Attention(nn.Module):
         b, c, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
         q, k, v = self.qkv(tokens).reshape(b, h * w, 3, self.num_heads, self.head_dim).unbind(2)  # (B, N, H, D) each
-        out = _attention(q, k, v).reshape(b, h * w, c)
+        out = _attention(q, k, v, self.use_core_op).reshape(b, h * w, c)
         out = self.proj_drop(self.proj(out))
         return out.transpose(1, 2).reshape(b, c, h, w)
 
