@@ -44,6 +44,23 @@ __all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "Trainer", "resolve_amp"]
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 _FORMAT = "bramley-train-1"
+# settings that may change between a run and its resumption without changing the numbers
+_RUNTIME_FIELDS = frozenset(
+    {
+        "resume",
+        "progress",
+        "out_dir",
+        "device",
+        "distributed",
+        "num_workers",
+        "pin_memory",
+        "log_every",
+        "checkpoint_every",
+        "eval_every",
+        "find_unused_parameters",
+        "fsdp_shard_modules",
+    }
+)
 
 LossFn = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, Mapping[str, float]]"]
 EvalFn = Callable[[nn.Module, Iterable], Mapping[str, float]]
@@ -590,7 +607,7 @@ class Trainer:
         changed = {
             k: (v, getattr(self.cfg, k))
             for k, v in state["config"].items()
-            if k not in ("resume", "progress", "out_dir") and hasattr(self.cfg, k) and v != self.cfg.to_dict()[k]
+            if k not in _RUNTIME_FIELDS and hasattr(self.cfg, k) and v != self.cfg.to_dict()[k]
         }
         if changed:
             diff = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
