@@ -2,7 +2,7 @@
 
 In one launch (to pay the process start-up once) rank 0 records the per-step losses of:
 ``ddp`` a straight DDP run; ``ddp_resumed`` a DDP run killed after step 5 and resumed from its step-3 checkpoint;
-``fsdp`` a straight FSDP2 run (with EMA); ``fsdp_from_ddp`` an FSDP2 run resumed from the DDP step-3 checkpoint.
+``fsdp`` a straight FSDP2 run; ``fsdp_from_ddp`` an FSDP2 run resumed from the DDP step-3 checkpoint.
 Each process sees ``batch_size=4``; the single-process reference in the test uses ``batch_size=8``.
 """
 
@@ -48,6 +48,7 @@ def config(out_dir: Path, batch_size: int, **kw) -> TrainConfig:
         momentum=0.9,
         weight_decay=1e-3,
         warmup_steps=2,
+        ema_decay=0.9,
         clip_grad_norm=5.0,
         checkpoint_every=3,
         log_every=1,
@@ -85,7 +86,7 @@ def main(out: Path) -> None:
         shutil.copy(out / "ddp_resume" / "checkpoint.pt", out / "ddp_step3.pt")
     dist.barrier()
     results["ddp_resumed"] = run(out / "ddp_resume", 4, resume=True).losses
-    fsdp = run(out / "fsdp", 4, distributed="fsdp", ema_decay=0.9)
+    fsdp = run(out / "fsdp", 4, distributed="fsdp")
     results["fsdp"] = fsdp.losses
     results["fsdp_param_type"] = type(fsdp.model[0].weight).__name__
     from_ddp = run(out / "fsdp_from_ddp", 4, distributed="fsdp", resume=str(out / "ddp_step3.pt"))

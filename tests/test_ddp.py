@@ -51,9 +51,10 @@ def test_ddp_matches_single_process(distributed_run, single_run):
     _, single = single_run
     assert results["world_size"] == 2 and len(single.losses) == 6
     assert results["ddp"] == pytest.approx(single.losses, rel=1e-5, abs=1e-6)
-    ddp_weights = load_checkpoint(out / "ddp" / "model.safetensors")
-    for key, value in single.model.state_dict().items():
-        torch.testing.assert_close(ddp_weights[key], value, rtol=1e-5, atol=1e-6)
+    for name, reference in (("model", single.model), ("ema", single.ema_model)):
+        weights = load_checkpoint(out / "ddp" / f"{name}.safetensors")
+        for key, value in reference.state_dict().items():
+            torch.testing.assert_close(weights[key], value, rtol=1e-5, atol=1e-6)
 
 
 def test_ddp_rank0_writes_checkpoint_and_metrics(distributed_run, single_run):
@@ -77,10 +78,10 @@ def test_fsdp_matches_single_process(distributed_run, single_run):
     assert results["fsdp_param_type"] == "DTensor"  # really sharded by fully_shard
     assert results["fsdp"] == pytest.approx(single.losses, rel=1e-5, abs=1e-6)
     assert results["fsdp_from_ddp"] == pytest.approx(results["ddp"][3:], rel=1e-5, abs=1e-6)
-    weights = load_checkpoint(out / "fsdp" / "model.safetensors")
-    for key, value in single.model.state_dict().items():
-        torch.testing.assert_close(weights[key], value, rtol=1e-5, atol=1e-6)
-    assert (out / "fsdp" / "ema.safetensors").is_file()
+    for name, reference in (("model", single.model), ("ema", single.ema_model)):  # EMA over sharded DTensors too
+        weights = load_checkpoint(out / "fsdp" / f"{name}.safetensors")
+        for key, value in reference.state_dict().items():
+            torch.testing.assert_close(weights[key], value, rtol=1e-5, atol=1e-6)
 
 
 def test_ddp_checkpoint_resumes_in_single_process(distributed_run, single_run, tmp_path):

@@ -350,7 +350,7 @@ class Trainer:
                         loss, extras = self._compute_loss(batch)
                     self.scaler.scale(loss / group_size).backward()
                     group_losses.append(loss.detach().float())
-                    group_extras = extras
+                    group_extras = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in extras.items()}
                     if not last_micro:
                         continue
                     lr = self.scheduler.get_last_lr()[0]
@@ -366,7 +366,8 @@ class Trainer:
                         self._log()
                         if progress is not None:
                             progress.set_postfix(loss=f"{self.losses[-1]:.4f}", lr=f"{lr:.3g}")
-                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    final_step = self.step >= self.total_steps  # _finish() saves the final checkpoint
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and not final_step:
                         self.save()
                     for callback in self.callbacks:
                         callback(self)
@@ -564,10 +565,21 @@ class Trainer:
             dist.barrier()
         return path
 
+    def full_state_dict(self, ema: bool = False) -> dict[str, torch.Tensor]:
+        """Unsharded CPU weights of the model (or of the EMA copy) with plain keys, whatever the wrapping.
+
+        Under FSDP this gathers the shards: call it on every rank (ranks > 0 get an empty dict).
+        """
+        if ema:
+            if self.ema is None:
+                raise ValueError("no EMA model: set ema_decay")
+            return full_model_state_dict(self.ema.module)
+        return full_model_state_dict(self.wrapped)
+
     def _save_weights(self) -> None:
         """Final weights as safetensors (``model.safetensors``, ``ema.safetensors``) with the model's config."""
-        state = full_model_state_dict(self.wrapped)
-        ema_state = full_model_state_dict(self.ema.module) if self.ema is not None else None
+        state = self.full_state_dict()
+        ema_state = self.full_state_dict(ema=True) if self.ema is not None else None
         if self.dist.is_main:
             config = getattr(self.model, "model_config", None)
             save_checkpoint(state, self.out_dir / "model.safetensors", config=config)
