@@ -250,6 +250,10 @@ def test_clear_errors():
         Trainer(make_model(), TrainConfig(), train_data=data, loss_fn=ce_loss, batch_sampler=[[0, 1]])
     with pytest.raises(ValueError, match="gives no batch"):
         Trainer(make_model(), TrainConfig(batch_size=64), train_data=data, loss_fn=ce_loss)
+    with pytest.raises(ValueError, match="shards for rank 0 of 2 but this process is rank 0 of 1"):
+        sampler = ShardedBatchSampler(32, 4, rank=0, world_size=2)
+        sampler.num_replicas = 2
+        Trainer(make_model(), TrainConfig(), train_data=data, loss_fn=ce_loss, batch_sampler=sampler)
     with pytest.raises(FloatingPointError, match="nan at step 1"):
         Trainer(
             make_model(),
@@ -333,10 +337,28 @@ def _resume_config(out_dir, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def _run(out_dir, crash_at=None, resume=False):
+class StepCounter:
+    """A stateful callback: its count must survive a kill and resume."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, trainer):
+        self.calls += 1
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state["calls"]
+
+
+def _run(out_dir, crash_at=None, resume=False, stop_at=None):
     def crash(trainer):
         if trainer.step == crash_at:
             raise Crash
+        if trainer.step == stop_at:
+            trainer.should_stop = True
 
     cfg = _resume_config(out_dir, resume=resume)
     trainer = Trainer(
@@ -346,7 +368,7 @@ def _run(out_dir, crash_at=None, resume=False):
         loss_fn=ce_loss,
         eval_data=make_data(8, seed=1),
         eval_fn=top1,
-        callbacks=[crash] if crash_at else [],
+        callbacks=[StepCounter(), crash],
     )
     if crash_at:
         with pytest.raises(Crash):
@@ -370,6 +392,7 @@ def test_resume_is_exact(tmp_path):
     assert crashed.step == 8
     resumed = _run(tmp_path / "b", resume=True)
     assert resumed.start_step == 6
+    assert resumed.callbacks[0].calls == straight.callbacks[0].calls == 10
     assert resumed.losses == straight.losses[6:]
     for key, value in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value), key
@@ -378,6 +401,12 @@ def test_resume_is_exact(tmp_path):
     assert _records(tmp_path / "b") == _records(tmp_path / "a")
     again = _run(tmp_path / "b", resume=True)  # a finished run returns its final metrics without training
     assert again.start_step == 0 and again.losses == []
+
+    stopped = _run(tmp_path / "c", stop_at=7)  # a graceful stop checkpoints where it stops
+    assert stopped.step == 7 and stopped.losses == straight.losses[:7]
+    continued = _run(tmp_path / "c", resume=True)
+    assert continued.start_step == 7 and continued.losses == straight.losses[7:]
+    assert torch.equal(continued.model[0].weight, straight.model[0].weight)
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

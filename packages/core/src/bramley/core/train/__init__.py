@@ -5,6 +5,7 @@ See :class:`Trainer` for the loop and :class:`TrainConfig` for every setting.
 
 from .config import TrainConfig
 from .data import ResumableBatchSampler, ShardedBatchSampler, move_to_device
+from .distributed import DistInfo, init_distributed
 from .ema import ModelEma
 from .optim import build_optimizer, param_groups
 from .rng import seed_everything
@@ -14,6 +15,7 @@ from .trainer import CHECKPOINT_NAME, METRICS_NAME, Trainer, resolve_amp
 __all__ = [
     "CHECKPOINT_NAME",
     "METRICS_NAME",
+    "DistInfo",
     "LRSchedule",
     "ModelEma",
     "ResumableBatchSampler",
@@ -22,6 +24,7 @@ __all__ = [
     "Trainer",
     "build_optimizer",
     "build_scheduler",
+    "init_distributed",
     "move_to_device",
     "param_groups",
     "resolve_amp",

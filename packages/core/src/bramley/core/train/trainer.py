@@ -112,8 +112,11 @@ class Trainer:
         optimizer: an optimizer over ``model``'s parameters, or ``f(model) -> optimizer`` (needed for FSDP, whose
             parameters only exist after sharding). Default: built from ``cfg.optimizer``. The schedule multiplies
             each param group's own learning rate.
-        callbacks: ``f(trainer)`` called after every optimizer step (and after that step's checkpoint); setting
-            ``trainer.should_stop = True`` ends ``fit`` after the current step.
+        callbacks: ``f(trainer)`` called after every optimizer step (before that step's checkpoint, so what
+            it changes, e.g. optimizer settings, is saved); setting
+            ``trainer.should_stop = True`` ends ``fit`` after the current step (with a checkpoint when ``out_dir``
+            is set, so ``resume=True`` continues the run). A callback object with
+            ``state_dict()`` / ``load_state_dict(state)`` has its state saved in checkpoints and restored on resume.
     """
 
     def __init__(
@@ -227,6 +230,7 @@ class Trainer:
                     f"batch_sampler {type(batch_sampler).__name__} lacks {', '.join(missing)}: the trainer needs "
                     "set_epoch(epoch) (same batches for the same epoch, for exact resume) and __len__"
                 )
+            self._check_sharding(batch_sampler)
         self.batch_sampler = ResumableBatchSampler(batch_sampler)
         self._loader_gen = torch.Generator()
         pin = cfg.pin_memory and self.device.type == "cuda"
@@ -253,6 +257,25 @@ class Trainer:
         elif self.eval_fn is not None:
             raise ValueError("eval_fn given without eval_data")
         self._epoch_batches: dict[int, int] = {}
+
+    def _check_sharding(self, sampler: Any) -> None:
+        """A user batch sampler shards itself; catch one built before the process group existed (world size 1)."""
+        world = getattr(sampler, "num_replicas", getattr(sampler, "world_size", None))
+        rank = getattr(sampler, "rank", None)
+        if world is None or rank is None:
+            if self.dist.enabled:
+                warnings.warn(
+                    f"batch_sampler {type(sampler).__name__} has no num_replicas/rank: the trainer cannot check that "
+                    f"it gives each of the {self.dist.world_size} ranks its own shard",
+                    stacklevel=3,
+                )
+            return
+        if (world, rank) != (self.dist.world_size, self.dist.rank):
+            raise ValueError(
+                f"batch_sampler {type(sampler).__name__} shards for rank {rank} of {world} but this process is rank "
+                f"{self.dist.rank} of {self.dist.world_size}; build it after "
+                "bramley.core.train.init_distributed() (or pass num_replicas/rank) so each rank gets its own shard"
+            )
 
     def batches_in_epoch(self, epoch: int) -> int:
         """Micro-batches this rank sees in ``epoch`` (the sampler's length after ``set_epoch(epoch)``)."""
@@ -318,6 +341,7 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train to the configured budget (resuming first if ``cfg.resume``); returns the final metrics."""
         cfg = self.cfg
+        self.should_stop = False
         resumed = self._maybe_resume()
         if self._finished_metrics is not None:
             return dict(self._finished_metrics)
@@ -366,11 +390,11 @@ class Trainer:
                         self._log()
                         if progress is not None:
                             progress.set_postfix(loss=f"{self.losses[-1]:.4f}", lr=f"{lr:.3g}")
+                    for callback in self.callbacks:
+                        callback(self)
                     final_step = self.step >= self.total_steps  # _finish() saves the final checkpoint
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and not final_step:
                         self.save()
-                    for callback in self.callbacks:
-                        callback(self)
                     if self.step >= self.total_steps or self.should_stop:
                         break
                 if self.batch_in_epoch >= n_batches:
@@ -378,8 +402,10 @@ class Trainer:
         finally:
             if progress is not None:
                 progress.close()
-        if self.should_stop and self.step < self.total_steps:
+        if self.should_stop and self.step < self.total_steps:  # stopped early by a callback: resumable
             self._log()
+            if self.out_dir is not None:
+                self.save()
             return self._summary()
         return self._finish()
 
@@ -543,6 +569,7 @@ class Trainer:
             "rng": rng_states,
             "world_size": self.dist.world_size,
             "config": self.cfg.to_dict(),
+            "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in self.callbacks],
         }
         if self.ema is not None:
             state["ema"] = {"module": full_model_state_dict(self.ema.module), "updates": self.ema.updates}
@@ -638,6 +665,13 @@ class Trainer:
             else:
                 load_full_model_state_dict(self.ema.module, state["ema"]["module"])
             self.ema.updates = int(state["ema"]["updates"])
+        saved_callbacks = state["callbacks"]
+        if len(saved_callbacks) != len(self.callbacks) and any(c is not None for c in saved_callbacks):
+            n_saved, n_now = len(saved_callbacks), len(self.callbacks)
+            raise RuntimeError(f"{path} holds the state of {n_saved} callbacks, this trainer has {n_now}")
+        for callback, cb_state in zip(self.callbacks, saved_callbacks):
+            if cb_state is not None:
+                callback.load_state_dict(cb_state)
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self._epoch_losses = list(state["epoch_losses"])
