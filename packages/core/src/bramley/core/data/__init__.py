@@ -8,13 +8,37 @@
 - :func:`seeded_rng`, :class:`SeededTransformDataset`: augmentations reproducible per (seed, epoch, sample).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .digits import DigitsDataset, digits_splits, digits_tensors
-from .folder import IMAGENET_MEAN, IMAGENET_STD, ImageFolder, eval_transform, image_folder_splits, train_transform
 from .photos import SamplePhotosDataset, split_regions
 from .sampler import MultiScaleDataset, VariableBatchSampler, make_scales, multiscale_collate
 from .seeded import SeededTransformDataset, SharedEpoch, sample_seed, seeded_rng
 from .splits import stratified_split
 from .text import ByteTokenizer, ReadStats, TextDocuments, python_stdlib_documents
+
+if TYPE_CHECKING:
+    from .folder import IMAGENET_MEAN, IMAGENET_STD, ImageFolder, eval_transform, image_folder_splits, train_transform
+
+# torchvision costs seconds to import; load the ImageFolder side only when one of its names is used.
+_LAZY_FOLDER = (
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageFolder",
+    "eval_transform",
+    "image_folder_splits",
+    "train_transform",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_FOLDER:
+        return getattr(importlib.import_module(".folder", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ._bundled import load_digits_arrays
 from .splits import SPLITS, stratified_split
 
 DIGITS_MAX_VALUE = 16.0  # sklearn stores the 8x8 images as integer counts 0..16
@@ -17,10 +18,8 @@ DIGITS_MAX_VALUE = 16.0  # sklearn stores the 8x8 images as integer counts 0..16
 
 @lru_cache(maxsize=1)
 def _raw_digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    return bunch.images.astype(np.float32) / DIGITS_MAX_VALUE, bunch.target.astype(np.int64)
+    images, targets = load_digits_arrays()
+    return images.astype(np.float32) / DIGITS_MAX_VALUE, targets
 
 
 @lru_cache(maxsize=16)

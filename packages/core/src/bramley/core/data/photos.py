@@ -4,10 +4,13 @@ Labels: with ``label="quadrant"`` (default) each photo is cut into a 2x2 grid an
 ``photo * 4 + quadrant`` (quadrants numbered top-left, top-right, bottom-left, bottom-right), 8 classes; with
 ``label="photo"`` the class is the photo (2 classes).
 
-No leakage: each quadrant is cut along its width into three vertical strips, ``train | val | test``, of widths
-``1 - val_fraction - test_fraction``, ``val_fraction`` and ``test_fraction`` of the quadrant width. Every crop of a
-split lies entirely inside that split's strips, so no pixel is shared between splits. Crop positions are drawn
-uniformly inside the strip from ``numpy.random.default_rng([seed, split_id])`` and fixed for the dataset's lifetime.
+No leakage: each quadrant is cut into a ``grid x grid`` array of blocks (default 4x4, blocks of about 53x80
+pixels) and the blocks are dealt to the splits by a permutation drawn from ``numpy.random.default_rng([seed, 0])``:
+``round(test_fraction * grid**2)`` blocks to ``test``, ``round(val_fraction * grid**2)`` to ``val``, the rest to
+``train``. Every crop lies entirely inside one block of its own split, so no pixel is shared between splits, while
+every split still covers the whole quadrant (contiguous strips would make held-out crops come from a different part
+of the scene). Crop positions are drawn from ``default_rng([seed, 1 + split_index])``: a random block of the split,
+then a uniform position inside it; they are fixed for the dataset's lifetime.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ._bundled import load_sample_photo
 from .splits import SPLITS, check_fractions
 
 PHOTO_NAMES = ("china", "flower")
@@ -49,16 +53,24 @@ class Box:
 
 @lru_cache(maxsize=1)
 def _photos() -> tuple[np.ndarray, ...]:
-    from sklearn.datasets import load_sample_images
-
-    bunch = load_sample_images()
-    order = [next(i for i, f in enumerate(bunch.filenames) if f.endswith(f"{name}.jpg")) for name in PHOTO_NAMES]
-    return tuple(np.ascontiguousarray(bunch.images[i]) for i in order)
+    return tuple(load_sample_photo(name) for name in PHOTO_NAMES)
 
 
-def split_regions(val_fraction: float = 0.2, test_fraction: float = 0.2) -> dict[str, list[tuple[int, Box]]]:
-    """For each split, ``(class_index_with_quadrants, region)`` for every one of the 8 photo quadrants."""
+def split_regions(
+    val_fraction: float = 0.2, test_fraction: float = 0.2, *, grid: int = 4, seed: int = 0
+) -> dict[str, list[tuple[int, Box]]]:
+    """For each split, the ``(quadrant_class, block)`` pairs it owns (see the module docstring for the layout)."""
     check_fractions(val_fraction, test_fraction)
+    if grid < 1:
+        raise ValueError(f"grid must be >= 1, got {grid}")
+    n_blocks = grid * grid
+    n_test, n_val = round(test_fraction * n_blocks), round(val_fraction * n_blocks)
+    if n_blocks - n_test - n_val < 1 or (val_fraction > 0 and n_val == 0) or (test_fraction > 0 and n_test == 0):
+        raise ValueError(
+            f"a {grid}x{grid} grid cannot give every split a block with val_fraction={val_fraction}, "
+            f"test_fraction={test_fraction}; use a larger grid"
+        )
+    rng = np.random.default_rng([seed, 0])
     regions: dict[str, list[tuple[int, Box]]] = {name: [] for name in SPLITS}
     for p, photo in enumerate(_photos()):
         height, width = photo.shape[:2]
@@ -66,11 +78,17 @@ def split_regions(val_fraction: float = 0.2, test_fraction: float = 0.2) -> dict
         cols = ((0, width // 2), (width // 2, width))
         for q in range(4):
             (top, bottom), (left, right) = rows[q // 2], cols[q % 2]
-            quad_width = right - left
-            n_val, n_test = round(val_fraction * quad_width), round(test_fraction * quad_width)
-            edges = [left, right - n_val - n_test, right - n_test, right]
-            for s, name in enumerate(SPLITS):
-                regions[name].append((p * 4 + q, Box(p, top, edges[s], bottom, edges[s + 1])))
+            ys = np.linspace(top, bottom, grid + 1).round().astype(int)
+            xs = np.linspace(left, right, grid + 1).round().astype(int)
+            order = rng.permutation(n_blocks)
+            owner = {
+                int(b): ("test" if k < n_test else "val" if k < n_test + n_val else "train")
+                for k, b in enumerate(order)
+            }
+            for b in range(n_blocks):
+                r, c = divmod(b, grid)
+                box = Box(p, int(ys[r]), int(xs[c]), int(ys[r + 1]), int(xs[c + 1]))
+                regions[owner[b]].append((p * 4 + q, box))
     return regions
 
 
@@ -79,17 +97,18 @@ class SamplePhotosDataset(Dataset):
 
     Items are ``(image, label)``; ``image`` is ``transform(pil_crop)`` when ``transform`` is given, else a float32
     ``(3, crop_size, crop_size)`` tensor in [0, 1] (``as_tensor=True``) or the PIL crop. See the module docstring
-    for the leakage-free region layout. With the defaults the train / val / test strips of a quadrant are
-    192 / 64 / 64 pixels wide and 213 or 214 high.
+    for the leakage-free block layout. With the defaults each quadrant has 16 blocks of about 53x80 pixels:
+    10 for train, 3 for val, 3 for test.
 
     Args:
         split: ``"train"``, ``"val"`` or ``"test"``.
         crop_size: side of the square crops; must fit the narrowest strip of the split.
         samples_per_class: crops per class in this split.
         label: ``"quadrant"`` or ``"photo"``.
-        val_fraction: width share of each quadrant given to ``val``.
-        test_fraction: width share of each quadrant given to ``test``.
-        seed: seed of the crop positions.
+        val_fraction: share of each quadrant's blocks given to ``val``.
+        test_fraction: share of each quadrant's blocks given to ``test``.
+        grid: blocks per quadrant side.
+        seed: seed of the block assignment and of the crop positions.
         as_tensor: return tensors (otherwise PIL images) when no ``transform`` is given.
         transform: callable applied to the PIL crop.
     """
@@ -103,6 +122,7 @@ class SamplePhotosDataset(Dataset):
         label: str = "quadrant",
         val_fraction: float = 0.2,
         test_fraction: float = 0.2,
+        grid: int = 4,
         seed: int = 0,
         as_tensor: bool = True,
         transform: Callable | None = None,
@@ -113,22 +133,26 @@ class SamplePhotosDataset(Dataset):
             raise ValueError(f"label must be 'quadrant' or 'photo', got {label!r}")
         if crop_size < 1 or samples_per_class < 1:
             raise ValueError(f"crop_size and samples_per_class must be >= 1, got {crop_size} and {samples_per_class}")
-        regions = split_regions(val_fraction, test_fraction)[split]
-        rng = np.random.default_rng([seed, SPLITS.index(split)])
+        regions = split_regions(val_fraction, test_fraction, grid=grid, seed=seed)[split]
+        smallest = min(min(b.bottom - b.top, b.right - b.left) for _, b in regions)
+        if crop_size > smallest:
+            raise ValueError(
+                f"crop_size {crop_size} does not fit the smallest {grid}x{grid}-grid block ({smallest} pixels); "
+                "use a smaller crop_size or grid"
+            )
+        by_class: dict[int, list[Box]] = {}
+        for cls, box in regions:
+            by_class.setdefault(cls, []).append(box)
+        rng = np.random.default_rng([seed, 1 + SPLITS.index(split)])
         self.boxes: list[Box] = []
         labels: list[int] = []
-        for cls, region in regions:
-            h, w = region.bottom - region.top, region.right - region.left
-            if crop_size > min(h, w):
-                raise ValueError(
-                    f"crop_size {crop_size} does not fit the {split} region of {h}x{w} pixels; "
-                    "use a smaller crop_size or a larger fraction for this split"
-                )
-            tops = region.top + rng.integers(0, h - crop_size + 1, samples_per_class)
-            lefts = region.left + rng.integers(0, w - crop_size + 1, samples_per_class)
-            for t, l in zip(tops.tolist(), lefts.tolist()):
-                self.boxes.append(Box(region.photo, t, l, t + crop_size, l + crop_size))
-                labels.append(cls if label == "quadrant" else region.photo)
+        for cls, blocks in sorted(by_class.items()):
+            for k in rng.integers(0, len(blocks), samples_per_class).tolist():
+                block = blocks[k]
+                t = block.top + int(rng.integers(0, block.bottom - block.top - crop_size + 1))
+                l = block.left + int(rng.integers(0, block.right - block.left - crop_size + 1))
+                self.boxes.append(Box(block.photo, t, l, t + crop_size, l + crop_size))
+                labels.append(cls if label == "quadrant" else block.photo)
         self.targets = torch.tensor(labels, dtype=torch.int64)
         if label == "quadrant":
             self.classes = tuple(f"{p}_{q}" for p in PHOTO_NAMES for q in QUADRANT_NAMES)

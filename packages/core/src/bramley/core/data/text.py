@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 PathLike = str | Path
@@ -142,7 +143,7 @@ class ByteTokenizer:
 
     def encode(self, text: str, *, add_eot: bool = True) -> torch.Tensor:
         """``int64`` ids of the UTF-8 bytes of ``text``, followed by :attr:`eot_id` when ``add_eot``."""
-        ids = torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).to(torch.int64)
+        ids = torch.from_numpy(np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64))
         return torch.cat([ids, torch.tensor([self.eot_id])]) if add_eot else ids
 
     def encode_documents(self, documents: Sequence[str] | Iterator[str]) -> torch.Tensor:
