@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -442,3 +443,21 @@ def test_resume_rejects_foreign_file(tmp_path):
     missing = TrainConfig(steps=1, batch_size=8, resume=str(tmp_path / "nope.pt"), out_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"nope\.pt"):
         Trainer(make_model(), missing, train_data=make_data(), loss_fn=ce_loss).fit()
+
+
+# ---------------------------------------------------------------- README
+def _readme_section() -> str:
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text.split("\n## Trainer\n", 1)[1]
+    return section.split("\n## ", 1)[0]
+
+
+def test_readme_trainer_example_runs(tmp_path, monkeypatch, capsys):
+    code = _readme_section().split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert result["step"] == 24 and {"train_loss", "eval_loss", "ema_eval_loss"} <= set(result)
+    assert (tmp_path / "runs" / "demo" / CHECKPOINT_NAME).is_file()
+    assert "'step': 24.0" in capsys.readouterr().out
