@@ -2,14 +2,19 @@
 
 ``triton.jit`` decides at decoration time whether a kernel is compiled or run by the CPU interpreter
 (``TRITON_INTERPRET=1``). Kernels in this package are therefore plain functions that are wrapped here, at launch time,
-for the mode that is active then, so a test can switch the interpreter on after import.
+for the mode that is active then, so the interpreter can be switched on after import (as tests do).
+
+Triton's own library functions (``tl.sum``, ``tl.max``, ``tl.zeros``, ...) are themselves jit functions created when
+``triton.language`` was imported. If that happened with the interpreter off, an interpreted launch swaps them for
+interpreted twins for the duration of the launch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -44,9 +49,47 @@ def triton_usable_for(tensor: torch.Tensor) -> bool:
 
 
 @functools.cache
+def _interpreted_twin(jit_function: Any) -> Any:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return InterpretedFunction(jit_function.fn)
+
+
+@contextlib.contextmanager
+def _interpretable_stdlib() -> Iterator[None]:
+    """Temporarily replace compiled-mode jit functions of ``triton.language`` by interpreted ones."""
+    from triton.runtime.jit import JITFunction
+
+    saved = []
+    for module in (tl, tl.standard, tl.math):
+        for name, value in list(vars(module).items()):
+            if isinstance(value, JITFunction):
+                saved.append((module, name, value))
+                setattr(module, name, _interpreted_twin(value))
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
+class _InterpretedKernel:
+    """``kernel[grid](...)`` for the interpreter, with Triton's library functions interpretable during the launch."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.kernel = triton.jit(fn)
+
+    def __getitem__(self, grid: Any) -> Callable[..., Any]:
+        def launch(*args: Any, **kwargs: Any) -> Any:
+            with _interpretable_stdlib():
+                return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+@functools.cache
 def _jit_for_mode(fn: Callable[..., Any], interpret: bool) -> Any:
-    del interpret  # part of the cache key only: triton.jit reads the environment itself
-    return triton.jit(fn)
+    return _InterpretedKernel(fn) if interpret else triton.jit(fn)
 
 
 def jit(fn: Callable[..., Any]) -> Any:

@@ -1,0 +1,448 @@
+"""Triton varlen flash attention: forward and recompute-based backward over packed documents.
+
+Layout: packed ``(total, heads, dim)`` tensors with int32 ``cu_seqlens``; the dense layout is packed with uniform
+offsets by the caller. One program handles one block of rows of one (document, head): grid axis 0 enumerates
+``batch * cdiv(max_seqlen, BLOCK)`` blocks (blocks past the end of a short document exit at once), axis 1 the heads.
+
+- Forward: online softmax in the log2 domain; saves only ``O`` and the LSE (natural log, ``(heads, total)`` fp32).
+- Backward: ``delta = rowsum(dO * O) - dLSE`` (preprocess kernel), then one kernel per key block computing dK/dV
+  (looping over the query heads of its GQA group, so no atomics) and one per query block computing dQ. The
+  probabilities are recomputed from Q, K and the LSE, so memory stays O(total).
+- Masking: query ``i`` sees key ``j`` iff ``i - left <= j <= i + right`` (``-1`` = unbounded; causal is
+  ``right = 0``). Key (or query) blocks outside the band are skipped; the elementwise mask is applied only to
+  blocks that straddle the band edge or the document end.
+- Head dims that are not powers of two are padded to ``BLOCK_D`` with masked loads and stores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._triton import interpreting, jit, tl, triton
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+# ----------------------------------------------------------------------------------------------------- kernels
+def _fwd_kernel(
+    Q, K, V, O, LSE, CU,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lh,
+    max_seqlen, group, qk_scale_log2, window_left, window_right,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    num_m = tl.cdiv(max_seqlen, BLOCK_M)
+    pid = tl.program_id(0)
+    doc = pid // num_m
+    m0 = (pid % num_m) * BLOCK_M
+    head = tl.program_id(1)
+    kv_head = head // group
+    start = tl.load(CU + doc)
+    length = tl.load(CU + doc + 1) - start
+    if m0 >= length:
+        return
+
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    row_ok = offs_m < length
+    rows = (start + offs_m).to(tl.int64)
+    q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
+    if UPCAST:
+        q = q.to(tl.float32)
+    k_base = K + kv_head * stride_kh
+    v_base = V + kv_head * stride_vh
+
+    lo = 0
+    hi = length
+    if HAS_LEFT:
+        lo = (tl.maximum(m0 - window_left, 0) // BLOCK_N) * BLOCK_N
+    if HAS_RIGHT:
+        hi = tl.minimum(m0 + BLOCK_M + window_right, length)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for n0 in range(lo, hi, BLOCK_N):
+        cols = n0 + offs_n
+        col_ok = cols < length
+        keys = (start + cols).to(tl.int64)
+        k = tl.load(k_base + keys[None, :] * stride_kt + offs_d[:, None],
+                    mask=col_ok[None, :] & d_ok[:, None], other=0.0)  # fmt: skip
+        if UPCAST:
+            k = k.to(tl.float32)
+        s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale_log2
+        need_mask = n0 + BLOCK_N > length
+        if HAS_LEFT:
+            need_mask = need_mask | (n0 < m0 + BLOCK_M - 1 - window_left)
+        if HAS_RIGHT:
+            need_mask = need_mask | (n0 + BLOCK_N - 1 > m0 + window_right)
+        if need_mask:
+            visible = col_ok[None, :]
+            if HAS_LEFT:
+                visible = visible & (cols[None, :] >= offs_m[:, None] - window_left)
+            if HAS_RIGHT:
+                visible = visible & (cols[None, :] <= offs_m[:, None] + window_right)
+            s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + keys[:, None] * stride_vt + offs_d[None, :],
+                    mask=col_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
+        if UPCAST:
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(Q.dtype.element_ty).to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    empty = l_i == 0.0  # no visible key: output 0, LSE -inf
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+    tl.store(O + rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :], out.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & d_ok[None, :])  # fmt: skip
+    tl.store(LSE + head * stride_lh + rows, lse, mask=row_ok)
+
+
+def _bwd_preprocess_kernel(
+    O, DO, DLSE, DELTA, total,
+    stride_ot, stride_oh, stride_dot, stride_doh, stride_dlh, stride_delh,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, HAS_DLSE: tl.constexpr,
+):  # fmt: skip
+    head = tl.program_id(1)
+    offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_d = tl.arange(0, BLOCK_D)
+    t_ok = offs_t < total
+    mask = t_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
+    rows = offs_t.to(tl.int64)
+    o = tl.load(O + rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_d[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + head * stride_dlh + rows, mask=t_ok, other=0.0).to(tl.float32)
+    tl.store(DELTA + head * stride_delh + rows, delta, mask=t_ok)
+
+
+def _bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV, CU,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+    stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh,
+    max_seqlen, group, qk_scale_log2, sm_scale, window_left, window_right,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    num_n = tl.cdiv(max_seqlen, BLOCK_N)
+    pid = tl.program_id(0)
+    doc = pid // num_n
+    n0 = (pid % num_n) * BLOCK_N
+    kv_head = tl.program_id(1)
+    start = tl.load(CU + doc)
+    length = tl.load(CU + doc + 1) - start
+    if n0 >= length:
+        return
+
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    col_ok = offs_n < length
+    keys = (start + offs_n).to(tl.int64)
+    kv_mask = col_ok[:, None] & d_ok[None, :]
+    k = tl.load(K + keys[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + keys[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    # Queries that see key j: i in [j - right, j + left].
+    lo = 0
+    hi = length
+    if HAS_RIGHT:
+        lo = (tl.maximum(n0 - window_right, 0) // BLOCK_M) * BLOCK_M
+    if HAS_LEFT:
+        hi = tl.minimum(n0 + BLOCK_N + window_left, length)
+    for head in range(kv_head * group, kv_head * group + group):
+        for m0 in range(lo, hi, BLOCK_M):
+            qrows = m0 + offs_m
+            row_ok = qrows < length
+            rows = (start + qrows).to(tl.int64)
+            q_mask = row_ok[:, None] & d_ok[None, :]
+            q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :], mask=q_mask, other=0.0)
+            do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_d[None, :], mask=q_mask,
+                         other=0.0)  # fmt: skip
+            if UPCAST:
+                q = q.to(tl.float32)
+                do = do.to(tl.float32)
+            lse = tl.load(LSE + head * stride_lh + rows, mask=row_ok, other=0.0)
+            lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+            delta = tl.load(DELTA + head * stride_lh + rows, mask=row_ok, other=0.0)
+            # Transposed scores (keys x queries), so the dK/dV products need no transposes of large tiles.
+            st = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale_log2
+            pt = tl.exp2(st - lse2[None, :])
+            need_mask = m0 + BLOCK_M > length
+            if HAS_RIGHT:
+                need_mask = need_mask | (m0 < n0 + BLOCK_N - 1 - window_right)
+            if HAS_LEFT:
+                need_mask = need_mask | (m0 + BLOCK_M - 1 > n0 + window_left)
+            if need_mask:
+                visible = row_ok[None, :] & col_ok[:, None]
+                if HAS_LEFT:
+                    visible = visible & (offs_n[:, None] >= qrows[None, :] - window_left)
+                if HAS_RIGHT:
+                    visible = visible & (offs_n[:, None] <= qrows[None, :] + window_right)
+                pt = tl.where(visible, pt, 0.0)
+            dv += tl.dot(pt.to(Q.dtype.element_ty).to(do.dtype), do, input_precision=DOT_PRECISION)
+            dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+            dst = pt * (dpt - delta[None, :])
+            dk += tl.dot(dst.to(Q.dtype.element_ty).to(q.dtype), q, input_precision=DOT_PRECISION)
+
+    tl.store(DK + keys[:, None] * stride_dkt + kv_head * stride_dkh + offs_d[None, :],
+             (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)  # fmt: skip
+    tl.store(DV + keys[:, None] * stride_dvt + kv_head * stride_dvh + offs_d[None, :], dv.to(DV.dtype.element_ty),
+             mask=kv_mask)  # fmt: skip
+
+
+def _bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, CU,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+    stride_dqt, stride_dqh, stride_lh,
+    max_seqlen, group, qk_scale_log2, sm_scale, window_left, window_right,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    num_m = tl.cdiv(max_seqlen, BLOCK_M)
+    pid = tl.program_id(0)
+    doc = pid // num_m
+    m0 = (pid % num_m) * BLOCK_M
+    head = tl.program_id(1)
+    kv_head = head // group
+    start = tl.load(CU + doc)
+    length = tl.load(CU + doc + 1) - start
+    if m0 >= length:
+        return
+
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    row_ok = offs_m < length
+    rows = (start + offs_m).to(tl.int64)
+    q_mask = row_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :], mask=q_mask, other=0.0)
+    do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_d[None, :], mask=q_mask, other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    lse = tl.load(LSE + head * stride_lh + rows, mask=row_ok, other=0.0)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    delta = tl.load(DELTA + head * stride_lh + rows, mask=row_ok, other=0.0)
+    k_base = K + kv_head * stride_kh
+    v_base = V + kv_head * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    lo = 0
+    hi = length
+    if HAS_LEFT:
+        lo = (tl.maximum(m0 - window_left, 0) // BLOCK_N) * BLOCK_N
+    if HAS_RIGHT:
+        hi = tl.minimum(m0 + BLOCK_M + window_right, length)
+    for n0 in range(lo, hi, BLOCK_N):
+        cols = n0 + offs_n
+        col_ok = cols < length
+        keys = (start + cols).to(tl.int64)
+        kv_mask = col_ok[:, None] & d_ok[None, :]
+        k = tl.load(k_base + keys[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + keys[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
+        p = tl.exp2(s - lse2[:, None])
+        need_mask = n0 + BLOCK_N > length
+        if HAS_LEFT:
+            need_mask = need_mask | (n0 < m0 + BLOCK_M - 1 - window_left)
+        if HAS_RIGHT:
+            need_mask = need_mask | (n0 + BLOCK_N - 1 > m0 + window_right)
+        if need_mask:
+            visible = col_ok[None, :] & row_ok[:, None]
+            if HAS_LEFT:
+                visible = visible & (cols[None, :] >= offs_m[:, None] - window_left)
+            if HAS_RIGHT:
+                visible = visible & (cols[None, :] <= offs_m[:, None] + window_right)
+            p = tl.where(visible, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(Q.dtype.element_ty).to(k.dtype), k, input_precision=DOT_PRECISION)
+
+    tl.store(DQ + rows[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ launch configs
+def _block_d(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _configs(kind: str, block_d: int) -> tuple[int, int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` per kernel and padded head dim.
+
+    Chosen from the usual FA2-on-Triton shapes (large query tiles for the forward and dQ, large key tiles for
+    dK/dV, smaller tiles as the head dim grows so the tiles fit in shared memory). Not yet tuned on a GPU.
+    Under the interpreter small tiles keep the CPU run fast while still covering multi-block documents.
+    """
+    if interpreting():
+        return (16, 16, 1, 1)
+    if kind == "fwd":
+        return {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 4, 3), 128: (128, 64, 8, 3)}.get(
+            block_d, (64, 32, 8, 2)
+        )
+    if kind == "dkdv":
+        return {16: (32, 128, 4, 3), 32: (32, 128, 4, 3), 64: (32, 128, 4, 3), 128: (32, 64, 8, 2)}.get(
+            block_d, (16, 32, 8, 1)
+        )
+    return {16: (128, 32, 4, 3), 32: (128, 32, 4, 3), 64: (128, 32, 4, 3), 128: (64, 32, 4, 2)}.get(
+        block_d, (32, 16, 8, 1)
+    )
+
+
+def _dot_flags(dtype: torch.dtype) -> dict[str, object]:
+    """``DOT_PRECISION`` and ``UPCAST`` for a dtype.
+
+    fp32 inputs use IEEE products (not TF32): the function is the fp32 one. The CPU interpreter's ``tl.dot`` mishandles
+    bf16 operands, so there tiles are widened to fp32 right before each product: bf16 x bf16 products are exact in
+    fp32, so this is the same arithmetic as the GPU's bf16 MMA with fp32 accumulation (P and dS are still rounded
+    to bf16 first, as on the GPU).
+    """
+    upcast = interpreting() and dtype == torch.bfloat16
+    return {"DOT_PRECISION": "ieee" if dtype == torch.float32 or upcast else "tf32", "UPCAST": upcast}
+
+
+def _as_packed(q, k, v, cu_seqlens, max_seqlen):
+    """Dense (batch, seq, heads, dim) -> packed views plus uniform offsets; packed inputs pass through."""
+    if cu_seqlens is not None:
+        return q, k, v, cu_seqlens
+    batch, seq = q.shape[:2]
+    cu = torch.arange(0, (batch + 1) * seq, seq, dtype=torch.int32, device=q.device)
+    return (
+        q.reshape(batch * seq, *q.shape[2:]),
+        k.reshape(batch * seq, *k.shape[2:]),
+        v.reshape(batch * seq, *v.shape[2:]),
+        cu,
+    )
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+# --------------------------------------------------------------------------------------------------- launchers
+def forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int,
+    scale: float,
+    window_left: int,
+    window_right: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton forward on validated inputs; returns ``(out, lse)`` like the reference path (dense or packed)."""
+    dense_shape = q.shape if cu_seqlens is None else None
+    q, k, v, cu = _as_packed(q, k, v, cu_seqlens, max_seqlen)
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    total, heads, head_dim = q.shape
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((heads, total), dtype=torch.float32, device=q.device)
+    batch = cu.numel() - 1
+    if total > 0 and batch > 0 and max_seqlen > 0:
+        block_d = _block_d(head_dim)
+        block_m, block_n, warps, stages = _configs("fwd", block_d)
+        grid = (batch * math.ceil(max_seqlen / block_m), heads)
+        jit(_fwd_kernel)[grid](
+            q, k, v, out, lse, cu,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            out.stride(0), out.stride(1), lse.stride(0),
+            max_seqlen, heads // k.shape[1], scale * LOG2E, window_left, window_right,
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+            HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, **_dot_flags(q.dtype),
+            num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+    if dense_shape is not None:
+        batch_d, seq = dense_shape[:2]
+        return out.view(dense_shape), lse.view(heads, batch_d, seq).transpose(0, 1).contiguous()
+    return out, lse
+
+
+def backward(
+    grad_out: torch.Tensor,
+    grad_lse: torch.Tensor | None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int,
+    scale: float,
+    window_left: int,
+    window_right: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton backward: ``(dq, dk, dv)`` from the saved output and LSE (nothing of size length^2 is stored)."""
+    dense_shapes = (q.shape, k.shape) if cu_seqlens is None else None
+    if dense_shapes is not None:
+        batch, seq = q.shape[:2]
+        lse = lse.transpose(0, 1).reshape(q.shape[2], batch * seq)
+        if grad_lse is not None:
+            grad_lse = grad_lse.transpose(0, 1).reshape(q.shape[2], batch * seq)
+        grad_out = grad_out.reshape(batch * seq, *grad_out.shape[2:])
+        out = out.reshape(batch * seq, *out.shape[2:])
+    q, k, v, cu = _as_packed(q, k, v, cu_seqlens, max_seqlen)
+    q, k, v, out, grad_out = (_last_dim_contiguous(t) for t in (q, k, v, out, grad_out))
+    lse = lse.contiguous()
+    total, heads, head_dim = q.shape
+    kv_heads = k.shape[1]
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    batch = cu.numel() - 1
+    if total > 0 and batch > 0 and max_seqlen > 0:
+        block_d = _block_d(head_dim)
+        delta = torch.empty_like(lse)
+        dlse = grad_lse.to(torch.float32).contiguous() if grad_lse is not None else lse
+        block_t = 16 if interpreting() else 64
+        jit(_bwd_preprocess_kernel)[(math.ceil(total / block_t), heads)](
+            out, grad_out, dlse, delta, total,
+            out.stride(0), out.stride(1), grad_out.stride(0), grad_out.stride(1), dlse.stride(0), delta.stride(0),
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=block_t, HAS_DLSE=grad_lse is not None,
+        )  # fmt: skip
+        common = dict(
+            HEAD_DIM=head_dim, BLOCK_D=block_d, HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
+            **_dot_flags(q.dtype),
+        )  # fmt: skip
+        scalars = (max_seqlen, heads // kv_heads, scale * LOG2E, scale, window_left, window_right)
+        block_m, block_n, warps, stages = _configs("dkdv", block_d)
+        jit(_bwd_dkdv_kernel)[(batch * math.ceil(max_seqlen / block_n), kv_heads)](
+            q, k, v, grad_out, lse, delta, dk, dv, cu,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            grad_out.stride(0), grad_out.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+            lse.stride(0), *scalars,
+            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
+        )  # fmt: skip
+        block_m, block_n, warps, stages = _configs("dq", block_d)
+        jit(_bwd_dq_kernel)[(batch * math.ceil(max_seqlen / block_m), heads)](
+            q, k, v, grad_out, lse, delta, dq, cu,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            grad_out.stride(0), grad_out.stride(1), dq.stride(0), dq.stride(1), lse.stride(0), *scalars,
+            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
+        )  # fmt: skip
+    else:
+        dq.zero_(), dk.zero_(), dv.zero_()
+    if dense_shapes is not None:
+        return dq.view(dense_shapes[0]), dk.view(dense_shapes[1]), dv.view(dense_shapes[1])
+    return dq, dk, dv
