@@ -221,7 +221,7 @@ def test_metrics_jsonl_and_result(tmp_path):
     records = [json.loads(line) for line in (tmp_path / METRICS_NAME).read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
-    assert [r["step"] for r in train] == [2, 4, 6, 8]
+    assert [(r["step"], r["epoch"]) for r in train] == [(2, 0.5), (4, 1.0), (6, 1.5), (8, 2.0)]
     assert {"loss", "lr", "train_acc", "grad_norm", "epoch", "steps_per_s"} <= set(train[0])
     assert train[0]["loss"] == pytest.approx(sum(trainer.losses[:2]) / 2)
     assert [(r["step"], r["epoch"]) for r in evals] == [(4, 1), (8, 2)]

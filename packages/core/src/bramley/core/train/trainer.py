@@ -293,6 +293,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     @property
+    def epoch_progress(self) -> float:
+        """Epochs done, fractional within the current one (1.5 = halfway through the second epoch)."""
+        return self.epoch + self.batch_in_epoch / self.batches_in_epoch(self.epoch)
+
+    @property
     def ema_model(self) -> nn.Module | None:
         """The EMA copy of the model (``None`` without ``ema_decay``)."""
         return self.ema.module if self.ema is not None else None
@@ -429,8 +434,7 @@ class Trainer:
         return metrics
 
     def _summary(self) -> dict[str, float]:
-        epoch = self.epoch + self.batch_in_epoch / self.batches_in_epoch(self.epoch)
-        metrics = {"step": float(self.step), "epoch": epoch}
+        metrics = {"step": float(self.step), "epoch": self.epoch_progress}
         if self._epoch_losses:
             metrics["train_loss"] = sum(self._epoch_losses) / len(self._epoch_losses)
         elif "train_loss" in self.last_metrics:
@@ -509,7 +513,7 @@ class Trainer:
         now = time.perf_counter()
         window, self._window = self._window, []
         last = window[-1]
-        record: dict[str, Any] = {"kind": "train", "step": last["step"], "epoch": self.epoch, "lr": last["lr"]}
+        record: dict[str, Any] = {"kind": "train", "step": last["step"], "epoch": self.epoch_progress, "lr": last["lr"]}
         for key in last:
             if key not in ("step", "lr"):
                 name = key if key == "loss" else f"train_{key}"
