@@ -94,7 +94,8 @@ class MatryoshkaContrastiveLoss(nn.Module):
     def per_size(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Unweighted CLIP loss of each size, shape ``(num_sizes,)``."""
         if a.ndim != 2 or a.shape != b.shape:
-            raise ValueError(f"embeddings must be two (N, D) tensors of equal shape, got {tuple(a.shape)}, {tuple(b.shape)}")
+            shapes = f"{tuple(a.shape)}, {tuple(b.shape)}"
+            raise ValueError(f"embeddings must be two (N, D) tensors of equal shape, got {shapes}")
         if self.nesting[-1] > a.shape[1]:
             raise ValueError(f"nesting sizes {self.nesting} exceed the embedding dim {a.shape[1]}")
         scale = self.log_scale.exp().clamp(max=100.0)

@@ -13,6 +13,7 @@ multiply-add per dimension, so a funnel costs ``N * d_0 + sum_i L_i * d_i``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -44,7 +45,9 @@ def faiss_available() -> bool:
     return True
 
 
-def funnel_mflops(num_database: int, retrieval_dim: int, rerank_dims: Sequence[int], shortlists: Sequence[int]) -> float:
+def funnel_mflops(
+    num_database: int, retrieval_dim: int, rerank_dims: Sequence[int], shortlists: Sequence[int]
+) -> float:
     """MFLOPs per query of a funnel: ``N * d_0`` to shortlist, then ``L_i * d_i`` per rerank stage."""
     return (num_database * retrieval_dim + sum(L * d for L, d in zip(shortlists, rerank_dims))) / 1e6
 
@@ -52,7 +55,8 @@ def funnel_mflops(num_database: int, retrieval_dim: int, rerank_dims: Sequence[i
 def neighbor_recall(approx: torch.Tensor, exact: torch.Tensor, k: int | None = None) -> float:
     """Share of the exact top-``k`` neighbours that the approximate top-``k`` contains (the ANN "recall@k")."""
     if approx.ndim != 2 or exact.ndim != 2 or approx.shape[0] != exact.shape[0]:
-        raise ValueError(f"neighbour lists must be (Q, k) with equal Q, got {tuple(approx.shape)}, {tuple(exact.shape)}")
+        shapes = f"{tuple(approx.shape)}, {tuple(exact.shape)}"
+        raise ValueError(f"neighbour lists must be (Q, k) with equal Q, got {shapes}")
     k = k or exact.shape[1]
     if k > approx.shape[1] or k > exact.shape[1]:
         raise ValueError(f"k={k} exceeds the neighbour lists' length {approx.shape[1]}, {exact.shape[1]}")
@@ -75,8 +79,8 @@ class MatryoshkaIndex:
     def __init__(
         self,
         embeddings: torch.Tensor,
-        chunk_size: int = 65536,
-        query_batch: int = 256,
+        chunk_size: int = 131072,
+        query_batch: int = 128,
         backend: str = "torch",
         copy: bool = True,
     ) -> None:
@@ -170,18 +174,23 @@ class MatryoshkaIndex:
         return SearchResult(scores, indices, self.size * dim / 1e6)
 
     def _torch_search(self, q: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-        all_scores, all_indices = [], []
-        for qs in range(0, q.shape[0], self.query_batch):
-            qb = q[qs : qs + self.query_batch]
-            best_s = qb.new_empty(qb.shape[0], 0)
-            best_i = torch.empty(qb.shape[0], 0, dtype=torch.int64)
-            for start, block in self._blocks(dim):
-                s, i = (qb @ block.T).topk(min(k, block.shape[0]), dim=1)
-                best_s, order = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
-                best_i = torch.cat([best_i, i + start], 1).gather(1, order)
-            all_scores.append(best_s)
-            all_indices.append(best_i)
-        return torch.cat(all_scores), torch.cat(all_indices)
+        # Database blocks outside, query batches inside: each (possibly 16-bit) block is converted once. Every
+        # block keeps its own top-k candidates; one final top-k per query merges them.
+        batches = range(0, q.shape[0], self.query_batch)
+        cand_s: list[list[torch.Tensor]] = [[] for _ in batches]
+        cand_i: list[list[torch.Tensor]] = [[] for _ in batches]
+        for start, block in self._blocks(dim):
+            kk = min(k, block.shape[0])
+            for b, qs in enumerate(batches):
+                s, i = (q[qs : qs + self.query_batch] @ block.T).topk(kk, dim=1, sorted=False)
+                cand_s[b].append(s)
+                cand_i[b].append(i + start)
+        scores, indices = [], []
+        for b in range(len(batches)):
+            s, order = torch.cat(cand_s[b], 1).topk(k, dim=1)
+            scores.append(s)
+            indices.append(torch.cat(cand_i[b], 1).gather(1, order))
+        return torch.cat(scores), torch.cat(indices)
 
     def _faiss_search(self, q: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         import faiss
@@ -223,7 +232,7 @@ class MatryoshkaIndex:
             raise ValueError(f"need one shortlist length per rerank dim, got {shortlists} for {rerank_dims}")
         if any(isinstance(L, bool) or not isinstance(L, int) or L < 1 for L in shortlists):
             raise ValueError(f"shortlist lengths must be positive ints, got {shortlists}")
-        if any(b > a for a, b in zip(shortlists, shortlists[1:])):
+        if any(b > a for a, b in itertools.pairwise(shortlists)):
             raise ValueError(f"funnel shortlists must not grow, got {shortlists}")
         result = self.search(queries, shortlists[0], retrieval_dim)
         mflops = result.mflops_per_query
