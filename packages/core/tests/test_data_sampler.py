@@ -184,3 +184,34 @@ def test_defaults_from_torch_distributed(monkeypatch):
     s = VariableBatchSampler(30, 4, 64, [64])
     assert (s.num_replicas, s.rank) == (3, 2)
     assert list(s) == list(VariableBatchSampler(30, 4, 64, [64], num_replicas=3, rank=2))
+
+
+def test_trains_with_core_trainer_on_digits(tmp_path):
+    """The sampler + wrapper plug into bramley.core.train: every step sees one resolution, loss goes down."""
+    from bramley.core.data import DigitsDataset
+    from bramley.core.train import TrainConfig, Trainer
+
+    def transform_for(h, w):
+        return lambda x: torch.nn.functional.interpolate(x[None], size=(h, w), mode="bilinear")[0]
+
+    data = MultiScaleDataset(DigitsDataset("train"), transform_for, seed=0)
+    sampler = VariableBatchSampler(data, base_batch_size=128, base_size=12, scales=[8, 12, 16], seed=0)
+    seen_sizes = set()
+
+    def loss_fn(model, batch):
+        x, y = batch
+        seen_sizes.add(tuple(x.shape[-2:]))
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
+        torch.nn.Linear(64, 10),
+    )  # fmt: skip
+    cfg = TrainConfig(epochs=2, lr=0.05, optimizer="adamw", weight_decay=0.0, out_dir=str(tmp_path), seed=0)
+    trainer = Trainer(
+        model, cfg, train_data=data, loss_fn=loss_fn, batch_sampler=sampler, collate_fn=multiscale_collate
+    )
+    trainer.fit()
+    assert seen_sizes == {(8, 8), (12, 12), (16, 16)}
+    first, last = sum(trainer.losses[:3]) / 3, sum(trainer.losses[-3:]) / 3
+    assert last < 0.7 * first

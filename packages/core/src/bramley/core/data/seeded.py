@@ -30,19 +30,20 @@ def seeded_rng(seed: int, epoch: int, index: int) -> Iterator[None]:
     """Seed torch (CPU), Python ``random`` and NumPy's global RNG for one sample; restore all three afterwards.
 
     Covers torchvision transforms (torch RNG) and timm's auto-augment (``random`` and ``numpy``). CUDA RNGs are left
-    alone: data transforms run on the CPU.
+    alone: data transforms run on the CPU. Cost: roughly 0.1-0.3 ms per sample, most of it saving and restoring
+    NumPy's 2.5 kB Mersenne-Twister state (``torch.manual_seed`` is avoided: it also seeds every accelerator).
     """
     value = sample_seed(seed, epoch, index)
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(value)
-        random.seed(value)
-        np.random.seed(value % 2**32)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+    torch_state, py_state, np_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    torch.default_generator.manual_seed(value)
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 class SharedEpoch:
