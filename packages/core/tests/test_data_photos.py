@@ -74,6 +74,8 @@ def test_labels_are_learnable_on_held_out_blocks(label, floor):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="does not fit"):
         SamplePhotosDataset("val", crop_size=60)
+    with pytest.raises(ValueError, match="fraction is 0"):
+        SamplePhotosDataset("val", val_fraction=0)
     with pytest.raises(ValueError, match="larger grid"):
         SamplePhotosDataset(grid=1)
     with pytest.raises(ValueError, match="label"):

@@ -102,7 +102,7 @@ class SamplePhotosDataset(Dataset):
 
     Args:
         split: ``"train"``, ``"val"`` or ``"test"``.
-        crop_size: side of the square crops; must fit the narrowest strip of the split.
+        crop_size: side of the square crops; must fit inside one block (53 pixels with ``grid=4``).
         samples_per_class: crops per class in this split.
         label: ``"quadrant"`` or ``"photo"``.
         val_fraction: share of each quadrant's blocks given to ``val``.
@@ -134,6 +134,8 @@ class SamplePhotosDataset(Dataset):
         if crop_size < 1 or samples_per_class < 1:
             raise ValueError(f"crop_size and samples_per_class must be >= 1, got {crop_size} and {samples_per_class}")
         regions = split_regions(val_fraction, test_fraction, grid=grid, seed=seed)[split]
+        if not regions:
+            raise ValueError(f"split {split!r} has no blocks: its fraction is 0")
         smallest = min(min(b.bottom - b.top, b.right - b.left) for _, b in regions)
         if crop_size > smallest:
             raise ValueError(
