@@ -123,37 +123,43 @@ if __name__ == "__main__":
     sys.exit(main())
 '''
 
-TEST = '''\
+TEST = """\
+import pytest
+
 from bramley.{module}.cli import main
 
 
 def test_help_runs(capsys):
-    try:
+    with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
-    except SystemExit as e:
-        assert e.code == 0
-    assert "bramley-{name}" in capsys.readouterr().out
-'''
+    assert exit_info.value.code == 0
+    assert "usage: bramley-{name}" in capsys.readouterr().out
+"""
 
 
-def add_to_workspace(pyproject: Path, dist: str) -> None:
-    """Insert ``dist`` into the root dev group and [tool.uv.sources] (text edit keeps comments and order)."""
-    text = pyproject.read_text()
-    if f'"{dist}"' in text.split("[dependency-groups]", 1)[1].split("]", 1)[0]:
-        return
-    text = text.replace('    "bramley-core",\n', f'    "bramley-core",\n    "{dist}",\n', 1)
+def add_to_workspace(text: str, dist: str, source: str = "pyproject.toml") -> str:
+    """``text`` of the root pyproject with ``dist`` in the dev group and [tool.uv.sources] (keeps comments, order)."""
+    if f'"{dist}"' in text.split("[dependency-groups]", 1)[-1].split("]", 1)[0]:
+        return text
+    group_line = '    "bramley-core",\n'
     source_line = "bramley-core = { workspace = true, editable = true }\n"
-    text = text.replace(source_line, source_line + f"{dist} = {{ workspace = true, editable = true }}\n", 1)
-    pyproject.write_text(text)
+    for anchor, where in ((group_line, "[dependency-groups] dev"), (source_line, "[tool.uv.sources]")):
+        if anchor not in text:
+            raise SystemExit(f"{source}: cannot find {anchor.strip()!r} in {where}; add {dist} there by hand")
+    text = text.replace(group_line, group_line + f'    "{dist}",\n', 1)
+    return text.replace(source_line, source_line + f"{dist} = {{ workspace = true, editable = true }}\n", 1)
 
 
 def scaffold(name: str, title: str, root: Path = ROOT) -> Path:
+    """Write packages/<name>/ from the templates and add it to the root workspace; returns the package folder."""
     if not NAME_RE.match(name):
         raise SystemExit(f"package name {name!r} must be lowercase letters/digits with single dashes (e.g. 'mrl')")
     module = name.replace("-", "_")
     pkg = root / "packages" / name
     if pkg.exists():
         raise SystemExit(f"{pkg} already exists")
+    root_pyproject = root / "pyproject.toml"
+    root_text = add_to_workspace(root_pyproject.read_text(), f"bramley-{name}", str(root_pyproject))
     values = {"name": name, "module": module, "title": title}
     files = {
         "pyproject.toml": PYPROJECT,
@@ -168,7 +174,7 @@ def scaffold(name: str, title: str, root: Path = ROOT) -> Path:
         path = pkg / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(template.format(**values))
-    add_to_workspace(root / "pyproject.toml", f"bramley-{name}")
+    root_pyproject.write_text(root_text)
     return pkg
 
 
