@@ -2,7 +2,9 @@
 
 Both paths compute the same function. The forward and backward are registered as torch custom ops
 (``bramley::attention_fwd`` / ``bramley::attention_bwd``) with fake implementations, so ``attention`` traces into
-``torch.compile`` graphs (``fullgraph=True``) as two opaque nodes, on CPU and CUDA alike.
+``torch.compile`` graphs (``fullgraph=True``) as two opaque nodes, on CPU and CUDA alike. In eager mode the same
+implementations run through a plain ``autograd.Function``: calling a custom op the first time imports
+``torch._dynamo`` (several seconds), which eager users should not pay for.
 """
 
 from __future__ import annotations
@@ -140,8 +142,7 @@ def _lse_dtype(q: torch.Tensor) -> torch.dtype:
 
 
 # --------------------------------------------------------------------------------------------------- custom ops
-@torch.library.custom_op("bramley::attention_fwd", mutates_args=())
-def _attention_fwd(
+def _forward_impl(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -161,6 +162,9 @@ def _attention_fwd(
     return reference_attention(q, k, v, cu_seqlens, scale, window_left, window_right)
 
 
+_attention_fwd = torch.library.custom_op("bramley::attention_fwd", _forward_impl, mutates_args=())
+
+
 @_attention_fwd.register_fake
 def _attention_fwd_fake(q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend):
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -168,8 +172,7 @@ def _attention_fwd_fake(q, k, v, cu_seqlens, max_seqlen, scale, window_left, win
     return out, lse
 
 
-@torch.library.custom_op("bramley::attention_bwd", mutates_args=())
-def _attention_bwd(
+def _backward_impl(
     grad_out: torch.Tensor,
     grad_lse: torch.Tensor | None,
     q: torch.Tensor,
@@ -191,6 +194,9 @@ def _attention_bwd(
             grad_out, grad_lse, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, window_left, window_right
         )
     return reference_attention_backward(grad_out, grad_lse, q, k, v, cu_seqlens, scale, window_left, window_right)
+
+
+_attention_bwd = torch.library.custom_op("bramley::attention_bwd", _backward_impl, mutates_args=())
 
 
 @_attention_bwd.register_fake
@@ -220,6 +226,26 @@ def _backward(ctx, grad_out, grad_lse):
 
 
 _attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerAttention(torch.autograd.Function):
+    """The custom op's forward/backward for eager mode (same implementations, no dynamo import)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend):
+        out, lse = _forward_impl(q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend)
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
+        ctx.args = (max_seqlen, scale, window_left, window_right, backend)
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        dq, dk, dv = _backward_impl(grad_out, grad_lse, q, k, v, out, lse, cu_seqlens, *ctx.args)
+        return dq, dk, dv, None, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------------------------------- public API
@@ -276,5 +302,6 @@ def attention(
         max_seqlen = q.shape[1]
     elif max_seqlen is None:
         max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if cu_seqlens.numel() > 1 else 0
-    out, lse = _attention_fwd(q, k, v, cu_seqlens, int(max_seqlen), float(scale), left, right, backend)
+    args = (q, k, v, cu_seqlens, int(max_seqlen), float(scale), left, right, backend)
+    out, lse = _attention_fwd(*args) if torch.compiler.is_compiling() else _EagerAttention.apply(*args)
     return (out, lse) if return_lse else out

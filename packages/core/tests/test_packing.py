@@ -1,0 +1,193 @@
+"""Packing helpers: offsets, positions, pack/unpack (torch and Triton-interpreter gather), bin packing, sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bramley.core.ops import attention, gather_rows
+from bramley.core.packing import (
+    TokenBudgetBatchSampler,
+    best_fit_decreasing,
+    bucket_by_length,
+    cu_seqlens_from_lengths,
+    lengths_from_cu_seqlens,
+    next_power_of_two,
+    pack,
+    position_ids,
+    unpack,
+)
+
+
+def test_offsets_and_positions():
+    cu = cu_seqlens_from_lengths([3, 0, 1, 2])
+    assert cu.dtype == torch.int32 and cu.tolist() == [0, 3, 3, 4, 6]
+    assert lengths_from_cu_seqlens(cu).tolist() == [3, 0, 1, 2]
+    assert position_ids(cu).tolist() == [0, 1, 2, 0, 0, 1]
+    assert cu_seqlens_from_lengths([]).tolist() == [0]
+    with pytest.raises(ValueError, match=">= 0"):
+        cu_seqlens_from_lengths([2, -1])
+    with pytest.raises(TypeError, match="integers"):
+        cu_seqlens_from_lengths([1.5])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 9), min_size=1, max_size=6),
+    extra=st.integers(0, 3),
+    width=st.integers(1, 5),
+)
+def test_pack_unpack_round_trip(lengths, extra, width):
+    seq = max(lengths) + extra
+    padded = torch.randn(len(lengths), seq, width)
+    packed, cu, max_len = pack(padded, lengths=lengths)
+    assert packed.shape == (sum(lengths), width) and max_len == max(lengths)
+    expected = torch.cat([padded[b, :n] for b, n in enumerate(lengths)])
+    assert torch.equal(packed, expected)
+    back = unpack(packed, cu, seq, fill=-7.0)
+    for b, n in enumerate(lengths):
+        assert torch.equal(back[b, :n], padded[b, :n])
+        assert (back[b, n:] == -7.0).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.booleans(), min_size=4, max_size=4), min_size=1, max_size=5))
+def test_pack_unpack_with_any_mask(rows):
+    mask = torch.tensor(rows)
+    padded = torch.randn(*mask.shape, 3)
+    packed, cu, _ = pack(padded, mask=mask)
+    assert torch.equal(packed, padded[mask])
+    assert cu.tolist() == [0, *mask.sum(1).cumsum(0).tolist()]
+    back = unpack(packed, mask=mask)
+    assert torch.equal(back[mask], padded[mask]) and (back[~mask] == 0).all()
+
+
+def test_pack_is_differentiable_and_feeds_attention():
+    lengths = [4, 1, 6]
+    x = torch.randn(3, 6, 2, 8, requires_grad=True)
+    packed, cu, max_len = pack(x, lengths=lengths)
+    out = attention(packed, packed, packed, cu_seqlens=cu, max_seqlen=max_len, causal=True)
+    unpack(out, cu, 6).sum().backward()
+    assert (x.grad[1, 1:] == 0).all() and (x.grad[0, :4] != 0).any()
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda x: pack(x, lengths=[1, 9]), "exceeds the padded sequence length"),
+        (lambda x: pack(x, lengths=[1]), "2 lengths|1 lengths"),
+        (lambda x: pack(x), "exactly one of"),
+        (lambda x: pack(x, mask=torch.ones(2, 3)), "bool"),
+        (lambda x: unpack(x[0], torch.tensor([0, 2], dtype=torch.int32)), "covers 2 tokens"),
+        (lambda x: unpack(x[0, :3], torch.tensor([0, 3], dtype=torch.int32), 2), "shorter than the longest"),
+    ],
+)
+def test_pack_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(torch.randn(2, 4, 3))
+
+
+def test_gather_rows_bad_index():
+    with pytest.raises(IndexError, match="out of range"):
+        gather_rows(torch.randn(3, 2), torch.tensor([0, 3]))
+    with pytest.raises(TypeError, match="int32/int64"):
+        gather_rows(torch.randn(3, 2), torch.tensor([0.0]))
+
+
+def test_gather_rows_triton_interpreter(triton_interpret):
+    pytest.importorskip("triton")
+    src = torch.randn(11, 3, 7, dtype=torch.float16, requires_grad=True)
+    index = torch.tensor([4, -1, 0, 10, 10, -1, 2])
+    out = gather_rows(src, index, fill=1.5, backend="triton")
+    expected = gather_rows(src, index, fill=1.5, backend="torch")
+    assert torch.equal(out, expected) and (out[1] == 1.5).all()
+    out.float().sum().backward()
+    assert src.grad[10].eq(2).all() and src.grad[1].eq(0).all()  # duplicate index: gradients add up
+    padded = torch.randn(3, 5, 4)
+    packed, cu, _ = pack(padded, lengths=[5, 0, 2], backend="triton")
+    assert torch.equal(unpack(packed, cu, 5, backend="triton"), unpack(packed, cu, 5, backend="torch"))
+
+
+# ----------------------------------------------------------------------------------------------- bin packing
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 100), max_size=60), budget=st.integers(100, 300))
+def test_best_fit_decreasing_properties(lengths, budget):
+    result = best_fit_decreasing(lengths, budget)
+    items = sorted(i for b in result.bins for i in b)
+    assert items == list(range(len(lengths)))  # every item in exactly one bin
+    loads = [sum(lengths[i] for i in b) for b in result.bins]
+    assert all(load <= budget for load in loads)
+    assert result.tokens == sum(lengths)
+    if result.bins:
+        assert 0 < result.fill_ratio <= 1 or result.tokens == 0
+        assert result.fill_ratio == pytest.approx(sum(loads) / (len(result.bins) * budget))
+    # Any two non-empty bins could not be merged into one, or BFD would have placed them together.
+    assert sum(load <= budget / 2 for load in loads if load) <= 1
+
+
+def _naive_best_fit_loads(lengths, budget):
+    loads = []
+    for length in sorted(lengths, reverse=True):
+        fits = [i for i, load in enumerate(loads) if load + length <= budget]
+        if fits:
+            best = max(fits, key=lambda i: loads[i])
+            loads[best] += length
+        else:
+            loads.append(length)
+    return sorted(loads)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 60), max_size=40), budget=st.integers(60, 150))
+def test_best_fit_matches_naive_quadratic_bfd(lengths, budget):
+    result = best_fit_decreasing(lengths, budget)
+    assert sorted(sum(lengths[i] for i in b) for b in result.bins) == _naive_best_fit_loads(lengths, budget)
+
+
+def test_best_fit_decreasing_fills_log_uniform_lengths():
+    rng = np.random.default_rng(0)
+    lengths = np.exp(rng.uniform(np.log(128), np.log(8192), 20_000)).astype(np.int64)
+    result = best_fit_decreasing(lengths, 65_536)
+    assert result.fill_ratio >= 0.99
+
+
+def test_best_fit_decreasing_bad_input():
+    with pytest.raises(ValueError, match="> budget"):
+        best_fit_decreasing([5, 11], 10)
+    with pytest.raises(ValueError, match="positive int"):
+        best_fit_decreasing([5], 0)
+    with pytest.raises(ValueError, match=">= 0"):
+        best_fit_decreasing([5, -1], 10)
+
+
+def test_buckets():
+    assert [next_power_of_two(n) for n in (0, 1, 2, 3, 5, 1024, 1025)] == [1, 1, 2, 4, 8, 1024, 2048]
+    buckets = bucket_by_length([1, 3, 4, 5, 16, 17], min_bucket=4, max_bucket=32)
+    assert buckets == {4: [0, 1, 2], 8: [3], 16: [4], 32: [5]}
+    with pytest.raises(ValueError, match="max_bucket"):
+        bucket_by_length([40], max_bucket=32)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_token_budget_sampler_shards_and_reshuffles(drop_last):
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 50, size=101)
+    samplers = [
+        TokenBudgetBatchSampler(lengths, 100, num_replicas=3, rank=r, drop_last=drop_last, seed=5) for r in range(3)
+    ]
+    batches = [list(s) for s in samplers]
+    assert len({len(b) for b in batches}) == 1 and len(batches[0]) == len(samplers[0])
+    for batch in (b for rank in batches for b in rank):
+        assert sum(lengths[i] for i in batch) <= 100
+    seen = [i for rank in batches for b in rank for i in b]
+    if drop_last:
+        assert len(seen) == len(set(seen))
+    else:
+        assert set(seen) == set(range(101))
+    first = [b for b in samplers[0]]
+    samplers[0].set_epoch(1)
+    assert [b for b in samplers[0]] != first
+    assert samplers[0].fill_ratio > 0.9
