@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -283,3 +284,29 @@ def test_new_package_refuses_an_unexpected_root_pyproject(tmp_path):
     with pytest.raises(SystemExit, match="cannot find"):
         new_package.scaffold("demo", "Demo", tmp_path)
     assert not (tmp_path / "packages").exists(), "nothing is written when the workspace cannot be updated"
+
+
+def test_check_tag_is_what_release_yml_publishes(workspace, capsys):
+    assert release.check_tag("bramley-alpha-v0.1.0", workspace) == {
+        "package": "alpha",
+        "dist": "bramley-alpha",
+        "version": "0.1.0",
+    }
+    multi = workspace / "packages" / "dataset-decomposition"
+    write(multi / "pyproject.toml", pyproject("bramley-dataset-decomposition", "1.0.0rc2"))
+    write(multi / "CHANGELOG.md", "## [1.0.0rc2]\n- x\n")
+    assert release.check_tag("bramley-dataset-decomposition-v1.0.0rc2", workspace)["package"] == "dataset-decomposition"
+    for tag, message in [
+        ("bramley-alpha-v0.2.0", "says 0.2.0 but packages/alpha/pyproject.toml has version '0.1.0'"),
+        ("bramley-delta-v0.1.0", "no package 'delta'"),
+        ("alpha-v0.1.0", "is not of the form bramley-<package>-v<version>"),
+        ("bramley-alpha-0.1.0", "is not of the form"),
+    ]:
+        with pytest.raises(release.ReleaseError, match=re.escape(message)):
+            release.check_tag(tag, workspace)
+    (workspace / "packages" / "alpha" / "CHANGELOG.md").write_text("## [Unreleased]\n- x\n")
+    with pytest.raises(SystemExit):
+        release.main(["--check-tag", "bramley-alpha-v0.1.0", "--root", str(workspace)])
+    assert "has no '## [0.1.0]' section" in capsys.readouterr().err
+    assert release.main(["--check-tag", "bramley-beta-v0.1.0", "--root", str(workspace)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["package=beta", "dist=bramley-beta", "version=0.1.0"]
