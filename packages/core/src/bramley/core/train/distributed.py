@@ -13,13 +13,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 
 __all__ = [
     "DistInfo",
@@ -107,24 +100,33 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device, mode: str
     raise ValueError(f"unknown distributed mode {mode!r} (ddp or fsdp)")
 
 
-_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+# torch.distributed.checkpoint is imported on first use: it takes seconds, and `import bramley.core.train` (for
+# TrainConfig defaults in a CLI's --help) should not pay for it.
 
 
 def full_model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Unsharded CPU state dict with plain FQN keys (empty on ranks > 0 under FSDP); same keys for any wrapping."""
-    return get_model_state_dict(model, options=_FULL)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Unsharded optimizer state keyed by parameter FQN, portable between single-process, DDP and FSDP."""
-    return get_optimizer_state_dict(model, optimizer, options=_FULL)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_full_model_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a full state dict (every rank passes the whole thing) into a plain, DDP or FSDP model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
 
 
 def load_full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load an optimizer state saved by :func:`full_optimizer_state_dict`."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
