@@ -185,3 +185,29 @@ def test_backend_triton_without_interpreter_on_cpu_raises(monkeypatch):
     q = torch.randn(1, 4, 2, 16)
     with pytest.raises(RuntimeError, match="backend='triton'"):
         attention(q, q, q, backend="triton")
+
+
+@pytest.mark.parametrize("shift", [0, 3])
+def test_shifted_window_attention_as_varlen_segments(shift):
+    """ByteFormer's (shifted) window attention == varlen attention over window segments == masked dense attention."""
+    from bramley.core.packing import cu_seqlens_from_lengths, window_segments
+
+    lengths, window = [13, 1, 8], 4
+    cu = cu_seqlens_from_lengths(lengths)
+    (q, k, v), _ = _packed(lengths, heads=2, kv_heads=2, dim=8)
+    segments = window_segments(cu, window, shift)
+    out = attention(q, k, v, cu_seqlens=segments)
+
+    expected = []
+    for start, end in itertools.pairwise(cu.tolist()):
+        pos = torch.arange(end - start)
+        win = torch.div(pos - shift + window, window, rounding_mode="floor")  # window id of each position
+        mask = win[:, None] == win[None, :]
+        expected.append(
+            F.scaled_dot_product_attention(
+                q[start:end].transpose(0, 1), k[start:end].transpose(0, 1), v[start:end].transpose(0, 1), mask
+            ).transpose(0, 1)
+        )
+    torch.testing.assert_close(out, torch.cat(expected))
+    lengths_of_windows = (segments[1:] - segments[:-1]).tolist()
+    assert max(lengths_of_windows) <= window and sum(lengths_of_windows) == sum(lengths)

@@ -170,3 +170,13 @@ def test_cuda_auto_dispatch_uses_triton_and_compiles():
     out.float().sum().backward()
     ref = attention(q.detach().double(), q.detach().double(), q.detach().double(), causal=True)
     torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2e-2)
+
+
+def test_shifted_windows_as_segments_in_the_kernel():
+    from bramley.core.packing import cu_seqlens_from_lengths, window_segments
+
+    q, k, v, _ = _inputs([23, 9], 2, 1, 16, torch.float32)
+    segments = window_segments(cu_seqlens_from_lengths([23, 9]), window=8, shift=4)
+    out = attention(q, k, v, cu_seqlens=segments, backend="triton")
+    expected = attention(q.double(), k.double(), v.double(), cu_seqlens=segments)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)

@@ -30,6 +30,7 @@ __all__ = [
     "pack",
     "position_ids",
     "unpack",
+    "window_segments",
 ]
 
 
@@ -68,6 +69,31 @@ def position_ids(cu_seqlens: torch.Tensor) -> torch.Tensor:
     total = int(cu_seqlens[-1]) if cu_seqlens.numel() else 0
     starts = torch.repeat_interleave(cu_seqlens[:-1].long(), lengths, output_size=total)
     return torch.arange(total, device=cu_seqlens.device) - starts
+
+
+def window_segments(cu_seqlens: torch.Tensor, window: int, shift: int = 0) -> torch.Tensor:
+    """Split every document into local attention windows, as new ``cu_seqlens`` for varlen attention.
+
+    Windows are ``window`` tokens long and start at positions ``p`` with ``(p - shift) % window == 0``, so with
+    ``0 < shift < window`` the first window of a document is ``shift`` tokens long: the shifted windows of Swin /
+    ByteFormer, without the cyclic roll and its mask (tokens at the two ends never share a window either way).
+    The last window of a document may be shorter. ``attention(q, k, v, cu_seqlens=window_segments(cu, w, s))`` is
+    then windowed attention over the original packed tokens.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    if not 0 <= shift < window:
+        raise ValueError(f"shift must be in [0, window), got {shift}")
+    lengths = lengths_from_cu_seqlens(cu_seqlens).cpu()
+    starts = cu_seqlens[:-1].long().cpu()
+    bounds = [torch.zeros(1, dtype=torch.int64)]
+    for start, length in zip(starts.tolist(), lengths.tolist()):
+        if length == 0:
+            continue
+        first = shift if shift else window
+        cuts = torch.tensor(range(first, length, window), dtype=torch.int64)
+        bounds.append(start + torch.cat([cuts, torch.tensor([length])]))
+    return torch.cat(bounds).to(torch.int32).to(cu_seqlens.device)
 
 
 # ----------------------------------------------------------------------------------------------- pack / unpack
