@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from bramley.core.checkpoint import CheckpointError
 from bramley.core.config import ConfigError
 from bramley.core.train import (
     CHECKPOINT_NAME,
@@ -75,6 +76,7 @@ def test_config_unknown_key_lists_valid_ones():
         ({"grad_accum_steps": 0}, "grad_accum_steps must be >= 1"),
         ({"ema_decay": 1.0}, "ema_decay must be in"),
         ({"checkpoint_every": 5}, "need out_dir"),
+        ({"resume": True}, "need out_dir"),
         ({"lr": "fast"}, "lr must be float"),
     ],
 )
@@ -440,7 +442,14 @@ def test_resume_rejects_foreign_file(tmp_path):
     )
     with pytest.raises(RuntimeError, match="not a bramley training checkpoint"):
         trainer.fit()
-    missing = TrainConfig(steps=1, batch_size=8, resume=str(tmp_path / "nope.pt"), out_dir=str(tmp_path))
+    trained = Trainer(make_model(), TrainConfig(steps=1, batch_size=8, out_dir=str(tmp_path / "run")),
+                      train_data=make_data(), loss_fn=ce_loss)  # fmt: skip
+    trained.fit()
+    wider = nn.Sequential(nn.Linear(6, 32), nn.LayerNorm(32), nn.ReLU(), nn.Dropout(0.0), nn.Linear(32, 3))
+    other = TrainConfig(steps=1, batch_size=8, resume=str(tmp_path / "run" / CHECKPOINT_NAME))
+    with pytest.raises(CheckpointError, match=r"shape mismatches \(5\): 0.bias: checkpoint \(16,\) vs model \(32,\)"):
+        Trainer(wider, other, train_data=make_data(), loss_fn=ce_loss).fit()
+    missing = TrainConfig(steps=1, batch_size=8, resume=str(tmp_path / "nope.pt"))
     with pytest.raises(FileNotFoundError, match=r"nope\.pt"):
         Trainer(make_model(), missing, train_data=make_data(), loss_fn=ce_loss).fit()
 

@@ -101,8 +101,8 @@ class TrainConfig:
                 raise ConfigError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if len(self.betas) != 2:
             raise ConfigError(f"TrainConfig.betas must hold two numbers, got {self.betas!r}")
-        if (self.checkpoint_every or self.resume) and self.out_dir is None:
-            raise ConfigError("TrainConfig.checkpoint_every / resume need out_dir to be set")
+        if (self.checkpoint_every or self.resume is True) and self.out_dir is None:
+            raise ConfigError("TrainConfig.checkpoint_every and resume=True need out_dir to be set")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None = None, **overrides: Any) -> TrainConfig:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ..checkpoint import atomic_write, save_checkpoint
+from ..checkpoint import atomic_write, check_state_dict, save_checkpoint
 from .config import TrainConfig
 from .data import DeviceLoader, ResumableBatchSampler, ShardedBatchSampler, move_to_device
 from .distributed import (
@@ -655,6 +655,7 @@ class Trainer:
         if changed:
             diff = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
             warnings.warn(f"resuming {path} with a changed config ({diff}); the run will not match", stacklevel=2)
+        check_state_dict(self.model, state["model"], source=f"training checkpoint {path}")
         load_full_model_state_dict(self.wrapped, state["model"])
         load_full_optimizer_state_dict(self.wrapped, self.optimizer, state["optimizer"])
         sched = dict(state["scheduler"])
