@@ -174,12 +174,8 @@ class Trainer:
             self.optimizer = optimizer(self.model)
         else:
             raise TypeError(f"optimizer must be an Optimizer or a callable, got {type(optimizer).__name__}")
-        if use_scaler and fsdp:
-            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-
-            self.scaler = ShardedGradScaler(self.device.type)
-        else:
-            self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        # FSDP2 keeps DTensor gradients, which the plain GradScaler handles (ShardedGradScaler is for FSDP1)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
 
         self.train_data = train_data
         self._build_data(train_data, eval_data, batch_sampler, collate_fn)
