@@ -450,7 +450,6 @@ class Trainer:
         metrics = {f"eval_{k}": v for k, v in self._eval_model(self.model).items()}
         if self.ema is not None:
             metrics.update({f"ema_eval_{k}": v for k, v in self._eval_model(self.ema.module).items()})
-        self.wrapped.train()
         self._last_eval_step = self.step
         self.last_metrics.update(metrics)
         self._write_metrics({"kind": "eval", "step": self.step, "epoch": self.epoch, **metrics})
