@@ -327,7 +327,7 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, core_op: bool 
     ``core_op`` is off, which exporters such as ONNX understand while the core custom op is opaque to them.
     """
     if core_op:
-        from bramley.core.ops.attention import attention
+        from bramley.core.ops import attention
 
         return attention(q, k, v)
     return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
@@ -574,6 +574,11 @@ class FastVit(nn.Module):
         self.feature_info: list[dict[str, Any]] = []
         for i in range(n):
             downsample = bool(downsamples[i]) or prev_dim != embed_dims[i]
+            if downsample and embed_dims[i] % prev_dim:
+                raise ValueError(
+                    f"embed_dims[{i}]={embed_dims[i]} must be a multiple of the previous width {prev_dim}: the "
+                    "downsampling conv is grouped with one group per input channel"
+                )
             stages.append(
                 FastVitStage(
                     prev_dim,
