@@ -241,12 +241,13 @@ class MobileOneBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reparam_conv is not None:
             return self.act(self.se(self.reparam_conv(x)))
-        out = self.identity(x) if self.identity is not None else torch.zeros((), dtype=x.dtype, device=x.device)
-        if self.conv_scale is not None:
-            out = out + self.conv_scale(x)
+        # summation order (scale, k x k branches, identity) matches timm's so that logits agree bit for bit
+        out = self.conv_scale(x) if self.conv_scale is not None else torch.zeros((), dtype=x.dtype, device=x.device)
         if self.conv_kxk is not None:
             for branch in self.conv_kxk:
                 out = out + branch(x)
+        if self.identity is not None:
+            out = out + self.identity(x)
         return self.act(self.se(out))
 
     def get_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
