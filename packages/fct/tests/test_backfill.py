@@ -137,7 +137,7 @@ def test_clear_errors(transformation, tmp_path):
     with pytest.raises(BackfillError, match="must be 2-D"):
         transform_gallery(transformation, p, out)
     save_file({"embeddings": torch.randn(9, 6), "side_info": torch.randn(9, 3), "ids": torch.arange(5)}, str(p))
-    with pytest.raises(BackfillError, match="'ids'.*must have 9 rows"):
+    with pytest.raises(BackfillError, match=r"'ids'.*must have 9 rows"):
         transform_gallery(transformation, p, out)
     with pytest.raises(BackfillError, match="disagree on the number of items"):
         save_gallery(p, embeddings=torch.randn(9, 6), labels=torch.arange(8))

@@ -174,7 +174,8 @@ def transform_gallery(
         side = _Source(Path(side_info_path or gallery_path), side_info_key, "side-information")
         if side.count != old.count:
             raise BackfillError(
-                f"side information {side.path}[{side_info_key!r}] has {side.count} items but the gallery has {old.count}"
+                f"side information {side.path}[{side_info_key!r}] has {side.count} items "
+                f"but the gallery has {old.count}"
             )
         if side.dim != transformation.side_info_dim:
             raise BackfillError(

@@ -237,7 +237,8 @@ class FCTTransformation(nn.Module):
                 raise ValueError(f"this transformation needs side information of dim {self.side_info_dim}")
             if side_info.ndim != 2 or side_info.shape != (old.shape[0], self.side_info_dim):
                 raise ValueError(
-                    f"side information must have shape ({old.shape[0]}, {self.side_info_dim}), got {tuple(side_info.shape)}"
+                    f"side information must have shape ({old.shape[0]}, {self.side_info_dim}), "
+                    f"got {tuple(side_info.shape)}"
                 )
             x = torch.cat([x, self.side_proj(side_info)], dim=1)
         elif side_info is not None:

@@ -66,7 +66,8 @@ class BCTLoss(ClassificationLoss):
         emb = model.embed(x)
         if emb.shape[1] != self.old_classifier.shape[1]:
             raise ValueError(
-                f"BCT needs equal embedding dims: new model {emb.shape[1]} vs old classifier {self.old_classifier.shape[1]}"
+                f"BCT needs equal embedding dims: new model {emb.shape[1]} "
+                f"vs old classifier {self.old_classifier.shape[1]}"
             )
         logits = model.classify(emb)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
@@ -133,9 +134,11 @@ class TransformationTask(nn.Module):
             if frozen is not None:
                 frozen.requires_grad_(False).eval()
 
+    bn_frozen: bool = False  # set by the switch-to-eval callback: BatchNorm then uses (and keeps) running stats
+
     def train(self, mode: bool = True) -> TransformationTask:
         self.training = mode
-        self.transformation.train(mode)
+        self.transformation.train(mode and not self.bn_frozen)
         return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,6 +215,21 @@ def train_transformation(
     side_model: nn.Module | None,
     data: Dataset,
     cfg: TrainConfig,
+    switch_to_eval_at: float | None = 0.5,
 ) -> dict[str, Any]:
-    """Train ``h`` with MSE to the new model's embeddings; old, new and side models are frozen."""
-    return _fit(TransformationTask(transformation, old_model, new_model, side_model), cfg, data, transformation_loss)
+    """Train ``h`` with MSE to the new model's embeddings; old, new and side models are frozen.
+
+    ``switch_to_eval_at``: after this fraction of the steps the transformation trains in eval mode (BatchNorm on its
+    running statistics), the official ``switch_mode_to_eval`` (from half of the epochs); ``None`` disables it.
+    """
+    task = TransformationTask(transformation, old_model, new_model, side_model)
+    callbacks = []
+    if switch_to_eval_at is not None:
+
+        def switch(trainer: Trainer) -> None:
+            if not task.bn_frozen and trainer.step >= switch_to_eval_at * trainer.total_steps:
+                task.bn_frozen = True
+                task.train(task.training)
+
+        callbacks.append(switch)
+    return _fit(task, cfg, data, transformation_loss, callbacks=callbacks)
