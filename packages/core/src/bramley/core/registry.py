@@ -40,6 +40,10 @@ def _package_of(module_name: str) -> str:
     return parts[1] if len(parts) > 1 and parts[0] == "bramley" else parts[0]
 
 
+def _origin(fn: Callable) -> tuple[str, str]:
+    return fn.__module__, fn.__qualname__
+
+
 def register_model(
     fn: Callable[..., nn.Module] | None = None, *, name: str | None = None, description: str = "", tags=()
 ):
@@ -52,7 +56,8 @@ def register_model(
     def decorator(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         model_name = name or f.__name__
         existing = _REGISTRY.get(model_name)
-        if existing is not None and existing.fn.__qualname__ != f.__qualname__:
+        # re-registering one function (a reloaded module) is fine; another function under the same name is not
+        if existing is not None and _origin(existing.fn) != _origin(f):
             raise ValueError(
                 f"model name {model_name!r} is already registered by package {existing.package!r} "
                 f"({existing.fn.__module__}.{existing.fn.__qualname__})"
@@ -65,7 +70,11 @@ def register_model(
 
 
 def list_models(pattern: str = "*", package: str | None = None) -> list[str]:
-    """Sorted names of registered models matching a shell-style ``pattern``, optionally of one package."""
+    """Sorted names of registered models matching a shell-style ``pattern``, optionally of one package.
+
+    ``package`` is the method's name as installed (``dataset-decomposition``) or imported (``dataset_decomposition``).
+    """
+    package = package.replace("-", "_") if package is not None else None
     return sorted(
         n for n, e in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and (package is None or e.package == package)
     )
@@ -96,6 +105,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 _TIMM_DROPPED = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+_TIMM_MODULE = "bramley.core.timm_models"
 
 
 def register_timm(names: list[str] | None = None, package: str | None = None) -> list[str]:
@@ -109,6 +119,7 @@ def register_timm(names: list[str] | None = None, package: str | None = None) ->
         The timm names registered. ``features_only=True`` is supported for models that implement
         ``forward_intermediates`` and ``feature_info`` (see :class:`bramley.core.features.FeatureExtractor`).
     """
+    from timm.models import is_model, model_entrypoint
     from timm.models import register_model as timm_register
 
     from .features import FeatureExtractor
@@ -116,9 +127,17 @@ def register_timm(names: list[str] | None = None, package: str | None = None) ->
     selected = names if names is not None else list_models(package=package)
     registered = []
     for model_name in selected:
-        get_model_entry(model_name)  # fail early on unknown names
+        entry = get_model_entry(model_name)  # fail early on unknown names
         timm_name = TIMM_PREFIX + model_name
-        module_name = f"bramley.core.timm_models.{_package_of(get_model_entry(model_name).fn.__module__)}"
+        if is_model(timm_name):
+            owner = model_entrypoint(timm_name).__module__
+            if not owner.startswith(_TIMM_MODULE + "."):
+                raise ValueError(f"timm already has a model {timm_name!r} (from {owner}); not overwriting it")
+            registered.append(timm_name)  # registered by an earlier call: nothing to do
+            continue
+        # timm groups models by the last part of the module name: bramley_<package> keeps ours apart from its own
+        # `mobileone` / `fastvit` modules in timm.list_models(module=...)
+        module_name = f"{_TIMM_MODULE}.bramley_{entry.package}"
         if module_name not in sys.modules:
             sys.modules[module_name] = types.ModuleType(module_name)
 
