@@ -21,7 +21,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "model": {"backbone": "resnet50", "source": "auto", "nesting": None, "efficient": False, "backbone_kwargs": {}},
     "data": {"train": None, "val": None, "image_size": 224, "val_image_size": None, "crop_pct": 0.875},
     "loss": {"label_smoothing": 0.1, "relative_importance": None},
-    "train": {},
+    "train": {},  # filled with TrainConfig's defaults
 }
 
 
@@ -65,7 +65,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.config = recipe_path(args.recipe)
     if args.out is None:
         raise ConfigError("train needs --out DIR")
-    config = config_from_args(args, TRAIN_DEFAULTS)
+    defaults = {**TRAIN_DEFAULTS, "train": TrainConfig().to_dict()}  # every trainer setting can be overridden
+    config = config_from_args(args, defaults)
     data, mcfg = config["data"], config["model"]
     if not data.get("train"):
         raise ConfigError("set the training folder: data.train=/path/to/train (root/<class>/<image>)")
@@ -320,6 +321,11 @@ def _reproduce(argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["reproduce"]:  # argparse.REMAINDER drops leading --options, so forward them untouched
+        return _reproduce(argv[1:])
     return run_method_cli(build_parser(), argv)
 
 

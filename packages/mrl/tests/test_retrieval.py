@@ -1,0 +1,181 @@
+"""Exact search, rerank, funnel and metrics against straightforward references (numpy, official notebook logic)."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bramley.mrl import MatryoshkaIndex, exact_search, funnel_mflops, neighbor_recall, retrieval_metrics
+
+
+def brute_force(db, q, k, dim):
+    """float64 cosine top-k on prefixes (the reference)."""
+    a = F.normalize(db[:, :dim].double(), dim=1)
+    b = F.normalize(q[:, :dim].double(), dim=1)
+    return (b @ a.T).topk(k, dim=1)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    nq=st.integers(1, 20),
+    d=st.integers(1, 24),
+    chunk=st.integers(1, 97),
+    qbatch=st.integers(1, 7),
+    data=st.data(),
+)
+def test_exact_search_matches_brute_force(n, nq, d, chunk, qbatch, data):
+    k = data.draw(st.integers(1, n))
+    dim = data.draw(st.integers(1, d))
+    gen = torch.Generator().manual_seed(n * 1000 + d)
+    db, q = torch.randn(n, d, generator=gen), torch.randn(nq, d, generator=gen)
+    result = MatryoshkaIndex(db, chunk_size=chunk, query_batch=qbatch).search(q, k, dim)
+    ref_s, ref_i = brute_force(db, q, k, dim)
+    assert result.indices.shape == (nq, k)
+    torch.testing.assert_close(result.scores.double(), ref_s, atol=1e-5, rtol=0)
+    # indices may differ only where scores tie within float32 precision
+    same = result.indices == ref_i
+    assert bool((same | ((result.scores.double() - ref_s).abs() < 1e-5)).all())
+    assert result.mflops_per_query == pytest.approx(n * dim / 1e6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16bit_storage_is_exact_over_the_stored_values(dtype):
+    db, q = torch.randn(500, 32).to(dtype), torch.randn(7, 32)
+    result = MatryoshkaIndex(db, chunk_size=64).search(q, 5, 16)
+    stored = F.normalize(F.normalize(db.float(), dim=1).to(dtype).float()[:, :16], dim=1)
+    ref_s, ref_i = (F.normalize(q[:, :16], dim=1) @ stored.T).topk(5, dim=1)
+    assert torch.equal(result.indices, ref_i)
+    torch.testing.assert_close(result.scores, ref_s)
+
+
+def test_faiss_backend_gives_the_same_neighbours_and_scores():
+    pytest.importorskip("faiss")
+    db, q = torch.randn(3000, 64), torch.randn(40, 64)
+    for dim in (8, 64):
+        t = MatryoshkaIndex(db, chunk_size=700).search(q, 25, dim)
+        f = MatryoshkaIndex(db, backend="faiss").search(q, 25, dim)
+        assert torch.equal(t.indices, f.indices)
+        torch.testing.assert_close(t.scores, f.scores, atol=1e-5, rtol=0)
+    # the funnel's first stage through FAISS ends in the same list
+    args = (q, 8, [16, 32, 64], [100, 50, 10])
+    assert torch.equal(
+        MatryoshkaIndex(db).funnel(*args).indices, MatryoshkaIndex(db, backend="faiss").funnel(*args).indices
+    )
+
+
+def official_rerank(db, queries, neighbors, rerank_dims, shortlists):
+    """The official reranking notebook's loop (RAIVNLab/MRL retrieval/reranking.ipynb), re-derived in numpy:
+    queries normalised at full size then sliced, database rows normalised at each rerank size, L2 argsort."""
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    db = db / np.linalg.norm(db, axis=1, keepdims=True)
+    for dim, length in zip(rerank_dims, shortlists):
+        neighbors = neighbors[:, :length].copy()
+        for j in range(len(neighbors)):
+            rows = db[neighbors[j], :dim]
+            rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+            order = np.argsort(np.linalg.norm(rows - queries[j, :dim], axis=1), kind="stable")
+            neighbors[j] = neighbors[j, order]
+    return neighbors
+
+
+def test_funnel_matches_the_official_cascade():
+    gen = torch.Generator().manual_seed(1)
+    db, q = torch.randn(2000, 64, generator=gen), torch.randn(30, 64, generator=gen)
+    index = MatryoshkaIndex(db, chunk_size=512)
+    dims, lengths = [8, 16, 32, 64], [400, 100, 25, 10]
+    result = index.funnel(q, 4, dims, lengths)
+    first = index.search(q, lengths[0], 4).indices.numpy()
+    expected = official_rerank(db.numpy().astype(np.float64), q.numpy().astype(np.float64), first, dims, lengths)
+    assert np.array_equal(result.indices.numpy(), expected)
+    assert result.mflops_per_query == pytest.approx(funnel_mflops(2000, 4, dims, lengths))
+    assert result.mflops_per_query == pytest.approx((2000 * 4 + 400 * 8 + 100 * 16 + 25 * 32 + 10 * 64) / 1e6)
+    # shortlist-then-rerank is the one-stage funnel; reranking the whole database at full size is exact search
+    exact = index.search(q, 10)
+    rr = index.shortlist_rerank(q, 8, 64, 2000, k=10)
+    assert torch.equal(rr.indices, exact.indices)
+    assert neighbor_recall(rr.indices, exact.indices) == 1.0
+
+
+def test_bad_search_input_is_a_clear_error():
+    index = MatryoshkaIndex(torch.randn(100, 32))
+    with pytest.raises(ValueError, match="query dim 16 does not match the index dim 32"):
+        index.search(torch.randn(3, 16), 5)
+    with pytest.raises(ValueError, match=r"k must be an int in \[1, 100\]"):
+        index.search(torch.randn(3, 32), 101)
+    with pytest.raises(ValueError, match=r"search dim must be an int in \[1, 32\]"):
+        index.search(torch.randn(3, 32), 5, dim=64)
+    with pytest.raises(ValueError, match="sorted"):
+        index.funnel(torch.randn(3, 32), 16, [8, 32], [20, 10])
+    with pytest.raises(ValueError, match="duplicates"):
+        index.funnel(torch.randn(3, 32), 8, [8, 32], [20, 10])
+    with pytest.raises(ValueError, match="larger than the feature dim 32"):
+        index.funnel(torch.randn(3, 32), 8, [16, 64], [20, 10])
+    with pytest.raises(ValueError, match="must not grow"):
+        index.funnel(torch.randn(3, 32), 8, [16, 32], [10, 20])
+    with pytest.raises(ValueError, match="one shortlist length per rerank dim"):
+        index.funnel(torch.randn(3, 32), 8, [16, 32], [10])
+    with pytest.raises(ValueError, match="non-empty"):
+        MatryoshkaIndex(torch.randn(0, 8))
+    with pytest.raises(ValueError, match="floating point"):
+        MatryoshkaIndex(torch.ones(4, 8, dtype=torch.int64))
+    with pytest.raises(ValueError, match="candidate indices"):
+        index.rerank(torch.randn(2, 32), torch.tensor([[0, 100], [1, 2]]))
+    with pytest.raises(ValueError, match="query dim"):
+        exact_search(torch.randn(10, 8), torch.randn(2, 4), 3)
+
+
+def official_metrics(query_labels, db_labels, neighbors, k, class_size):
+    """The official compute_metrics notebook, re-derived (recall divides by a fixed class size)."""
+    aps, precision, recall, topk = [], [], [], []
+    for i in range(len(query_labels)):
+        matches = db_labels[neighbors[i, :k]] == query_labels[i]
+        topk.append(float(matches.sum() > 0))
+        precision.append(matches.sum() / k)
+        recall.append(matches.sum() / class_size)
+        precs = np.cumsum(matches) / np.arange(1, k + 1)
+        aps.append(np.sum(precs[matches]) / k)
+    return np.mean(aps), np.mean(precision), np.mean(recall), np.mean(topk)
+
+
+def test_metrics_match_the_official_definitions_when_classes_are_large():
+    rng = np.random.default_rng(0)
+    db_labels = np.repeat(np.arange(5), 40)  # 40 per class >= k, as on ImageNet
+    query_labels = rng.integers(0, 5, 25)
+    neighbors = np.stack([rng.permutation(200)[:20] for _ in range(25)])
+    ours = retrieval_metrics(
+        torch.from_numpy(neighbors), torch.from_numpy(query_labels), torch.from_numpy(db_labels), ks=(5, 20)
+    )
+    for k in (5, 20):
+        m, p, r, t = official_metrics(query_labels, db_labels, neighbors, k, class_size=40)
+        assert ours[f"map@{k}"] == pytest.approx(m)
+        assert ours[f"precision@{k}"] == pytest.approx(p)
+        assert ours[f"recall@{k}"] == pytest.approx(r)
+        assert ours[f"top{k}"] == pytest.approx(t)
+    assert ours["top1"] == pytest.approx(np.mean(db_labels[neighbors[:, 0]] == query_labels))
+
+
+def test_metrics_hand_computed_and_rare_classes():
+    db_labels = torch.tensor([0, 0, 1, 1, 1, 2])
+    neighbors = torch.tensor([[0, 2, 1], [2, 0, 5]])
+    out = retrieval_metrics(neighbors, torch.tensor([0, 2]), db_labels, ks=(3,))
+    assert out["top1"] == 0.5
+    # query 0: hits at ranks 1 and 3 -> precisions 1 and 2/3, R=2 -> AP = (1 + 2/3) / 2; query 1: hit at 3, R=1 -> 1/3
+    assert out["map@3"] == pytest.approx(((1 + 2 / 3) / 2 + 1 / 3) / 2)
+    assert out["recall@3"] == pytest.approx((1.0 + 1.0) / 2)
+    assert out["precision@3"] == pytest.approx((2 / 3 + 1 / 3) / 2)
+    assert out["queries_without_relevant"] == 0
+    missing = retrieval_metrics(neighbors, torch.tensor([0, 7]), db_labels, ks=(3,))
+    assert missing["queries_without_relevant"] == 1
+    with pytest.raises(ValueError, match="cut-offs"):
+        retrieval_metrics(neighbors, torch.tensor([0, 2]), db_labels, ks=(4,))
+    with pytest.raises(ValueError, match="query_labels"):
+        retrieval_metrics(neighbors, torch.tensor([0]), db_labels)
+
+
+def test_neighbor_recall():
+    exact = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    assert neighbor_recall(torch.tensor([[3, 2, 9], [6, 5, 4]]), exact) == pytest.approx(5 / 6)
+    assert neighbor_recall(torch.tensor([[1, 9, 9], [9, 9, 9]]), exact, 1) == pytest.approx(0.5)
