@@ -41,6 +41,16 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be read or does not fit the model."""
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; written files get the permissions open() would give them (0644 under umask 022)
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: str | os.PathLike, write_fn) -> Path:
     """Call ``write_fn(tmp_path)`` then atomically rename onto ``path``: readers never see a partial file."""
     path = Path(path)
@@ -49,6 +59,7 @@ def atomic_write(path: str | os.PathLike, write_fn) -> Path:
     os.close(fd)
     try:
         write_fn(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -118,15 +129,23 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     except (SafetensorError, OSError, ValueError) as e:
         raise _open_error(path, e) from e
     if _CONFIG_KEY in meta:
-        meta[_CONFIG_KEY] = json.loads(meta[_CONFIG_KEY])
+        try:
+            meta[_CONFIG_KEY] = json.loads(meta[_CONFIG_KEY])
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"checkpoint {path}: metadata {_CONFIG_KEY!r} is not valid JSON: {e}") from e
     return meta
 
 
-def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Raise :class:`CheckpointError` listing every missing key, unexpected key and shape mismatch."""
+def check_state_dict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint", strict: bool = True
+) -> None:
+    """Raise :class:`CheckpointError` listing every missing key, unexpected key and shape mismatch.
+
+    With ``strict=False`` missing and unexpected keys are allowed; shape mismatches never are.
+    """
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
+    missing = sorted(set(expected) - set(state_dict)) if strict else []
+    unexpected = sorted(set(state_dict) - set(expected)) if strict else []
     shapes = sorted(
         f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
         for k in set(expected) & set(state_dict)
@@ -151,8 +170,7 @@ def load_checkpoint(
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise _open_error(path, e) from e
     if model is not None:
-        if strict:
-            check_state_dict(model, state, source=f"checkpoint {path}")
+        check_state_dict(model, state, source=f"checkpoint {path}", strict=strict)
         model.load_state_dict(state, strict=strict)
     return state
 
