@@ -20,23 +20,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bramley.core.checkpoint import save_pretrained
-from bramley.core.cli import add_config_arguments, config_from_args, run_method_cli
+from bramley.core.cli import add_config_arguments, run_method_cli
 
 
-def _defaults() -> dict:
-    from .pipeline import DEFAULTS
-
-    return DEFAULTS
-
-
-def _cfg(args: argparse.Namespace) -> dict:
+def _cfg(args: argparse.Namespace, save: bool = True) -> dict:
     if args.recipe is not None:
         if args.config is not None:
             raise SystemExit("bramley-fct: give either --recipe or --config, not both")
         from .pipeline import recipe_path
 
         args.config = recipe_path(args.recipe)
-    return config_from_args(args, _defaults())
+    from bramley.core.config import save_config
+
+    from .pipeline import resolve_run_config
+
+    config = resolve_run_config(args.config, args.overrides)
+    if save:
+        save_config(config, _need_out(args))
+    return config
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -55,9 +56,9 @@ def _train_backbone(args: argparse.Namespace) -> int:
 
     out = _need_out(args)
     cfg = _cfg(args)
-    old = load_model(args.bct_old) if args.bct_old else None
-    if old is not None and args.role != "new":
+    if args.bct_old and args.role != "new":
         raise SystemExit("bramley-fct: --bct-old trains the NEW model with BCT; use it with --role new")
+    old = load_model(args.bct_old) if args.bct_old else None
     model = run_stage(cfg, args.role, old_model=old, bct=old is not None)
     save_pretrained(model, out)
     print(f"saved {args.role} model{' (BCT)' if old is not None else ''} to {out}")
@@ -94,7 +95,7 @@ def _embed(args: argparse.Namespace) -> int:
     from .train import embed_dataset
 
     out = _need_out(args)
-    cfg = _cfg(args)
+    cfg = _cfg(args, save=False)  # --out is a file here
     data = build_dataset(cfg["data"], args.split)
     bs = int(cfg["eval"]["batch_size"])
     emb, labels = embed_dataset(load_model(args.model), data, bs)
@@ -216,4 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_method_cli(build_parser(), argv)
+    from bramley.core.checkpoint import CheckpointError
+
+    from .backfill import BackfillError
+
+    try:
+        return run_method_cli(build_parser(), argv)
+    except (BackfillError, CheckpointError, FileNotFoundError) as e:
+        raise SystemExit(f"bramley-fct: error: {e}") from e

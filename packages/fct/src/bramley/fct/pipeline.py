@@ -9,6 +9,7 @@ with the paper's CIFAR-100 / ImageNet settings. Each stage's ``train`` section i
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from bramley.core.checkpoint import from_pretrained
+from bramley.core.config import load_config, resolve_config
 from bramley.core.registry import create_model
 from bramley.core.train import TrainConfig
 
@@ -31,6 +33,7 @@ __all__ = [
     "build_side_info",
     "build_transformation",
     "recipe_path",
+    "resolve_run_config",
     "run_stage",
     "train_config",
 ]
@@ -91,6 +94,21 @@ DEFAULTS: dict[str, Any] = {
     },
     "eval": {"metric": "l2", "batch_size": 256},
 }
+
+
+# Model keyword arguments are free-form: a recipe's mapping replaces the default one instead of being merged into it.
+FREEFORM = (("old", "model_kwargs"), ("new", "model_kwargs"), ("side_info", "backbone_kwargs"))
+
+
+def resolve_run_config(config_path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """:data:`DEFAULTS` <- a recipe file <- ``key=value`` overrides (unknown keys are errors)."""
+    defaults = copy.deepcopy(DEFAULTS)
+    if config_path is not None:
+        raw = load_config(config_path)
+        for section, key in FREEFORM:
+            if isinstance(raw.get(section), dict) and isinstance(raw[section].get(key), dict):
+                defaults[section][key] = copy.deepcopy(raw[section][key])
+    return resolve_config(defaults, config_path, list(overrides))
 
 
 def recipe_path(name: str) -> Path:

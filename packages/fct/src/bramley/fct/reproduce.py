@@ -45,7 +45,7 @@ def mini_config(quick: bool = False, objective: str = "simclr") -> dict[str, Any
     cfg["side_info"]["objective"] = objective
     if quick:
         for stage in ("old", "new", "side_info", "transformation"):
-            cfg[stage]["train"].update(epochs=1, steps=3)
+            cfg[stage]["train"].update(epochs=1, steps=3, warmup_epochs=0)
         cfg["transformation"]["inner_dim"] = 64
     return cfg
 
