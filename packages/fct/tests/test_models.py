@@ -158,3 +158,23 @@ def test_batch_augment_shapes_and_randomness():
     torch.testing.assert_close(identity, x, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="batch of images"):
         BatchAugment()(torch.randn(3, 16, 16))
+
+
+def test_bct_synthesized_classifier_for_new_classes():
+    from torch.utils.data import TensorDataset
+
+    from bramley.fct.train import embed_dataset, synthesized_class_weights
+
+    old = create_model("fct_convnet", widths=[8], embedding_dim=6, num_classes=2).eval()
+    x, y = torch.randn(12, 1, 8, 8), torch.tensor([0, 1, 2, 3] * 3)
+    w = synthesized_class_weights(old, TensorDataset(x, y), num_old_classes=2)
+    emb, _ = embed_dataset(old, TensorDataset(x, y))
+    torch.testing.assert_close(w, torch.stack([emb[y == 2].mean(0), emb[y == 3].mean(0)]))
+    new = create_model("fct_convnet", widths=[8], embedding_dim=6, num_classes=4)
+    loss_fn = BCTLoss(old.head.classifier.weight, 1.0, 0.0, new_class_weights=w)
+    loss, extras = loss_fn(new, (x, y))
+    e = new.embed(x)
+    full = torch.cat([old.head.classifier.weight, w])
+    torch.testing.assert_close(extras["influence"], F.cross_entropy(e @ full.T, y).item())
+    with pytest.raises(ValueError, match="class 2 has no training sample"):
+        synthesized_class_weights(old, TensorDataset(x[y != 2], y[y != 2]), num_old_classes=2)

@@ -1,3 +1,47 @@
-"""Forward Compatible Training for large-scale embedding retrieval."""
+"""Forward Compatible Training for large-scale embedding retrieval (Ramanujan et al., CVPR 2022)."""
+
+from .backfill import BackfillError, BackfillResult, load_gallery, save_gallery, transform_gallery
+from .models import (
+    ConvEmbeddingNet,
+    FCTTransformation,
+    SideInfoModel,
+    TimmEmbeddingNet,
+    TransformedOldModel,
+    convert_official_transformation,
+    transformation_from_official,
+)
+from .retrieval import distance_matrix, retrieval_metrics
+from .train import (
+    BCTLoss,
+    embed_dataset,
+    synthesized_class_weights,
+    train_backbone,
+    train_side_info,
+    train_transformation,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "BCTLoss",
+    "BackfillError",
+    "BackfillResult",
+    "ConvEmbeddingNet",
+    "FCTTransformation",
+    "SideInfoModel",
+    "TimmEmbeddingNet",
+    "TransformedOldModel",
+    "__version__",
+    "convert_official_transformation",
+    "distance_matrix",
+    "embed_dataset",
+    "load_gallery",
+    "retrieval_metrics",
+    "save_gallery",
+    "synthesized_class_weights",
+    "train_backbone",
+    "train_side_info",
+    "train_transformation",
+    "transform_gallery",
+    "transformation_from_official",
+]

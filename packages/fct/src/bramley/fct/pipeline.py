@@ -42,7 +42,7 @@ RECIPES = Path(__file__).parent / "recipes"
 
 
 def _train(**kw: Any) -> dict[str, Any]:
-    base = dict(epochs=30, batch_size=64, lr=0.05, optimizer="sgd", momentum=0.9, nesterov=False, weight_decay=5e-4)
+    base = dict(epochs=20, batch_size=64, lr=0.05, optimizer="sgd", momentum=0.9, nesterov=False, weight_decay=5e-4)
     base.update(warmup_epochs=1, device="cpu")
     return TrainConfig(**{**base, **kw}).to_dict()
 
@@ -74,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
         "classes": None,  # all classes
         "label_smoothing": 0.1,
         "bct_weight": 1.0,  # influence-loss weight when trained with BCT (--bct-old)
+        "bct_synthesize_new_classes": True,  # BCT: new classes' old-classifier rows = mean old embeddings
         "train": _train(),
     },
     "side_info": {
@@ -84,13 +85,13 @@ DEFAULTS: dict[str, Any] = {
         "classes": 5,  # the old data, labels unused
         "temperature": 0.2,
         "augment": {"scale": [0.5, 1.0], "hflip": 0.0, "brightness": 0.4, "contrast": 0.4, "noise": 0.05},
-        "train": _train(epochs=60, batch_size=128, lr=0.1),
+        "train": _train(epochs=40, batch_size=128, lr=0.1),
     },
     "transformation": {
         "inner_dim": 256,
         "classes": None,  # trained on the new model's training data (all classes), as the paper
         "switch_to_eval_at": 0.5,  # official switch_mode_to_eval: BN in eval mode for the second half
-        "train": _train(epochs=60, optimizer="adamw", lr=5e-3, weight_decay=3.0517578125e-05),
+        "train": _train(epochs=40, optimizer="adamw", lr=5e-3, weight_decay=3.0517578125e-05),
     },
     "eval": {"metric": "l2", "batch_size": 256},
 }
@@ -199,6 +200,7 @@ def run_stage(
             label_smoothing=float(cfg[stage]["label_smoothing"]),
             bct_old_model=old_model if bct else None,
             bct_weight=float(cfg["new"]["bct_weight"]),
+            bct_synthesize_new_classes=bool(cfg["new"]["bct_synthesize_new_classes"]),
         )
         return model.eval()
     if stage == "side_info":

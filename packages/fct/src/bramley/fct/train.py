@@ -22,6 +22,7 @@ __all__ = [
     "ClassificationLoss",
     "TransformationTask",
     "embed_dataset",
+    "synthesized_class_weights",
     "train_backbone",
     "train_side_info",
     "train_transformation",
@@ -48,17 +49,31 @@ class BCTLoss(ClassificationLoss):
     """Backward compatible training (Shen et al., CVPR 2020): the new model's own classification loss plus the
     "influence" loss, i.e. the new embeddings classified by the frozen old classifier, on samples of the old classes.
 
+    Classes the old classifier does not know get no influence loss, unless ``new_class_weights`` supplies them:
+    BCT's "synthesized classifier", the mean old-model embedding of each new class's training samples
+    (:func:`synthesized_class_weights`), appended to the old classifier.
+
     Args:
         old_classifier: the old model's classifier weight ``(old_classes, dim)``; the new embedding must have the
             same ``dim`` (BCT's constraint).
         weight: weight of the influence loss (BCT uses 1).
         label_smoothing: applied to both terms.
+        new_class_weights: optional ``(new_classes, dim)`` rows for labels ``old_classes, old_classes + 1, ...``.
     """
 
-    def __init__(self, old_classifier: torch.Tensor, weight: float = 1.0, label_smoothing: float = 0.1) -> None:
+    def __init__(
+        self,
+        old_classifier: torch.Tensor,
+        weight: float = 1.0,
+        label_smoothing: float = 0.1,
+        new_class_weights: torch.Tensor | None = None,
+    ) -> None:
         super().__init__(label_smoothing)
-        self.old_classifier = old_classifier.detach().clone()
-        self.num_old_classes = old_classifier.shape[0]
+        w = old_classifier.detach().clone()
+        if new_class_weights is not None:
+            w = torch.cat([w, new_class_weights.detach().to(w.dtype)])
+        self.old_classifier = w
+        self.num_old_classes = w.shape[0]
         self.weight = weight
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -174,6 +189,24 @@ def embed_dataset(
     return torch.cat(embs), torch.cat(labels).long()
 
 
+@torch.no_grad()
+def synthesized_class_weights(old_model: nn.Module, data: Dataset, num_old_classes: int) -> torch.Tensor:
+    """BCT's classifier rows for classes the old model never saw: the mean old embedding of each such class.
+
+    Returns ``(num_classes - num_old_classes, dim)`` rows for labels ``num_old_classes ...`` (every label in that
+    range must occur in ``data``).
+    """
+    emb, labels = embed_dataset(old_model, data)
+    num_classes = int(labels.max()) + 1
+    rows = []
+    for c in range(num_old_classes, num_classes):
+        mask = labels == c
+        if not mask.any():
+            raise ValueError(f"class {c} has no training sample to synthesize its BCT classifier weight from")
+        rows.append(emb[mask].mean(0))
+    return torch.stack(rows) if rows else emb.new_zeros(0, emb.shape[1])
+
+
 def _fit(model: nn.Module, cfg: TrainConfig, data: Dataset, loss_fn: Callable, **kw: Any) -> dict[str, Any]:
     trainer = Trainer(model, cfg, train_data=data, loss_fn=loss_fn, **kw)
     return trainer.fit()
@@ -187,12 +220,19 @@ def train_backbone(
     label_smoothing: float = 0.1,
     bct_old_model: nn.Module | None = None,
     bct_weight: float = 1.0,
+    bct_synthesize_new_classes: bool = True,
 ) -> dict[str, Any]:
-    """Train an old or new embedding model by classification; with ``bct_old_model``, train it with BCT."""
+    """Train an old or new embedding model by classification; with ``bct_old_model``, train it with BCT.
+
+    ``bct_synthesize_new_classes``: extend the old classifier to the new classes with mean old embeddings (BCT's
+    synthesized classifier), so the influence loss covers every sample; otherwise only old-class samples.
+    """
     if bct_old_model is None:
         loss_fn: Callable = ClassificationLoss(label_smoothing)
     else:
-        loss_fn = BCTLoss(bct_old_model.head.classifier.weight, bct_weight, label_smoothing)
+        old_w = bct_old_model.head.classifier.weight
+        extra = synthesized_class_weights(bct_old_model, data, old_w.shape[0]) if bct_synthesize_new_classes else None
+        loss_fn = BCTLoss(old_w, bct_weight, label_smoothing, extra)
     return _fit(model, cfg, data, loss_fn)
 
 
