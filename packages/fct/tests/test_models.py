@@ -172,7 +172,7 @@ def test_bct_synthesized_classifier_for_new_classes():
     torch.testing.assert_close(w, torch.stack([emb[y == 2].mean(0), emb[y == 3].mean(0)]))
     new = create_model("fct_convnet", widths=[8], embedding_dim=6, num_classes=4)
     loss_fn = BCTLoss(old.head.classifier.weight, 1.0, 0.0, new_class_weights=w)
-    loss, extras = loss_fn(new, (x, y))
+    _, extras = loss_fn(new, (x, y))
     e = new.embed(x)
     full = torch.cat([old.head.classifier.weight, w])
     torch.testing.assert_close(extras["influence"], F.cross_entropy(e @ full.T, y).item())

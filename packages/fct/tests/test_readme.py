@@ -9,8 +9,6 @@ import shlex
 from importlib.metadata import version
 from pathlib import Path
 
-import pytest
-
 from bramley.core.cli import main as bramley_main
 from bramley.fct.cli import main as fct_main
 
