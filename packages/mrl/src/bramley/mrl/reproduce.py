@@ -109,15 +109,13 @@ def retrieval_curve(
         for d in sizes[:-1]
         for r in [index.shortlist_rerank(test, d, sizes[-1], shortlist, k=1)]
     ]
-    lengths = [max(1, min(index.size, 100 >> i)) for i in range(len(sizes) - 1)]
-    funnel = index.funnel(test, sizes[0], sizes[1:], lengths)
-    return {
-        "exact": exact,
-        "shortlist_rerank": rerank,
-        "funnel": [
-            {"retrieval_dim": sizes[0], "rerank_dims": sizes[1:], "shortlists": lengths, **_point(funnel, top1)}
-        ],
-    }
+    funnels = []
+    for start in range(min(2, len(sizes) - 1)):  # funnels from the smallest and the second-smallest size
+        dims = sizes[start:]
+        lengths = [max(1, min(index.size, 100 >> i)) for i in range(len(dims) - 1)]
+        point = _point(index.funnel(test, dims[0], dims[1:], lengths), top1)
+        funnels.append({"retrieval_dim": dims[0], "rerank_dims": dims[1:], "shortlists": lengths, **point})
+    return {"exact": exact, "shortlist_rerank": rerank, "funnel": funnels}
 
 
 def _point(result, top1) -> dict[str, float]:
@@ -190,6 +188,34 @@ def summarize(results: dict[str, Any], tolerance: float = 0.01) -> tuple[list[di
     return rows, claims
 
 
+def retrieval_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Retrieval top-1 vs MFLOPs/query, mean over seeds, one row per configuration."""
+    from bramley.core.report import mean_std
+
+    rows = []
+    labels = {
+        "exact": lambda p: f"MRL exact @{p['dim']}",
+        "ff_exact": lambda p: f"FF-{p['dim']} exact",
+        "ff_trunc_exact": lambda p: f"FF-{results['sizes'][-1]} truncated exact @{p['dim']}",
+        "shortlist_rerank": lambda p: (
+            f"MRL shortlist {p['shortlist']} @{p['shortlist_dim']} -> rerank @{p['rerank_dim']}"
+        ),
+        "funnel": lambda p: f"MRL funnel @{p['retrieval_dim']} -> {p['rerank_dims']} x {p['shortlists']}",
+    }
+    first = results["per_seed"][0]["retrieval"]
+    for key, label in labels.items():
+        for i, point in enumerate(first[key]):
+            mean, std = mean_std([s["retrieval"][key][i]["top1"] for s in results["per_seed"]])
+            rows.append(
+                {
+                    "method": label(point),
+                    "MFLOPs/query": f"{point['mflops']:.4f}",
+                    "top-1": f"{100 * mean:.1f} ± {100 * std:.1f}",
+                }
+            )
+    return rows
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -202,8 +228,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for m, style in (("MRL", "o-"), ("MRL-E", "s--"), ("FF", "^-"), ("FF-trunc", "x:")):
         values = np.array([[s["scores"][m]["knn"][d] for d in sizes] for s in results["per_seed"]]) * 100
         axes[0].errorbar(sizes, values.mean(0), yerr=values.std(0), fmt=style, capsize=3, label=m)
-    axes[0].set(xscale="log", xlabel="representation size", ylabel="1-NN top-1 (%)", title="digits: 1-NN top-1")
+    axes[0].set_xscale("log", base=2)
+    axes[0].set(xlabel="representation size", ylabel="1-NN top-1 (%)", title="digits: 1-NN top-1 (mean ± std)")
     axes[0].set_xticks(sizes, [str(d) for d in sizes])
+    axes[0].minorticks_off()
     axes[0].legend()
 
     def mean_curve(key):
@@ -219,7 +247,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ):
         x, y = mean_curve(key)
         axes[1].plot(x[0], 100 * y.mean(0), style, label=label, markersize=9 if key == "funnel" else 6)
-    axes[1].set(xscale="log", xlabel="MFLOPs / query", ylabel="retrieval top-1 (%)", title="adaptive retrieval")
+    axes[1].set_xscale("log")
+    axes[1].minorticks_off()
+    axes[1].set(xlabel="MFLOPs / query", ylabel="retrieval top-1 (%)", title="adaptive retrieval (mean over seeds)")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,7 +282,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows, claims = summarize(results)
     results.update({"claims": claims, "seconds": time.perf_counter() - t0, "quick": args.quick})
     title = f"MRL vs FF on digits: top-1 (%) by representation size, mean ± std over seeds {list(seeds)}"
+    retrieval = retrieval_rows(results)
+    results["retrieval_table"] = retrieval
     write_results(args.out, results, rows, title=title)
+    from bramley.core.report import format_table
+
+    print("## Retrieval on digits (database = train split, queries = test split)\n")
+    print(format_table(retrieval) + "\n")
     plot(results, args.out / "mrl.png")
     verdict = "HOLDS" if claims["holds"] else "DOES NOT HOLD"
     print(

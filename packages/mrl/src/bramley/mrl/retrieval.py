@@ -98,6 +98,7 @@ class MatryoshkaIndex:
         self.query_batch = query_batch
         self.backend = backend
         # Store the rows normalised at full size: a prefix of it, renormalised, equals the normalised raw prefix.
+        embeddings = embeddings.detach()
         self.data = torch.empty_like(embeddings, device="cpu") if copy else embeddings.cpu()
         for start in range(0, embeddings.shape[0], chunk_size):
             block = embeddings[start : start + chunk_size].float()
@@ -129,7 +130,7 @@ class MatryoshkaIndex:
             )
         if not queries.is_floating_point():
             raise ValueError(f"queries must be floating point, got {queries.dtype}")
-        return queries.float()
+        return queries.detach().float().cpu()
 
     def prefix(self, dim: int) -> torch.Tensor | None:
         """The float32 normalised ``(N, dim)`` prefix if it is small enough to cache, else ``None``."""

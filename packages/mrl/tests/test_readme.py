@@ -1,0 +1,86 @@
+"""Every command and Python block of the package README runs (heavy arguments shrunk to toy scale, listed here)."""
+
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+# How each kind of README command is shrunk: (pattern, replacement) applied to the command line, then extra args.
+SHRINK = [
+    (r"--image-size 224", "--image-size 32"),
+    (r"\b2048\b", "96"),  # the tiny test model has 96 features instead of ResNet-50's 2048
+    (r"--k 100", "--k 10"),
+    (r"--shortlists 200 100 50 25 10", "--shortlists 12 10 8 6 5"),  # the toy database has 12 images
+]
+EXTRA = {
+    "reproduce": ["--quick"],
+    "train": [
+        "model.backbone=test_resnet",
+        "data.image_size=32",
+        "data.val_image_size=32",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "train.num_workers=0",
+        "train.amp=none",
+        "train.progress=false",
+        "train.checkpoint_every=0",
+        "train.warmup_epochs=0",
+    ],
+    "eval": ["--image-size", "32"],
+    "embed": ["--image-size", "32"],
+    "bench": ["--num-database", "3000", "--num-queries", "8", "--dim", "256"],
+}
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def commands() -> list[str]:
+    lines = []
+    for block in blocks("bash"):
+        for line in block.splitlines():
+            line = line.split("  #")[0].strip()
+            if line and not line.startswith("#"):
+                lines.append(line)
+    return lines
+
+
+def test_readme_python_blocks_run():
+    code = blocks("python")
+    assert code, "README has no python example"
+    for block in code:
+        exec(compile(block, str(README), "exec"), {})
+
+
+def test_readme_commands_run(image_folder, tmp_path, monkeypatch):
+    from bramley.core.cli import main as bramley_main
+
+    for split in ("train", "val"):
+        shutil.copytree(image_folder, tmp_path / "imagenet" / split)
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    for line in commands():
+        if line.startswith("pip install"):
+            continue
+        assert line.startswith("bramley "), f"README command not covered by this test: {line}"
+        for pattern, replacement in SHRINK:
+            line = re.sub(pattern, replacement, line)
+        argv = shlex.split(line)[1:]
+        sub = argv[0] if argv[0] == "reproduce" else argv[1]
+        argv += EXTRA.get(sub, [])
+        if sub == "reproduce":
+            argv += ["--out", str(tmp_path / "reproduce")]
+        assert bramley_main(argv) == 0, line
+        ran.append(sub)
+    assert {"reproduce", "train", "eval", "embed", "retrieve", "bench"} <= set(ran)
+    assert (tmp_path / "runs" / "mrl-r50" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", ["BENCHMARKS.md", "CHANGELOG.md"])
+def test_docs_exist(name):
+    assert (README.parent / name).is_file()
