@@ -44,13 +44,20 @@ def _fwd_kernel(
     length = tl.load(CU + doc + 1) - start
     if m0 >= length:
         return
+    # 64-bit document offsets go into the base pointers once; tile offsets stay 32-bit (fewer registers).
+    start64 = start.to(tl.int64)
+    Q = Q + start64 * stride_qt
+    K = K + start64 * stride_kt
+    V = V + start64 * stride_vt
+    O = O + start64 * stride_ot
+    LSE = LSE + start64
 
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     row_ok = offs_m < length
-    rows = (start + offs_m).to(tl.int64)
+    rows = offs_m
     q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
     if UPCAST:
@@ -70,7 +77,7 @@ def _fwd_kernel(
     for n0 in range(lo, hi, BLOCK_N):
         cols = n0 + offs_n
         col_ok = cols < length
-        keys = (start + cols).to(tl.int64)
+        keys = cols
         k = tl.load(k_base + keys[None, :] * stride_kt + offs_d[:, None],
                     mask=col_ok[None, :] & d_ok[:, None], other=0.0)  # fmt: skip
         if UPCAST:
@@ -144,13 +151,22 @@ def _bwd_dkdv_kernel(
     length = tl.load(CU + doc + 1) - start
     if n0 >= length:
         return
+    start64 = start.to(tl.int64)
+    Q = Q + start64 * stride_qt
+    K = K + start64 * stride_kt
+    V = V + start64 * stride_vt
+    DO = DO + start64 * stride_dot
+    DK = DK + start64 * stride_dkt
+    DV = DV + start64 * stride_dvt
+    LSE = LSE + start64
+    DELTA = DELTA + start64
 
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     col_ok = offs_n < length
-    keys = (start + offs_n).to(tl.int64)
+    keys = offs_n
     kv_mask = col_ok[:, None] & d_ok[None, :]
     k = tl.load(K + keys[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
     v = tl.load(V + keys[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
@@ -171,7 +187,7 @@ def _bwd_dkdv_kernel(
         for m0 in range(lo, hi, BLOCK_M):
             qrows = m0 + offs_m
             row_ok = qrows < length
-            rows = (start + qrows).to(tl.int64)
+            rows = qrows
             q_mask = row_ok[:, None] & d_ok[None, :]
             q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :], mask=q_mask, other=0.0)
             do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_d[None, :], mask=q_mask,
@@ -226,13 +242,21 @@ def _bwd_dq_kernel(
     length = tl.load(CU + doc + 1) - start
     if m0 >= length:
         return
+    start64 = start.to(tl.int64)
+    Q = Q + start64 * stride_qt
+    K = K + start64 * stride_kt
+    V = V + start64 * stride_vt
+    DO = DO + start64 * stride_dot
+    DQ = DQ + start64 * stride_dqt
+    LSE = LSE + start64
+    DELTA = DELTA + start64
 
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     row_ok = offs_m < length
-    rows = (start + offs_m).to(tl.int64)
+    rows = offs_m
     q_mask = row_ok[:, None] & d_ok[None, :]
     q = tl.load(Q + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :], mask=q_mask, other=0.0)
     do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + offs_d[None, :], mask=q_mask, other=0.0)
@@ -255,7 +279,7 @@ def _bwd_dq_kernel(
     for n0 in range(lo, hi, BLOCK_N):
         cols = n0 + offs_n
         col_ok = cols < length
-        keys = (start + cols).to(tl.int64)
+        keys = cols
         kv_mask = col_ok[:, None] & d_ok[None, :]
         k = tl.load(k_base + keys[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + keys[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
@@ -341,6 +365,16 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _check_tile_offsets(max_seqlen: int, *tensors: torch.Tensor) -> None:
+    """Offsets inside one document are 32-bit in the kernels (document starts are 64-bit)."""
+    largest = max_seqlen * max(t.stride(0) for t in tensors)
+    if largest >= 2**31:
+        raise ValueError(
+            f"a document of {max_seqlen} tokens with token stride {largest // max_seqlen} exceeds the kernels' "
+            "32-bit in-document offsets; split the document or use backend='reference'"
+        )
+
+
 # --------------------------------------------------------------------------------------------------- launchers
 def forward(
     q: torch.Tensor,
@@ -357,6 +391,7 @@ def forward(
     q, k, v, cu = _as_packed(q, k, v, cu_seqlens, max_seqlen)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     total, heads, head_dim = q.shape
+    _check_tile_offsets(max_seqlen, q, k, v)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((heads, total), dtype=torch.float32, device=q.device)
     batch = cu.numel() - 1
@@ -406,6 +441,7 @@ def backward(
     q, k, v, out, grad_out = (_last_dim_contiguous(t) for t in (q, k, v, out, grad_out))
     lse = lse.contiguous()
     total, heads, head_dim = q.shape
+    _check_tile_offsets(max_seqlen, q, k, v, out, grad_out)
     kv_heads = k.shape[1]
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
@@ -415,7 +451,7 @@ def backward(
         block_d = _block_d(head_dim)
         delta = torch.empty_like(lse)
         dlse = grad_lse.to(torch.float32).contiguous() if grad_lse is not None else lse
-        block_t = 16 if interpreting() else 64
+        block_t = 16 if interpreting() else 32
         jit(_bwd_preprocess_kernel)[(math.ceil(total / block_t), heads)](
             out, grad_out, dlse, delta, total,
             out.stride(0), out.stride(1), grad_out.stride(0), grad_out.stride(1), dlse.stride(0), delta.stride(0),
