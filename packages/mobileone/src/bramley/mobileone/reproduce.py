@@ -216,9 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="1 seed, 3 optimizer steps, small latency check (tests)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: robust on shared machines)")
     args = parser.parse_args(argv)
-    if args.seeds < 1 or args.epochs < 1:
-        parser.error("--seeds and --epochs must be >= 1")
+    if args.seeds < 1 or args.epochs < 1 or args.threads < 1:
+        parser.error("--seeds, --epochs and --threads must be >= 1")
+    torch.set_num_threads(args.threads)
     if args.quick:
         run(args.out, seeds=[0], epochs=1, steps=3, image_size=32, s0_size=64, iters=2)
     else:
