@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -221,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .backfill import BackfillError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["reproduce"]:  # everything after it belongs to the reproduction's own parser
+        return _reproduce(argv[1:])
     try:
         return run_method_cli(build_parser(), argv)
     except (BackfillError, CheckpointError, FileNotFoundError) as e:
