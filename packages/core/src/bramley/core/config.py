@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,61 @@ class ConfigError(ValueError):
     """A config file or override is malformed or names an unknown key."""
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 safe loader that also reads ``1e-3`` / ``5E4`` as floats (YAML 1.2 does; PyYAML wants ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.VERBOSE,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
+
+
+def _typed(key: str, default: Any, value: Any) -> Any:
+    """``value`` checked against the type of the ``default`` it replaces (numbers mix; None defaults take anything)."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(default, bool) and isinstance(value, bool)
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float))
+        value = float(value) if ok and isinstance(default, float) else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+    elif isinstance(default, Mapping):
+        ok = isinstance(value, Mapping)
+    else:
+        ok = True
+    if not ok:
+        hint = " (quote it to pass a string: key='...')" if isinstance(default, str) else ""
+        raise ConfigError(
+            f"config key {key!r} expects {type(default).__name__} like its default {default!r}, "
+            f"got {type(value).__name__} {value!r}{hint}"
+        )
+    return value
+
+
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML (or JSON) mapping from ``path``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _load_yaml(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     if data is None:
@@ -35,14 +84,17 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def parse_overrides(items: Iterable[str]) -> list[tuple[list[str], Any]]:
-    """Parse ``a.b=value`` strings; values are read as YAML scalars/lists (``lr=1e-3``, ``sizes=[8,16]``)."""
+    """Parse ``a.b=value`` strings; values are read as YAML scalars/lists (``lr=1e-3``, ``sizes=[8,16]``).
+
+    Types are checked where the value replaces a default (:func:`apply_overrides`): ``epochs=ten`` is an error.
+    """
     parsed = []
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override {item!r} is not of the form key=value (nested keys as a.b.c=value)")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = _load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from e
         parsed.append((key.split("."), value))
@@ -66,7 +118,7 @@ def apply_overrides(
                 known = ", ".join(sorted(node))
                 raise ConfigError(f"unknown config key {'.'.join(path)!r}: {part!r} is not in {where} (known: {known})")
             if last:
-                node[part] = value
+                node[part] = _typed(".".join(path), node[part], value) if part in node else value
             else:
                 if not isinstance(node.setdefault(part, {}), dict):
                     raise ConfigError(f"config key {'.'.join(path[: depth + 1])!r} is a value, not a section")
@@ -91,7 +143,10 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any], source: str, prefix:
         if isinstance(base[key], dict) and isinstance(value, Mapping):
             base[key] = _merge(base[key], value, source, prefix + key + ".")
         else:
-            base[key] = value
+            try:
+                base[key] = _typed(prefix + key, base[key], value)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
     return base
 
 
