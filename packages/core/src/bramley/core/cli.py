@@ -120,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(_load_method(rest[0], methods)(["reproduce", *rest[1:]]) or 0)
     if head in methods:
         return int(_load_method(head, methods)(rest) or 0)
+    if not head.startswith("-") and head != "list":
+        _load_method(head, methods)  # neither a command nor an installed method: exits naming the installed ones
     args = parser.parse_args(argv)
     if args.command == "list":
         return _cmd_list(args, methods)
