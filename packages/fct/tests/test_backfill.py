@@ -40,7 +40,7 @@ def test_backfill_matches_direct_transform_and_carries_labels(transformation, ga
         expected = transformation(src["embeddings"], src["side_info"])
     torch.testing.assert_close(data["embeddings"], expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(data["labels"], src["labels"])
-    assert "side_info" not in data
+    assert torch.equal(data["side_info"], src["side_info"])  # kept for the next update
     assert not (tmp_path / "new.safetensors.parts").exists()
 
 

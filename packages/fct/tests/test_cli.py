@@ -47,6 +47,7 @@ def test_full_pipeline_on_digits(tmp_path, capsys):
     assert main([*tg, "--out", str(r / "t.safetensors"), "--batch-size", "100", "--no-progress"]) == 0
     out = load_gallery(r / "t.safetensors")
     assert out["embeddings"].shape == (len(gallery["labels"]), 32) and torch.equal(out["labels"], gallery["labels"])
+    assert torch.equal(out["side_info"], gallery["side_info"])
     capsys.readouterr()
     ev = ["eval", "--query", str(r / "q.safetensors"), "--gallery", str(r / "t.safetensors")]
     assert main([*ev, "--json", str(r / "m.json")]) == 0
@@ -101,3 +102,18 @@ def test_recipe_smoke_on_image_folder(recipe, arch, image_folder, tmp_path):
     side = ["--side-model", str(r / "side")]
     assert main(["embed", "--model", str(r / "old"), *side, *args, "--out", str(r / "g.st"), *over]) == 0
     assert load_gallery(r / "g.st")["embeddings"].shape == (12, 128)
+
+
+def test_autoencoder_side_info_and_no_side_transformation(tmp_path):
+    r = tmp_path
+    assert main(["train-side-info", "--out", str(r / "ae"), *tiny("side_info.objective=autoencoder")]) == 0
+    assert main(["train-backbone", "--role", "old", "--out", str(r / "old"), *tiny()]) == 0
+    assert main(["train-backbone", "--role", "new", "--out", str(r / "new"), *tiny()]) == 0
+    h = ["train-transformation", "--old", str(r / "old"), "--new", str(r / "new"), "--out", str(r / "h")]
+    assert main([*h, *tiny()]) == 0
+    assert main(["embed", "--model", str(r / "old"), "--side-model", str(r / "ae"), "--out", str(r / "g.st")]) == 0
+    # a transformation trained without side information refuses the gallery's side-information file
+    tg = ["transform-gallery", "--transformation", str(r / "h"), "--gallery", str(r / "g.st"), "--no-progress"]
+    with pytest.raises(SystemExit, match="uses no side information"):
+        main([*tg, "--side-info", str(r / "g.st"), "--out", str(r / "t.st")])
+    assert main([*tg, "--out", str(r / "t.st")]) == 0

@@ -2,7 +2,8 @@
 
 Galleries are safetensors files holding an ``(N, D)`` embeddings tensor (default key ``embeddings``), optionally
 the ``(N, S)`` side information (``side_info``, in the same file or a second one) and any per-item tensors such as
-``labels`` or ids, which are carried over to the output unchanged.
+``labels`` or ids, which are carried over to the output unchanged (the side information too: the next model update
+can use it again).
 
 The work is split into fixed batches; each finished batch is written atomically to ``<out>.parts/`` next to a
 manifest that fingerprints the inputs, the transformation weights and the batch size. An interrupted run (crash,
@@ -186,7 +187,7 @@ def transform_gallery(
         raise BackfillError("a side-information file was given but the transformation uses no side information")
 
     n = old.count
-    carried = [k for k in old.keys if k not in (embeddings_key, side_info_key)]
+    carried = [k for k in old.keys if k != embeddings_key]  # side information too: it serves the next update
     with safe_open(str(gallery_path), framework="pt") as f:
         for key in carried:
             shape = list(f.get_slice(key).get_shape())
