@@ -270,3 +270,15 @@ def test_squeeze_excite_follows_official_design():
     torch.testing.assert_close(se(x), x * gate)
     # the gate depends on the pooled input: a constant-per-channel shift changes it
     assert not torch.allclose(se(x + 1.0) - 1.0 * gate, se(x))
+
+
+def test_readme_layers_example_runs(capsys):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    exec(compile(code, "README.md#layers", "exec"), {})
+    out = capsys.readouterr().out
+    assert "reparam_conv.weight" in out and out.strip().endswith("True")
