@@ -87,6 +87,7 @@ def test_recipe_smoke_on_image_folder(recipe, arch, image_folder, tmp_path):
         "new.model_kwargs.num_classes=3",
         "side_info.classes=2",
         "side_info.train.num_workers=0",
+        "eval.num_workers=0",
         *[f"{s}.train.{k}" for s in STAGES for k in ("num_workers=0", "progress=false", "device=cpu")],
         *([f"old.model={arch}", f"new.model={arch}", f"side_info.backbone={arch}"] if arch else []),
         batch_size=4,

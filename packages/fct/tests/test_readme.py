@@ -48,6 +48,7 @@ def test_bash_blocks(tmp_path, monkeypatch, image_folder):
         "side_info.classes=2",
         "new.model_kwargs.num_classes=3",
         "transformation.inner_dim=32",
+        "eval.num_workers=0",
         *[f"{s}.train.{k}" for s in STAGES for k in ("num_workers=0", "progress=false", "device=cpu")],
     ]
     commands = [line for block in blocks("bash") for line in block.strip().splitlines()]

@@ -52,6 +52,14 @@ def _need_out(args: argparse.Namespace) -> Path:
     return Path(args.out)
 
 
+def _save(model, out: Path) -> None:
+    """Write a stage's model once (rank 0 only under torchrun)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        save_pretrained(model, out)
+
+
 def _train_backbone(args: argparse.Namespace) -> int:
     from .pipeline import load_model, run_stage
 
@@ -61,7 +69,7 @@ def _train_backbone(args: argparse.Namespace) -> int:
         raise SystemExit("bramley-fct: --bct-old trains the NEW model with BCT; use it with --role new")
     old = load_model(args.bct_old) if args.bct_old else None
     model = run_stage(cfg, args.role, old_model=old, bct=old is not None)
-    save_pretrained(model, out)
+    _save(model, out)
     print(f"saved {args.role} model{' (BCT)' if old is not None else ''} to {out}")
     return 0
 
@@ -71,7 +79,7 @@ def _train_side_info(args: argparse.Namespace) -> int:
 
     out = _need_out(args)
     model = run_stage(_cfg(args), "side_info")
-    save_pretrained(model, out)
+    _save(model, out)
     print(f"saved side-information model to {out}")
     return 0
 
@@ -84,7 +92,7 @@ def _train_transformation(args: argparse.Namespace) -> int:
     old, new = load_model(args.old), load_model(args.new)
     side = load_model(args.side) if args.side else None
     model = run_stage(cfg, "transformation", old_model=old, new_model=new, side_model=side)
-    save_pretrained(model, out)
+    _save(model, out)
     print(f"saved transformation ({'with' if side is not None else 'without'} side information) to {out}")
     return 0
 
@@ -98,11 +106,15 @@ def _embed(args: argparse.Namespace) -> int:
     out = _need_out(args)
     cfg = _cfg(args, save=False)  # --out is a file here
     data = build_dataset(cfg["data"], args.split)
-    bs = int(cfg["eval"]["batch_size"])
-    emb, labels = embed_dataset(load_model(args.model), data, bs)
+    kw = {
+        "batch_size": int(cfg["eval"]["batch_size"]),
+        "device": args.device,
+        "num_workers": cfg["eval"]["num_workers"],
+    }
+    emb, labels = embed_dataset(load_model(args.model), data, **kw)
     tensors = {"embeddings": emb, "labels": labels}
     if args.side_model:
-        tensors["side_info"] = embed_dataset(load_model(args.side_model), data, bs)[0]
+        tensors["side_info"] = embed_dataset(load_model(args.side_model), data, **kw)[0]
     save_gallery(out, **tensors)
     print(f"wrote {len(labels)} embeddings ({', '.join(tensors)}) to {out}")
     return 0
@@ -159,6 +171,12 @@ def _reproduce(argv: list[str]) -> int:
     return reproduce_main(argv)
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bramley-fct",
@@ -189,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="backbone folder whose embeddings to store")
     p.add_argument("--side-model", default=None, help="also store this side-information model's output")
     p.add_argument("--split", choices=["val", "train"], default="val")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="default: cuda when available")
     _config_args(p)
     p.set_defaults(func=_embed)
 
@@ -229,3 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_method_cli(build_parser(), argv)
     except (BackfillError, CheckpointError, FileNotFoundError) as e:
         raise SystemExit(f"bramley-fct: error: {e}") from e
+
+
+if __name__ == "__main__":
+    sys.exit(main())

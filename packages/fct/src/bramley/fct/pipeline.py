@@ -93,7 +93,7 @@ DEFAULTS: dict[str, Any] = {
         "switch_to_eval_at": 0.5,  # official switch_mode_to_eval: BN in eval mode for the second half
         "train": _train(epochs=40, optimizer="adamw", lr=5e-3, weight_decay=3.0517578125e-05),
     },
-    "eval": {"metric": "l2", "batch_size": 256},
+    "eval": {"metric": "l2", "batch_size": 256, "num_workers": 0},
 }
 
 

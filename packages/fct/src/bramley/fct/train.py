@@ -174,13 +174,17 @@ def transformation_loss(task: TransformationTask, batch: Batch) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------------------ eval
 @torch.no_grad()
 def embed_dataset(
-    model: nn.Module, data: Dataset, batch_size: int = 256, device: str | torch.device = "cpu"
+    model: nn.Module,
+    data: Dataset,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(embeddings, labels)`` of a whole dataset with ``model.embed`` in eval mode (order preserved)."""
+    """``(embeddings, labels)`` of a whole dataset with ``model.embed`` in eval mode (order preserved, on CPU)."""
     was_training = model.training
     model.eval().to(device)
     embs, labels = [], []
-    for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
+    for x, y in DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers):
         embs.append(model.embed(x.to(device)).float().cpu())
         labels.append(torch.as_tensor(y))
     model.train(was_training)
