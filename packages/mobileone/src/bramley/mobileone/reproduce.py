@@ -98,7 +98,16 @@ def latency_ratio(model: nn.Module, x: torch.Tensor, iters: int) -> dict[str, fl
     return {"unfused_ms": 1e3 * unfused_s, "fused_ms": 1e3 * fused_s, "fused_vs_unfused": fused_s / unfused_s}
 
 
-def run(out: Path, seeds: Sequence[int], epochs: int, steps: int | None, image_size: int, s0_size: int, iters: int):
+def run(
+    out: Path,
+    seeds: Sequence[int],
+    budgets: Sequence[int],
+    steps: int | None,
+    image_size: int,
+    s0_size: int,
+    iters: int,
+) -> dict:
+    """Train every arm for every epoch budget and seed, check fusion, time fused vs unfused; write the report."""
     from bramley.core.data import DigitsDataset
     from bramley.core.report import format_table, mean_std, write_results
 
@@ -106,61 +115,68 @@ def run(out: Path, seeds: Sequence[int], epochs: int, steps: int | None, image_s
     from .profile import count_params
 
     start = time.time()
-    runs, per_arm = [], {arm: [] for arm in ARMS}
-    trained_k4 = None
-    for seed in seeds:
-        for arm in ARMS:
-            model, acc = train_arm(arm, seed, epochs, steps, image_size)
-            fused = reparameterize(model)
-            fused_acc = test_accuracy(fused, image_size)
-            x, _ = DigitsDataset("test", image_size=image_size).tensors()
-            with torch.no_grad():
-                ref, got = model(x), fused(x)
-            diff = float((ref - got).abs().max())
-            runs.append(
-                {
-                    "arm": arm,
-                    "seed": seed,
-                    "test_top1": acc,
-                    "fused_test_top1": fused_acc,
-                    "max_abs_logit_diff": diff,
-                    "params_train": count_params(model),
-                    "params_fused": count_params(fused),
-                }
-            )
-            per_arm[arm].append(acc)
-            print(f"  seed {seed} {arm:<14} test top-1 {acc:6.2f}%  fused {fused_acc:6.2f}%  max|dlogit| {diff:.1e}")
-            if arm == "MobileOne k=4":
-                trained_k4 = model
+    x_test, _ = DigitsDataset("test", image_size=image_size).tensors()
+    runs, trained_k4 = [], None
+    for epochs in budgets:
+        for seed in seeds:
+            for arm in ARMS:
+                model, acc = train_arm(arm, seed, epochs, steps, image_size)
+                fused = reparameterize(model)
+                fused_acc = test_accuracy(fused, image_size)
+                with torch.no_grad():
+                    diff = float((model(x_test) - fused(x_test)).abs().max())
+                runs.append(
+                    {
+                        "epochs": epochs,
+                        "arm": arm,
+                        "seed": seed,
+                        "test_top1": acc,
+                        "fused_test_top1": fused_acc,
+                        "max_abs_logit_diff": diff,
+                        "params_train": count_params(model),
+                        "params_fused": count_params(fused),
+                    }
+                )
+                print(f"  {epochs:>3} epochs seed {seed} {arm:<14} test top-1 {acc:6.2f}%  fused {fused_acc:6.2f}%")
+                if arm == "MobileOne k=4":
+                    trained_k4 = model
 
     rows = []
-    for arm, accs in per_arm.items():
-        mean, std = mean_std(accs)
-        arm_runs = [r for r in runs if r["arm"] == arm]
-        rows.append(
-            {
-                "arm": arm,
-                "seeds": len(accs),
-                "test_top1_mean": mean,
-                "test_top1_std": std,
-                "fused_equal_acc": all(r["test_top1"] == r["fused_test_top1"] for r in arm_runs),
-                "max_abs_logit_diff": f"{max(r['max_abs_logit_diff'] for r in arm_runs):.1e}",
-                "params_train": arm_runs[0]["params_train"],
-                "params_fused": arm_runs[0]["params_fused"],
-            }
-        )
+    for epochs in budgets:
+        for arm in ARMS:
+            arm_runs = [r for r in runs if r["arm"] == arm and r["epochs"] == epochs]
+            mean, std = mean_std([r["test_top1"] for r in arm_runs])
+            rows.append(
+                {
+                    "epochs": epochs,
+                    "arm": arm,
+                    "seeds": len(arm_runs),
+                    "test_top1_mean": mean,
+                    "test_top1_std": std,
+                    "fused_equal_acc": all(r["test_top1"] == r["fused_test_top1"] for r in arm_runs),
+                    "max_abs_logit_diff": f"{max(r['max_abs_logit_diff'] for r in arm_runs):.1e}",
+                    "params_train": arm_runs[0]["params_train"],
+                    "params_fused": arm_runs[0]["params_fused"],
+                }
+            )
 
     latency = {
-        "mini_k4_32px_batch1": latency_ratio(trained_k4, torch.randn(1, 1, image_size, image_size), iters),
+        f"mini_k4_{image_size}px_batch1": latency_ratio(trained_k4, torch.randn(1, 1, image_size, image_size), iters),
         f"mobileone_s0_{s0_size}px_batch1": latency_ratio(
             build_mobileone("s0").eval(), torch.randn(1, 3, s0_size, s0_size), iters
         ),
     }
     latency_rows = [{"model": name, **vals} for name, vals in latency.items()]
-    plain, k1, k4 = (per_arm[a] for a in ARMS)
+
+    def delta(arm: str, epochs: int) -> float:
+        means = {r["arm"]: r["test_top1_mean"] for r in rows if r["epochs"] == epochs}
+        return means[arm] - means["plain conv-BN"]
+
     summary = {
-        "claim1_k4_minus_plain_top1": mean_std(k4)[0] - mean_std(plain)[0],
-        "claim1_k1_minus_plain_top1": mean_std(k1)[0] - mean_std(plain)[0],
+        "claim1_top1_gain_over_plain": {
+            f"{epochs}_epochs": {arm: delta(arm, epochs) for arm in ARMS if arm != "plain conv-BN"}
+            for epochs in budgets
+        },
         "claim2_all_fused_accuracies_equal": all(r["fused_test_top1"] == r["test_top1"] for r in runs),
         "claim2_max_abs_logit_diff": max(r["max_abs_logit_diff"] for r in runs),
         "claim2_latency_ratios": {k: v["fused_vs_unfused"] for k, v in latency.items()},
@@ -171,9 +187,10 @@ def run(out: Path, seeds: Sequence[int], epochs: int, steps: int | None, image_s
             "data": f"sklearn digits upsampled to {image_size}x{image_size}, train 1259 / test 359",
             "model": MINI_ARCH,
             "seeds": list(seeds),
-            "epochs": epochs,
+            "epoch_budgets": list(budgets),
             "steps": steps,
             "optimizer": "SGD nesterov lr 0.1 cosine, batch 64, wd 1e-4 -> 1e-5 cosine, label smoothing 0.1",
+            "threads": torch.get_num_threads(),
         },
         "runs": runs,
         "latency": latency,
@@ -182,23 +199,29 @@ def run(out: Path, seeds: Sequence[int], epochs: int, steps: int | None, image_s
     }
     write_results(out, results, rows, title="MobileOne mini reproduction: over-parameterization (digits, test top-1 %)")
     print(format_table(latency_rows))
-    _plot(out / "reproduce.png", rows, latency_rows)
+    _plot(out / "reproduce.png", rows, latency_rows, budgets)
     return results
 
 
-def _plot(path: Path, rows: list[dict], latency_rows: list[dict]) -> None:
+def _plot(path: Path, rows: list[dict], latency_rows: list[dict], budgets: Sequence[int]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    names = [r["arm"] for r in rows]
-    ax1.bar(names, [r["test_top1_mean"] for r in rows], yerr=[r["test_top1_std"] for r in rows], capsize=4)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / len(ARMS)
+    for i, arm in enumerate(ARMS):
+        arm_rows = [next(r for r in rows if r["arm"] == arm and r["epochs"] == e) for e in budgets]
+        xs = [b + (i - (len(ARMS) - 1) / 2) * width for b in range(len(budgets))]
+        means, stds = [r["test_top1_mean"] for r in arm_rows], [r["test_top1_std"] for r in arm_rows]
+        ax1.bar(xs, means, width, yerr=stds, capsize=3, label=arm)
+    ax1.set_xticks(range(len(budgets)), [f"{e} epochs" for e in budgets])
     low = min(r["test_top1_mean"] - r["test_top1_std"] for r in rows)
     ax1.set_ylim(max(0.0, low - 2.0), 100.0)
+    ax1.legend(loc="lower right", fontsize=8)
     ax1.set_ylabel("test top-1 (%)")
-    ax1.set_title("same inference architecture,\ndifferent train-time branches")
+    ax1.set_title("same inference architecture, different train-time branches\n(mean +- std over seeds)")
     labels = [r["model"].replace("_batch1", "\nbatch 1") for r in latency_rows]
     ax2.bar(labels, [r["fused_vs_unfused"] for r in latency_rows])
     ax2.axhline(1.0, color="gray", linestyle="--")
@@ -213,26 +236,18 @@ def _plot(path: Path, rows: list[dict], latency_rows: list[dict]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bramley reproduce mobileone", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/reproduce-mobileone"))
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per arm")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per arm and budget")
+    parser.add_argument("--epochs", type=int, nargs="+", default=[4, 15], help="training budgets (epochs)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 3 optimizer steps, small latency check (tests)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: robust on shared machines)")
     args = parser.parse_args(argv)
-    if args.seeds < 1 or args.epochs < 1 or args.threads < 1:
+    if args.seeds < 1 or min(args.epochs) < 1 or args.threads < 1:
         parser.error("--seeds, --epochs and --threads must be >= 1")
     torch.set_num_threads(args.threads)
     if args.quick:
-        run(args.out, seeds=[0], epochs=1, steps=3, image_size=32, s0_size=64, iters=2)
+        run(args.out, seeds=[0], budgets=[1], steps=3, image_size=32, s0_size=64, iters=2)
     else:
-        run(
-            args.out,
-            seeds=list(range(args.seeds)),
-            epochs=args.epochs,
-            steps=None,
-            image_size=32,
-            s0_size=224,
-            iters=20,
-        )
+        run(args.out, list(range(args.seeds)), args.epochs, steps=None, image_size=32, s0_size=224, iters=20)
     return 0
 
 
