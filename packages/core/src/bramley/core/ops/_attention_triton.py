@@ -313,26 +313,30 @@ def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def _configs(kind: str, block_d: int) -> tuple[int, int, int, int]:
-    """``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` per kernel and padded head dim.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, element size and padded head dim. Picked so that every
+# kernel compiles for sm_90 without register spills and within shared memory (checked on CPU by
+# tests/test_ops_attention_compile.py, which runs Triton's real compiler and ptxas); the largest spill-free tiles of a
+# small candidate set (FA2-on-Triton shapes: big query tiles for forward and dQ, big key tiles for dK/dV). Their
+# speed has not been measured on a GPU yet.
+_HALF_CONFIGS = {
+    "fwd": {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 8, 3), 128: (128, 32, 8, 3), 256: (64, 32, 8, 2)},
+    "dkdv": {16: (32, 128, 8, 3), 32: (32, 128, 8, 3), 64: (32, 128, 8, 3), 128: (32, 64, 8, 2), 256: (32, 32, 8, 2)},
+    "dq": {16: (128, 32, 8, 3), 32: (128, 32, 8, 3), 64: (128, 32, 8, 3), 128: (64, 64, 4, 3), 256: (32, 32, 8, 2)},
+}
+_FP32_CONFIGS = {
+    "fwd": {16: (64, 32, 8, 2), 32: (64, 32, 8, 2), 64: (64, 32, 8, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 2)},
+    "dkdv": {16: (16, 32, 4, 1), 32: (16, 32, 4, 1), 64: (16, 32, 4, 1), 128: (16, 32, 8, 1), 256: (16, 32, 8, 1)},
+    "dq": {16: (64, 32, 8, 2), 32: (64, 32, 8, 2), 64: (64, 32, 8, 2), 128: (64, 32, 8, 2), 256: (32, 16, 8, 1)},
+}
 
-    Chosen from the usual FA2-on-Triton shapes (large query tiles for the forward and dQ, large key tiles for
-    dK/dV, smaller tiles as the head dim grows so the tiles fit in shared memory). Not yet tuned on a GPU.
-    Under the interpreter small tiles keep the CPU run fast while still covering multi-block documents.
-    """
+
+def _configs(kind: str, block_d: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps, num_stages)``; small tiles under the interpreter keep CPU runs fast while
+    still covering documents that span several blocks."""
     if interpreting():
         return (16, 16, 1, 1)
-    if kind == "fwd":
-        return {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 4, 3), 128: (128, 64, 8, 3)}.get(
-            block_d, (64, 32, 8, 2)
-        )
-    if kind == "dkdv":
-        return {16: (32, 128, 4, 3), 32: (32, 128, 4, 3), 64: (32, 128, 4, 3), 128: (32, 64, 8, 2)}.get(
-            block_d, (16, 32, 8, 1)
-        )
-    return {16: (128, 32, 4, 3), 32: (128, 32, 4, 3), 64: (128, 32, 4, 3), 128: (64, 32, 4, 2)}.get(
-        block_d, (32, 16, 8, 1)
-    )
+    table = _FP32_CONFIGS if dtype == torch.float32 else _HALF_CONFIGS
+    return table[kind][block_d]
 
 
 def _dot_flags(dtype: torch.dtype) -> dict[str, object]:
@@ -397,7 +401,7 @@ def forward(
     batch = cu.numel() - 1
     if total > 0 and batch > 0 and max_seqlen > 0:
         block_d = _block_d(head_dim)
-        block_m, block_n, warps, stages = _configs("fwd", block_d)
+        block_m, block_n, warps, stages = _configs("fwd", block_d, q.dtype)
         grid = (batch * math.ceil(max_seqlen / block_m), heads)
         jit(_fwd_kernel)[grid](
             q, k, v, out, lse, cu,
@@ -462,7 +466,7 @@ def backward(
             **_dot_flags(q.dtype),
         )  # fmt: skip
         scalars = (max_seqlen, heads // kv_heads, scale * LOG2E, scale, window_left, window_right)
-        block_m, block_n, warps, stages = _configs("dkdv", block_d)
+        block_m, block_n, warps, stages = _configs("dkdv", block_d, q.dtype)
         jit(_bwd_dkdv_kernel)[(batch * math.ceil(max_seqlen / block_n), kv_heads)](
             q, k, v, grad_out, lse, delta, dk, dv, cu,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
@@ -470,7 +474,7 @@ def backward(
             lse.stride(0), *scalars,
             BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
         )  # fmt: skip
-        block_m, block_n, warps, stages = _configs("dq", block_d)
+        block_m, block_n, warps, stages = _configs("dq", block_d, q.dtype)
         jit(_bwd_dq_kernel)[(batch * math.ceil(max_seqlen / block_m), heads)](
             q, k, v, grad_out, lse, delta, dq, cu,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
