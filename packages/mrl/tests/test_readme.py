@@ -12,9 +12,12 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 # How each kind of README command is shrunk: (pattern, replacement) applied to the command line, then extra args.
 SHRINK = [
     (r"--image-size 224", "--image-size 32"),
-    (r"\b2048\b", "96"),  # the tiny test model has 96 features instead of ResNet-50's 2048
+    # the tiny test model has 96 features instead of ResNet-50's 2048; the toy database has 12 images
+    (
+        r"--rerank-dims 16 32 64 128 2048 --shortlists 200 100 50 25 10",
+        "--rerank-dims 16 32 64 96 --shortlists 12 10 8 5",
+    ),
     (r"--k 100", "--k 10"),
-    (r"--shortlists 200 100 50 25 10", "--shortlists 12 10 8 6 5"),  # the toy database has 12 images
 ]
 EXTRA = {
     "reproduce": ["--quick"],
