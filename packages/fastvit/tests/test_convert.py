@@ -71,7 +71,11 @@ def test_official_sa12_names_convert_exactly(randomize):
 def test_official_fused_checkpoint(randomize):
     fused = reparameterize(randomize(create_model("fastvit_sa12").eval()))
     official = bramley_to_official(fused.state_dict())
-    for key in ("patch_embed.0.reparam_conv.weight", "network.1.proj.0.lkb_reparam.weight", "network.6.reparam_conv.bias"):
+    for key in (
+        "patch_embed.0.reparam_conv.weight",
+        "network.1.proj.0.lkb_reparam.weight",
+        "network.6.reparam_conv.bias",
+    ):
         assert key in official  # official fused (*_reparam.pth.tar) names
     assert "network.0.0.token_mixer.reparam_conv.weight" in official
     converted = convert_official(official)
@@ -137,7 +141,7 @@ def test_bad_checkpoints_are_named(tmp_path):
     official = bramley_to_official(create_model("fastvit_t8").state_dict())
     with pytest.raises(CheckpointError, match="fastvit_t8 architecture, not fastvit_t12"):
         convert_official(official, model_name="fastvit_t12")
-    with pytest.raises(CheckpointError, match="norm0.weight"):
+    with pytest.raises(CheckpointError, match=r"norm0\.weight"):
         official_to_bramley({**official, "norm0.weight": torch.ones(48)})  # detection fork_feat checkpoint
     truncated = {k: v for k, v in official.items() if not k.startswith("network.6.")}
     with pytest.raises(CheckpointError, match="stage 3 of the checkpoint has no blocks"):

@@ -126,7 +126,11 @@ def test_timm_registration_builds_the_same_model():
 
 def test_drop_path_is_linear_over_blocks_and_train_only():
     model = create_model("fastvit_sa12", **TINY_SA, drop_path_rate=0.3)
-    rates = [getattr(b.drop_path if hasattr(b, "drop_path") else b.drop_path1, "drop_prob", 0.0) for s in model.stages for b in s.blocks]
+    rates = [
+        getattr(b.drop_path if hasattr(b, "drop_path") else b.drop_path1, "drop_prob", 0.0)
+        for s in model.stages
+        for b in s.blocks
+    ]
     assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3])
     model.eval()
     x = torch.randn(2, 3, 32, 32)

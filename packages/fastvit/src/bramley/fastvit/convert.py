@@ -252,7 +252,7 @@ def detect_variant(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[st
     Returns ``(name, kwargs)`` with ``num_classes`` and ``inference_mode`` (fused checkpoints) set from the weights.
     """
     arch = _architecture(state_dict)
-    for name, cfg in FASTVIT_CONFIGS.items():
+    for name, cfg in FASTVIT_CONFIGS.items():  # noqa: B007  (name is the result, used after the loop)
         ref = {
             "layers": tuple(cfg["layers"]),
             "embed_dims": tuple(cfg["embed_dims"]),

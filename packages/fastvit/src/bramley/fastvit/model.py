@@ -20,6 +20,7 @@ parameter names are timm's (``timm.models.fastvit``) except the squeeze-excite c
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -704,15 +705,17 @@ def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Fuse every RepMixer, RepCPE, large-kernel conv and MobileOne block of ``model`` for inference.
 
     The fused model computes the same function as ``model`` in eval mode (BatchNorm running statistics) with fewer
-    layers and no RepMixer/RepCPE skip connections. It is returned in eval mode; its ``model_config`` (if any) says
+    layers and no RepMixer/RepCPE skip connections. Fusion always uses eval semantics, whatever mode ``model`` is in;
+    the fused model is returned in eval mode; its ``model_config`` (if any) says
     ``inference_mode=True`` so :func:`bramley.core.checkpoint.save_pretrained` folders rebuild the fused structure.
 
     Args:
         model: a :class:`FastVit` (or any module holding FastViT blocks).
         inplace: fuse ``model`` itself instead of a deep copy.
     """
-    fused = reparameterize_model(model, inplace=inplace)
-    return fused.eval()
+    if not inplace:
+        model = copy.deepcopy(model)
+    return reparameterize_model(model.eval(), inplace=True)
 
 
 # ---------------------------------------------------------------------------------------------------------- configs

@@ -73,7 +73,9 @@ class SmallMobileOne(nn.Module):
         for width, depth in zip(widths, depths):
             for i in range(depth):
                 stride = 2 if i == 0 else 1
-                layers.append(MobileOneBlock(prev, prev, 3, stride=stride, groups=prev, act_layer=act, num_conv_branches=2))
+                layers.append(
+                    MobileOneBlock(prev, prev, 3, stride=stride, groups=prev, act_layer=act, num_conv_branches=2)
+                )
                 layers.append(MobileOneBlock(prev, width, 1, act_layer=act, num_conv_branches=2))
                 prev = width
         self.features = nn.Sequential(*layers)
@@ -99,7 +101,7 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _train(model: nn.Module, data: dict[str, Any], epochs: int, seed: int, batch_size: int) -> dict[str, float]:
-    from bramley.core.train import Trainer, TrainConfig
+    from bramley.core.train import TrainConfig, Trainer
 
     torch.manual_seed(seed)
     cfg = TrainConfig(

@@ -24,9 +24,21 @@ from bramley.core.registry import create_model
 
 __all__ = ["DEFAULTS", "ClassificationLoss", "accuracy_eval", "build_datasets", "build_teacher", "run_training"]
 
+
+def _train_fields() -> dict[str, Any]:
+    """Every :class:`TrainConfig` field with its default, so recipes may set any of them."""
+    import dataclasses
+
+    from bramley.core.train import TrainConfig
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(TrainConfig()).items()}
+
+
+_TRAIN_FIELDS = _train_fields()
+
 #: Every key a recipe may set; ``bramley-fastvit train`` rejects others. Values are the paper's recipe.
 DEFAULTS: dict[str, Any] = {
-    "model": {"name": "fastvit_t8", "kwargs": {}},
+    "model": {"name": "fastvit_t8", "kwargs": {"drop_path_rate": 0.0}},
     "data": {
         "train_dir": None,
         "val_dir": None,
@@ -45,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
         "teacher_checkpoint": None,
     },
     "train": {
+        **_TRAIN_FIELDS,
         "epochs": 300,
         "batch_size": 128,
         "optimizer": "adamw",
@@ -188,7 +201,7 @@ def run_training(config: Mapping[str, Any], out_dir: str | Path | None = None) -
     from the training folder.
     """
     from bramley.core.checkpoint import save_pretrained
-    from bramley.core.train import Trainer, TrainConfig
+    from bramley.core.train import TrainConfig, Trainer
 
     config = copy.deepcopy(dict(config))
     train_data, val_data = build_datasets(config["data"])
