@@ -95,3 +95,14 @@ def test_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         retrieval_metrics(**args)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 4, (64,), generator=g)
+    q, gal = torch.randn(64, 8, generator=g), torch.randn(64, 8, generator=g)
+    cpu = retrieval_metrics(q, gal, y, chunk_size=16)
+    cuda = retrieval_metrics(q.cuda(), gal.cuda(), y, chunk_size=16)
+    for key in cpu:
+        assert cuda[key] == pytest.approx(cpu[key], abs=1e-6), key

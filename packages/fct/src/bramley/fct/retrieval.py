@@ -74,8 +74,9 @@ def retrieval_metrics(
         raise ValueError(f"query dim {q.shape[1]} != gallery dim {g.shape[1]}: embeddings are not in the same space")
     if leave_one_out and q.shape[0] != g.shape[0]:
         raise ValueError(f"leave_one_out needs the gallery to be the query set, got {q.shape[0]} vs {g.shape[0]} items")
-    q_lab = torch.as_tensor(query_labels).reshape(-1)
-    g_lab = q_lab if gallery_labels is None else torch.as_tensor(gallery_labels).reshape(-1)
+    g = g.to(q.device)
+    q_lab = torch.as_tensor(query_labels).reshape(-1).to(q.device)
+    g_lab = q_lab if gallery_labels is None else torch.as_tensor(gallery_labels).reshape(-1).to(q.device)
     if q_lab.numel() != q.shape[0]:
         raise ValueError(f"{q_lab.numel()} query labels for {q.shape[0]} query embeddings")
     if g_lab.numel() != g.shape[0]:
@@ -91,13 +92,13 @@ def retrieval_metrics(
     ap_r_sum = torch.zeros((), dtype=torch.float64)
     valid = 0
     num_gallery = g.shape[0] - (1 if leave_one_out else 0)
-    ranks = torch.arange(1, num_gallery + 1, dtype=torch.float64)
+    ranks = torch.arange(1, num_gallery + 1, dtype=torch.float64, device=q.device)
     for start in range(0, q.shape[0], chunk_size):
         stop = min(start + chunk_size, q.shape[0])
         order = torch.argsort(distance_matrix(q[start:stop], g, metric), dim=1, stable=True)
         rel = g_lab[order] == q_lab[start:stop, None]
         if leave_one_out:
-            is_self = order == torch.arange(start, stop)[:, None]
+            is_self = order == torch.arange(start, stop, device=q.device)[:, None]
             rel = rel[~is_self].view(stop - start, num_gallery)
         num_rel = rel.sum(1)
         keep = num_rel > 0
@@ -106,11 +107,11 @@ def retrieval_metrics(
         rel, num_rel = rel[keep].double(), num_rel[keep].double()
         valid += int(keep.sum())
         first = rel.argmax(1)  # 0-based rank of the first relevant item
-        hits += torch.stack([(first < k).sum() for k in topk]).double()
+        hits += torch.stack([(first < k).sum() for k in topk]).double().cpu()
         precision = rel.cumsum(1) / ranks
-        ap_sum += ((precision * rel).sum(1) / num_rel).sum()
+        ap_sum += ((precision * rel).sum(1) / num_rel).sum().cpu()
         within_r = ranks[None, :] <= num_rel[:, None]
-        ap_r_sum += ((precision * rel * within_r).sum(1) / num_rel).sum()
+        ap_r_sum += ((precision * rel * within_r).sum(1) / num_rel).sum().cpu()
     if valid == 0:
         raise ValueError("no query has a relevant gallery item: every class has a single example")
     out = {f"top{k}": 100.0 * float(h) / valid for k, h in zip(topk, hits)}

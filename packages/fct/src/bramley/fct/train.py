@@ -200,7 +200,7 @@ def synthesized_class_weights(old_model: nn.Module, data: Dataset, num_old_class
     Returns ``(num_classes - num_old_classes, dim)`` rows for labels ``num_old_classes ...`` (every label in that
     range must occur in ``data``).
     """
-    emb, labels = embed_dataset(old_model, data)
+    emb, labels = embed_dataset(old_model, data, device="cuda" if torch.cuda.is_available() else "cpu")
     num_classes = int(labels.max()) + 1
     rows = []
     for c in range(num_old_classes, num_classes):
