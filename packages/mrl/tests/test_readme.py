@@ -1,5 +1,6 @@
 """Every command and Python block of the package README runs (heavy arguments shrunk to toy scale, listed here)."""
 
+import json
 import re
 import shlex
 import shutil
@@ -82,6 +83,13 @@ def test_readme_commands_run(image_folder, tmp_path, monkeypatch):
         ran.append(sub)
     assert {"reproduce", "train", "eval", "embed", "retrieve", "bench"} <= set(ran)
     assert (tmp_path / "runs" / "mrl-r50" / "model.safetensors").is_file()
+    funnel = json.loads((tmp_path / "runs" / "mrl-r50" / "funnel.json").read_text())
+    assert funnel["backend"] == "faiss" and funnel["search"]["mode"] == "funnel" and "map@5" in funnel["metrics"]
+    bench = json.loads((tmp_path / "bench-1m.json").read_text())
+    assert bench["environment"]["device"] == "cpu" and len(bench["funnels"]) == 2
+    reproduce = json.loads((tmp_path / "reproduce" / "results.json").read_text())
+    assert reproduce["quick"] and reproduce["sizes"] == [4, 64] and (tmp_path / "reproduce" / "mrl.png").is_file()
+    assert set(reproduce["claims"]) >= {"mrl_matches_ff", "mrl_beats_truncation", "holds"}
 
 
 @pytest.mark.parametrize("name", ["BENCHMARKS.md", "CHANGELOG.md"])
