@@ -201,60 +201,12 @@ class BinPacking:
         return len(self.bins)
 
 
-class _FreeSpaceIndex:
-    """Sets of bins keyed by remaining capacity, with "smallest key >= x" in O(1) word operations.
-
-    Level 1: one 64-bit word per 64 capacities (bit set = some bin has exactly that much room); level 2: one bit
-    per non-empty word, kept in a Python int of ``budget / 64`` bits.
-    """
-
-    def __init__(self, budget: int) -> None:
-        self.words = [0] * (budget // 64 + 1)
-        self.summary = 0
-        self.bins: dict[int, list[int]] = {}
-
-    def add(self, room: int, bin_id: int) -> None:
-        bucket = self.bins.get(room)
-        if bucket:
-            bucket.append(bin_id)
-            return
-        self.bins[room] = [bin_id]
-        w = room >> 6
-        if not self.words[w]:
-            self.summary |= 1 << w
-        self.words[w] |= 1 << (room & 63)
-
-    def pop_at_least(self, need: int) -> tuple[int, int] | None:
-        """Remove and return ``(room, bin)`` with the smallest room >= need, or None."""
-        w = need >> 6
-        if w >= len(self.words):
-            return None
-        bits = self.words[w] >> (need & 63)
-        if bits:
-            room = need + ((bits & -bits).bit_length() - 1)
-        else:
-            higher = self.summary >> (w + 1)
-            if not higher:
-                return None
-            w = w + (higher & -higher).bit_length()
-            bits = self.words[w]
-            room = (w << 6) + (bits & -bits).bit_length() - 1
-        bucket = self.bins[room]
-        bin_id = bucket.pop()
-        if not bucket:
-            del self.bins[room]
-            w = room >> 6
-            self.words[w] &= ~(1 << (room & 63))
-            if not self.words[w]:
-                self.summary &= ~(1 << w)
-        return room, bin_id
-
-
 def best_fit_decreasing(lengths: Sequence[int] | np.ndarray | torch.Tensor, budget: int) -> BinPacking:
     """Pack items into bins of ``budget`` tokens: longest first, each into the fullest bin it still fits (BFD).
 
-    O(n log n) for the sort plus O(1) amortised per item (see ``_FreeSpaceIndex``): about a second per million
-    items. Zero-length items go into the first bin (or one bin of their own if there is none).
+    O(n log n) for the sort plus O(1) word operations per item (a two-level bitmap over the remaining capacities):
+    about 1.3 s of CPU time per million items. Zero-length items go into the first bin (or a bin of their own if
+    there is none).
 
     Raises:
         ValueError: an item is longer than the budget, or the budget is not positive.
@@ -274,22 +226,54 @@ def best_fit_decreasing(lengths: Sequence[int] | np.ndarray | torch.Tensor, budg
     sorted_lens = lens[order].tolist()
     order = order.tolist()
     bins: list[list[int]] = []
-    free = _FreeSpaceIndex(budget)
+    # Free-space index (inlined: this loop is the hot path). by_room[r] lists the bins with exactly r tokens of room;
+    # bit r of the 64-bit word words[r >> 6] says by_room[r] is non-empty, and bit w of `summary` says words[w] != 0.
+    # "Smallest room >= x" is then a shift and a lowest-set-bit in one word, or in `summary` then one word: O(1).
+    words = [0] * (budget // 64 + 1)
+    summary = 0
+    by_room: dict[int, list[int]] = {}
     for item, length in zip(order, sorted_lens):
         if length == 0:
             if not bins:
                 bins.append([])
             bins[0].append(item)
             continue
-        found = free.pop_at_least(length)
-        if found is None:
+        w = length >> 6
+        bits = words[w] >> (length & 63)
+        if bits:
+            room = length + (bits & -bits).bit_length() - 1
+        else:
+            higher = summary >> (w + 1)
+            if higher:
+                w += (higher & -higher).bit_length()
+                bits = words[w]
+                room = (w << 6) + (bits & -bits).bit_length() - 1
+            else:
+                room = -1
+        if room < 0:
             bin_id, room = len(bins), budget
             bins.append([item])
         else:
-            room, bin_id = found
+            bucket = by_room[room]
+            bin_id = bucket.pop()
+            if not bucket:
+                del by_room[room]
+                w = room >> 6
+                words[w] &= ~(1 << (room & 63))
+                if not words[w]:
+                    summary &= ~(1 << w)
             bins[bin_id].append(item)
-        if room - length > 0:
-            free.add(room - length, bin_id)
+        room -= length
+        if room > 0:
+            bucket = by_room.get(room)
+            if bucket:
+                bucket.append(bin_id)
+            else:
+                by_room[room] = [bin_id]
+                w = room >> 6
+                if not words[w]:
+                    summary |= 1 << w
+                words[w] |= 1 << (room & 63)
     return BinPacking(bins=bins, budget=budget, tokens=int(lens.sum()))
 
 
