@@ -9,6 +9,7 @@ method package present. Everything runs outside the checkout so nothing can be i
 from __future__ import annotations
 
 import configparser
+import importlib
 import json
 import os
 import shutil
@@ -20,6 +21,8 @@ from email.parser import Parser
 from pathlib import Path
 
 import pytest
+
+from bramley.core.registry import list_models
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -166,6 +169,8 @@ report = {
     "list": call(["list"]),
     "help": call([] if module == "core" else [module, "--help"]),
 }
+from bramley.core.registry import list_models
+report["models"] = list_models(package=module)
 print(json.dumps(report))
 """
 
@@ -252,6 +257,8 @@ def test_method_alone_with_core(package, core_env, wheels):
         assert listed["code"] == 0 and "failed to load" not in listed["err"], listed
         methods_part = listed["out"].split("Models")[0]
         assert f"  {package} " in methods_part and dist in methods_part, listed["out"]
+        importlib.import_module(f"bramley.{module}.cli")  # in the workspace: the same import registers the same models
+        assert report["models"] == list_models(package=module), "the wheel registers other models than the source"
     finally:
         extra = sorted(core_env.freeze() - baseline)
         if extra:
