@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,7 +103,6 @@ def test_python_runs_through_uv(name):
                 assert "--locked" in line, f"{name}: `{line.strip()}` must use --locked (uv.lock is the truth)"
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
 @pytest.mark.parametrize("name", FILES)
 def test_run_scripts_are_valid_bash(name):
     for script in run_scripts(load(name)):
