@@ -187,6 +187,11 @@ def test_bramley_registry_backbone():
 
         return Tiny()
 
-    model = build_mrl_model("mrl_test_tiny_backbone", num_classes=5, nesting=[8, 24], efficient=True)
-    assert model.model_config["backbone"] == "mrl_test_tiny_backbone"
-    assert [z.shape for z in model(torch.randn(2, 3, 8, 8))] == [(2, 5), (2, 5)]
+    try:
+        model = build_mrl_model("mrl_test_tiny_backbone", num_classes=5, nesting=[8, 24], efficient=True)
+        assert model.model_config["backbone"] == "mrl_test_tiny_backbone"
+        assert [z.shape for z in model(torch.randn(2, 3, 8, 8))] == [(2, 5), (2, 5)]
+    finally:  # keep the shared registry clean for other packages' tests in the same session
+        from bramley.core import registry
+
+        registry._REGISTRY.pop("mrl_test_tiny_backbone", None)
