@@ -66,7 +66,7 @@ def workspace(tmp_path, monkeypatch) -> Path:
         "core": pyproject("bramley-core"),
         "alpha": pyproject("bramley-alpha", deps='"bramley-core>=0.1,<1"'),
         "beta": pyproject("bramley-beta", deps='"bramley-core>=0.1,<1", "numpy>=1"'),
-        "gamma": pyproject("bramley-gamma", extra='[project.optional-dependencies]\nfull = ["bramley_Alpha"]\n'),
+        "gamma": pyproject("bramley-gamma", extra='[project.optional-dependencies]\nfull = ["bramley_Alpha<1"]\n'),
     }
     sources = ""
     for name, text in members.items():
@@ -196,12 +196,13 @@ def test_release_from_unreleased_moves_the_section(workspace):
         ("alpha", "0.1.0", "new version 0.1.0 must be greater than the current 0.1.0"),
         ("alpha", "0.1.0a1", "must be greater"),
         ("alpha", "0.2.0", "packages/alpha/CHANGELOG.md has no '## [0.2.0]' section"),
-        ("core", "1.0.0", "outside what these packages accept: bramley-alpha (bramley-core>=0.1,<1)"),
+        ("core", "1.0.0", "outside what these packages accept: bramley-alpha (bramley-core>=0.1,<1), bramley-beta"),
+        ("alpha", "1.0.0", "outside what these packages accept: bramley-gamma (bramley_Alpha<1)"),
     ],
 )
 def test_release_errors(workspace, package, version, message, capsys):
-    if package == "core":
-        changelog = workspace / "packages" / "core" / "CHANGELOG.md"
+    if version == "1.0.0":
+        changelog = workspace / "packages" / package / "CHANGELOG.md"
         changelog.write_text(changelog.read_text().replace("## [0.1.0]", "## [1.0.0]\n- Stable.\n\n## [0.1.0]"))
     with pytest.raises(SystemExit) as exit_info:
         release.main([package, version, "--root", str(workspace)])

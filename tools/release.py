@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 if sys.version_info >= (3, 11):
@@ -125,7 +126,8 @@ def _dependents_rejecting(dist: str, version: Version, root: Path) -> list[str]:
                 requirement = Requirement(text)
             except InvalidRequirement:
                 continue
-            if requirement.name == dist and not requirement.specifier.contains(version, prereleases=True):
+            released = canonicalize_name(requirement.name) == canonicalize_name(dist)
+            if released and not requirement.specifier.contains(version, prereleases=True):
                 rejecting.append(f"{project.get('name', pyproject.parent.name)} ({text})")
     return rejecting
 
