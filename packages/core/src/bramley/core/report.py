@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import platform
 import time
@@ -46,8 +47,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def _fmt(value: Any, digits: int) -> str:
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):  # float, numpy float32, ...
+        return f"{float(value):.{digits}f}"
     return str(value)
 
 
