@@ -59,8 +59,14 @@ class PlainNet(nn.Module):
 
 @pytest.fixture(autouse=True)
 def isolated_registry(monkeypatch):
-    """Each test sees the real registry's models but its own registrations vanish afterwards."""
+    """Each test sees the real registry's models but its own registrations vanish afterwards (from timm's too)."""
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    yield
+    from timm.models import _registry as timm_registry  # private, but timm has no public unregister
+
+    for name in timm.list_models("bramley_regtest_*"):
+        timm_registry._clear_model_entries(name)
+        timm_registry._model_entrypoints.pop(name)
 
 
 def register_tiny(package: str = "demo_net", cls: type[nn.Module] = TinyNet, doc: str = "A tiny test network.") -> str:
@@ -199,3 +205,7 @@ def test_register_timm_by_package_is_idempotent_and_never_overwrites_timm():
         register_timm([clash])
     with pytest.raises(KeyError, match="unknown model"):
         register_timm(["regtest_never_registered"])
+
+
+def test_timm_registrations_of_earlier_tests_were_removed():
+    assert timm.list_models("bramley_regtest_*") == []
