@@ -56,10 +56,17 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("kind,head_dim,dtype", CASES)
-def test_kernels_compile_for_sm90_without_spills(kind, head_dim, dtype, tmp_path):
+@pytest.fixture
+def fresh_triton_cache(tmp_path, monkeypatch):
+    """A private kernel cache, so every test really compiles (a cached binary would hide compiler breakage)."""
     if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
         pytest.skip("triton's NVIDIA backend (ptxas) is not installed")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton-cache"))
+
+
+@pytest.mark.usefixtures("fresh_triton_cache")
+@pytest.mark.parametrize("kind,head_dim,dtype", CASES)
+def test_kernels_compile_for_sm90_without_spills(kind, head_dim, dtype, tmp_path):
     elem = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
     pointers = {n: f"*{elem}" for n in ("Q", "K", "V", "O", "DO", "DK", "DV", "DQ")}
     pointers.update(LSE="*fp32", DELTA="*fp32", CU="*i32")
@@ -78,3 +85,17 @@ def test_kernels_compile_for_sm90_without_spills(kind, head_dim, dtype, tmp_path
     usage = _resource_usage(compiled.asm["cubin"], tmp_path)
     assert compiled.metadata.shared <= H100_MAX_SHARED
     assert usage["stack"] == 0, f"{kind} d{head_dim} {elem} {(block_m, block_n, warps, stages)} spills: {usage}"
+
+
+@pytest.mark.usefixtures("fresh_triton_cache")
+def test_interpreter_runs_leave_the_compiler_working(monkeypatch):
+    """An interpreted launch patches triton.language; it must be undone, or later GPU builds in the process fail."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    q = torch.randn(5, 1, 16)
+    kernels.forward(q, q, q, torch.tensor([0, 5], dtype=torch.int32), 5, 0.25, -1, 0)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    pointers = {n: "*bf16" for n in ("Q", "K", "V", "O")}
+    pointers.update(LSE="*fp32", CU="*i32")
+    constexprs = {"HEAD_DIM": 32, "BLOCK_D": 32, "BLOCK_M": 64, "BLOCK_N": 32, "HAS_LEFT": False, "HAS_RIGHT": True}
+    compiled = _compile(kernels._fwd_kernel, pointers, {**constexprs, **kernels._dot_flags(torch.bfloat16)}, 4, 2)
+    assert compiled.asm["cubin"]

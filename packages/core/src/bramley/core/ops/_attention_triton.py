@@ -37,7 +37,7 @@ def _fwd_kernel(
     num_m = tl.cdiv(max_seqlen, BLOCK_M)
     pid = tl.program_id(0)
     doc = pid // num_m
-    m0 = (pid % num_m) * BLOCK_M
+    m0 = (num_m - 1 - pid % num_m) * BLOCK_M  # last query blocks first: under a causal mask they have the most work
     head = tl.program_id(1)
     kv_head = head // group
     start = tl.load(CU + doc)
@@ -235,7 +235,7 @@ def _bwd_dq_kernel(
     num_m = tl.cdiv(max_seqlen, BLOCK_M)
     pid = tl.program_id(0)
     doc = pid // num_m
-    m0 = (pid % num_m) * BLOCK_M
+    m0 = (num_m - 1 - pid % num_m) * BLOCK_M  # last query blocks first: under a causal mask they have the most work
     head = tl.program_id(1)
     kv_head = head // group
     start = tl.load(CU + doc)

@@ -50,9 +50,19 @@ def triton_usable_for(tensor: torch.Tensor) -> bool:
 
 @functools.cache
 def _interpreted_twin(jit_function: Any) -> Any:
-    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.interpreter import InterpretedFunction, _patch_lang
 
-    return InterpretedFunction(jit_function.fn)
+    class _Twin(InterpretedFunction):
+        # InterpretedFunction.__call__ patches triton.language for the call but never undoes it; left patched,
+        # later compiled-mode (GPU/AOT) builds in the same process would fail. Undo it after every call.
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            scope = _patch_lang(self.fn)
+            try:
+                return self.rewrite()(*args, **kwargs)
+            finally:
+                scope.restore()
+
+    return _Twin(jit_function.fn)
 
 
 @contextlib.contextmanager
