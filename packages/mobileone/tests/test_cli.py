@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from bramley.core.checkpoint import from_pretrained, save_checkpoint, save_pretrained
-from bramley.core.cli import main as bramley_main
 from bramley.core.registry import create_model
 from bramley.mobileone import reparameterize
 from bramley.mobileone.cli import main
@@ -141,11 +140,3 @@ def test_train_requires_data_root(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["train", "--out", str(tmp_path)])
     assert e.value.code == 2
-
-
-def test_reproduce_quick_via_umbrella(tmp_path):
-    assert bramley_main(["reproduce", "mobileone", "--quick", "--out", str(tmp_path)]) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert [r["arm"] for r in results["table"]] == ["plain conv-BN", "MobileOne k=1", "MobileOne k=4"]
-    assert results["summary"]["claim2_all_fused_accuracies_equal"] is True
-    assert (tmp_path / "reproduce.png").stat().st_size > 0
