@@ -211,3 +211,18 @@ def test_shifted_window_attention_as_varlen_segments(shift):
     torch.testing.assert_close(out, torch.cat(expected))
     lengths_of_windows = (segments[1:] - segments[:-1]).tolist()
     assert max(lengths_of_windows) <= window and sum(lengths_of_windows) == sum(lengths)
+
+
+def test_custom_ops_pass_opcheck():
+    """torch.library.opcheck: schema, fake (meta) implementations and autograd registration agree with the real ops."""
+    from bramley.core.ops import _attention as ops_module
+
+    (q, k, v), cu = _packed([3, 5], dtype=torch.float32, requires_grad=True)
+    args = (q, k, v, cu, 5, 0.25, -1, 0, "auto")
+    torch.library.opcheck(ops_module._attention_fwd, args)
+    out, lse = ops_module._attention_fwd(*[a.detach() if isinstance(a, torch.Tensor) else a for a in args])
+    dense = torch.randn(2, 4, 2, 8)
+    torch.library.opcheck(ops_module._attention_fwd, (dense, dense, dense, None, 4, 0.3, 1, 1, "reference"))
+    bwd_args = (torch.randn_like(out), torch.randn_like(lse), q.detach(), k.detach(), v.detach(), out, lse, cu, 5,
+                0.25, -1, 0, "auto")  # fmt: skip
+    torch.library.opcheck(ops_module._attention_bwd, bwd_args)
