@@ -1,12 +1,11 @@
 """Pure-PyTorch reference attention: the exact function the Triton kernels compute, differentiable by autograd.
 
-Used on CPU, for float64, and as the oracle in tests. Scores are materialised per document (packed layout) or per
-batch (dense layout), so memory is O(length^2) per document: fine for a reference, not for long sequences.
+Used on CPU, for float64, and as the oracle in tests. Scores are materialised per document (packed layout: documents
+of equal length are batched together, e.g. the windows of windowed attention) or per batch (dense layout), so memory
+is O(length^2) per document: fine for a reference, not for long sequences.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import torch
 
@@ -90,25 +89,36 @@ def reference_attention(
         )
         return out.transpose(1, 2).contiguous(), lse.to(lse_dtype)
 
-    bounds = cu_seqlens.tolist()
-    outs, lses = [], []
-    for start, end in itertools.pairwise(bounds):
-        if end == start:
+    out = q.new_zeros(q.shape)
+    lse = q.new_zeros((q.shape[1], q.shape[0]), dtype=lse_dtype)
+    for rows, count, length in _equal_length_groups(cu_seqlens):
+        o, l = _attend(*(_gather_docs(t, rows, count, length) for t in (q, k, v)), scale, window_left,
+                       window_right, compute_dtype)  # fmt: skip
+        out[rows] = o.transpose(1, 2).reshape(count * length, *q.shape[1:])
+        lse[:, rows] = l.transpose(0, 1).reshape(q.shape[1], count * length).to(lse_dtype)
+    return out, lse
+
+
+def _equal_length_groups(cu_seqlens: torch.Tensor) -> list[tuple[torch.Tensor, int, int]]:
+    """Documents grouped by length, so each group is one batched computation: ``(token rows, count, length)``.
+
+    ``rows`` lists the packed rows of the group's documents, document after document (shape ``count * length``).
+    """
+    cu = cu_seqlens.long()
+    lengths = cu[1:] - cu[:-1]
+    groups = []
+    for length in torch.unique(lengths).tolist():
+        if length == 0:
             continue
-        out, lse = _attend(
-            q[start:end].transpose(0, 1),
-            k[start:end].transpose(0, 1),
-            v[start:end].transpose(0, 1),
-            scale,
-            window_left,
-            window_right,
-            compute_dtype,
-        )
-        outs.append(out.transpose(0, 1))
-        lses.append(lse)
-    if not outs:  # empty batch or only empty documents
-        return torch.zeros_like(q), q.new_zeros((q.shape[1], q.shape[0]), dtype=lse_dtype)
-    return torch.cat(outs, dim=0), torch.cat(lses, dim=1).to(lse_dtype)
+        starts = cu[:-1][lengths == length]
+        rows = (starts[:, None] + torch.arange(length, device=cu.device)[None, :]).reshape(-1)
+        groups.append((rows, starts.numel(), length))
+    return groups
+
+
+def _gather_docs(t: torch.Tensor, rows: torch.Tensor, count: int, length: int) -> torch.Tensor:
+    """Packed ``(total, heads, dim)`` rows of ``count`` documents of one length -> ``(count, heads, length, dim)``."""
+    return t[rows].view(count, length, *t.shape[1:]).transpose(1, 2)
 
 
 def _attend_backward(
@@ -180,21 +190,16 @@ def reference_attention_backward(
         return dq.transpose(1, 2).contiguous(), dk.transpose(1, 2).contiguous(), dv.transpose(1, 2).contiguous()
 
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    bounds = cu_seqlens.tolist()
-    for start, end in itertools.pairwise(bounds):
-        if end == start:
-            continue
+    for rows, count, length in _equal_length_groups(cu_seqlens):
         grads = _attend_backward(
-            grad_out[start:end].transpose(0, 1),
-            None if grad_lse is None else grad_lse[:, start:end],
-            q[start:end].transpose(0, 1),
-            k[start:end].transpose(0, 1),
-            v[start:end].transpose(0, 1),
+            _gather_docs(grad_out, rows, count, length),
+            None if grad_lse is None else grad_lse[:, rows].view(-1, count, length).transpose(0, 1),
+            *(_gather_docs(t, rows, count, length) for t in (q, k, v)),
             scale,
             window_left,
             window_right,
             compute_dtype,
         )
         for full, part in zip((dq, dk, dv), grads):
-            full[start:end] = part.transpose(0, 1)
+            full[rows] = part.transpose(1, 2).reshape(count * length, *full.shape[1:])
     return dq, dk, dv
