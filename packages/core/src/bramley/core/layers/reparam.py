@@ -17,6 +17,7 @@ Module names follow timm's ``MobileOneBlock`` (``identity``, ``conv_kxk.{i}.conv
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from collections.abc import Callable
 
@@ -150,6 +151,15 @@ class SqueezeExcite(nn.Module):
         return x * torch.sigmoid(gate)
 
 
+def _make_act(act_layer: Callable[..., nn.Module]) -> nn.Module:
+    """The activation, in place when it supports it: the block output is always a fresh tensor (saves a copy)."""
+    try:
+        accepts_inplace = "inplace" in inspect.signature(act_layer).parameters
+    except (TypeError, ValueError):
+        accepts_inplace = False
+    return act_layer(inplace=True) if accepts_inplace else act_layer()
+
+
 class MobileOneBlock(nn.Module):
     """MobileOne's reparameterizable conv block (also FastViT's conv stem/stages building block).
 
@@ -172,7 +182,7 @@ class MobileOneBlock(nn.Module):
         use_scale_branch: add the 1x1 conv-BN branch (ignored when ``kernel_size == 1``).
         use_identity: add the BatchNorm skip branch where it applies (``stride == 1`` and ``in_chs == out_chs``).
         num_conv_branches: number ``k`` of parallel k x k conv-BN branches (over-parameterization factor).
-        act_layer: activation class, instantiated without arguments.
+        act_layer: activation class, instantiated with ``inplace=True`` when it accepts it (e.g. ``nn.ReLU``).
         se_layer: squeeze-excite class, called as ``se_layer(out_chs)``.
     """
 
@@ -189,7 +199,7 @@ class MobileOneBlock(nn.Module):
         use_scale_branch: bool = True,
         use_identity: bool = True,
         num_conv_branches: int = 1,
-        act_layer: Callable[[], nn.Module] = nn.ReLU,
+        act_layer: Callable[..., nn.Module] = nn.ReLU,
         se_layer: Callable[[int], nn.Module] = SqueezeExcite,
     ):
         super().__init__()
@@ -220,7 +230,7 @@ class MobileOneBlock(nn.Module):
             if self.identity is None and self.conv_scale is None and num_conv_branches == 0:
                 raise ValueError("MobileOneBlock has no branch at all (num_conv_branches=0, no scale, no identity)")
         self.se = se_layer(out_chs) if use_se else nn.Identity()
-        self.act = act_layer() if use_act else nn.Identity()
+        self.act = _make_act(act_layer) if use_act else nn.Identity()
 
     def _make_reparam_conv(self) -> nn.Conv2d:
         return nn.Conv2d(
