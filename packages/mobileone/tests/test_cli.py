@@ -99,7 +99,21 @@ def test_export_onnx_checked_with_onnxruntime(tmp_path, capsys):
 
 
 def test_bench_ratios(tmp_path):
-    args = ["bench", "--variants", "s0", "--batch-sizes", "1", "--image-size", "32", "--iters", "1", "--warmup", "0"]
+    args = [
+        "bench",
+        "--variants",
+        "s0",
+        "--batch-sizes",
+        "1",
+        "--image-size",
+        "32",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--rounds",
+        "1",
+    ]
     assert main([*args, "--out", str(tmp_path)]) == 0
     (row,) = json.loads((tmp_path / "results.json").read_text())["table"]
     assert row["fused_vs_unfused"] > 0 and row["fused_vs_timm"] > 0

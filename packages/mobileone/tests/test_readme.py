@@ -22,7 +22,7 @@ SHRINK = {
     "info": ["--image-size", "32"],
     "eval": ["--image-size", "32"],
     "export": ["--image-size", "32"],
-    "bench": ["--image-size", "32", "--iters", "1", "--warmup", "0"],
+    "bench": ["--image-size", "32", "--iters", "1", "--warmup", "0", "--rounds", "1"],
     "reproduce": ["--quick", "--out", "reproduce-quick"],
     "train": [
         "train.steps=1",

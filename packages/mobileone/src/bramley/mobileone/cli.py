@@ -175,6 +175,7 @@ def _bench(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             include_timm=not args.no_timm,
             threads=args.threads,
+            rounds=args.rounds,
         )
     if args.out is not None:
         write_results(args.out, {"benchmark": "cpu latency, median ms"}, rows, title="MobileOne CPU latency")
@@ -247,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (best median is kept)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-timm", action="store_true", help="skip timm's model")
     p.add_argument("--out", type=Path, default=None, help="write results.json + table.md here")
