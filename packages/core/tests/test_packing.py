@@ -191,3 +191,14 @@ def test_token_budget_sampler_shards_and_reshuffles(drop_last):
     samplers[0].set_epoch(1)
     assert [b for b in samplers[0]] != first
     assert samplers[0].fill_ratio > 0.9
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cuda_pack_unpack_triton_matches_torch(dtype):
+    lengths = torch.randint(0, 300, (37,), device="cuda")
+    padded = torch.randn(37, 300, 3, 129, device="cuda", dtype=dtype)
+    packed, cu, _ = pack(padded, lengths=lengths)  # auto: the Triton gather on CUDA
+    reference, _, _ = pack(padded, lengths=lengths, backend="torch")
+    assert torch.equal(packed, reference)
+    assert torch.equal(unpack(packed, cu, 300), unpack(packed, cu, 300, backend="torch"))
