@@ -139,9 +139,24 @@ class WeightDecayCosine:
                 group["weight_decay"] = self.end + (start - self.end) * factor
 
 
+def _keep_pil(image):
+    return image
+
+
+class _TrainTransformFor:
+    """``(h, w) -> train transform`` for the multi-scale dataset (a class, so DataLoader workers can pickle it)."""
+
+    def __init__(self, auto_augment: str | None, interpolation: str):
+        self.auto_augment, self.interpolation = auto_augment, interpolation
+
+    def __call__(self, h: int, w: int):
+        from bramley.core.data import train_transform
+
+        return train_transform((h, w), auto_augment=self.auto_augment, interpolation=self.interpolation)
+
+
 def _datasets(config: Mapping[str, Any]):
     from bramley.core.data import ImageFolder, MultiScaleDataset, VariableBatchSampler, multiscale_collate
-    from bramley.core.data import train_transform as make_train_transform
 
     data = config["data"]
     if not data.get("root"):
@@ -159,13 +174,10 @@ def _datasets(config: Mapping[str, Any]):
         if train.classes != val.classes:
             raise ConfigError(f"train and val class folders differ under {root}")
         return train, val, None, None
-    raw = ImageFolder(root / data["train_dir"], transform=lambda img: img)
+    raw = ImageFolder(root / data["train_dir"], transform=_keep_pil)
     if raw.classes != val.classes:
         raise ConfigError(f"train and val class folders differ under {root}")
-
-    def transform_for(h: int, w: int):
-        return make_train_transform((h, w), auto_augment=data["auto_augment"], **common)
-
+    transform_for = _TrainTransformFor(data["auto_augment"], data["interpolation"])
     train = MultiScaleDataset(raw, transform_for, seed=int(train_cfg.get("seed", 0)))
     sampler = VariableBatchSampler(
         train,
@@ -189,9 +201,11 @@ def train(config: Mapping[str, Any]) -> dict[str, float]:
     from bramley.core.checkpoint import save_pretrained
     from bramley.core.registry import create_model
     from bramley.core.train import TrainConfig, Trainer
+    from bramley.core.train.distributed import init_distributed
 
     from . import model as _  # noqa: F401  (registers the variants)
 
+    init_distributed(config["train"].get("device", "auto"))  # before the sampler, which shards by rank
     model_cfg = dict(config["model"])
     name = model_cfg.pop("name")
     model = create_model(name, **model_cfg)
