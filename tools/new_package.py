@@ -86,9 +86,7 @@ from bramley.core.cli import run_method_cli
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bramley-{name}", description="{title}.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("reproduce", help="run the mini reproduction", add_help=False)
-    p.set_defaults(func=lambda args: _reproduce(args.rest))
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("reproduce", help="run the mini reproduction (options: reproduce --help)", add_help=False)
     return parser
 
 
@@ -99,7 +97,7 @@ def _reproduce(argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_method_cli(build_parser(), argv)
+    return run_method_cli(build_parser(), argv, passthrough={{"reproduce": _reproduce}})
 '''
 
 REPRODUCE = '''\

@@ -161,3 +161,15 @@ def test_console_script_runs():
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().startswith("bramley-core 0.")
+
+
+def test_run_method_cli_passthrough_hands_over_leading_options():
+    import argparse
+
+    from bramley.core.cli import run_method_cli
+
+    seen = []
+    parser = argparse.ArgumentParser(prog="bramley-x")
+    parser.add_subparsers(dest="command").add_parser("reproduce", add_help=False)
+    code = run_method_cli(parser, ["reproduce", "--quick", "--out", "d"], passthrough={"reproduce": seen.append})
+    assert code == 0 and seen == [["--quick", "--out", "d"]]

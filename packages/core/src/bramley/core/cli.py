@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,19 @@ def config_from_args(args: argparse.Namespace, defaults: dict[str, Any], save: b
     return config
 
 
-def run_method_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    """Parse ``argv`` and call the chosen subcommand's ``func(args)``; config errors become clean exits."""
+def run_method_cli(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    passthrough: Mapping[str, Callable[[list[str]], int | None]] | None = None,
+) -> int:
+    """Parse ``argv`` and call the chosen subcommand's ``func(args)``; config errors become clean exits.
+
+    ``passthrough`` maps subcommands that own their argument parsing (e.g. ``reproduce``) to ``f(rest_of_argv)``:
+    everything after the subcommand is handed over untouched (argparse's REMAINDER drops leading ``--options``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if passthrough and argv and argv[0] in passthrough:
+        return int(passthrough[argv[0]](argv[1:]) or 0)
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()

@@ -230,9 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("reproduce", help="run the mini reproduction", add_help=False)
-    p.set_defaults(func=lambda args: _reproduce(args.rest))
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("reproduce", help="run the mini reproduction (options: reproduce --help)", add_help=False)
     return parser
 
 
@@ -241,11 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .backfill import BackfillError
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["reproduce"]:  # everything after it belongs to the reproduction's own parser
-        return _reproduce(argv[1:])
     try:
-        return run_method_cli(build_parser(), argv)
+        return run_method_cli(build_parser(), argv, passthrough={"reproduce": _reproduce})
     except (BackfillError, CheckpointError, FileNotFoundError) as e:
         raise SystemExit(f"bramley-fct: error: {e}") from e
 

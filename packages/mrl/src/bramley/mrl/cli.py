@@ -308,9 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="JSON results (default: print)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("reproduce", help="run the mini reproduction", add_help=False)
-    p.set_defaults(func=lambda args: _reproduce(args.rest))
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("reproduce", help="run the mini reproduction (options: reproduce --help)", add_help=False)
     return parser
 
 
@@ -321,12 +319,7 @@ def _reproduce(argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["reproduce"]:  # argparse.REMAINDER drops leading --options, so forward them untouched
-        return _reproduce(argv[1:])
-    return run_method_cli(build_parser(), argv)
+    return run_method_cli(build_parser(), argv, passthrough={"reproduce": _reproduce})
 
 
 if __name__ == "__main__":
