@@ -55,7 +55,11 @@ def image_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def triton_interpret(monkeypatch):
-    """Run Triton kernels on CPU through the interpreter (small sizes only: it is slow)."""
+    """Run Triton kernels on CPU through the interpreter (small sizes only: it is slow).
+
+    Triton reads ``TRITON_INTERPRET`` when a kernel is first launched, but some of ``triton.language`` is bound at
+    import: kernels launched here go through ``bramley.core.ops._triton``, which handles a late switch.
+    """
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     yield
     os.environ.pop("TRITON_INTERPRET", None)
