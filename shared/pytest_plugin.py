@@ -1,7 +1,7 @@
 """Pytest plugin loaded for the whole workspace (see ``addopts`` in the root pyproject).
 
 - ``gpu``-marked tests are skipped when no CUDA device is present.
-- Every test starts from the same seeds and with a small torch thread pool so that 2-core CI runs are repeatable.
+- Every test starts from the same seeds and with one torch thread, so that 2-core CI runs are repeatable and fast.
 - Fixtures that make small data files on the fly (no downloads anywhere in the test suite).
 """
 
@@ -34,6 +34,18 @@ def _seed_everything():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _small_thread_pool():
+    """One torch thread per test (``BRAMLEY_TEST_THREADS`` to change): test models are tiny, and two OpenMP
+    threads spin-waiting on a busy 2-core machine made steps 10-100x slower than one thread."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("BRAMLEY_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

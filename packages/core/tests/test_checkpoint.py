@@ -248,3 +248,22 @@ def test_atomic_write_file_mode_follows_umask(tmp_path):
     path = atomic_write(tmp_path / "x.txt", lambda tmp: Path(tmp).write_text("hello"))
     assert path.read_text() == "hello"
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask, "mkstemp's private 0600 must not leak into outputs"
+
+
+def test_from_pretrained_returns_eval_mode(tmp_path):
+    import torch.nn as nn
+
+    from bramley.core.checkpoint import from_pretrained, save_pretrained
+    from bramley.core.registry import _REGISTRY, register_model
+
+    @register_model(name="_eval_mode_probe")
+    def _eval_mode_probe():
+        return nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5))
+
+    try:
+        from bramley.core import create_model
+
+        save_pretrained(create_model("_eval_mode_probe"), tmp_path)
+        assert not from_pretrained(tmp_path).training
+    finally:
+        _REGISTRY.pop("_eval_mode_probe", None)

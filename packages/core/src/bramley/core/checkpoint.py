@@ -191,7 +191,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, config: Mapp
 
 
 def from_pretrained(directory: str | os.PathLike, device: str = "cpu", **overrides: Any) -> nn.Module:
-    """Rebuild a model from a ``save_pretrained`` folder; ``overrides`` replace factory keyword arguments."""
+    """Rebuild a model from a ``save_pretrained`` folder, in eval mode; ``overrides`` replace factory arguments."""
     from .registry import create_model
 
     directory = Path(directory)
@@ -206,4 +206,4 @@ def from_pretrained(directory: str | os.PathLike, device: str = "cpu", **overrid
     kwargs.update(overrides)
     model = create_model(name, **kwargs)
     load_checkpoint(directory / WEIGHTS_NAME, model, device=device)
-    return model.to(device)
+    return model.to(device).eval()
