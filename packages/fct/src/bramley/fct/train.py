@@ -165,6 +165,31 @@ class TransformationTask(nn.Module):
         return self.transformation(old, side), new
 
 
+class _FreezeBatchNormAt:
+    """Trainer callback: BatchNorm of the transformation switches to eval after ``fraction`` of the steps.
+
+    Stateful (``state_dict``), so a run resumed past the switch point starts with BatchNorm already frozen.
+    """
+
+    def __init__(self, task: TransformationTask, fraction: float):
+        self.task, self.fraction = task, fraction
+
+    def __call__(self, trainer: Trainer) -> None:
+        if not self.task.bn_frozen and trainer.step >= self.fraction * trainer.total_steps:
+            self._freeze()
+
+    def _freeze(self) -> None:
+        self.task.bn_frozen = True
+        self.task.train(self.task.training)
+
+    def state_dict(self) -> dict[str, bool]:
+        return {"bn_frozen": self.task.bn_frozen}
+
+    def load_state_dict(self, state: dict[str, bool]) -> None:
+        if state["bn_frozen"]:
+            self._freeze()
+
+
 def transformation_loss(task: TransformationTask, batch: Batch) -> torch.Tensor:
     """MSE between the transformed old embedding and the new model's embedding (the paper's objective)."""
     pred, target = task(batch[0])
@@ -269,11 +294,5 @@ def train_transformation(
     task = TransformationTask(transformation, old_model, new_model, side_model)
     callbacks = []
     if switch_to_eval_at is not None:
-
-        def switch(trainer: Trainer) -> None:
-            if not task.bn_frozen and trainer.step >= switch_to_eval_at * trainer.total_steps:
-                task.bn_frozen = True
-                task.train(task.training)
-
-        callbacks.append(switch)
+        callbacks.append(_FreezeBatchNormAt(task, switch_to_eval_at))
     return _fit(task, cfg, data, transformation_loss, callbacks=callbacks)

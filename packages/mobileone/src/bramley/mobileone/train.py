@@ -138,6 +138,13 @@ class WeightDecayCosine:
             if start > 0:
                 group["weight_decay"] = self.end + (start - self.end) * factor
 
+    def state_dict(self) -> dict[str, list[float] | None]:
+        """The initial decays: after a resume the optimizer holds already-annealed values."""
+        return {"start": self._start}
+
+    def load_state_dict(self, state: dict[str, list[float] | None]) -> None:
+        self._start = state["start"]
+
 
 def _keep_pil(image):
     return image
