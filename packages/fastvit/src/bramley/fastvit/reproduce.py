@@ -208,11 +208,24 @@ def _plot(rows: list[dict[str, Any]], mixer: dict[str, Any], path: Path) -> None
     plt.close(fig)
 
 
-def run(out: str | Path, quick: bool = False, seed: int = 0) -> dict[str, Any]:
-    """Run both experiments; returns the results written to ``out/results.json``."""
+def run(out: str | Path, quick: bool = False, seed: int = 0, threads: int = 1) -> dict[str, Any]:
+    """Run both experiments with ``threads`` torch CPU threads; returns what is written to ``out/results.json``.
+
+    One thread by default: batch-1 latency is what the paper measures (mobile), and single-thread timings stay
+    meaningful on a loaded machine where multi-threaded kernels spin-wait on descheduled workers.
+    """
+    previous = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        return _run(Path(out), quick, seed)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(out: Path, quick: bool, seed: int) -> dict[str, Any]:
     from bramley.core.report import write_results
 
-    out = Path(out)
     epochs = 1 if quick else 25
     iters = 2 if quick else 50
     data = _digits(quick)
@@ -257,6 +270,7 @@ def run(out: str | Path, quick: bool = False, seed: int = 0) -> dict[str, Any]:
         "quick": quick,
         "seed": seed,
         "epochs": epochs,
+        "threads": torch.get_num_threads(),
         "image_size": IMAGE_SIZE,
         "models": rows,
         "repmixer": mixer,
@@ -278,8 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/reproduce-fastvit", help="output directory")
     parser.add_argument("--quick", action="store_true", help="a few seconds: 1 epoch on 64 images, few timings")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
     args = parser.parse_args(argv)
-    run(args.out, quick=args.quick, seed=args.seed)
+    run(args.out, quick=args.quick, seed=args.seed, threads=args.threads)
     return 0
 
 
