@@ -30,6 +30,15 @@ def randomize_stats(model: nn.Module, seed: int = 1) -> nn.Module:
     return model
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: tiny models gain nothing from more, and shared CI machines lose a lot (spin-waiting)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def randomize():
     """The :func:`randomize_stats` helper (test modules cannot import conftest under importlib mode)."""
