@@ -66,7 +66,7 @@ def test_readme_commands(image_folder, tmp_path, monkeypatch, capsys):
             "/path/to/imagenet/val", str(image_folder)
         )
         prog, *args = shlex.split(line)
-        sub = args[1] if prog == "bramley" else args[0]
+        sub = args[0]
         extra = SHRINK.get(sub, [])
         at = args.index("--out") if sub == "train" else len(args)  # overrides must stay next to the README's
         args[at:at] = extra
