@@ -228,6 +228,9 @@ def _reproduce(argv: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from bramley.core.checkpoint import CheckpointError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["reproduce"]:  # argparse's REMAINDER does not capture leading options such as --quick
+        return _reproduce(argv[1:])
     try:
         return run_method_cli(build_parser(), argv)
     except (CheckpointError, FileNotFoundError, NotADirectoryError) as e:
