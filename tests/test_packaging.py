@@ -162,12 +162,12 @@ def call(argv):
             code = e.code
     return {"code": code, "out": out.getvalue(), "err": err.getvalue()}
 
-module = sys.argv[1]
+module, method = sys.argv[1], sys.argv[2]
 report = {
     "file": importlib.import_module("bramley." + module).__file__,
     "dists": sorted(d.metadata["Name"] for d in md.distributions() if d.metadata["Name"].startswith("bramley")),
     "list": call(["list"]),
-    "help": call([] if module == "core" else [module, "--help"]),
+    "help": call([] if module == "core" else [method, "--help"]),
 }
 from bramley.core.registry import list_models
 report["models"] = list_models(package=module)
@@ -201,11 +201,11 @@ class FreshEnv:
             [exe, *cmd[1:]], cwd=self.workdir, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
 
-    def probe_and_run(self, module: str, *script: str) -> tuple[dict, subprocess.CompletedProcess]:
-        """Run PROBE for ``module`` and the console script ``script`` side by side (two cores, two torch imports)."""
-        procs = [self.popen("python", "-c", PROBE, module), self.popen(*script)]
+    def probe_and_run(self, package: str, *script: str) -> tuple[dict, subprocess.CompletedProcess]:
+        """Run PROBE for ``package`` and the console script ``script`` side by side (two cores, two torch imports)."""
+        procs = [self.popen("python", "-c", PROBE, _module(package), package), self.popen(*script)]
         (probe_out, probe_err), (out, err) = (p.communicate() for p in procs)
-        assert procs[0].returncode == 0, f"probe of bramley.{module} failed:\n{probe_out}\n{probe_err}"
+        assert procs[0].returncode == 0, f"probe of bramley.{_module(package)} failed:\n{probe_out}\n{probe_err}"
         return json.loads(probe_out.strip().splitlines()[-1]), subprocess.CompletedProcess(
             script, procs[1].returncode, out, err
         )
@@ -247,7 +247,7 @@ def test_method_alone_with_core(package, core_env, wheels):
         core_env.uv_pip("install", "--quiet", "--no-deps", str(wheels[package]))
         core_env.uv_pip("check")  # every Requires-Dist of core and of the method is satisfied
 
-        report, own_help = core_env.probe_and_run(module, f"bramley-{package}", "--help")
+        report, own_help = core_env.probe_and_run(package, f"bramley-{package}", "--help")
         assert report["dists"] == sorted(["bramley-core", dist]), f"installed: {report['dists']}"
         assert Path(report["file"]).is_relative_to(core_env.path), f"bramley.{module} imported from {report['file']}"
         assert own_help.returncode == 0 and f"usage: bramley-{package}" in own_help.stdout, own_help

@@ -250,7 +250,10 @@ def test_release_restores_files_when_a_step_fails(workspace, monkeypatch):
 
 def test_new_package_scaffold_is_complete_and_clean(tmp_path):
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    pkg = new_package.scaffold("demo-net", "Demo Net", tmp_path)
+    # a long paper title must still give ruff-clean files
+    pkg = new_package.scaffold(
+        "demo-net", "Dataset Decomposition: Faster LLM Training with Variable Sequence Length Curriculum", tmp_path
+    )
     module = pkg / "src" / "bramley" / "demo_net"
     for rel in ["pyproject.toml", "README.md", "CHANGELOG.md", "tests/test_cli.py"]:
         assert (pkg / rel).is_file(), rel

@@ -84,7 +84,10 @@ from bramley.core.cli import run_method_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bramley-{name}", description="{title}.")
+    parser = argparse.ArgumentParser(
+        prog="bramley-{name}",
+        description="{title}.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("reproduce", help="run the mini reproduction (options: reproduce --help)", add_help=False)
     return parser
@@ -101,7 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 '''
 
 REPRODUCE = '''\
-"""Mini reproduction of {title} (`bramley reproduce {name}`)."""
+"""Mini reproduction of bramley-{name} (`bramley reproduce {name}`).
+
+Paper: {title}.
+"""
 
 from __future__ import annotations
 

@@ -66,6 +66,7 @@ def run_method_cli(
 
 
 def _load_method(name: str, methods: dict[str, EntryPoint]) -> MethodMain:
+    name = name.replace("_", "-")  # `bramley dataset_decomposition` names the same method as the import name
     if name not in methods:
         installed = ", ".join(methods) or "none"
         sys.exit(f"bramley: unknown method {name!r} (installed: {installed}). Install it: pip install bramley-{name}")
