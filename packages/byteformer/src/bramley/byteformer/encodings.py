@@ -226,7 +226,8 @@ def as_uint8_image(image: Any) -> np.ndarray:
 
     Accepts PIL images (modes other than L / RGB / RGBA are converted to RGB), NumPy arrays laid out ``(H, W)`` or
     ``(H, W, C)``, and torch tensors laid out ``(H, W)`` or ``(C, H, W)``. Float inputs must lie in [0, 1] and are
-    rounded to the nearest of 256 levels (corenet truncates, which turns values such as 0.2 into 50 instead of 51).
+    rounded to the nearest of 256 levels (corenet truncates ``x * 255``: the same for exact multiples of 1/255
+    such as ``ToTensor`` output, one level low for values just below a level).
     """
     if hasattr(image, "mode") and hasattr(image, "getbands"):  # PIL image, without importing PIL for the check
         if image.mode not in ("L", "RGB", "RGBA"):
