@@ -209,3 +209,57 @@ def test_register_timm_by_package_is_idempotent_and_never_overwrites_timm():
 
 def test_timm_registrations_of_earlier_tests_were_removed():
     assert timm.list_models("bramley_regtest_*") == []
+
+
+def test_default_example_inputs_are_images_of_the_registered_size():
+    name = register_tiny()
+    entry = get_model_entry(name)
+    assert entry.example_inputs is None and entry.input_size == (3, 224, 224)
+    args, kwargs = entry.make_example_inputs(image_size=16)
+    assert kwargs == {} and len(args) == 1 and args[0].shape == (2, 3, 16, 16) and args[0].dtype == torch.float32
+    assert entry.make_example_inputs(image_size=(8, 12))[0][0].shape == (2, 3, 8, 12)
+    assert create_model(name)(*args, **kwargs).shape == (2, 5)
+
+    @register_model(input_size=(1, 8, 8))
+    def regtest_gray(**kwargs) -> nn.Module:
+        return TinyNet(in_chans=1, **kwargs)
+
+    gray = get_model_entry("regtest_gray")
+    assert gray.input_size == (1, 8, 8) and gray.make_example_inputs()[0][0].shape == (2, 1, 8, 8)
+    register_model(input_size=32)(PlainNet)
+    assert get_model_entry("PlainNet").input_size == (3, 32, 32), "an int S means (3, S, S)"
+
+
+def test_custom_example_inputs():
+    def two_inputs():
+        return (torch.randn(2, 8),), {"scale": torch.full((2, 1), 2.0)}
+
+    @register_model(example_inputs=two_inputs)
+    def regtest_scaled(**kwargs) -> nn.Module:
+        class Scaled(PlainNet):
+            def forward(self, x, scale):
+                return self.fc(x) * scale
+
+        return Scaled(**kwargs)
+
+    entry = get_model_entry("regtest_scaled")
+    assert entry.example_inputs is two_inputs and entry.input_size is None
+    args, kwargs = entry.make_example_inputs()
+    assert create_model("regtest_scaled", num_classes=3)(*args, **kwargs).shape == (2, 3)
+    with pytest.raises(ValueError, match="has custom example_inputs; image_size applies to image models"):
+        entry.make_example_inputs(image_size=16)
+
+
+def test_bad_example_inputs_are_clear_errors():
+    with pytest.raises(TypeError, match=r"register_model\('regtest_a'\): example_inputs must be a zero-argument"):
+        register_model(name="regtest_a", example_inputs=torch.randn(2, 8))(PlainNet)
+    with pytest.raises(ValueError, match="give example_inputs or input_size, not both"):
+        register_model(name="regtest_b", example_inputs=lambda: ((), {}), input_size=32)(PlainNet)
+    for bad in (0, -3, (3, 32), (3, 32, 0), (3.0, 32, 32), "224", True):
+        with pytest.raises(ValueError, match=r"input_size must be a positive int S"):
+            register_model(name="regtest_c", input_size=bad)(PlainNet)
+    assert list_models("regtest_[abc]") == [], "failed registrations leave nothing behind"
+
+    register_model(name="regtest_d", example_inputs=lambda: [torch.randn(2, 8)])(PlainNet)
+    with pytest.raises(TypeError, match=r"example_inputs of model 'regtest_d' must return \(args: tuple, kwargs"):
+        get_model_entry("regtest_d").make_example_inputs()

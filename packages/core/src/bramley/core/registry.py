@@ -1,8 +1,10 @@
 """Model registry: every method package registers its variants here.
 
 ``create_model(name, **kwargs)`` builds a registered model and records how it was built (``model.model_config``)
-so that :func:`bramley.core.checkpoint.save_pretrained` can rebuild it later. Registration under timm is opt-in
-(:func:`register_timm`): timm already owns names such as ``mobileone_s0``, so ours are prefixed ``bramley_``.
+so that :func:`bramley.core.checkpoint.save_pretrained` can rebuild it later. Every entry also knows how to make
+small example inputs for itself (:meth:`ModelEntry.make_example_inputs`), which the shared model suite in ``tests/``
+uses to check every registered model. Registration under timm is opt-in (:func:`register_timm`): timm already owns
+names such as ``mobileone_s0``, so ours are prefixed ``bramley_``.
 """
 
 from __future__ import annotations
@@ -14,22 +16,72 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torch.nn as nn
 
-__all__ = ["ModelEntry", "create_model", "get_model_entry", "list_models", "register_model", "register_timm"]
+__all__ = [
+    "DEFAULT_INPUT_SIZE",
+    "ExampleInputs",
+    "ModelEntry",
+    "create_model",
+    "get_model_entry",
+    "list_models",
+    "register_model",
+    "register_timm",
+]
 
 TIMM_PREFIX = "bramley_"
+
+#: ``(channels, height, width)`` of the default example input: an RGB image classifier at ImageNet resolution.
+DEFAULT_INPUT_SIZE = (3, 224, 224)
+
+#: ``(args, kwargs)`` for one forward call: ``model(*args, **kwargs)``.
+ExampleInputs = tuple[tuple[Any, ...], dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One registered model variant."""
+    """One registered model variant.
+
+    ``example_inputs`` is the factory's custom input maker (``None`` for image models, which get
+    ``(2, *input_size)`` random images); use :meth:`make_example_inputs` rather than calling it directly.
+    """
 
     name: str
     fn: Callable[..., nn.Module]
     package: str
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    example_inputs: Callable[[], ExampleInputs] | None = None
+    input_size: tuple[int, int, int] | None = DEFAULT_INPUT_SIZE
+
+    def make_example_inputs(self, image_size: int | tuple[int, int] | None = None) -> ExampleInputs:
+        """Small CPU inputs for one forward pass: ``model(*args, **kwargs)`` with ``(args, kwargs)`` returned.
+
+        Args:
+            image_size: for image models only (no custom ``example_inputs``): the ``H`` / ``(H, W)`` to use instead
+                of the registered ``input_size``, e.g. a smaller size for fast tests. Channels stay as registered.
+
+        Returns:
+            The custom ``example_inputs()`` result (checked to be ``(tuple, dict)``), or
+            ``((images,), {})`` with ``images`` a ``(2, C, H, W)`` float32 tensor from ``torch.randn``.
+        """
+        if self.example_inputs is not None:
+            if image_size is not None:
+                raise ValueError(f"model {self.name!r} has custom example_inputs; image_size applies to image models")
+            out = self.example_inputs()
+            if not (
+                isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], tuple) and isinstance(out[1], dict)
+            ):
+                raise TypeError(
+                    f"example_inputs of model {self.name!r} must return (args: tuple, kwargs: dict), "
+                    f"got {type(out).__name__}"
+                )
+            return out
+        channels, height, width = self.input_size or DEFAULT_INPUT_SIZE
+        if image_size is not None:
+            height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        return (torch.randn(2, channels, height, width),), {}
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -44,13 +96,64 @@ def _origin(fn: Callable) -> tuple[str, str]:
     return fn.__module__, fn.__qualname__
 
 
+def _check_input_size(model_name: str, input_size: Any) -> tuple[int, int, int]:
+    size = (DEFAULT_INPUT_SIZE[0], input_size, input_size) if isinstance(input_size, int) else input_size
+    if not (
+        isinstance(size, tuple | list)
+        and len(size) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        raise ValueError(
+            f"register_model({model_name!r}): input_size must be a positive int S (meaning (3, S, S)) or a "
+            f"(channels, height, width) tuple of positive ints, got {input_size!r}"
+        )
+    return tuple(size)
+
+
 def register_model(
-    fn: Callable[..., nn.Module] | None = None, *, name: str | None = None, description: str = "", tags=()
+    fn: Callable[..., nn.Module] | None = None,
+    *,
+    name: str | None = None,
+    description: str = "",
+    tags=(),
+    example_inputs: Callable[[], ExampleInputs] | None = None,
+    input_size: int | tuple[int, int, int] | None = None,
 ):
     """Register a model factory (usable bare, ``@register_model``, or with arguments).
 
     The factory's name is the model name unless ``name`` is given. Registering a name twice from different
     functions is an error: two packages must never silently shadow each other.
+
+    Example inputs (the contract the shared model suite ``tests/test_model_suite.py`` relies on):
+
+    - Image models (the default) take one float tensor ``(N, C, H, W)``. ``input_size`` is the model's native
+      ``(C, H, W)`` (an int ``S`` means ``(3, S, S)``; default ``(3, 224, 224)``). The suite may run them at a
+      smaller ``H, W`` (see :meth:`ModelEntry.make_example_inputs`).
+    - Any other model passes ``example_inputs``: a zero-argument callable returning ``(args, kwargs)`` such that
+      ``model(*args, **kwargs)`` runs a forward pass. Rules: small CPU tensors (batch 2 or a few short sequences;
+      at least 2 samples so BatchNorm works in train mode); they must fit the model built with the factory's
+      default arguments and with any arguments that leave input shapes alone (e.g. ``num_classes``); random values
+      come from ``torch``'s global generator (the suite seeds it), so a call is reproducible; tensors may be any
+      dtype (token ids as int64, packed ``cu_seqlens`` as int32, ...) and non-tensor values are allowed in
+      ``kwargs`` (``max_seqlen=7``). Every call returns fresh tensors (the suite may modify them). For example::
+
+          def _packed_bytes() -> tuple[tuple, dict]:
+              tokens = torch.randint(0, 256, (11,))
+              return (tokens,), {"cu_seqlens": torch.tensor([0, 4, 11], dtype=torch.int32), "max_seqlen": 7}
+
+          @register_model(example_inputs=_packed_bytes)
+          def byteformer_tiny(**kwargs) -> ByteFormer: ...
+
+    - The forward's output may be a tensor or a (nested) tuple / list / dict of tensors; the suite checks every
+      floating-point tensor in it (finite values, gradients, save/load equality).
+
+    Args:
+        fn: the factory (when used bare).
+        name: registry name; defaults to the factory's ``__name__``.
+        description: one line; defaults to the first line of the factory's docstring.
+        tags: free-form labels (``"image-classification"``, the family name, ...).
+        example_inputs: custom example inputs (see above); give either this or ``input_size``, not both.
+        input_size: native input size of an image model (see above).
     """
 
     def decorator(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -62,8 +165,25 @@ def register_model(
                 f"model name {model_name!r} is already registered by package {existing.package!r} "
                 f"({existing.fn.__module__}.{existing.fn.__qualname__})"
             )
+        if example_inputs is not None and not callable(example_inputs):
+            raise TypeError(
+                f"register_model({model_name!r}): example_inputs must be a zero-argument callable returning "
+                f"(args, kwargs), got {type(example_inputs).__name__}"
+            )
+        if example_inputs is not None and input_size is not None:
+            raise ValueError(
+                f"register_model({model_name!r}): give example_inputs or input_size, not both "
+                "(input_size describes the default image input only)"
+            )
+        size = (
+            None
+            if example_inputs is not None
+            else _check_input_size(model_name, DEFAULT_INPUT_SIZE if input_size is None else input_size)
+        )
         doc = description or (f.__doc__ or "").strip().split("\n")[0]
-        _REGISTRY[model_name] = ModelEntry(model_name, f, _package_of(f.__module__), doc, tuple(tags))
+        _REGISTRY[model_name] = ModelEntry(
+            model_name, f, _package_of(f.__module__), doc, tuple(tags), example_inputs=example_inputs, input_size=size
+        )
         return f
 
     return decorator(fn) if fn is not None else decorator
