@@ -12,6 +12,7 @@ from bramley.byteformer.datasets import (
     ByteFolder,
     DigitsImages,
     EncodedDataset,
+    RandomTranslate,
     SyntheticAudio,
     audio_bytes,
     digits_bytes,
@@ -197,3 +198,45 @@ def test_byte_folder(tmp_path):
         ByteFolder(tmp_path / "a")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ByteFolder(tmp_path / "missing")
+
+
+def test_random_translate_shifts_with_fill():
+    image = np.arange(1, 26, dtype=np.uint8).reshape(5, 5)
+    shifts = set()
+    for seed in range(40):
+        out = RandomTranslate(2)(image, np.random.default_rng(seed))
+        dy, dx = next(
+            (dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if _shifted(image, dy, dx, 0) == out.tolist()
+        )
+        shifts.add((dy, dx))
+    assert len(shifts) > 10  # the shifts vary
+    np.testing.assert_array_equal(RandomTranslate(0)(image, np.random.default_rng(0)), image)
+    rgb = np.ones((4, 4, 3), np.uint8)
+    assert RandomTranslate(1, fill=9)(rgb, np.random.default_rng(1)).shape == (4, 4, 3)
+
+
+def _shifted(image, dy, dx, fill):
+    out = np.full_like(image, fill)
+    for y in range(image.shape[0]):
+        for x in range(image.shape[1]):
+            if 0 <= y + dy < image.shape[0] and 0 <= x + dx < image.shape[1]:
+                out[y + dy, x + dx] = image[y, x]
+    return out.tolist()
+
+
+def test_augmented_digits_change_per_epoch_and_stay_decodable():
+    plain = digits_bytes("png", "val", image_size=12)
+    augmented = digits_bytes("png", "val", image_size=12, max_shift=2)
+    with pytest.raises(ValueError, match="augmented"):
+        EncodedDataset(DigitsImages("val"), "tiff", cache=True, augment=RandomTranslate(1))
+    changed = 0
+    for i in range(10):
+        first = augmented[i][0]
+        assert torch.equal(first, augmented[i][0])  # deterministic within an epoch
+        image = np.asarray(Image.open(io.BytesIO(first.numpy().astype(np.uint8).tobytes())))
+        assert image.shape == (12, 12, 3)
+        changed += not torch.equal(first, plain[i][0])
+    assert changed > 5
+    epoch0 = [augmented[i][0] for i in range(10)]
+    augmented.set_epoch(1)
+    assert sum(not torch.equal(a, augmented[i][0]) for i, a in enumerate(epoch0)) > 5
