@@ -2,14 +2,16 @@ import argparse
 import io
 import json
 import re
+import shlex
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, UnidentifiedImageError
 
 from bramley.byteformer.audio import encode_wav, quantize, read_wav
-from bramley.byteformer.datasets import ByteFolder, DigitsImages, SyntheticAudio
+from bramley.byteformer.datasets import ByteFolder, DigitsImages, SyntheticAudio, audio_bytes, digits_bytes
 from bramley.byteformer.encode import add_encode_arguments
 from bramley.byteformer.encodings import invert_transforms
 from bramley.core.cli import run_method_cli
@@ -139,3 +141,44 @@ def test_refuses_non_empty_out(tmp_path, capsys):
         run(argv)
     assert "not empty" in capsys.readouterr().err
     assert run([*argv, "--overwrite"]) == 0 and (out / "keep.txt").read_text() == "precious"
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "encodings.md"
+
+
+def _blocks(language):
+    return re.findall(rf"```{language}\n(.*?)```", DOCS.read_text(), flags=re.S)
+
+
+def test_docs_python_examples_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    blocks = _blocks("python")
+    assert len(blocks) == 2
+    for code in blocks:
+        exec(compile(code, str(DOCS), "exec"), {})
+
+
+def test_docs_encode_commands_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    commands = [line for block in _blocks("bash") for line in block.splitlines() if line.strip()]
+    assert len(commands) == 3
+    for line in commands:
+        prefix, _, rest = line.partition("bramley byteformer encode ")
+        assert prefix == "" and rest
+        assert run(shlex.split(rest)) == 0
+    assert "encoded" in capsys.readouterr().out
+
+
+def test_docs_length_tables_are_current():
+    """Every row of the byte-length tables in docs/encodings.md is recomputed from the bundled data."""
+    tables = re.findall(r"\| Spec \((.*?)\) \| mean \| min \| max \|\n\|[-| ]+\|\n((?:\|.*\|\n)+)", DOCS.read_text())
+    assert len(tables) == 3
+    for title, rows in tables:
+        for row in rows.strip().splitlines():
+            spec, mean, low, high = (cell.strip(" `") for cell in row.strip("|").split("|"))
+            if title.startswith("synthetic audio"):
+                lengths = audio_bytes(spec, "train").lengths()
+            else:
+                size = int(re.search(r"(\d+)x\1", title).group(1))
+                lengths = digits_bytes(spec, "train", image_size=size).lengths()
+            assert (round(lengths.mean()), lengths.min(), lengths.max()) == (int(mean), int(low), int(high)), spec
