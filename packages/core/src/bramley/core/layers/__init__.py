@@ -1,5 +1,7 @@
-"""Shared building blocks of bramley models."""
+"""Shared building blocks of bramley models: reparameterizable conv blocks and transformer layers."""
 
+from .drop import DropPath
+from .layer_scale import LayerScale, LayerScale2d
 from .reparam import (
     ConvNorm,
     MobileOneBlock,
@@ -9,13 +11,24 @@ from .reparam import (
     pad_kernel,
     reparameterize_model,
 )
+from .transformer import Attention, Mlp, RMSNorm, RotaryEmbedding, SwiGLU, apply_rotary, rotate_half
 
 __all__ = [
+    "Attention",
     "ConvNorm",
+    "DropPath",
+    "LayerScale",
+    "LayerScale2d",
+    "Mlp",
     "MobileOneBlock",
+    "RMSNorm",
+    "RotaryEmbedding",
     "SqueezeExcite",
+    "SwiGLU",
+    "apply_rotary",
     "fuse_conv_bn",
     "identity_kernel",
     "pad_kernel",
     "reparameterize_model",
+    "rotate_half",
 ]
