@@ -16,9 +16,10 @@ from bramley.byteformer.datasets import (
     SyntheticAudio,
     audio_bytes,
     digits_bytes,
+    image_folder_bytes,
     synthesize_clip,
 )
-from bramley.byteformer.encodings import apply_transforms, encode
+from bramley.byteformer.encodings import apply_transforms, encode, invert_transforms
 from bramley.core.data import DigitsDataset, sample_seed
 
 
@@ -240,3 +241,27 @@ def test_augmented_digits_change_per_epoch_and_stay_decodable():
     epoch0 = [augmented[i][0] for i in range(10)]
     augmented.set_epoch(1)
     assert sum(not torch.equal(a, augmented[i][0]) for i, a in enumerate(epoch0)) > 5
+
+
+def test_image_folder_bytes(image_folder):
+    train = image_folder_bytes(image_folder, "png+permute:1", train=True, image_size=16)
+    val = image_folder_bytes(image_folder, "tiff", train=False, image_size=16)
+    assert len(train) == len(val) == 12 and val.classes == ["cat", "dog", "fox"]
+    tokens, label = _check_item(val[5])
+    decoded = np.asarray(Image.open(io.BytesIO(tokens.numpy().astype(np.uint8).tobytes())))
+    assert decoded.shape == (16, 16, 3) and label == 1
+    first = train[2][0]
+    assert torch.equal(first, train[2][0])  # crops are seeded per (seed, epoch, index)
+    train.set_epoch(1)
+    assert not torch.equal(first, train[2][0])
+    restored = invert_transforms(first.numpy().astype(np.uint8), "permute:1")
+    assert np.asarray(Image.open(io.BytesIO(restored.tobytes()))).shape == (16, 16, 3)
+
+
+def test_results_do_not_depend_on_dataloader_workers():
+    ds = digits_bytes("png+noise:3", "val", image_size=8, max_shift=1)
+    ds.set_epoch(2)
+    expected = [ds[i][0] for i in range(12)]
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, sampler=range(12))
+    for i, (tokens, _) in enumerate(loader):
+        assert torch.equal(tokens, expected[i])

@@ -6,6 +6,7 @@
 - :class:`EncodedDataset`: encodes the images / waveforms of any such dataset with a spec, cached or on the fly.
 - :class:`ByteFolder`: encoded byte files in ``root/<class>/<file>`` (what ``bramley byteformer encode`` writes).
 - :func:`digits_bytes`, :func:`audio_bytes`: the bundled sets encoded once and cached in memory.
+- :func:`image_folder_bytes`: an ImageFolder (ImageNet) with the paper's crops, encoded on the fly.
 - :class:`RandomTranslate`: a seeded image shift applied before encoding (augmentation for the small digits set).
 """
 
@@ -308,8 +309,10 @@ class EncodedDataset(Dataset):
         return data, int(label)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose random transforms ``__getitem__`` draws (shared with DataLoader workers)."""
+        """Select the epoch whose random draws ``__getitem__`` uses (shared with DataLoader workers and the source)."""
         self._epoch.set(epoch)
+        if hasattr(self.source, "set_epoch"):
+            self.source.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -453,3 +456,44 @@ def audio_bytes(
     ``audio_kwargs`` go to :class:`SyntheticAudio` (``clips_per_class``, ``sample_rate``, durations).
     """
     return EncodedDataset(SyntheticAudio(split, seed=seed, **audio_kwargs), spec, seed=seed, cache=True)
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def image_folder_bytes(
+    root: str | Path,
+    spec: str | Encoding,
+    *,
+    train: bool,
+    image_size: int = 224,
+    crop_pct: float = 0.875,
+    rand_augment: bool = False,
+    seed: int = 0,
+) -> EncodedDataset:
+    """An ImageFolder (``root/<class>/<image>``, e.g. ImageNet) encoded on the fly, as in the paper's recipes.
+
+    Training: RandomResizedCrop(``image_size``, bicubic), horizontal flip, optional torchvision RandAugment; eval:
+    bicubic resize of the shorter side to ``image_size / crop_pct`` (256 for 224) and a center crop. The PIL crop is
+    then encoded with ``spec``. The image augmentations run under :func:`bramley.core.data.seeded_rng` and the byte
+    transforms with the same ``(seed, epoch, index)`` seeding, so data do not depend on DataLoader workers; call
+    ``set_epoch`` every epoch. (corenet also applies random erasing on the decoded tensor; that is left out here.)
+    """
+    from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
+
+    from bramley.core.data import ImageFolder, SeededTransformDataset
+
+    bicubic = InterpolationMode.BICUBIC
+    if train:
+        steps = [T.RandomResizedCrop(image_size, interpolation=bicubic), T.RandomHorizontalFlip()]
+        steps += [T.RandAugment(interpolation=bicubic)] if rand_augment else []
+    else:
+        if not 0 < crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        steps = [T.Resize(int(image_size / crop_pct), interpolation=bicubic), T.CenterCrop(image_size)]
+    folder = ImageFolder(root, transform=_identity)
+    images = SeededTransformDataset(folder, T.Compose(steps), seed=seed)
+    images.classes = folder.classes
+    return EncodedDataset(images, spec, seed=seed)
