@@ -381,3 +381,13 @@ def test_transform_inputs_and_tokens():
     with pytest.raises(ValueError, match="1-D"):
         apply_transforms(np.zeros((2, 2), np.uint8), "reverse")
     assert parse_transforms("") == ()
+
+
+def test_one_random_stream_across_steps():
+    data = np.zeros(64, np.uint8)
+    for seed in (3, np.int64(3)):
+        out = apply_transforms(data, "noise:50+noise:50", rng=seed)
+        gen = np.random.default_rng(3)
+        np.testing.assert_array_equal(
+            out, apply_transforms(apply_transforms(data, "noise:50", rng=gen), "noise:50", rng=gen)
+        )

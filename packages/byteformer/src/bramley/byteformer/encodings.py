@@ -388,8 +388,8 @@ def apply_transforms(
     """
     steps = transforms.transforms if isinstance(transforms, Encoding) else parse_transforms(transforms)
     out = _as_bytes(data)
-    if isinstance(rng, int) and not isinstance(rng, bool):
-        rng = np.random.default_rng(rng)
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)  # one stream for all steps, whatever kind of seed was given
     for step in steps:
         out = apply_step(out, step, rng)
     return out if out is not data else out.copy()
