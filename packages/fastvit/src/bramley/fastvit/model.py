@@ -30,6 +30,8 @@ import torch.nn.functional as F
 
 from bramley.core.layers import (
     ConvNorm,
+    DropPath,
+    LayerScale2d,
     MobileOneBlock,
     SqueezeExcite,
     identity_kernel,
@@ -54,37 +56,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------------------------- blocks
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample with probability ``drop_prob`` (train only)."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
-        self.drop_prob = drop_prob
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.drop_prob == 0.0:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
-
-
-class LayerScale2d(nn.Module):
-    """Per-channel learnable scale ``gamma`` of shape ``(C, 1, 1)`` for NCHW tensors."""
-
-    def __init__(self, dim: int, init_value: float = 1e-5):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.full((dim, 1, 1), float(init_value)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
 
 
 def _conv_from(kernel: torch.Tensor, bias: torch.Tensor, stride: int, groups: int) -> nn.Conv2d:
