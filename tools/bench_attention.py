@@ -8,7 +8,8 @@ equal-length batches of the same token count, ``torch.nn.attention.varlen.varlen
 document mask on the same packed batch.
 
 Packing (CPU): best-fit-decreasing of 1M log-uniform lengths into 65,536-token bins (docs/s, fill ratio); pack/unpack
-(gather/scatter) bandwidth against a plain copy of the same bytes, on the device in use.
+(gather/scatter) bandwidth against a plain copy of the same bytes (into a preallocated and into a new tensor), on the
+device in use.
 
 Results go to a JSON file and, between markers, into packages/core/BENCHMARKS.md.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -245,7 +247,9 @@ def bench_packing(args, device: torch.device) -> dict[str, Any]:
     }
     print(json.dumps(out), flush=True)
 
-    # Gather/scatter bandwidth: a padded (batch, seq, width) bf16 activation <-> its packed tokens.
+    # Gather/scatter bandwidth: a padded (batch, seq, width) bf16 activation <-> its packed tokens, as bytes read +
+    # written per second. Two copy baselines of the packed bytes, same run: into a preallocated tensor (memcpy), and
+    # into a new tensor (clone), which like pack/unpack also pays for allocating and first touching its output.
     dtype = torch.bfloat16
     seq = args.max_len
     doc = doc_lengths(args.tokens, args.min_len, args.max_len, args.seed + 1)
@@ -260,12 +264,21 @@ def bench_packing(args, device: torch.device) -> dict[str, Any]:
     ms_pack = time_ms(lambda: pack(padded, lengths=lens), device, args.warmup, args.iters)
     ms_unpack = time_ms(lambda: unpack(packed, cu, seq), device, args.warmup, args.iters)
     ms_copy = time_ms(lambda: copy_dst.copy_(copy_src), device, args.warmup, args.iters)
+    ms_clone = time_ms(copy_src.clone, device, args.warmup, args.iters)
     gbps = {
         "pack (gather) GB/s": moved / ms_pack / 1e6,
         "unpack (scatter + fill) GB/s": scatter_moved / ms_unpack / 1e6,
         "memcpy GB/s": moved / ms_copy / 1e6,
+        "copy to new tensor GB/s": moved / ms_clone / 1e6,
     }
-    out.update({k: float(f"{v:.4g}") for k, v in gbps.items()})
+    gbps["pack / new-tensor copy"] = gbps["pack (gather) GB/s"] / gbps["copy to new tensor GB/s"]
+    gbps["unpack / new-tensor copy"] = gbps["unpack (scatter + fill) GB/s"] / gbps["copy to new tensor GB/s"]
+    gbps["pack / memcpy"] = gbps["pack (gather) GB/s"] / gbps["memcpy GB/s"]
+    out.update({k: float(f"{v:.3g}") for k, v in gbps.items()})
+    # glibc returns every freed tensor of >= 32 MiB to the OS, so each new one is page-faulted in again (the kernel
+    # zeroes every page first). Runs with MALLOC_MMAP_MAX_=0 (memory reused) go to a section of their own.
+    tuned = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "THP_MEM_ALLOC_ENABLE"}
+    out["allocator"] = " ".join(f"{k}={v}" for k, v in sorted(tuned.items())) or "default"
     out["gather_shape"] = f"padded {tuple(padded.shape)} bf16 -> packed {tuple(packed.shape)} on {device.type}"
     print(json.dumps(out), flush=True)
     return out
@@ -301,7 +314,8 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
         text = replace_section(text, "attention", body)
     if "packing" in results:
         body = header + "\n\n" + markdown_table([results["packing"]])
-        text = replace_section(text, "packing", body)
+        reused = os.environ.get("MALLOC_MMAP_MAX_") == "0"
+        text = replace_section(text, "packing-reused-memory" if reused else "packing", body)
     path.write_text(text)
 
 

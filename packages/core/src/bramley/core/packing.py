@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .ops import gather_rows
+from .ops._gather import _gather_rows_trusted, _scatter_rows_trusted
 
 __all__ = [
     "BinPacking",
@@ -104,6 +104,13 @@ def _mask_lengths(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return mask.sum(1)
 
 
+def _token_rows(lengths: torch.Tensor, seq: int) -> torch.Tensor:
+    """Row of every packed token in the flattened ``(batch * seq, ...)`` padded tensor (documents left-aligned)."""
+    starts = torch.arange(lengths.numel(), device=lengths.device) * seq - (torch.cumsum(lengths, 0) - lengths)
+    total = int(lengths.sum())
+    return torch.repeat_interleave(starts, lengths, output_size=total) + torch.arange(total, device=lengths.device)
+
+
 def pack(
     padded: torch.Tensor,
     *,
@@ -114,7 +121,8 @@ def pack(
     """Gather the valid tokens of a padded ``(batch, seq, ...)`` tensor into ``(total, ...)``.
 
     Give exactly one of ``lengths`` (document ``b`` is ``padded[b, :lengths[b]]``) or a bool ``mask`` of shape
-    ``(batch, seq)`` (its True tokens, in order, any pattern). Differentiable; Triton gather on CUDA.
+    ``(batch, seq)`` (its True tokens, in order, any pattern). Any dtype, kept; differentiable (the backward is an
+    :func:`unpack` of the gradient). One row gather: Triton on CUDA, ``index_select`` on CPU.
 
     Returns:
         ``(packed, cu_seqlens, max_seqlen)``.
@@ -126,19 +134,18 @@ def pack(
     batch, seq = padded.shape[:2]
     if mask is not None:
         lens = _mask_lengths(mask, padded.shape)
-        index = torch.nonzero(mask.reshape(-1)).squeeze(1)
+        index = torch.nonzero(mask.reshape(-1)).squeeze(1).to(padded.device)
     else:
         lens = _as_lengths(lengths, padded.device)
         if lens.numel() != batch:
             raise ValueError(f"got {lens.numel()} lengths for a batch of {batch}")
         if lens.numel() and int(lens.max()) > seq:
             raise ValueError(f"a length ({int(lens.max())}) exceeds the padded sequence length {seq}")
-        cu = cu_seqlens_from_lengths(lens)
-        doc = torch.repeat_interleave(torch.arange(batch, device=padded.device), lens)
-        index = doc * seq + position_ids(cu)
+        index = _token_rows(lens, seq)
     cu_seqlens = cu_seqlens_from_lengths(lens)
     max_seqlen = int(lens.max()) if lens.numel() else 0
-    packed = gather_rows(padded.reshape(batch * seq, *padded.shape[2:]), index, backend=backend)
+    flat = padded.reshape(batch * seq, *padded.shape[2:])
+    packed = _gather_rows_trusted(flat, index, backend=backend)
     return packed, cu_seqlens, max_seqlen
 
 
@@ -154,10 +161,14 @@ def unpack(
     """Scatter packed ``(total, ...)`` tokens back to a padded ``(batch, seq, ...)`` tensor (padding = ``fill``).
 
     Give ``cu_seqlens`` (documents left-aligned, ``seq_len`` defaults to the longest) or the ``mask`` that
-    :func:`pack` used. Differentiable; one Triton gather over the output on CUDA (padding is written, not pre-filled).
+    :func:`pack` used. Any dtype, kept (``fill`` must be exact in it); differentiable (the backward is a
+    :func:`pack` of the gradient). One Triton gather over the output on CUDA (padding is written, not pre-filled);
+    ``new_full`` + ``index_copy_`` on CPU.
     """
     if (cu_seqlens is None) == (mask is None):
         raise ValueError("give exactly one of cu_seqlens or mask")
+    if packed.dim() < 1:
+        raise ValueError("packed must be (total, ...), got a scalar")
     total = packed.shape[0]
     if mask is not None:
         if mask.dtype != torch.bool or mask.dim() != 2:
@@ -165,22 +176,24 @@ def unpack(
         if int(mask.sum()) != total:
             raise ValueError(f"mask selects {int(mask.sum())} tokens but packed has {total}")
         batch, seq = mask.shape
-        flat = mask.reshape(-1)
-        inverse = torch.full((batch * seq,), -1, dtype=torch.int64, device=packed.device)
-        inverse[flat] = torch.arange(total, device=packed.device)
+        index = torch.nonzero(mask.reshape(-1)).squeeze(1).to(packed.device)
     else:
-        lens = lengths_from_cu_seqlens(cu_seqlens)
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+            raise ValueError(f"cu_seqlens must be 1-D with batch + 1 entries, got shape {tuple(cu_seqlens.shape)}")
+        if int(cu_seqlens[0]) != 0:
+            raise ValueError(f"cu_seqlens must start at 0, got {int(cu_seqlens[0])}")
         if int(cu_seqlens[-1]) != total:
             raise ValueError(f"cu_seqlens covers {int(cu_seqlens[-1])} tokens but packed has {total}")
+        lens = lengths_from_cu_seqlens(cu_seqlens).to(packed.device)
+        if lens.numel() and int(lens.min()) < 0:
+            raise ValueError("cu_seqlens must be non-decreasing")
         longest = int(lens.max()) if lens.numel() else 0
         seq = longest if seq_len is None else seq_len
         if longest > seq:
             raise ValueError(f"seq_len={seq} is shorter than the longest document ({longest})")
         batch = lens.numel()
-        pos = torch.arange(seq, device=packed.device)
-        inverse = torch.where(pos[None, :] < lens[:, None], cu_seqlens[:-1, None].long() + pos[None, :], -1)
-        inverse = inverse.reshape(-1)
-    out = gather_rows(packed, inverse, fill, backend=backend)
+        index = _token_rows(lens, seq)
+    out = _scatter_rows_trusted(packed, index, batch * seq, fill, backend=backend)
     return out.view(batch, seq, *packed.shape[1:])
 
 
