@@ -311,7 +311,7 @@ def transformation_from_official(state_dict: Mapping[str, torch.Tensor]) -> FCTT
 
 
 # -------------------------------------------------------------------------------------------------------- factories
-@register_model(tags=("fct", "backbone"))
+@register_model(tags=("fct", "backbone"), input_size=(1, 8, 8))
 def fct_convnet(
     in_chans: int = 1,
     widths: Sequence[int] = (32, 64),
@@ -336,7 +336,7 @@ def fct_resnet18(embedding_dim: int = 128, num_classes: int = 1000, in_chans: in
     return TimmEmbeddingNet("resnet18", embedding_dim, num_classes, in_chans)
 
 
-@register_model(name="fct_side_info", tags=("fct", "side-info"))
+@register_model(name="fct_side_info", tags=("fct", "side-info"), input_size=(1, 8, 8))
 def create_side_info_model(
     backbone: str = "fct_convnet",
     backbone_kwargs: Mapping | None = None,
@@ -351,7 +351,11 @@ def create_side_info_model(
     return SideInfoModel(encoder, objective, proj_dim, image_shape)
 
 
-@register_model(name="fct_transformation", tags=("fct", "transformation"))
+@register_model(
+    name="fct_transformation",
+    tags=("fct", "transformation"),
+    example_inputs=lambda: ((torch.randn(2, 128), torch.randn(2, 128)), {}),  # (old embedding, side info)
+)
 def create_fct_transformation(
     old_dim: int = 128, new_dim: int = 128, side_info_dim: int = 128, inner_dim: int = 2048
 ) -> FCTTransformation:
