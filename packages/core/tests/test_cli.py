@@ -173,3 +173,30 @@ def test_run_method_cli_passthrough_hands_over_leading_options():
     parser.add_subparsers(dest="command").add_parser("reproduce", add_help=False)
     code = run_method_cli(parser, ["reproduce", "--quick", "--out", "d"], passthrough={"reproduce": seen.append})
     assert code == 0 and seen == [["--quick", "--out", "d"]]
+
+
+def test_overrides_intermixed_with_options(tmp_path, capsys):
+    parser, seen = method_parser(tmp_path)
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("model:\n  depth: 4\n")
+    out = tmp_path / "run"
+    argv = ["train", "lr=1", "--out", str(out), "model.depth=8", "--config", str(config_file), "lr=3"]
+    assert run_method_cli(parser, argv) == 0
+    assert seen[-1] == {"lr": 3.0, "model": {"depth": 8}}, "overrides after options apply, in command-line order"
+    assert load_config(out / "config.yaml") == seen[-1]
+    assert run_method_cli(parser, ["train", "--out", str(out), "lr=5"]) == 0 and seen[-1]["lr"] == 5.0
+
+    for bad in (["train", "--out", str(out), "stray"], ["train", "lr=1", "--out", str(out), "stray"]):
+        with pytest.raises(SystemExit) as info:
+            run_method_cli(parser, bad)
+        assert info.value.code == 2
+        assert "bramley-demo: error: override 'stray' is not of the form key=value" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        run_method_cli(parser, ["train", "lr=1", "--nope", "lr=2"])
+    assert info.value.code == 2 and "error: unrecognized arguments: --nope lr=2" in capsys.readouterr().err
+    # a subcommand without overrides does not accept key=value strings
+    other = argparse.ArgumentParser(prog="bramley-demo")
+    other.add_subparsers(dest="command").add_parser("info").set_defaults(func=lambda args: 0)
+    with pytest.raises(SystemExit):
+        run_method_cli(other, ["info", "lr=1"])
+    assert "unrecognized arguments: lr=1" in capsys.readouterr().err

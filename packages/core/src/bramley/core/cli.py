@@ -28,7 +28,11 @@ def discover_methods() -> dict[str, EntryPoint]:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default_out: str | None = None) -> None:
-    """Add ``--config file.yaml``, ``--out DIR`` and trailing ``key=value`` overrides to a subcommand parser."""
+    """Add ``--config file.yaml``, ``--out DIR`` and ``key=value`` overrides to a subcommand parser.
+
+    With :func:`run_method_cli` the overrides may stand anywhere among the options (``train lr=0.1 --out d
+    epochs=3``); they apply in command-line order, later ones winning.
+    """
     parser.add_argument("--config", type=Path, default=None, help="YAML file with settings (merged over defaults)")
     parser.add_argument("--out", type=Path, default=default_out, help="output directory (resolved config saved here)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override settings, e.g. train.lr=0.1")
@@ -55,7 +59,7 @@ def run_method_cli(
     argv = list(sys.argv[1:] if argv is None else argv)
     if passthrough and argv and argv[0] in passthrough:
         return int(passthrough[argv[0]](argv[1:]) or 0)
-    args = parser.parse_args(argv)
+    args = _parse_intermixed(parser, argv)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
@@ -63,6 +67,23 @@ def run_method_cli(
         return int(args.func(args) or 0)
     except ConfigError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+
+def _parse_intermixed(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args`` that also accepts ``key=value`` overrides after options (``--out d lr=0.1``).
+
+    argparse fills a ``nargs="*"`` positional from one run of positional strings only, and
+    ``parse_intermixed_args`` refuses parsers with subcommands; so the later runs come back as unrecognized strings
+    and are appended to ``args.overrides`` here, which keeps command-line order (malformed ones then fail in
+    :func:`~bramley.core.config.resolve_config` with a message naming them, wherever they stand). Unknown
+    ``--options``, and any extra string for a subcommand without overrides, are still argparse's usual error.
+    """
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        if not isinstance(getattr(args, "overrides", None), list) or any(e.startswith("-") for e in extras):
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        args.overrides = [*args.overrides, *extras]
+    return args
 
 
 def _load_method(name: str, methods: dict[str, EntryPoint]) -> MethodMain:
@@ -109,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods = discover_methods()
     parser = argparse.ArgumentParser(
         prog="bramley",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep the methods line whole (tests and grep read it)
         description="Research methods for efficient vision and representation learning.",
         epilog="Methods installed: " + (", ".join(methods) or "none"),
     )
