@@ -1,0 +1,545 @@
+"""The shared model suite: every registered model of every installed method package passes the same checks.
+
+Discovery: each installed method package is imported through its ``bramley.cli`` entry point (importing
+``bramley.<method>``, whose ``__init__`` registers its models), then every name in
+:func:`bramley.core.registry.list_models` is a test case. A package that registers a model gets it checked with no
+change here; its inputs come from ``register_model(example_inputs=... | input_size=...)``
+(:meth:`~bramley.core.registry.ModelEntry.make_example_inputs`).
+
+Checks (the ``check_*`` functions below; ``test_checks_catch_broken_models`` proves each one fails on a broken toy):
+
+- **forward** (every model): eval mode, ``torch.inference_mode``; every floating output is finite and a second
+  call returns the same values (no randomness or state left on in eval mode).
+- **backward** (every model): train mode, a random projection of every floating output is back-propagated; every
+  trainable parameter gets a finite gradient. Parameters that ``forward`` legitimately never touches are declared
+  per model in ``SETTINGS`` (``no_grad``) and must then get *no* gradient, so a stale declaration fails too.
+- **round trip** (every model): one train-mode forward moves BatchNorm statistics off their initial values, then
+  ``save_pretrained`` / ``from_pretrained`` (safetensors + config.json) must rebuild a model with the same state
+  dict and bit-identical eval outputs (a forgotten buffer or unsaved constructor argument fails here).
+- **TorchScript** (every model): ``torch.jit.trace`` of the eval model in its deployment form (fused when it is
+  reparameterizable), compared with eager on *fresh* inputs, so values baked into the trace are caught. Models
+  whose example inputs hold non-tensor values (``max_seqlen=7``) cannot be traced and go through ``torch.export``
+  instead. Tracing the unfused form too doubled the suite's slowest check (37 s for all models on a loaded
+  2-core machine); graph capture of the train-time form is covered by the torch.compile check below.
+- **reparameterize** (models with a ``reparameterize()`` submodule): BatchNorm statistics and affine parameters are
+  randomised (fusion with the initial mean 0 / var 1 would hide mistakes), then
+  :func:`bramley.core.layers.reparameterize_model` must give the same eval outputs (max error <= 1e-4 x the output
+  scale), fewer parameters, an idempotent second fusion, and, when the model class takes ``inference_mode``, a
+  state dict that loads strictly into the model built fused from the registry with the same outputs (the
+  deployment path).
+- **torch.compile** (the smallest model of each package, by parameter count): ``fullgraph=True`` (no graph breaks)
+  with the ``aot_eager`` backend, train-mode forward + backward equal to eager. ``aot_eager`` runs Dynamo capture,
+  functionalization and AOTAutograd's backward graph (what fails for real models: graph breaks, data-dependent
+  control flow, custom ops without fake kernels) but skips Inductor's C++ code generation, which costs 30 s (eval)
+  to 2 min (train) per model on 2 CPU cores (measured on fastvit_t8) and tests torch rather than our models. One
+  model per package because even ``aot_eager`` costs 1-15 s per model; TorchScript covers every model cheaply.
+
+Sizes: image models run at ``IMAGE_SIZE`` (64 px: the FastViT / MobileOne / ResNet trunks reduce 32x, so their last
+stage still has a 2x2 map and the fused 3x3 / 7x7 kernels are exercised off-centre) or their registered size if
+smaller; classifiers get ``num_classes=10``. Every check runs on every variant, the full-size ones included
+(fastvit_ma36, mobileone_s4, fct_resnet50, fastvit_mci2): at 64 px they cost well under a second per check.
+Each model is built once per module (a module-scoped fixture, so pytest runs all checks of one model together and
+frees it before the next) and deep-copied per check.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import importlib
+import inspect
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+import pytest
+import torch
+import torch.nn as nn
+
+from bramley.core import registry
+from bramley.core.checkpoint import check_state_dict, from_pretrained, save_pretrained
+from bramley.core.cli import ENTRY_POINT_GROUP
+from bramley.core.layers import reparameterize_model
+from bramley.core.registry import ExampleInputs, create_model, get_model_entry, list_models, register_model
+
+IMAGE_SIZE = 64
+REPARAM_RTOL = 1e-4  # fused vs unfused, relative to the largest output magnitude
+TRACE_RTOL = 1e-5  # traced / compiled vs eager
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the suite builds and checks one model (first matching pattern in ``SETTINGS`` wins)."""
+
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    image_size: int | None = IMAGE_SIZE  # image models: run at min(registered size, this); None = registered size
+    no_grad: tuple[str, ...] = ()  # fnmatch patterns of parameters forward() never uses (must get no gradient)
+
+
+SETTINGS: dict[str, Settings] = {
+    "fastvit_*": Settings(kwargs={"num_classes": 10}),
+    "mobileone_*": Settings(kwargs={"num_classes": 10}),
+    "fct_resnet*": Settings(kwargs={"num_classes": 10}),
+    # the SimCLR projection head only serves the training loss (SideInfoModel.project), never forward()
+    "fct_side_info": Settings(no_grad=("head.*",)),
+    "fct_transformation": Settings(kwargs={"inner_dim": 256}),
+    "*": Settings(),
+}
+
+
+def settings_for(name: str) -> Settings:
+    return next(s for pattern, s in SETTINGS.items() if fnmatch.fnmatchcase(name, pattern))
+
+
+# -------------------------------------------------------------------------------------------------------- discovery
+def _import_method_packages() -> list[str]:
+    """Import every installed method package (its CLI module and so its ``__init__``): models register on import."""
+    names = []
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        importlib.import_module(ep.module)
+        names.append(ep.name)
+    return names
+
+
+METHODS = _import_method_packages()
+MODELS = list_models()
+
+
+def make_inputs(name: str) -> ExampleInputs:
+    """The suite's inputs for model ``name``: its registered example inputs, images at the suite's size."""
+    entry = get_model_entry(name)
+    size = settings_for(name).image_size
+    if entry.example_inputs is None and size is not None and size < min(entry.input_size[1:]):
+        return entry.make_example_inputs(image_size=size)
+    return entry.make_example_inputs()
+
+
+def build(name: str) -> nn.Module:
+    return create_model(name, **settings_for(name).kwargs)
+
+
+def _count_parameters(name: str) -> int:
+    """Parameter count without allocating weights (meta device); a real build if the factory refuses meta."""
+    try:
+        with torch.device("meta"):
+            model = build(name)
+    except Exception:  # a factory that needs real tensors at build time is still countable
+        model = build(name)
+    return sum(p.numel() for p in model.parameters())
+
+
+def smallest_model(package: str) -> str:
+    return min(list_models(package=package), key=lambda n: (_count_parameters(n), n))
+
+
+# ------------------------------------------------------------------------------------------------------ the checks
+def float_tensors(out: Any, path: str = "output") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every floating-point tensor in a (nested) tensor / tuple / list / dict output, with its path."""
+    if isinstance(out, torch.Tensor):
+        if out.is_floating_point() or out.is_complex():
+            yield path, out
+    elif isinstance(out, tuple | list):
+        for i, item in enumerate(out):
+            yield from float_tensors(item, f"{path}[{i}]")
+    elif isinstance(out, dict):
+        for key, item in out.items():
+            yield from float_tensors(item, f"{path}[{key!r}]")
+
+
+def _outputs(out: Any) -> list[tuple[str, torch.Tensor]]:
+    found = list(float_tensors(out))
+    if not found:
+        raise AssertionError(f"forward returned no floating-point tensor (got {type(out).__name__})")
+    return found
+
+
+def _run(model: nn.Module, inputs: ExampleInputs) -> Any:
+    args, kwargs = inputs
+    return model(*args, **kwargs)
+
+
+def _assert_close(actual: Any, expected: Any, rtol: float, what: str) -> None:
+    """Max error of every floating output <= ``rtol`` x that output's largest magnitude (exact when rtol == 0)."""
+    got, want = _outputs(actual), _outputs(expected)
+    if [p for p, _ in got] != [p for p, _ in want]:
+        raise AssertionError(f"{what}: output structure differs: {[p for p, _ in got]} vs {[p for p, _ in want]}")
+    for (path, a), (_, b) in zip(got, want, strict=True):
+        if a.shape != b.shape:
+            raise AssertionError(f"{what}: {path} has shape {tuple(a.shape)}, expected {tuple(b.shape)}")
+        err = (a.detach().double() - b.detach().double()).abs().max().item() if a.numel() else 0.0
+        scale = b.detach().double().abs().max().item() if b.numel() else 0.0
+        if not err <= rtol * scale + (1e-7 if rtol else 0.0):
+            raise AssertionError(f"{what}: {path} differs by {err:.3g} (output scale {scale:.3g}, rtol {rtol:g})")
+
+
+def check_forward(model: nn.Module, make: Callable[[], ExampleInputs]) -> None:
+    """Eval-mode forward: finite floating outputs, and the same values on a second call."""
+    model.eval()
+    inputs = make()
+    with torch.inference_mode():
+        first, second = _run(model, inputs), _run(model, inputs)
+    for path, t in _outputs(first):
+        if not torch.isfinite(t).all():
+            raise AssertionError(f"forward: {path} has {(~torch.isfinite(t)).sum().item()} non-finite values")
+    _assert_close(second, first, 0.0, "forward called twice in eval mode")
+
+
+def check_backward(model: nn.Module, make: Callable[[], ExampleInputs], no_grad: tuple[str, ...] = ()) -> None:
+    """Train-mode backward: every trainable parameter gets a finite gradient, except the declared ``no_grad`` ones.
+
+    The loss is a fixed random projection of every floating output (a plain sum can be invariant to parameters,
+    e.g. the sum of a softmax).
+    """
+    model.train()
+    model.zero_grad(set_to_none=True)
+    outputs = [(p, t) for p, t in _outputs(_run(model, make())) if t.requires_grad]
+    if not outputs:
+        raise AssertionError("backward: no floating output requires grad (is the model detached from its parameters?)")
+    gen = torch.Generator().manual_seed(0)
+    loss = sum((t.real * torch.randn(t.shape, generator=gen, dtype=t.real.dtype)).sum() for _, t in outputs)
+    loss.backward()
+    params = dict(model.named_parameters())
+    stale = [pat for pat in no_grad if not any(fnmatch.fnmatchcase(n, pat) for n in params)]
+    if stale:
+        raise AssertionError(f"backward: no_grad patterns match no parameter: {stale}")
+    missing, nonfinite, unexpected = [], [], []
+    for n, p in params.items():
+        if not p.requires_grad:
+            continue
+        if any(fnmatch.fnmatchcase(n, pat) for pat in no_grad):
+            if p.grad is not None:
+                unexpected.append(n)
+        elif p.grad is None:
+            missing.append(n)
+        elif not torch.isfinite(p.grad).all():
+            nonfinite.append(n)
+    for title, names in (
+        ("parameters got no gradient", missing),
+        ("parameters got non-finite gradients", nonfinite),
+        ("parameters declared no_grad got a gradient", unexpected),
+    ):
+        if names:
+            more = " ..." if len(names) > 10 else ""
+            raise AssertionError(f"backward: {len(names)} {title}: {', '.join(names[:10])}{more}")
+
+
+def check_round_trip(model: nn.Module, make: Callable[[], ExampleInputs], directory) -> None:
+    """``save_pretrained`` -> ``from_pretrained`` rebuilds the same state dict and bit-identical eval outputs."""
+    inputs = make()
+    model.train()
+    with torch.no_grad():
+        _run(model, inputs)  # running statistics leave their initial values: they must be saved too
+    model.eval()
+    with torch.inference_mode():
+        expected = _run(model, inputs)
+    save_pretrained(model, directory)
+    loaded = from_pretrained(directory)
+    if loaded.training:
+        raise AssertionError("from_pretrained returned a model in train mode")
+    state, loaded_state = model.state_dict(), loaded.state_dict()
+    if set(state) != set(loaded_state):
+        raise AssertionError(f"round trip: state dict keys differ: {sorted(set(state) ^ set(loaded_state))[:10]}")
+    changed = [k for k in state if not torch.equal(state[k], loaded_state[k])]
+    if changed:
+        raise AssertionError(f"round trip: {len(changed)} tensors changed: {changed[:10]}")
+    with torch.inference_mode():
+        _assert_close(_run(loaded, inputs), expected, 0.0, "round trip (from_pretrained vs saved model)")
+
+
+def _all_tensors(inputs: ExampleInputs) -> bool:
+    args, kwargs = inputs
+    return all(isinstance(v, torch.Tensor) for v in (*args, *kwargs.values())) and not (args and kwargs)
+
+
+def check_scripted(model: nn.Module, make: Callable[[], ExampleInputs]) -> str:
+    """Trace the eval model (``torch.export`` when inputs are not all tensors) and compare on fresh inputs.
+
+    Returns which capture was used (``"trace"`` or ``"export"``).
+    """
+    model.eval()
+    example, fresh = make(), make()
+    args, kwargs = example
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about shape checks turned into constants are expected
+        if _all_tensors(example):
+            method = "trace"
+            if kwargs:
+                captured = torch.jit.trace(model, example_kwarg_inputs=kwargs, check_trace=False, strict=False)
+            else:
+                captured = torch.jit.trace(model, args, check_trace=False, strict=False)
+        else:
+            method = "export"
+            captured = torch.export.export(model, args, kwargs, strict=False).module()
+        _assert_close(_run(captured, fresh), _run(model, fresh), TRACE_RTOL, f"{method} vs eager on fresh inputs")
+    return method
+
+
+def is_reparameterizable(model: nn.Module) -> bool:
+    return any(callable(getattr(m, "reparameterize", None)) for m in model.modules())
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters, so that fusing them is really tested."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                n = m.num_features
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+                m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=gen))
+                if m.affine:
+                    m.weight.copy_(0.5 + torch.rand(n, generator=gen))
+                    m.bias.copy_(0.1 * torch.randn(n, generator=gen))
+
+
+def check_reparameterize(
+    model: nn.Module, make: Callable[[], ExampleInputs], rebuild_fused: Callable[[], nn.Module] | None = None
+) -> None:
+    """Fused == unfused in eval mode; fusion removes parameters and is idempotent; the fused state dict loads into
+    ``rebuild_fused()`` (the model built with ``inference_mode=True``) with the same outputs."""
+    randomize_batchnorm(model)
+    model.eval()
+    inputs = make()
+    fused = reparameterize_model(model)
+    with torch.inference_mode():
+        expected, got = _run(model, inputs), _run(fused, inputs)
+    _assert_close(got, expected, REPARAM_RTOL, "reparameterized vs unfused")
+    n_unfused, n_fused = (sum(p.numel() for p in m.parameters()) for m in (model, fused))
+    if not n_fused < n_unfused:
+        raise AssertionError(f"reparameterize: fused model has {n_fused} parameters, unfused {n_unfused} (no fusion)")
+    state = fused.state_dict()
+    again = reparameterize_model(fused).state_dict()
+    if set(again) != set(state) or any(not torch.equal(state[k], again[k]) for k in state):
+        raise AssertionError("reparameterize: fusing the fused model again changed it (not idempotent)")
+    if rebuild_fused is not None:
+        deployed = rebuild_fused().eval()
+        check_state_dict(deployed, state, source="fused state dict")
+        deployed.load_state_dict(state)
+        with torch.inference_mode():
+            _assert_close(_run(deployed, inputs), got, 0.0, "model built fused (inference_mode=True) vs fused")
+
+
+def check_compiled(model: nn.Module, make: Callable[[], ExampleInputs]) -> None:
+    """``torch.compile(fullgraph=True, backend="aot_eager")``: train-mode outputs and gradients equal eager."""
+    import torch._dynamo
+
+    model.train()
+    eager = copy.deepcopy(model)
+    inputs = make()
+    gen = torch.Generator().manual_seed(0)
+    try:
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+        outs = []
+        for m in (compiled, eager):
+            out = _run(m, inputs)
+            weights = [torch.randn(t.shape, generator=gen.manual_seed(i)) for i, (_, t) in enumerate(_outputs(out))]
+            sum((t * w).sum() for (_, t), w in zip(_outputs(out), weights, strict=True)).backward()
+            outs.append(out)
+        _assert_close(outs[0], outs[1], TRACE_RTOL, "torch.compile vs eager (train forward)")
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        eager_grads = {n: p.grad for n, p in eager.named_parameters() if p.grad is not None}
+        if set(grads) != set(eager_grads):
+            raise AssertionError(f"torch.compile: gradients of {sorted(set(grads) ^ set(eager_grads))[:10]} differ")
+        names = sorted(grads)
+        _assert_close([grads[n] for n in names], [eager_grads[n] for n in names], 1e-4, "torch.compile gradients")
+    finally:
+        torch._dynamo.reset()
+
+
+# ------------------------------------------------------------------------------------------------------- the tests
+@dataclass
+class Case:
+    name: str
+    model: nn.Module  # pristine, built once per module; checks get deep copies
+    settings: Settings
+
+    def make(self) -> ExampleInputs:
+        return make_inputs(self.name)
+
+    def fresh(self) -> nn.Module:
+        return copy.deepcopy(self.model)
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def case(request) -> Iterator[Case]:
+    # module-scoped fixtures run before the plugin's per-test seed and one-thread fixtures: do both here (the
+    # default two OpenMP threads made building the large models 5-8x slower on a busy 2-core machine)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("BRAMLEY_TEST_THREADS", "1")))
+    try:
+        torch.manual_seed(0)
+        model = build(request.param)
+    finally:
+        torch.set_num_threads(threads)
+    yield Case(request.param, model, settings_for(request.param))
+
+
+def test_discovery():
+    assert METHODS, "no method package is installed (entry point group bramley.cli)"
+    assert MODELS, "no model is registered by the installed method packages"
+    unmatched = [p for p in SETTINGS if p != "*" and not any(fnmatch.fnmatchcase(n, p) for n in MODELS)]
+    assert not unmatched, f"SETTINGS patterns that match no registered model (renamed?): {unmatched}"
+
+
+def test_forward(case: Case):
+    check_forward(case.fresh(), case.make)
+
+
+def test_backward(case: Case):
+    check_backward(case.fresh(), case.make, case.settings.no_grad)
+
+
+def test_save_pretrained_round_trip(case: Case, tmp_path):
+    check_round_trip(case.fresh(), case.make, tmp_path / case.name)
+
+
+def test_torchscript(case: Case):
+    model = case.fresh().eval()
+    check_scripted(reparameterize_model(model) if is_reparameterizable(model) else model, case.make)
+
+
+def test_reparameterize(case: Case):
+    model = case.fresh()
+    if not is_reparameterizable(model):
+        pytest.skip(f"{case.name} has no reparameterizable blocks")
+    rebuild = None
+    if "inference_mode" in inspect.signature(type(model).__init__).parameters:
+        kwargs = {**case.settings.kwargs, "inference_mode": True}
+
+        def rebuild() -> nn.Module:
+            return create_model(case.name, **kwargs)
+
+    check_reparameterize(model, case.make, rebuild)
+
+
+@pytest.mark.parametrize("package", sorted({get_model_entry(n).package for n in MODELS}))
+def test_torch_compile(package: str):
+    name = smallest_model(package)
+    check_compiled(build(name), lambda: make_inputs(name))
+
+
+# ---------------------------------------------------------------------------------------- the suite can fail
+class Toy(nn.Module):
+    """A small conv-BN classifier with a reparameterizable block; ``bug`` plants one defect for one check."""
+
+    def __init__(self, bug: str = "", inference_mode: bool = False):
+        super().__init__()
+        self.bug = bug
+        self.block = ToyRepBlock(3, 8, inference_mode=inference_mode, bug=bug)
+        self.head = nn.Linear(8, 4)
+        self.gate = nn.Parameter(torch.ones(4))
+        # an attribute the checkpoint does not carry: a fresh random value per build
+        self.register_buffer("scale", torch.rand(4) + 0.5, persistent=bug != "unsaved_buffer")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.head(self.block(x).mean((2, 3)))
+        gate = self.gate.detach() if self.bug == "detached_parameter" else self.gate
+        if self.bug == "inf_gradient":
+            gate = (gate - 1).abs().sqrt() + gate  # d/dx sqrt(|x|) at 0: inf
+        y = y * gate * self.scale
+        if self.bug == "nan_output":
+            y = y / torch.zeros_like(y[:, :1])
+        if self.bug == "data_dependent_branch":
+            y = y * 2 if x.mean() > 0 else y  # a trace freezes whichever branch the example took
+        if self.bug == "eval_dropout":
+            y = nn.functional.dropout(y, 0.5, training=True)
+        return y
+
+
+class ToyRepBlock(nn.Module):
+    """3x3 conv-BN + 1x1 conv-BN branches (ReLU after the sum), fused into one 3x3 conv by ``reparameterize``."""
+
+    def __init__(self, cin: int, cout: int, inference_mode: bool = False, bug: str = ""):
+        super().__init__()
+        self.bug = bug
+        if inference_mode:
+            self.reparam_conv = nn.Conv2d(cin, cout, 3, padding=1)
+        else:
+            self.conv3 = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+            self.conv1 = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "reparam_conv"):
+            return torch.relu(self.reparam_conv(x))
+        return torch.relu(self.conv3(x) + self.conv1(x))
+
+    def reparameterize(self) -> None:
+        if hasattr(self, "reparam_conv"):
+            return
+        from bramley.core.layers import fuse_conv_bn, pad_kernel
+
+        w3, b3 = fuse_conv_bn(self.conv3[0].weight, self.conv3[1])
+        w1, b1 = fuse_conv_bn(self.conv1[0].weight, self.conv1[1])
+        if self.bug == "bad_fusion":
+            b1 = torch.zeros_like(b1)  # forgets the 1x1 branch's BatchNorm shift
+        conv = nn.Conv2d(w3.shape[1], w3.shape[0], 3, padding=1)
+        conv.weight.data.copy_(w3 + pad_kernel(w1, 3))
+        conv.bias.data.copy_(b3 + b1)
+        self.reparam_conv = conv
+        del self.conv3, self.conv1
+
+
+@pytest.fixture
+def toy_registry(monkeypatch):
+    """A private registry holding ``suite_toy`` (so from_pretrained can rebuild it); the real one is untouched."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    register_model(name="suite_toy", input_size=8)(Toy)
+    return lambda bug="", **kw: create_model("suite_toy", bug=bug, **kw)
+
+
+def test_checks_pass_on_a_correct_toy(toy_registry, tmp_path):
+    make = get_model_entry("suite_toy").make_example_inputs
+    check_forward(toy_registry(), make)
+    check_backward(toy_registry(), make)
+    check_round_trip(toy_registry(), make, tmp_path)
+    assert check_scripted(toy_registry(), make) == "trace"
+    check_reparameterize(toy_registry(), make, lambda: create_model("suite_toy", inference_mode=True))
+    check_compiled(toy_registry(), make)
+
+
+@pytest.mark.parametrize(
+    ("bug", "check", "message"),
+    [
+        ("nan_output", check_forward, "forward: output has 8 non-finite values"),
+        ("eval_dropout", check_forward, "forward called twice in eval mode: output differs"),
+        ("detached_parameter", check_backward, "backward: 1 parameters got no gradient: gate"),
+        ("inf_gradient", check_backward, "backward: 1 parameters got non-finite gradients: gate"),
+        ("unsaved_buffer", check_round_trip, r"round trip \(from_pretrained vs saved model\): output differs"),
+        ("data_dependent_branch", check_scripted, "trace vs eager on fresh inputs: output differs"),
+        ("bad_fusion", check_reparameterize, "reparameterized vs unfused: output differs"),
+    ],
+)
+def test_checks_catch_broken_models(toy_registry, tmp_path, bug, check, message):
+    make = get_model_entry("suite_toy").make_example_inputs
+    if bug == "data_dependent_branch":  # the trace takes the example's branch; fresh inputs take the other
+        signs = iter([1.0, -1.0])
+        make = lambda: ((next(signs) + 0.1 * torch.randn(2, 3, 8, 8),), {})  # noqa: E731
+    extra = (tmp_path,) if check is check_round_trip else ()
+    with pytest.raises(AssertionError, match=message):
+        check(toy_registry(bug), make, *extra)
+
+
+def test_no_grad_declarations_are_checked(toy_registry):
+    make = get_model_entry("suite_toy").make_example_inputs
+    with pytest.raises(AssertionError, match="parameters declared no_grad got a gradient: gate"):
+        check_backward(toy_registry(), make, no_grad=("gate",))
+    with pytest.raises(AssertionError, match=r"no_grad patterns match no parameter: \['nonexistent\.\*'\]"):
+        check_backward(toy_registry(), make, no_grad=("nonexistent.*",))
+    check_backward(toy_registry("detached_parameter"), make, no_grad=("gate",))  # declared: passes
+
+
+def test_reparameterize_needs_a_real_fusion(toy_registry):
+    """A model whose reparameterize() does nothing would trivially match: the parameter count must drop."""
+    model = toy_registry()
+    model.block.reparameterize = lambda: None
+    with pytest.raises(AssertionError, match="no fusion"):
+        check_reparameterize(model, get_model_entry("suite_toy").make_example_inputs)
+
+
+def test_compile_catches_graph_breaks(toy_registry):
+    make = get_model_entry("suite_toy").make_example_inputs
+    with pytest.raises(Exception, match=r"(?i)data-dependent|graph break|Unsupported"):
+        check_compiled(toy_registry("data_dependent_branch"), make)
