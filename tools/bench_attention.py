@@ -230,6 +230,22 @@ def bench_attention(args, device: torch.device) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------------ packing
+def time_interleaved_ms(fns: list[Callable[[], Any]], device: torch.device, warmup: int, iters: int) -> list[float]:
+    """Median wall time (ms) of each function, timed round-robin so that all of them see the same machine load."""
+    times: list[list[float]] = [[] for _ in fns]
+    for step in range(warmup + iters):
+        for fn, row in zip(fns, times):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if step >= warmup:
+                row.append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(row) for row in times]
+
+
 def bench_packing(args, device: torch.device) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     lengths = np.exp(rng.uniform(np.log(args.min_len), np.log(args.max_len), args.bfd_items)).astype(np.int64)
@@ -261,10 +277,11 @@ def bench_packing(args, device: torch.device) -> dict[str, Any]:
     scatter_moved = packed.numel() * packed.element_size() + padded.numel() * padded.element_size()
     copy_src = packed.clone()
     copy_dst = torch.empty_like(copy_src)
-    ms_pack = time_ms(lambda: pack(padded, lengths=lens), device, args.warmup, args.iters)
-    ms_unpack = time_ms(lambda: unpack(packed, cu, seq), device, args.warmup, args.iters)
-    ms_copy = time_ms(lambda: copy_dst.copy_(copy_src), device, args.warmup, args.iters)
-    ms_clone = time_ms(copy_src.clone, device, args.warmup, args.iters)
+    ms_pack, ms_unpack, ms_copy, ms_clone = time_interleaved_ms(
+        [lambda: pack(padded, lengths=lens), lambda: unpack(packed, cu, seq), lambda: copy_dst.copy_(copy_src),
+         copy_src.clone],
+        device, args.warmup, args.iters,
+    )  # fmt: skip
     gbps = {
         "pack (gather) GB/s": moved / ms_pack / 1e6,
         "unpack (scatter + fill) GB/s": scatter_moved / ms_unpack / 1e6,

@@ -155,3 +155,14 @@ def test_scatter_and_backward_triton_interpreter(triton_interpret):
     assert torch.equal(out, unpack(grad, cu, 5, fill=-2.0, backend="torch"))
     out.backward(torch.ones_like(out))
     assert torch.equal(source.grad, torch.ones_like(source))
+
+
+def test_int32_index_and_non_contiguous_mask():
+    src = torch.randn(5, 3)
+    index = torch.tensor([4, -1, 0], dtype=torch.int32)
+    assert torch.equal(gather_rows(src, index)[[0, 2]], src[[4, 0]])
+    assert torch.equal(scatter_rows(src[:2], torch.tensor([3, 1], dtype=torch.int32), 4)[[3, 1]], src[:2])
+    mask = (torch.rand(6, 4) > 0.5).t()  # (4, 6), transposed view
+    padded = torch.randn(4, 6, 2)
+    packed = pack(padded, mask=mask)[0]
+    assert torch.equal(packed, padded[mask]) and torch.equal(unpack(packed, mask=mask)[mask], padded[mask])

@@ -106,9 +106,24 @@ def _mask_lengths(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 def _token_rows(lengths: torch.Tensor, seq: int) -> torch.Tensor:
     """Row of every packed token in the flattened ``(batch * seq, ...)`` padded tensor (documents left-aligned)."""
+    if lengths.device.type == "cpu":
+        # numpy: one thread, no OpenMP regions. On a busy machine every parallel torch op over the tokens can wait a
+        # whole scheduler slice for its second thread; with the torch ops below that cost more than the copy itself.
+        lens = lengths.numpy()
+        starts = np.arange(lens.size, dtype=np.int64) * seq - (np.cumsum(lens) - lens)
+        rows = np.repeat(starts, lens)
+        rows += np.arange(rows.size, dtype=np.int64)
+        return torch.from_numpy(rows)
     starts = torch.arange(lengths.numel(), device=lengths.device) * seq - (torch.cumsum(lengths, 0) - lengths)
     total = int(lengths.sum())
     return torch.repeat_interleave(starts, lengths, output_size=total) + torch.arange(total, device=lengths.device)
+
+
+def _mask_rows(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Flat positions of the True entries of a (batch, seq) mask, on ``device``."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy())).to(device)
+    return torch.nonzero(mask.reshape(-1)).squeeze(1).to(device)
 
 
 def pack(
@@ -134,7 +149,7 @@ def pack(
     batch, seq = padded.shape[:2]
     if mask is not None:
         lens = _mask_lengths(mask, padded.shape)
-        index = torch.nonzero(mask.reshape(-1)).squeeze(1).to(padded.device)
+        index = _mask_rows(mask, padded.device)
     else:
         lens = _as_lengths(lengths, padded.device)
         if lens.numel() != batch:
@@ -176,7 +191,7 @@ def unpack(
         if int(mask.sum()) != total:
             raise ValueError(f"mask selects {int(mask.sum())} tokens but packed has {total}")
         batch, seq = mask.shape
-        index = torch.nonzero(mask.reshape(-1)).squeeze(1).to(packed.device)
+        index = _mask_rows(mask, packed.device)
     else:
         if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
             raise ValueError(f"cu_seqlens must be 1-D with batch + 1 entries, got shape {tuple(cu_seqlens.shape)}")

@@ -38,12 +38,11 @@ def _gather_rows_kernel(
 
 
 # ----------------------------------------------------------------------------------------------- implementations
-def _gather_torch(src: torch.Tensor, index: torch.Tensor, fill: float | int) -> torch.Tensor:
-    valid = index >= 0
-    if bool(valid.all()):
+def _gather_torch(src: torch.Tensor, index: torch.Tensor, fill: float | int, any_fill: bool) -> torch.Tensor:
+    if not any_fill:
         return src.index_select(0, index)
     out = src.new_full((index.numel(), *src.shape[1:]), fill)
-    rows = valid.nonzero().squeeze(1)
+    rows = (index >= 0).nonzero().squeeze(1)
     return out.index_copy_(0, rows, src.index_select(0, index[rows]))
 
 
@@ -65,8 +64,10 @@ def _gather_triton(src: torch.Tensor, index: torch.Tensor, fill: float | int) ->
     return out.view(rows, *src.shape[1:])
 
 
-def _gather(src: torch.Tensor, index: torch.Tensor, fill: float | int, use_triton: bool) -> torch.Tensor:
-    return _gather_triton(src, index, fill) if use_triton else _gather_torch(src, index, fill)
+def _gather(
+    src: torch.Tensor, index: torch.Tensor, fill: float | int, any_fill: bool, use_triton: bool
+) -> torch.Tensor:
+    return _gather_triton(src, index, fill) if use_triton else _gather_torch(src, index, fill, any_fill)
 
 
 def _scatter(src: torch.Tensor, index: torch.Tensor, rows: int, fill: float | int, use_triton: bool) -> torch.Tensor:
@@ -80,21 +81,21 @@ def _scatter(src: torch.Tensor, index: torch.Tensor, rows: int, fill: float | in
 # ----------------------------------------------------------------------------------------------- autograd
 class _GatherRows(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, src, index, fill, use_triton, unique):
+    def forward(ctx, src, index, fill, any_fill, use_triton, unique):
         ctx.save_for_backward(index)
-        ctx.src_rows, ctx.use_triton, ctx.unique = src.shape[0], use_triton, unique
-        return _gather(src, index, fill, use_triton)
+        ctx.src_rows, ctx.any_fill, ctx.use_triton, ctx.unique = src.shape[0], any_fill, use_triton, unique
+        return _gather(src, index, fill, any_fill, use_triton)
 
     @staticmethod
     def backward(ctx, grad):
         (index,) = ctx.saved_tensors
-        valid = index >= 0
-        if not bool(valid.all()):
+        if ctx.any_fill:
+            valid = index >= 0
             index, grad = index[valid], grad[valid]
         if ctx.unique:  # every source row receives at most one gradient row: write it, nothing to add up
-            return _scatter(grad, index, ctx.src_rows, 0, ctx.use_triton), None, None, None, None
+            return _scatter(grad, index, ctx.src_rows, 0, ctx.use_triton), None, None, None, None, None
         grad_src = grad.new_zeros((ctx.src_rows, *grad.shape[1:]))
-        return grad_src.index_add_(0, index, grad), None, None, None, None
+        return grad_src.index_add_(0, index, grad), None, None, None, None, None
 
 
 class _ScatterRows(torch.autograd.Function):
@@ -107,7 +108,7 @@ class _ScatterRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (index,) = ctx.saved_tensors
-        return _gather(grad, index, 0, ctx.use_triton), None, None, None, None
+        return _gather(grad, index, 0, False, ctx.use_triton), None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------- public
@@ -159,17 +160,19 @@ def gather_rows(
             ``"torch"``.
     """
     fill, use_triton = _check_common(src, index, fill, backend)
-    if index.numel() and int(index.max()) >= src.shape[0]:
-        raise IndexError(f"index {int(index.max())} is out of range for {src.shape[0]} rows")
-    if unique and index.numel() and _repeated(index[index >= 0], src.shape[0]):
+    low, high = (int(v) for v in torch.aminmax(index)) if index.numel() else (0, -1)
+    if high >= src.shape[0]:
+        raise IndexError(f"index {high} is out of range for {src.shape[0]} rows")
+    any_fill = low < 0
+    if unique and index.numel() and _repeated(index[index >= 0] if any_fill else index, src.shape[0]):
         raise ValueError("unique=True but index repeats a row")
-    return _GatherRows.apply(src, index, fill, use_triton, unique)
+    return _GatherRows.apply(src, index, fill, any_fill, use_triton, unique)
 
 
 def _gather_rows_trusted(src: torch.Tensor, index: torch.Tensor, *, backend: str) -> torch.Tensor:
     """:func:`gather_rows` with ``unique=True`` for an index its caller built valid (pack): no index checks."""
     fill, use_triton = _check_common(src, index, 0.0, backend)
-    return _GatherRows.apply(src, index, fill, use_triton, True)
+    return _GatherRows.apply(src, index, fill, False, use_triton, True)
 
 
 def scatter_rows(
@@ -193,7 +196,7 @@ def scatter_rows(
     if rows < 0:
         raise ValueError(f"rows must be >= 0, got {rows}")
     if index.numel():
-        low, high = int(index.min()), int(index.max())
+        low, high = (int(v) for v in torch.aminmax(index))
         if low < 0 or high >= rows:
             raise IndexError(f"index {low if low < 0 else high} is out of range for {rows} rows")
         if _repeated(index, rows):
