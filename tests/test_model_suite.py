@@ -77,15 +77,17 @@ class Settings:
     kwargs: dict[str, Any] = field(default_factory=dict)
     image_size: int | None = IMAGE_SIZE  # image models: run at min(registered size, this); None = registered size
     no_grad: tuple[str, ...] = ()  # fnmatch patterns of parameters forward() never uses (must get no gradient)
+    shape: tuple[int, ...] | None = None  # expected shape of a single-tensor output, when it says something
 
 
 SETTINGS: dict[str, Settings] = {
-    "fastvit_*": Settings(kwargs={"num_classes": 10}),
-    "mobileone_*": Settings(kwargs={"num_classes": 10}),
-    "fct_resnet*": Settings(kwargs={"num_classes": 10}),
+    "fastvit_*": Settings(kwargs={"num_classes": 10}, shape=(2, 10)),
+    "mobileone_*": Settings(kwargs={"num_classes": 10}, shape=(2, 10)),
+    "fct_resnet*": Settings(kwargs={"num_classes": 10}, shape=(2, 10)),
+    "fct_convnet": Settings(kwargs={"num_classes": 7}, shape=(2, 7)),
     # the SimCLR projection head only serves the training loss (SideInfoModel.project), never forward()
-    "fct_side_info": Settings(no_grad=("head.*",)),
-    "fct_transformation": Settings(kwargs={"inner_dim": 256}),
+    "fct_side_info": Settings(no_grad=("head.*",), shape=(2, 32)),
+    "fct_transformation": Settings(kwargs={"inner_dim": 256, "new_dim": 64}, shape=(2, 64)),
     "*": Settings(),
 }
 
@@ -175,12 +177,15 @@ def _assert_close(actual: Any, expected: Any, rtol: float, what: str) -> None:
             raise AssertionError(f"{what}: {path} differs by {err:.3g} (output scale {scale:.3g}, rtol {rtol:g})")
 
 
-def check_forward(model: nn.Module, make: Callable[[], ExampleInputs]) -> None:
-    """Eval-mode forward: finite floating outputs, and the same values on a second call."""
+def check_forward(model: nn.Module, make: Callable[[], ExampleInputs], shape: tuple[int, ...] | None = None) -> None:
+    """Eval-mode forward: finite floating outputs (of ``shape`` if given), the same values on a second call."""
     model.eval()
     inputs = make()
     with torch.inference_mode():
         first, second = _run(model, inputs), _run(model, inputs)
+    if shape is not None and not (isinstance(first, torch.Tensor) and first.shape == shape):
+        got = tuple(first.shape) if isinstance(first, torch.Tensor) else type(first).__name__
+        raise AssertionError(f"forward: output is {got}, expected shape {shape}")
     for path, t in _outputs(first):
         if not torch.isfinite(t).all():
             raise AssertionError(f"forward: {path} has {(~torch.isfinite(t)).sum().item()} non-finite values")
@@ -385,7 +390,7 @@ def test_discovery():
 
 
 def test_forward(case: Case):
-    check_forward(case.fresh(), case.make)
+    check_forward(case.fresh(), case.make, case.settings.shape)
 
 
 def test_backward(case: Case):
@@ -440,6 +445,8 @@ class Toy(nn.Module):
         if self.bug == "inf_gradient":
             gate = (gate - 1).abs().sqrt() + gate  # d/dx sqrt(|x|) at 0: inf
         y = y * gate * self.scale
+        if self.bug == "wrong_shape":
+            y = y[:, :3]
         if self.bug == "nan_output":
             y = y / torch.zeros_like(y[:, :1])
         if self.bug == "data_dependent_branch":
@@ -500,24 +507,25 @@ def test_checks_pass_on_a_correct_toy(toy_registry, tmp_path):
     check_compiled(toy_registry(), make)
 
 
-@pytest.mark.parametrize(
-    ("bug", "check", "message"),
-    [
-        ("nan_output", check_forward, "forward: output has 8 non-finite values"),
-        ("eval_dropout", check_forward, "forward called twice in eval mode: output differs"),
-        ("detached_parameter", check_backward, "backward: 1 parameters got no gradient: gate"),
-        ("inf_gradient", check_backward, "backward: 1 parameters got non-finite gradients: gate"),
-        ("unsaved_buffer", check_round_trip, r"round trip \(from_pretrained vs saved model\): output differs"),
-        ("data_dependent_branch", check_scripted, "trace vs eager on fresh inputs: output differs"),
-        ("bad_fusion", check_reparameterize, "reparameterized vs unfused: output differs"),
-    ],
-)
+BROKEN = [  # (bug planted in Toy, the check that must catch it, its message)
+    ("nan_output", check_forward, "forward: output has 8 non-finite values"),
+    ("wrong_shape", check_forward, r"forward: output is \(2, 3\), expected shape \(2, 4\)"),
+    ("eval_dropout", check_forward, "forward called twice in eval mode: output differs"),
+    ("detached_parameter", check_backward, "backward: 1 parameters got no gradient: gate"),
+    ("inf_gradient", check_backward, "backward: 1 parameters got non-finite gradients: gate"),
+    ("unsaved_buffer", check_round_trip, r"round trip \(from_pretrained vs saved model\): output differs"),
+    ("data_dependent_branch", check_scripted, "trace vs eager on fresh inputs: output differs"),
+    ("bad_fusion", check_reparameterize, "reparameterized vs unfused: output differs"),
+]
+
+
+@pytest.mark.parametrize(("bug", "check", "message"), BROKEN, ids=[b[0] for b in BROKEN])
 def test_checks_catch_broken_models(toy_registry, tmp_path, bug, check, message):
     make = get_model_entry("suite_toy").make_example_inputs
     if bug == "data_dependent_branch":  # the trace takes the example's branch; fresh inputs take the other
         signs = iter([1.0, -1.0])
         make = lambda: ((next(signs) + 0.1 * torch.randn(2, 3, 8, 8),), {})  # noqa: E731
-    extra = (tmp_path,) if check is check_round_trip else ()
+    extra = {check_round_trip: (tmp_path,), check_forward: ((2, 4),)}.get(check, ())
     with pytest.raises(AssertionError, match=message):
         check(toy_registry(bug), make, *extra)
 
@@ -541,5 +549,7 @@ def test_reparameterize_needs_a_real_fusion(toy_registry):
 
 def test_compile_catches_graph_breaks(toy_registry):
     make = get_model_entry("suite_toy").make_example_inputs
-    with pytest.raises(Exception, match=r"(?i)data-dependent|graph break|Unsupported"):
+    from torch._dynamo.exc import Unsupported
+
+    with pytest.raises(Unsupported, match="Data-dependent branching"):
         check_compiled(toy_registry("data_dependent_branch"), make)
