@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from bramley.core.report import environment, format_table, mean_std, write_results
+from bramley.core.report import environment, figure, format_table, mean_std, write_results
 
 
 def test_format_table():
@@ -53,3 +53,29 @@ def test_environment_names_versions():
     env = environment()
     assert {"python", "torch", "platform", "cpu_threads", "device", "date"} <= set(env)
     assert env["bramley-core"].startswith("0.")
+
+
+def test_figure_saves_atomically_without_touching_the_session(tmp_path):
+    import matplotlib
+    from PIL import Image
+
+    backend = matplotlib.get_backend()
+    path = tmp_path / "plots" / "claim.png"
+    with figure(path, ncols=2, figsize=(2, 1), dpi=50) as (left, right):
+        left.plot([0, 1], [1, 0])
+        right.bar(["a", "b"], [1, 2])
+        assert not path.exists()  # written on leaving the block, not before
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (100, 50)
+    assert matplotlib.get_backend() == backend
+    if "matplotlib.pyplot" in __import__("sys").modules:  # no figure left open in pyplot's registry
+        assert not matplotlib.pyplot.get_fignums()
+
+    with figure(tmp_path / "one.svg", figsize=(2, 2)) as ax:
+        ax.set_title("single axes")
+    assert (tmp_path / "one.svg").read_text().lstrip().startswith("<?xml")
+
+    with pytest.raises(RuntimeError, match="drawing failed"), figure(tmp_path / "broken.png"):
+        raise RuntimeError("drawing failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.svg", "plots"]  # no partial or temporary file
+    assert [p.name for p in path.parent.iterdir()] == ["claim.png"]

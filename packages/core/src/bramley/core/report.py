@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
 import os
 import platform
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["environment", "format_table", "mean_std", "write_results"]
+__all__ = ["environment", "figure", "format_table", "mean_std", "write_results"]
 
 
 def environment() -> dict[str, Any]:
@@ -86,3 +87,37 @@ def write_results(
     path = atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
     print(f"wrote {path}")
     return path
+
+
+@contextlib.contextmanager
+def figure(
+    path: str | os.PathLike,
+    *,
+    nrows: int = 1,
+    ncols: int = 1,
+    figsize: tuple[float, float] | None = None,
+    dpi: int = 120,
+    **subplots_kw: Any,
+) -> Iterator[Any]:
+    """Draw a matplotlib figure and save it to ``path``: ``with figure(path, ncols=2) as (ax1, ax2): ...``.
+
+    Yields the axes as ``plt.subplots`` returns them (one ``Axes``, or an array for a grid). On leaving the block the
+    figure gets ``tight_layout`` and is written atomically (a reader never sees a partial PNG; the format follows the
+    suffix); if the block raises, nothing is written. The figure is drawn by the Agg canvas directly, outside
+    ``pyplot``: the backend of the caller's session is not changed and no figure is left open.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover - matplotlib is a dependency of bramley-core
+        raise ImportError("bramley.core.report.figure needs matplotlib: pip install matplotlib") from exc
+    from .checkpoint import atomic_write
+
+    path = Path(path)
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, **subplots_kw)
+    yield axes
+    fig.tight_layout()
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))

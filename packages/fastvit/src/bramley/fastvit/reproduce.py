@@ -187,25 +187,19 @@ def repmixer_claim(dim: int, size: int, depth: int, iters: int, seed: int = 0) -
 
 
 def _plot(rows: list[dict[str, Any]], mixer: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    from bramley.core.report import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for row in rows:
-        ax1.scatter(row["latency_ms"], row["test_acc"], s=60)
-        ax1.annotate(row["model"], (row["latency_ms"], row["test_acc"]), textcoords="offset points", xytext=(5, 5))
-    ax1.set_xlabel("CPU latency, batch 1, 64 px (ms)")
-    ax1.set_ylabel("test accuracy (%)")
-    ax1.set_title("digits: accuracy vs latency")
-    lat = mixer["latency_ms"]
-    ax2.bar(list(lat), list(lat.values()), color=["tab:gray", "tab:orange", "tab:green"])
-    ax2.set_ylabel("latency (ms)")
-    ax2.set_title(f"{mixer['depth']} RepMixers on {tuple(mixer['shape'])}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, ncols=2, figsize=(10, 4)) as (ax1, ax2):
+        for row in rows:
+            ax1.scatter(row["latency_ms"], row["test_acc"], s=60)
+            ax1.annotate(row["model"], (row["latency_ms"], row["test_acc"]), textcoords="offset points", xytext=(5, 5))
+        ax1.set_xlabel("CPU latency, batch 1, 64 px (ms)")
+        ax1.set_ylabel("test accuracy (%)")
+        ax1.set_title("digits: accuracy vs latency")
+        lat = mixer["latency_ms"]
+        ax2.bar(list(lat), list(lat.values()), color=["tab:gray", "tab:orange", "tab:green"])
+        ax2.set_ylabel("latency (ms)")
+        ax2.set_title(f"{mixer['depth']} RepMixers on {tuple(mixer['shape'])}")
 
 
 def run(out: str | Path, quick: bool = False, seed: int = 0, threads: int = 1) -> dict[str, Any]:

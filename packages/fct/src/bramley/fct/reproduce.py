@@ -116,27 +116,21 @@ def check_ordering(summary: dict[str, Any]) -> dict[str, bool]:
 
 def plot(summary: dict[str, Any], path: Path, title: str) -> Path:
     """Grouped bars of CMC top-1 and mAP per case, with the seed std as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from bramley.core.report import figure
 
     cases = [c for c, _, _ in CASES]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    width = 0.38
-    for i, key in enumerate(("top1", "mAP")):
-        means = [summary[c][key]["mean"] for c in cases]
-        stds = [summary[c][key]["std"] for c in cases]
-        xs = [j + (i - 0.5) * width for j in range(len(cases))]
-        ax.bar(xs, means, width, yerr=stds, capsize=3, label="CMC top-1" if key == "top1" else "mAP")
-    ax.set_xticks(range(len(cases)), cases, rotation=15)
-    ax.set_ylabel("%")
-    ax.set_ylim(0, 100)
-    ax.set_title(title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, figsize=(9, 4)) as ax:
+        width = 0.38
+        for i, key in enumerate(("top1", "mAP")):
+            means = [summary[c][key]["mean"] for c in cases]
+            stds = [summary[c][key]["std"] for c in cases]
+            xs = [j + (i - 0.5) * width for j in range(len(cases))]
+            ax.bar(xs, means, width, yerr=stds, capsize=3, label="CMC top-1" if key == "top1" else "mAP")
+        ax.set_xticks(range(len(cases)), cases, rotation=15)
+        ax.set_ylabel("%")
+        ax.set_ylim(0, 100)
+        ax.set_title(title)
+        ax.legend(loc="lower right")
     return path
 
 

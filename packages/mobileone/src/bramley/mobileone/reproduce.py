@@ -204,32 +204,26 @@ def run(
 
 
 def _plot(path: Path, rows: list[dict], latency_rows: list[dict], budgets: Sequence[int]) -> None:
-    import matplotlib
+    from bramley.core.report import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.8 / len(ARMS)
-    for i, arm in enumerate(ARMS):
-        arm_rows = [next(r for r in rows if r["arm"] == arm and r["epochs"] == e) for e in budgets]
-        xs = [b + (i - (len(ARMS) - 1) / 2) * width for b in range(len(budgets))]
-        means, stds = [r["test_top1_mean"] for r in arm_rows], [r["test_top1_std"] for r in arm_rows]
-        ax1.bar(xs, means, width, yerr=stds, capsize=3, label=arm)
-    ax1.set_xticks(range(len(budgets)), [f"{e} epochs" for e in budgets])
-    low = min(r["test_top1_mean"] - r["test_top1_std"] for r in rows)
-    ax1.set_ylim(max(0.0, low - 2.0), 100.0)
-    ax1.legend(loc="lower right", fontsize=8)
-    ax1.set_ylabel("test top-1 (%)")
-    ax1.set_title("same inference architecture, different train-time branches\n(mean +- std over seeds)")
-    labels = [r["model"].replace("_batch1", "\nbatch 1") for r in latency_rows]
-    ax2.bar(labels, [r["fused_vs_unfused"] for r in latency_rows])
-    ax2.axhline(1.0, color="gray", linestyle="--")
-    ax2.set_ylabel("fused / unfused CPU latency")
-    ax2.set_title("reparameterization: latency ratio")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, ncols=2, figsize=(11, 4), dpi=100) as (ax1, ax2):
+        width = 0.8 / len(ARMS)
+        for i, arm in enumerate(ARMS):
+            arm_rows = [next(r for r in rows if r["arm"] == arm and r["epochs"] == e) for e in budgets]
+            xs = [b + (i - (len(ARMS) - 1) / 2) * width for b in range(len(budgets))]
+            means, stds = [r["test_top1_mean"] for r in arm_rows], [r["test_top1_std"] for r in arm_rows]
+            ax1.bar(xs, means, width, yerr=stds, capsize=3, label=arm)
+        ax1.set_xticks(range(len(budgets)), [f"{e} epochs" for e in budgets])
+        low = min(r["test_top1_mean"] - r["test_top1_std"] for r in rows)
+        ax1.set_ylim(max(0.0, low - 2.0), 100.0)
+        ax1.legend(loc="lower right", fontsize=8)
+        ax1.set_ylabel("test top-1 (%)")
+        ax1.set_title("same inference architecture, different train-time branches\n(mean +- std over seeds)")
+        labels = [r["model"].replace("_batch1", "\nbatch 1") for r in latency_rows]
+        ax2.bar(labels, [r["fused_vs_unfused"] for r in latency_rows])
+        ax2.axhline(1.0, color="gray", linestyle="--")
+        ax2.set_ylabel("fused / unfused CPU latency")
+        ax2.set_title("reparameterization: latency ratio")
     print(f"wrote {path}")
 
 

@@ -217,44 +217,38 @@ def retrieval_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    from bramley.core.report import figure
+
     sizes = results["sizes"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for m, style in (("MRL", "o-"), ("MRL-E", "s--"), ("FF", "^-"), ("FF-trunc", "x:")):
-        values = np.array([[s["scores"][m]["knn"][d] for d in sizes] for s in results["per_seed"]]) * 100
-        axes[0].errorbar(sizes, values.mean(0), yerr=values.std(0), fmt=style, capsize=3, label=m)
-    axes[0].set_xscale("log", base=2)
-    axes[0].set(xlabel="representation size", ylabel="1-NN top-1 (%)", title="digits: 1-NN top-1 (mean ± std)")
-    axes[0].set_xticks(sizes, [str(d) for d in sizes])
-    axes[0].minorticks_off()
-    axes[0].legend()
+    with figure(path, ncols=2, figsize=(11, 4.2)) as axes:
+        for m, style in (("MRL", "o-"), ("MRL-E", "s--"), ("FF", "^-"), ("FF-trunc", "x:")):
+            values = np.array([[s["scores"][m]["knn"][d] for d in sizes] for s in results["per_seed"]]) * 100
+            axes[0].errorbar(sizes, values.mean(0), yerr=values.std(0), fmt=style, capsize=3, label=m)
+        axes[0].set_xscale("log", base=2)
+        axes[0].set(xlabel="representation size", ylabel="1-NN top-1 (%)", title="digits: 1-NN top-1 (mean ± std)")
+        axes[0].set_xticks(sizes, [str(d) for d in sizes])
+        axes[0].minorticks_off()
+        axes[0].legend()
 
-    def mean_curve(key):
-        points = [s["retrieval"][key] for s in results["per_seed"]]
-        return np.array([[p["mflops"] for p in points[0]]]), np.array([[p["top1"] for p in run] for run in points])
+        def mean_curve(key):
+            points = [s["retrieval"][key] for s in results["per_seed"]]
+            return np.array([[p["mflops"] for p in points[0]]]), np.array([[p["top1"] for p in run] for run in points])
 
-    for key, style, label in (
-        ("exact", "o-", "MRL exact"),
-        ("ff_exact", "^-", "FF exact"),
-        ("ff_trunc_exact", "x:", "FF-64 truncated exact"),
-        ("shortlist_rerank", "D", f"MRL shortlist + rerank@{sizes[-1]}"),
-        ("funnel", "*", "MRL funnel"),
-    ):
-        x, y = mean_curve(key)
-        axes[1].plot(x[0], 100 * y.mean(0), style, label=label, markersize=9 if key == "funnel" else 6)
-    axes[1].set_xscale("log")
-    axes[1].minorticks_off()
-    axes[1].set(xlabel="MFLOPs / query", ylabel="retrieval top-1 (%)", title="adaptive retrieval (mean over seeds)")
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        for key, style, label in (
+            ("exact", "o-", "MRL exact"),
+            ("ff_exact", "^-", "FF exact"),
+            ("ff_trunc_exact", "x:", "FF-64 truncated exact"),
+            ("shortlist_rerank", "D", f"MRL shortlist + rerank@{sizes[-1]}"),
+            ("funnel", "*", "MRL funnel"),
+        ):
+            x, y = mean_curve(key)
+            axes[1].plot(x[0], 100 * y.mean(0), style, label=label, markersize=9 if key == "funnel" else 6)
+        axes[1].set_xscale("log")
+        axes[1].minorticks_off()
+        axes[1].set(xlabel="MFLOPs / query", ylabel="retrieval top-1 (%)", title="adaptive retrieval (mean over seeds)")
+        axes[1].legend(fontsize=8)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
