@@ -530,6 +530,31 @@ def test_checks_catch_broken_models(toy_registry, tmp_path, bug, check, message)
         check(toy_registry(bug), make, *extra)
 
 
+class Mix(nn.Module):
+    """``a`` and ``b`` mixed by a linear layer, scaled by a Python number (which a trace cannot take)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
+        return self.fc(a if b is None else a - b) * scale
+
+
+@pytest.mark.parametrize(
+    ("inputs", "method"),
+    [
+        (lambda: ((torch.randn(2, 8), torch.randn(2, 8)), {}), "trace"),
+        (lambda: ((), {"a": torch.randn(2, 8), "b": torch.randn(2, 8)}), "trace"),
+        (lambda: ((torch.randn(2, 8),), {"b": torch.randn(2, 8)}), "export"),  # trace takes args or kwargs
+        (lambda: ((torch.randn(2, 8),), {"scale": 3.0}), "export"),
+    ],
+    ids=["args", "kwargs", "args+kwargs", "python-number"],
+)
+def test_capture_paths(inputs, method):
+    assert check_scripted(Mix(), inputs) == method
+
+
 def test_no_grad_declarations_are_checked(toy_registry):
     make = get_model_entry("suite_toy").make_example_inputs
     with pytest.raises(AssertionError, match="parameters declared no_grad got a gradient: gate"):

@@ -146,6 +146,8 @@ def register_model(
 
     - The forward's output may be a tensor or a (nested) tuple / list / dict of tensors; the suite checks every
       floating-point tensor in it (finite values, gradients, save/load equality).
+    - Register on import of the method package (its ``__init__`` imports the module holding the factories): the
+      suite finds models by importing every package of the ``bramley.cli`` entry-point group.
 
     Args:
         fn: the factory (when used bare).
