@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ __all__ = [
     "BucketFormatError",
     "BucketWriter",
     "Buckets",
+    "TokenAccount",
     "bucket_file_name",
     "token_dtype",
 ]
@@ -76,6 +78,25 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
             os.fsync(f.fileno())
 
     atomic_write(path, write)
+
+
+@dataclass(frozen=True)
+class TokenAccount:
+    """Token bookkeeping of a dataset, to compare methods at equal trained tokens.
+
+    ``tokens``: all tokens (end-of-text included); ``stored``: tokens inside rows; ``targets``: predicted tokens
+    (``seq_len`` per row, ``2^k`` per bucket row); ``dropped``: tokens in no row.
+    """
+
+    documents: int
+    tokens: int
+    stored: int
+    targets: int
+    dropped: int
+
+    @property
+    def dropped_fraction(self) -> float:
+        return self.dropped / self.tokens if self.tokens else 0.0
 
 
 class BucketWriter:
@@ -261,6 +282,20 @@ class Buckets:
     def tokens_per_bucket(self) -> list[int]:
         """Input (= target) tokens of each bucket: ``rows * 2^k``."""
         return [r * n for r, n in zip(self.rows_per_bucket, self.lengths)]
+
+    @property
+    def account(self) -> TokenAccount:
+        """Token bookkeeping from the manifest's totals (documents, tokens, dropped) and the bucket sizes."""
+        stats = self.manifest.get("stats", {})
+        stored = sum(r * (n + 1) for r, n in zip(self.rows_per_bucket, self.lengths))
+        tokens = int(stats.get("tokens", stored))
+        return TokenAccount(
+            documents=int(stats.get("documents", 0)),
+            tokens=tokens,
+            stored=stored,
+            targets=sum(self.tokens_per_bucket),
+            dropped=tokens - stored,
+        )
 
     @property
     def tokenizer(self) -> dict[str, Any]:
