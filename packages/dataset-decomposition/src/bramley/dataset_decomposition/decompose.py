@@ -87,22 +87,29 @@ def decompose_length(
         raise ValueError(f"num_tokens must be an int >= 0, got {num_tokens!r}")
     chunks: list[tuple[int, int]] = []
     start, remaining = 0, int(num_tokens)
+    long_threshold = (1 << (max_log2 + 1)) + 1  # from here on floor(log2(remaining - 1)) > max_log2
+    if remaining >= long_threshold:
+        if randomize:
+            if rng is None:
+                raise ValueError(
+                    f"a document of {num_tokens} tokens is longer than 2^{max_log2 + 1} + 1 and needs random "
+                    "cuts: pass rng=np.random.default_rng(seed) (or randomize=False)"
+                )
+            # All random cuts in one draw: at most this many fit before the remainder gets short.
+            bound = (remaining - long_threshold) // ((1 << min_log2) + 1) + 1
+            ks = min_log2 + rng.choice(max_log2 - min_log2 + 1, size=bound, p=cut_probabilities(min_log2, max_log2))
+        else:
+            ks = np.full((remaining - long_threshold) // ((1 << max_log2) + 1) + 1, max_log2)
+        ends = np.cumsum((np.int64(1) << ks.astype(np.int64)) + 1)
+        # cut i is taken while the tokens left before it are still >= long_threshold
+        taken = int(np.searchsorted(ends, remaining - long_threshold, side="right")) + 1
+        starts = np.concatenate([[0], ends[: taken - 1]])
+        chunks = list(zip(starts.tolist(), ks[:taken].tolist()))
+        start = int(ends[taken - 1])
+        remaining -= start
     smallest = (1 << min_log2) + 1
-    probabilities = None
     while remaining >= smallest:
         k = (remaining - 1).bit_length() - 1  # floor(log2(remaining - 1)): the largest 2^k + 1 that fits
-        if k > max_log2:
-            if not randomize:
-                k = max_log2
-            else:
-                if rng is None:
-                    raise ValueError(
-                        f"a document of {num_tokens} tokens is longer than 2^{max_log2 + 1} + 1 and needs random "
-                        "cuts: pass rng=np.random.default_rng(seed) (or randomize=False)"
-                    )
-                if probabilities is None:
-                    probabilities = cut_probabilities(min_log2, max_log2)
-                k = min_log2 + int(rng.choice(len(probabilities), p=probabilities))
         chunks.append((start, k))
         size = (1 << k) + 1
         start += size
