@@ -135,6 +135,7 @@ class BucketWriter:
         self.buffer_tokens = buffer_tokens
         self._buffers: dict[int, list[np.ndarray]] = {k: [] for k in self.log2s}
         self._buffered = 0
+        self._dirty: set[int] = set()
         self.rows_per_bucket = {k: 0 for k in self.log2s}
         for k in self.log2s:
             path = self.root / bucket_file_name(k)
@@ -174,17 +175,19 @@ class BucketWriter:
                     for block in blocks:
                         f.write(np.ascontiguousarray(block).tobytes())
                 blocks.clear()
+                self._dirty.add(k)
         self._buffered = 0
 
     def flush(self) -> dict[int, int]:
         """Write everything buffered, fsync the bucket files, and return the durable ``{log2: rows}``."""
         self._write()
-        for k in self.log2s:
+        for k in sorted(self._dirty):
             fd = os.open(self.root / bucket_file_name(k), os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        self._dirty.clear()
         return dict(self.rows_per_bucket)
 
     def finish(self, **manifest: Any) -> Path:

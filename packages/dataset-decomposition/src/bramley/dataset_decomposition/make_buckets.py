@@ -22,6 +22,7 @@ import io
 import json
 import os
 import sys
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -246,8 +247,12 @@ def make_buckets(
     overwrite: bool = False,
     progress: bool = True,
     buffer_tokens: int = 1 << 22,
+    checkpoint_seconds: float = 1.0,
 ) -> Buckets:
     """Build (or resume building) a bucket folder from text files; see the module docstring.
+
+    A checkpoint (fsync + ``progress.json``) follows a completed input file once ``checkpoint_seconds`` have passed
+    since the previous one (0: after every file), so many small files do not cost one fsync round each.
 
     Undecodable files are skipped, counted in the manifest (``skipped_files``) and reported with a warning; a jsonl
     line without the text field raises ``ValueError`` naming the file and line.
@@ -314,28 +319,30 @@ def make_buckets(
         writer = BucketWriter(root, min_log2, max_log2, dtype, buffer_tokens=buffer_tokens)
 
     bar = _progress_bar(len(files), state["files_done"], enabled=progress)
+    last_checkpoint = time.monotonic()
     for index in range(state["files_done"], len(files)):
         path = files[index]
         stats = _new_stats(log2s)
         rng = np.random.default_rng([seed, index])
         texts = _read_documents(path, text_field=text_field, txt_mode=txt_mode, encoding=encoding)
+        rows_before = dict(writer.rows_per_bucket)
         try:
             _decompose_documents(
                 texts, tok, writer, rng, min_log2=min_log2, max_log2=max_log2, randomize=randomize, stats=stats
             )
         except UnicodeDecodeError as err:
-            # Nothing of this file may stay: roll the buckets back to the last checkpoint, then skip the file.
-            writer = BucketWriter(
-                root, min_log2, max_log2, dtype, resume_rows={int(k): v for k, v in state["rows"].items()},
-                buffer_tokens=buffer_tokens,
-            )  # fmt: skip
+            # Nothing of this file may stay: cut the buckets back to where they were before it, then skip it.
+            writer.flush()
+            writer = BucketWriter(root, min_log2, max_log2, dtype, resume_rows=rows_before, buffer_tokens=buffer_tokens)
             state["skipped"].append({"path": str(path), "error": str(err)})
         else:
             state["sources"].append({"path": str(path), **stats})
-        state["rows"] = {str(k): v for k, v in writer.flush().items()}
-        state["files_done"] = index + 1
         state["file_ids"][index] = _file_id(path)
-        _write_progress(progress_path, state)
+        if time.monotonic() - last_checkpoint >= checkpoint_seconds or index == len(files) - 1:
+            state["rows"] = {str(k): v for k, v in writer.flush().items()}
+            state["files_done"] = index + 1
+            _write_progress(progress_path, state)
+            last_checkpoint = time.monotonic()
         if bar is not None:
             bar.update(1)
             bar.set_postfix(docs=sum(s["documents"] for s in state["sources"]))
@@ -448,6 +455,9 @@ def add_make_buckets_arguments(parser: argparse.ArgumentParser) -> argparse.Argu
     )
     parser.add_argument("--overwrite", action="store_true", help="rebuild a folder that already holds buckets")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--checkpoint-seconds", type=float, default=1.0, help="least time between resume checkpoints (0: every file)"
+    )
     return parser
 
 
@@ -469,6 +479,7 @@ def run_make_buckets(args: argparse.Namespace) -> int:
             randomize=not args.no_randomize,
             overwrite=args.overwrite,
             progress=not args.no_progress,
+            checkpoint_seconds=args.checkpoint_seconds,
         )
     except (FileNotFoundError, FileExistsError, ValueError, ImportError, BucketFormatError) as err:
         print(f"make-buckets: error: {err}", file=sys.stderr)
