@@ -4,9 +4,11 @@ import torch
 
 from bramley.dataset_decomposition.sampling import (
     BucketBatchSampler,
+    apportion,
     bucket_schedule,
     curriculum_odds,
     cycle_quotas,
+    subcycle_odds,
 )
 
 
@@ -197,3 +199,46 @@ def test_trainer_accepts_the_sampler(tmp_path):
     Trainer(Bigram(), cfg, train_data=buckets.dataset(), loss_fn=loss_fn, batch_sampler=sampler).fit()
     assert sorted(set(shapes)) == [(2, 9), (4, 5)]
     assert len(shapes) == len(sampler) == 8
+
+
+# ----------------------------------------------------------------------------------------------- sub-cycles
+def test_subcycle_odds_match_olmo_core_numbers():
+    p2 = subcycle_odds("grow_p2", 6)
+    assert p2[0].tolist() == [32, 16, 8, 4, 2, 1]  # sub-cycle 0: the paper's Grow-P2 odds
+    assert p2[:, 2].tolist() == [8, 16, 32, 4, 2, 1]  # bucket 2 over the sub-cycles, peaking at sub-cycle 2
+    assert p2[:, 5].tolist() == [1, 2, 4, 8, 16, 32]
+    assert p2[5].tolist() == [1, 1, 1, 1, 1, 32]  # the last sub-cycle: almost only the longest bucket
+    assert p2[2].tolist() == [8, 8, 32, 16, 8, 4]
+    assert subcycle_odds("grow_linear", 6)[:, 0].tolist() == [6, 5, 4, 3, 2, 1]
+    with pytest.raises(ValueError, match="grow_p2"):
+        subcycle_odds("natural", 3)
+
+
+def test_apportion_is_exact():
+    # OLMo-core rounds each share on its own, which overshoots e.g. 11 batches over Grow-Linear odds 6..1 (12)
+    for total in range(0, 60):
+        for weights in ([6, 5, 4, 3, 2, 1], [32, 16, 8, 4, 2, 1], [1, 1, 1]):
+            counts = apportion(total, np.array(weights))
+            assert counts.sum() == total and counts.min() >= 0
+            assert np.all(np.abs(counts - total * np.array(weights) / sum(weights)) < 1)
+    assert apportion(11, np.array([6, 5, 4, 3, 2, 1])).tolist() == [3, 3, 2, 2, 1, 0]
+
+
+@pytest.mark.parametrize("curriculum", ["grow_p2", "grow_linear"])
+def test_subcycle_schedule(curriculum):
+    batches = [63, 63, 63]
+    s = bucket_schedule(batches, curriculum=curriculum, num_cycles=1, mixing="subcycles", seed=2)
+    assert np.bincount(s, minlength=3).tolist() == batches
+    counts = [apportion(63, subcycle_odds(curriculum, 3)[:, b]) for b in range(3)]
+    bounds = np.concatenate([[0], np.cumsum(np.sum(counts, axis=0))])
+    for sub in range(3):  # every sub-cycle holds exactly its apportioned batches
+        part = s[bounds[sub] : bounds[sub + 1]]
+        assert np.bincount(part, minlength=3).tolist() == [int(c[sub]) for c in counts]
+    means = [s[bounds[i] : bounds[i + 1]].mean() for i in range(3)]
+    assert means[0] < means[1] < means[2]
+    sampler = make_sampler(curriculum=curriculum, mixing="subcycles", num_cycles=2)
+    assert sum(1 for _ in sampler) == len(sampler)
+    with pytest.raises(ValueError, match="mixing"):
+        make_sampler(mixing="other")
+    with pytest.raises(ValueError, match="grow_p2"):
+        make_sampler(curriculum="natural", mixing="subcycles")

@@ -23,6 +23,10 @@ Definitions (bucket ``b = 0..n-1``, shortest first, ``L_b`` input tokens per row
   With the growing odds, short buckets run out first and a cycle ends on the longest bucket. This is the official
   implementation's sampler (open_lm's ``RandomMix`` patched with fixed weights ``odds * batches`` per epoch, a
   seeded generator shared by all ranks, and exhausted sources removed), with its epochs called cycles here.
+- **Sub-cycles** (``mixing="subcycles"``, ``grow_p2`` / ``grow_linear`` only): OLMo-core's deterministic variant.
+  Cycle ``c`` is cut into ``n`` sub-cycles; bucket ``b``'s ``q[c, b]`` batches are apportioned over them in
+  proportion to the odds of :func:`subcycle_odds`, exactly (largest remainder), and each sub-cycle is shuffled.
+  Sub-cycle 0 has the paper's odds; sub-cycle ``s`` favours bucket ``s``.
 
 All ranks compute the same bucket schedule from ``(seed, epoch)``; within a bucket the rows are shuffled once per
 epoch and each global batch is split into ``num_replicas`` disjoint per-rank slices. Items are ``(bucket, row)``
@@ -39,10 +43,13 @@ import torch
 
 __all__ = [
     "CURRICULA",
+    "MIXINGS",
     "BucketBatchSampler",
+    "apportion",
     "bucket_schedule",
     "curriculum_odds",
     "cycle_quotas",
+    "subcycle_odds",
 ]
 
 CURRICULA = ("natural", "uniform", "grow_p2", "grow_linear")
@@ -120,6 +127,51 @@ def _cycle_schedule(quota: np.ndarray, odds: np.ndarray | None, rng: np.random.G
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
+def subcycle_odds(curriculum: str, num_buckets: int) -> np.ndarray:
+    """``(num_buckets, num_buckets)`` odds ``[s, b]`` of bucket ``b`` in sub-cycle ``s`` (``mixing="subcycles"``).
+
+    With the level ``e[s, b] = n - b + s`` for ``b >= s`` and ``n - s`` for ``b < s``, the odds are ``2^(e - 1)``
+    (``grow_p2``) or ``e`` (``grow_linear``): sub-cycle 0 has the paper's odds, sub-cycle ``s`` gives bucket ``s`` the
+    top odds, the longer buckets the paper's decay after it and the shorter ones the low level ``n - s``. These are
+    the numbers of OLMo-core's ``VSLGrowP2Curriculum`` / ``VSLGrowLinearCurriculum``.
+    """
+    sub = np.arange(num_buckets)[:, None]
+    bucket = np.arange(num_buckets)[None, :]
+    level = np.where(bucket >= sub, num_buckets - bucket + sub, num_buckets - sub).astype(np.float64)
+    if curriculum == "grow_p2":
+        return np.exp2(level - 1)
+    if curriculum == "grow_linear":
+        return level
+    raise ValueError(f"mixing='subcycles' takes curriculum 'grow_p2' or 'grow_linear', got {curriculum!r}")
+
+
+def apportion(total: int, weights: np.ndarray) -> np.ndarray:
+    """Split ``total`` into integers proportional to ``weights`` that sum exactly to ``total`` (largest remainder;
+    ties go to the earlier entry)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    exact = total * weights / weights.sum()
+    counts = np.floor(exact).astype(np.int64)
+    short = int(total - counts.sum())
+    if short:
+        counts[np.argsort(-(exact - counts), kind="stable")[:short]] += 1
+    return counts
+
+
+def _subcycle_schedule(quota: np.ndarray, odds: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One cycle as ``n`` sub-cycles: bucket ``b``'s batches are apportioned over them by ``odds[:, b]``, and each
+    sub-cycle is shuffled."""
+    counts = np.stack([apportion(int(q), odds[:, b]) for b, q in enumerate(quota)], axis=1)  # [sub-cycle, bucket]
+    parts = []
+    for row in counts:
+        part = np.repeat(np.arange(len(quota)), row)
+        rng.shuffle(part)
+        parts.append(part)
+    return np.concatenate(parts)
+
+
+MIXINGS = ("sampled", "subcycles")
+
+
 def bucket_schedule(
     batches_per_bucket: Sequence[int],
     *,
@@ -127,6 +179,7 @@ def bucket_schedule(
     num_cycles: int = 1,
     seed: int = 0,
     epoch: int = 0,
+    mixing: str = "sampled",
 ) -> np.ndarray:
     """The bucket index of every step of one epoch (int64, ``sum(batches_per_bucket)`` steps).
 
@@ -135,9 +188,18 @@ def bucket_schedule(
     """
     batches = np.asarray(batches_per_bucket, dtype=np.int64)
     quotas = cycle_quotas(batches, num_cycles)
-    odds = curriculum_odds(curriculum, len(batches))
     rng = np.random.default_rng([int(seed), int(epoch)])
-    return np.concatenate([_cycle_schedule(q, odds, rng) for q in quotas]).astype(np.int64)
+    if mixing == "sampled":
+        odds = curriculum_odds(curriculum, len(batches))
+        cycles = [_cycle_schedule(q, odds, rng) for q in quotas]
+    elif mixing == "subcycles":
+        if not isinstance(curriculum, str):
+            raise ValueError("mixing='subcycles' takes curriculum 'grow_p2' or 'grow_linear', not an odds list")
+        table = subcycle_odds(curriculum, len(batches))
+        cycles = [_subcycle_schedule(q, table, rng) for q in quotas]
+    else:
+        raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
+    return np.concatenate(cycles).astype(np.int64)
 
 
 class BucketBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
@@ -152,6 +214,7 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         tokens_per_step: input tokens per step on each rank; a multiple of every length.
         curriculum: ``natural``, ``uniform``, ``grow_p2``, ``grow_linear`` or a list of per-bucket odds.
         num_cycles: curriculum cycles per epoch.
+        mixing: ``sampled`` (the paper's random draws) or ``subcycles`` (OLMo-core's deterministic sub-cycles).
         seed: seed of the bucket schedule and the row shuffles (``(seed, epoch)`` per epoch).
         shuffle: shuffle the rows of each bucket every epoch (otherwise rows are taken in order).
         num_replicas, rank: the data-parallel world; default: from ``torch.distributed`` if initialized, else 1 / 0.
@@ -165,6 +228,7 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         *,
         curriculum: Curriculum = "grow_p2",
         num_cycles: int = 1,
+        mixing: str = "sampled",
         seed: int = 0,
         shuffle: bool = True,
         num_replicas: int | None = None,
@@ -191,6 +255,13 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
                 f"tokens_per_step={tokens_per_step} must be a multiple of every bucket length; it is not of {bad}"
             )
         curriculum_odds(curriculum, rows.size)  # validate early
+        if mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
+        if mixing == "subcycles":
+            if not isinstance(curriculum, str):
+                raise ValueError("mixing='subcycles' takes curriculum 'grow_p2' or 'grow_linear', not an odds list")
+            subcycle_odds(curriculum, rows.size)
+        self.mixing = mixing
         self.rows_per_bucket = rows.tolist()
         self.lengths = lens.tolist()
         self.tokens_per_step = int(tokens_per_step)
@@ -241,6 +312,7 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
                 num_cycles=self.num_cycles,
                 seed=self.seed,
                 epoch=epoch,
+                mixing=self.mixing,
             )
             self._schedule_cache = (epoch, steps)
         return self._schedule_cache[1]
