@@ -69,7 +69,7 @@ from bramley.core.layers import reparameterize_model
 from bramley.core.registry import ExampleInputs, create_model, get_model_entry, list_models, register_model
 
 IMAGE_SIZE = 64
-MAX_PARAMS = 50_000_000  # per model with the suite's kwargs: larger ones need a shrinking SETTINGS entry
+MAX_PARAMS = 60_000_000  # per model with the suite's kwargs: larger ones need a shrinking SETTINGS entry
 REPARAM_RTOL = 1e-4  # fused vs unfused, relative to the largest output magnitude
 TRACE_RTOL = 1e-5  # traced / compiled vs eager
 
@@ -92,6 +92,9 @@ SETTINGS: dict[str, Settings] = {
     # the SimCLR projection head only serves the training loss (SideInfoModel.project), never forward()
     "fct_side_info": Settings(no_grad=("head.*",), shape=(2, 32)),
     "fct_transformation": Settings(kwargs={"inner_dim": 256, "new_dim": 64}, shape=(2, 64)),
+    # one block of the OpenLM-410M / 1B shapes: width, heads, MLP size, RoPE base and context length stay covered
+    "dd_gpt_410m": Settings(kwargs={"depth": 1}),
+    "dd_gpt_1b": Settings(kwargs={"depth": 1}),
     "*": Settings(),
 }
 
