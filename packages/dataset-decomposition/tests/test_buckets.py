@@ -131,3 +131,31 @@ def test_writer_checks(tmp_path):
     with pytest.raises(ValueError, match="dtype"):
         BucketWriter(tmp_path / "x", 1, 2, "int8")
     assert token_dtype(257) == np.uint16 and token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
+
+
+def test_docs_examples(tmp_path, monkeypatch, capsys):
+    """Run every command and Python block of docs/data.md, in order, in an empty folder."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from bramley.dataset_decomposition.cli import main as cli_main
+
+    text = (Path(__file__).parents[1] / "docs" / "data.md").read_text()
+    blocks = re.findall(r"```(python|bash)\n(.*?)```", text, flags=re.S)
+    assert sum(kind == "python" for kind, _ in blocks) >= 4 and any(kind == "bash" for kind, _ in blocks)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus").mkdir()
+    for i in range(5):
+        (tmp_path / "corpus" / f"{i}.txt").write_text("import os\nprint(os.getcwd())\n" * (3 + 7 * i))
+    namespace: dict = {}
+    for kind, code in blocks:
+        if kind == "python":
+            exec(compile(code, "docs/data.md", "exec"), namespace)
+            continue
+        for line in code.strip().splitlines():
+            argv = shlex.split(line)
+            assert argv[0] == "bramley-dataset-decomposition", line
+            assert cli_main(argv[1:]) == 0, line
+    assert Buckets(tmp_path / "buckets").lengths == [16, 32, 64, 128]
+    assert "| bucket |" in capsys.readouterr().out
