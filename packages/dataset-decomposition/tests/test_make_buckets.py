@@ -235,7 +235,6 @@ def test_hf_tokenizer_through_tokenizers(tmp_path, monkeypatch):
     """The wiring to the `tokenizers` API, with a stand-in module (the real library is not a dependency)."""
 
     class FakeTokenizer:
-
         @classmethod
         def from_file(cls, path):
             assert path.endswith("tokenizer.json")
@@ -263,3 +262,36 @@ def test_hf_tokenizer_through_tokenizers(tmp_path, monkeypatch):
     assert b.array(2)[0].tolist() == [ord(c) for c in "hello world hello"]
     with pytest.raises(ValueError, match="--eot-token"):
         mb.load_tokenizer(str(tmp_path / "tok"), eot_token="</s>")
+
+
+def test_hf_tokenizer_through_transformers(tmp_path, monkeypatch):
+    """The fallback to `transformers.AutoTokenizer` (local files only), with a stand-in module."""
+    loaded = {}
+
+    class FakeAuto:
+        eos_token, unk_token_id = "</s>", 0
+
+        @classmethod
+        def from_pretrained(cls, path, local_files_only=False):
+            loaded.update(path=path, local_files_only=local_files_only)
+            return cls()
+
+        def __call__(self, text, add_special_tokens=True):
+            assert add_special_tokens is False
+            return {"input_ids": [3 + (ord(c) % 50) for c in text]}
+
+        def __len__(self):
+            return 60
+
+        def convert_tokens_to_ids(self, token):
+            return {"</s>": 2}.get(token, self.unk_token_id)
+
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    monkeypatch.setitem(sys.modules, "transformers", types.SimpleNamespace(AutoTokenizer=FakeAuto))
+    (tmp_path / "tok").mkdir()
+    tok = mb.load_tokenizer(str(tmp_path / "tok"))
+    assert loaded == {"path": str(tmp_path / "tok"), "local_files_only": True}
+    assert tok.eot_id == 2 and tok.vocab_size == 60
+    assert tok.encode("ab").tolist() == [3 + 97 % 50, 3 + 98 % 50, 2]
+    with pytest.raises(ValueError, match="no end-of-text token"):
+        mb.load_tokenizer(str(tmp_path / "tok"), eot_token="<|endoftext|>")  # unknown -> unk id, refused

@@ -108,7 +108,7 @@ class HFTokenizer:
         self.eot_token, self.eot_id = None, None
         for name in names:
             token_id = lookup(name)
-            if token_id is not None and (token_id != unknown or name == eot_token):
+            if token_id is not None and token_id != unknown:
                 self.eot_token, self.eot_id = name, int(token_id)
                 break
         if self.eot_id is None:
