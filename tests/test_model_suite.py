@@ -82,7 +82,13 @@ class Settings:
     image_size: int | None = IMAGE_SIZE  # image models: run at min(registered size, this); None = registered size
     no_grad: tuple[str, ...] = ()  # fnmatch patterns of parameters forward() never uses (must get no gradient)
     shape: tuple[int, ...] | None = None  # expected shape of a single-tensor output, when it says something
+    compile_xfail: str = ""  # a known torch.compile(fullgraph=True) failure: the test is a strict xfail
 
+
+_BYTEFORMER_COMPILE = (
+    "forward validates cu_seqlens in Python (int(cu_seqlens[0]) != 0 in ByteFormer._check_packed), a data-dependent "
+    "branch Dynamo cannot capture with fullgraph=True; allowing graph breaks it compiles, in 19 s on 2 CPU cores"
+)
 
 SETTINGS: dict[str, Settings] = {
     "fastvit_*": Settings(kwargs={"num_classes": 10}, shape=(2, 10)),
@@ -95,8 +101,27 @@ SETTINGS: dict[str, Settings] = {
     # one block of the OpenLM-410M / 1B shapes: width, heads, MLP size, RoPE base and context length stay covered
     "dd_gpt_410m": Settings(kwargs={"depth": 1}),
     "dd_gpt_1b": Settings(kwargs={"depth": 1}),
+    # ByteFormer: packed bytes. Small / base run as two blocks (the first two of the default window-shift and
+    # downsampling pattern) with a short positional table; tiny runs as registered.
+    "byteformer_tiny": Settings(kwargs={"num_classes": 10}, shape=(2, 10), compile_xfail=_BYTEFORMER_COMPILE),
+    "byteformer_*": Settings(
+        kwargs={
+            "num_classes": 10,
+            "depth": 2,
+            "window_shifts": (0, 64),
+            "downsample": (True, True),
+            "max_num_tokens": 1000,
+        },
+        shape=(2, 10),
+        compile_xfail=_BYTEFORMER_COMPILE,
+    ),
     "*": Settings(),
 }
+
+
+# settings written for models whose package does not register them on import yet (byteformer's model.py is in
+# progress): exempt from test_discovery's stale-pattern check until they appear
+NOT_YET_REGISTERED = {"byteformer_tiny", "byteformer_*"}
 
 
 def settings_for(name: str) -> Settings:
@@ -414,7 +439,11 @@ def case(request) -> Iterator[Case]:
 def test_discovery():
     assert METHODS, "no method package is installed (entry point group bramley.cli)"
     assert MODELS, "no model is registered by the installed method packages"
-    unmatched = [p for p in SETTINGS if p != "*" and not any(fnmatch.fnmatchcase(n, p) for n in MODELS)]
+    unmatched = [
+        p
+        for p in SETTINGS
+        if p != "*" and p not in NOT_YET_REGISTERED and not any(fnmatch.fnmatchcase(n, p) for n in MODELS)
+    ]
     assert not unmatched, f"SETTINGS patterns that match no registered model (renamed?): {unmatched}"
 
 
@@ -462,8 +491,14 @@ def test_reparameterize(case: Case):
 
 
 @pytest.mark.parametrize("package", sorted({get_model_entry(n).package for n in MODELS}))
-def test_torch_compile(package: str):
+def test_torch_compile(package: str, request):
     name = smallest_model(package)
+    reason = settings_for(name).compile_xfail
+    if reason:  # strict: once the model compiles, the mark must go; any other failure still fails
+        from torch._dynamo.exc import TorchDynamoException
+
+        mark = pytest.mark.xfail(reason=f"{name}: {reason}", strict=True, raises=TorchDynamoException)
+        request.applymarker(mark)
     check_compiled(build(name), lambda: make_inputs(name))
 
 
