@@ -1,20 +1,251 @@
-"""Mini reproduction of bramley-byteformer (`bramley reproduce byteformer`).
+"""Mini reproduction of ByteFormer (``bramley reproduce byteformer``, ``python -m bramley.byteformer.reproduce``).
 
-Paper: Bytes Are All You Need: Transformers Operating Directly On File Bytes.
+The paper's claims at laptop scale, one small ByteFormer (same architecture, same recipe) trained from scratch on
+the bytes of each encoding, tested on held-out samples:
+
+1. **Bytes work**: scikit-learn's digits (24x24 RGB) as TIFF files are classified far above chance, near a
+   logistic-regression baseline on the decoded pixels.
+2. **Obfuscation costs no accuracy**: the same TIFF bytes passed through a fixed secret permutation of the 256 byte
+   values (a bijection, i.e. a relabelling of the embedding table) give the same accuracy up to seed noise.
+3. **Privacy-camera masking costs little**: only a fixed quarter of the TIFF byte positions is kept.
+4. **Compressed formats are harder**: PNG (zlib level 9) and JPEG bytes score lower than uncompressed TIFF.
+5. **Other modalities**: a 6-class synthetic audio task as 16-bit WAV files, with no change to the model.
+
+Writes ``results.json``, ``table.md`` and ``byteformer_reproduction.png`` to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .batching import collate_packed, token_budget_sampler
+from .model import ByteFormer, conv_output_lengths
+from .train import ClassificationLoss, accuracy_eval
+
+#: (name, dataset, encoding spec) of every task.
+TASKS = (
+    ("TIFF", "digits", "tiff"),
+    ("TIFF + byte permutation", "digits", "tiff+permute:seed=7"),
+    ("TIFF + privacy mask (keep 25%)", "digits", "tiff+mask:keep=0.25,seed=3"),
+    ("PNG (level 9)", "digits", "png:level=9"),
+    ("JPEG (quality 90)", "digits", "jpeg:quality=90"),
+    ("WAV int16 (synthetic audio)", "audio", "wav:int16"),
+)
+
+#: The small ByteFormer every task trains (corenet's layout scaled down: k=32 / stride 16 conv, shifted windows,
+#: token merging after the first block, width 64, 4 blocks).
+MODEL = {
+    "embed_dim": 64,
+    "depth": 4,
+    "num_heads": 2,
+    "conv_kernel_size": 32,
+    "window_sizes": (16,),
+    "window_shifts": (0, 8, 0, 8),
+    "downsample": (True, False, False, False),
+    "max_num_tokens": 512,
+}
+#: The recipe of every task: AdamW + cosine as in the paper, scaled to a few epochs of ~64k-byte packed batches.
+RECIPE = {"epochs": 8, "lr": 2e-3, "weight_decay": 0.05, "batch_tokens": 64_000, "label_smoothing": 0.1}
+
+#: Full-scale numbers (top-1 %), quoted from apple/corenet projects/byteformer/README.md (BF-Ti).
+PAPER = {
+    "ImageNet TIFF (k=32, w=128)": 77.33,
+    "ImageNet TIFF, released checkpoint": 77.05,
+    "ImageNet JPEG q100 (k=8, w=128)": 67.64,
+    "ImageNet JPEG q60 (k=4, w=128)": 62.43,
+    "ImageNet obfuscation (noise [-20, 20] + permutation)": 76.00,
+    "ImageNet privacy camera (fHWC, keep 5%, k=4)": 68.10,
+    "Speech Commands v2 WAV float32 (k=32)": 95.42,
+    "Speech Commands v2 WAV float32, released checkpoint": 94.95,
+}
+
+
+class _Head(torch.utils.data.Dataset):
+    """The first ``n`` items of a dataset (keeps ``lengths()`` and ``classes``), for ``--quick``."""
+
+    def __init__(self, data: Any, n: int):
+        self.data, self.n = data, min(n, len(data))
+        self.classes = getattr(data, "classes", None)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return self.data[i]
+
+    def lengths(self) -> np.ndarray:
+        return np.asarray(self.data.lengths())[: self.n]
+
+
+def _datasets(kind: str, spec: str, seed: int, quick: bool):
+    from .datasets import audio_bytes, digits_bytes
+
+    make = digits_bytes if kind == "digits" else audio_bytes
+    train, test = make(spec, "train", seed=seed), make(spec, "test", seed=seed)
+    if quick:
+        # balanced heads: the bundled splits are shuffled, so the first items cover the classes
+        train, test = _Head(train, 96), _Head(test, 48)
+    return train, test
+
+
+def pixel_baseline(seed: int = 0, quick: bool = False) -> float:
+    """Test accuracy (%) of logistic regression on the decoded 24x24 gray pixels: what the images themselves allow."""
+    from sklearn.linear_model import LogisticRegression
+
+    from .datasets import DigitsImages
+
+    def arrays(split: str):
+        data = DigitsImages(split, seed=seed)
+        n = min(len(data), 96) if quick else len(data)
+        images, labels = zip(*(data[i] for i in range(n)))
+        x = np.stack([np.asarray(im, dtype=np.float32)[..., 0].reshape(-1) / 255.0 for im in images])
+        return x, np.asarray(labels)
+
+    (xtr, ytr), (xte, yte) = arrays("train"), arrays("test")
+    clf = LogisticRegression(max_iter=200 if quick else 1000).fit(xtr, ytr)
+    return 100.0 * float((clf.predict(xte) == yte).mean())
+
+
+def train_task(kind: str, spec: str, seed: int, quick: bool) -> dict[str, Any]:
+    """Train the small ByteFormer on one encoding; returns accuracy, lengths and time."""
+    from bramley.core.train import TrainConfig, Trainer
+
+    start = time.perf_counter()
+    train, test = _datasets(kind, spec, seed, quick)
+    num_classes = len(train.classes) if train.classes is not None else 10
+    torch.manual_seed(seed)
+    model = ByteFormer(num_classes=num_classes, **MODEL)
+    epochs = 1 if quick else RECIPE["epochs"]
+    cfg = TrainConfig(
+        epochs=epochs,
+        optimizer="adamw",
+        lr=RECIPE["lr"],
+        weight_decay=RECIPE["weight_decay"],
+        schedule="cosine",
+        warmup_epochs=0 if quick else 1,
+        eval_every=epochs,
+        eval_batch_size=64,
+        seed=seed,
+        device="cpu",
+        progress=False,
+        log_every=10**9,
+    )
+    trainer = Trainer(
+        model,
+        cfg,
+        train_data=train,
+        loss_fn=ClassificationLoss(RECIPE["label_smoothing"]),
+        eval_data=test,
+        eval_fn=accuracy_eval,
+        batch_sampler=token_budget_sampler(train, RECIPE["batch_tokens"], seed=seed),
+        collate_fn=collate_packed,
+    )
+    metrics = trainer.fit()
+    lengths = torch.as_tensor(np.asarray(train.lengths()))
+    return {
+        "top1": metrics["eval_top1"],
+        "bytes_mean": float(lengths.float().mean()),
+        "bytes_min": int(lengths.min()),
+        "bytes_max": int(lengths.max()),
+        "tokens_mean": float(conv_output_lengths(lengths, MODEL["conv_kernel_size"]).float().mean()),
+        "chance": 100.0 / num_classes,
+        "train_samples": len(train),
+        "test_samples": len(test),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _plot(rows: list[dict[str, Any]], pixel: float, path: Path) -> None:
+    from bramley.core.report import figure
+
+    with figure(path, figsize=(8, 3.8)) as ax:
+        names = [r["encoding"] for r in rows]
+        means = [r["top1"] for r in rows]
+        errs = [r.get("top1_std", 0.0) for r in rows]
+        colors = ["#4c72b0" if r["data"] == "digits" else "#dd8452" for r in rows]
+        ax.barh(range(len(rows)), means, xerr=errs, color=colors)
+        for i, r in enumerate(rows):
+            ax.plot([r["chance"]] * 2, [i - 0.4, i + 0.4], color="k", lw=1, ls=":")
+        ax.axvline(pixel, color="#55a868", ls="--", label=f"pixels + logistic regression ({pixel:.1f}%)")
+        ax.set_yticks(range(len(rows)), names)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("test top-1 (%)   (dotted: chance)")
+        ax.set_title("Small ByteFormer trained on file bytes (digits 24x24 / synthetic audio)")
+        ax.legend(loc="lower right", fontsize=8)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bramley reproduce byteformer")
-    parser.add_argument("--out", default="runs/reproduce-byteformer")
-    parser.parse_args(argv)
-    raise NotImplementedError("the byteformer mini reproduction is not written yet")
+    parser = argparse.ArgumentParser(prog="bramley reproduce byteformer", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/reproduce-byteformer"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed; mean and std reported")
+    parser.add_argument("--quick", action="store_true", help="a few seconds: 96 samples, 1 epoch (tests)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    from bramley.core.report import mean_std, write_results
+
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    rows, runs = [], {}
+    for name, kind, spec in TASKS:
+        results = [train_task(kind, spec, seed, args.quick) for seed in args.seeds]
+        runs[spec] = results
+        mean, std = mean_std([r["top1"] for r in results])
+        rows.append(
+            {
+                "encoding": name,
+                "data": kind,
+                "spec": spec,
+                "bytes_mean": round(results[0]["bytes_mean"]),
+                "tokens_mean": round(results[0]["tokens_mean"]),
+                "top1": mean,
+                "top1_std": std,
+                "chance": results[0]["chance"],
+            }
+        )
+        print(f"{name:34s} top1 {mean:5.1f} +- {std:4.1f}   ({sum(r['seconds'] for r in results):.0f} s)", flush=True)
+    pixel = pixel_baseline(args.seeds[0], args.quick)
+    by_spec = {r["spec"]: r["top1"] for r in rows}
+    tiff = by_spec["tiff"]
+    claims = {
+        "bytes_beat_chance_by_5x": tiff >= 5 * rows[0]["chance"],
+        "obfuscation_within_3_points": abs(by_spec["tiff+permute:seed=7"] - tiff) <= 3.0,
+        "masking_costs_under_10_points": tiff - by_spec["tiff+mask:keep=0.25,seed=3"] <= 10.0,
+        "compressed_harder": max(by_spec["png:level=9"], by_spec["jpeg:quality=90"]) < tiff,
+        "audio_beats_chance_by_3x": by_spec["wav:int16"] >= 3 * rows[-1]["chance"],
+    }
+    elapsed = time.perf_counter() - start
+    args.out.mkdir(parents=True, exist_ok=True)
+    _plot(rows, pixel, args.out / "byteformer_reproduction.png")
+    write_results(
+        args.out,
+        {
+            "quick": args.quick,
+            "seeds": args.seeds,
+            "model": {k: list(v) if isinstance(v, tuple) else v for k, v in MODEL.items()},
+            "recipe": RECIPE,
+            "pixel_logistic_regression_top1": pixel,
+            "claims": claims,
+            "paper_top1": PAPER,
+            "runs": runs,
+            "seconds": elapsed,
+        },
+        rows=rows,
+        columns=["encoding", "spec", "bytes_mean", "tokens_mean", "top1", "top1_std", "chance"],
+        title=f"ByteFormer mini reproduction ({len(args.seeds)} seed(s), {elapsed:.0f} s)",
+    )
+    print(f"pixel baseline (logistic regression on decoded pixels): {pixel:.1f}%")
+    for claim, ok in claims.items():
+        print(f"{'PASS' if ok else 'FAIL'}  {claim}")
+    return 0
 
 
 if __name__ == "__main__":
