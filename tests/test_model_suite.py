@@ -129,11 +129,6 @@ SETTINGS: dict[str, Settings] = {
 }
 
 
-# settings written for models whose package does not register them on import yet (byteformer's model.py is in
-# progress): exempt from test_discovery's stale-pattern check until they appear
-NOT_YET_REGISTERED = {"byteformer_tiny", "byteformer_*"}
-
-
 def settings_for(name: str) -> Settings:
     return next(s for pattern, s in SETTINGS.items() if fnmatch.fnmatchcase(name, pattern))
 
@@ -460,11 +455,7 @@ def case(request) -> Iterator[Case]:
 def test_discovery():
     assert METHODS, "no method package is installed (entry point group bramley.cli)"
     assert MODELS, "no model is registered by the installed method packages"
-    unmatched = [
-        p
-        for p in SETTINGS
-        if p != "*" and p not in NOT_YET_REGISTERED and not any(fnmatch.fnmatchcase(n, p) for n in MODELS)
-    ]
+    unmatched = [p for p in SETTINGS if p != "*" and not any(fnmatch.fnmatchcase(n, p) for n in MODELS)]
     assert not unmatched, f"SETTINGS patterns that match no registered model (renamed?): {unmatched}"
 
 
