@@ -1,21 +1,303 @@
-"""Command line of bramley-dataset-decomposition (also available as `bramley dataset-decomposition`)."""
+"""Command line of bramley-dataset-decomposition (also available as `bramley dataset-decomposition`).
+
+Subcommands: ``make-buckets`` (text -> on-disk buckets), ``train`` (DD or concat-and-chunk with the core trainer,
+single process or torchrun DDP/FSDP), ``eval`` (per-bucket held-out loss of a trained model), ``bench`` (training
+tokens/s, DD vs concat-and-chunk), ``reproduce`` (the mini reproduction).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
 
-from bramley.core.cli import run_method_cli
+from bramley.core.cli import add_config_arguments, config_from_args, run_method_cli
+from bramley.core.config import ConfigError
+
+METHOD_CHOICES = ("dd", "concat_chunk")
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    # null model settings keep the factory's value
+    "model": {
+        "name": "dd_gpt_tiny",
+        "vocab_size": None,
+        "dim": None,
+        "depth": None,
+        "num_heads": None,
+        "max_seq_len": None,
+        "rope_base": None,
+        "norm": None,
+        "tie_embeddings": None,
+    },
+    "data": {
+        "method": "dd",  # dd | concat_chunk
+        "tokens_per_step": 16384,  # input tokens per process and micro-batch, both methods
+        # dd: a folder written by make-buckets
+        "buckets": None,
+        "curriculum": "grow_p2",
+        "num_cycles": 8,
+        # concat_chunk: text files / folders (read into memory), tokenizer as in make-buckets
+        "documents": None,
+        "pattern": "**/*.txt",
+        "tokenizer": "byte",
+        "seq_len": 8192,
+        "document_masking": False,
+        # optional held-out buckets (make-buckets output), evaluated at the end
+        "val_buckets": None,
+        "val_rows_per_bucket": 64,
+    },
+    "loss": {"z_loss": 0.0},
+    "train": {},  # filled with TrainConfig's defaults
+}
 
 
+def recipe_path(name: str) -> Path:
+    """Path of a packaged recipe (``openlm_1b_dd``) or of a YAML file given directly."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    root = Path(str(files("bramley.dataset_decomposition") / "recipes"))
+    packaged = root / f"{name}.yaml"
+    if not packaged.is_file():
+        known = sorted(p.stem for p in root.glob("*.yaml"))
+        raise ConfigError(f"unknown recipe {name!r}; packaged recipes: {', '.join(known)}")
+    return packaged
+
+
+def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    text = json.dumps(payload, indent=2, default=float)
+    if path is None:
+        print(text)
+        return
+    from bramley.core.checkpoint import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    print(f"wrote {path}")
+
+
+def build_model_from_config(mcfg: dict[str, Any]):
+    """The registry model named in ``mcfg`` with its non-null settings."""
+    from bramley.core.registry import create_model
+
+    from . import model as _  # noqa: F401  (registers the dd_gpt_* models)
+
+    kwargs = {k: v for k, v in mcfg.items() if k != "name" and v is not None}
+    return create_model(mcfg["name"], **kwargs)
+
+
+def _val_batches(path: str, rows_per_bucket: int) -> list:
+    """The first ``rows_per_bucket`` rows of every bucket of a held-out bucket folder, one batch per bucket."""
+    import torch
+
+    from .buckets import Buckets
+
+    buckets = Buckets(path)
+    batches = []
+    for b in range(len(buckets)):
+        rows = buckets.array(b)[:rows_per_bucket]
+        if len(rows):
+            batches.append(torch.from_numpy(rows.astype("int64")))
+    if not batches:
+        raise ConfigError(f"validation buckets {path} hold no rows")
+    return batches
+
+
+# ----------------------------------------------------------------------------------------------------------- train
+def build_training(config: dict[str, Any], rank: int = 0, world_size: int = 1):
+    """``(train_data, batch_sampler, tokens_per_step)`` for the configured method (``batch_sampler`` None: rows)."""
+    data = config["data"]
+    method = data["method"]
+    if method not in METHOD_CHOICES:
+        raise ConfigError(f"data.method must be one of {', '.join(METHOD_CHOICES)}, got {method!r}")
+    tokens_per_step = int(data["tokens_per_step"])
+    if method == "dd":
+        from .buckets import Buckets
+        from .sampling import BucketBatchSampler
+
+        if not data.get("buckets"):
+            raise ConfigError("data.method=dd needs data.buckets=DIR (a folder written by make-buckets)")
+        buckets = Buckets(data["buckets"])
+        sampler = BucketBatchSampler.from_buckets(
+            buckets, tokens_per_step, curriculum=data["curriculum"], num_cycles=int(data["num_cycles"]),
+            seed=int(config["train"]["seed"]), num_replicas=world_size, rank=rank,
+        )  # fmt: skip
+        return buckets.dataset(), sampler, tokens_per_step
+    from bramley.core.data import TextDocuments
+
+    from .baseline import ConcatChunkDataset
+
+    if not data.get("documents"):
+        raise ConfigError("data.method=concat_chunk needs data.documents=PATH (text files or a folder of them)")
+    seq_len = int(data["seq_len"])
+    if tokens_per_step % seq_len:
+        raise ConfigError(f"data.tokens_per_step ({tokens_per_step}) must be a multiple of data.seq_len ({seq_len})")
+    sources = data["documents"] if isinstance(data["documents"], list) else [data["documents"]]
+    docs = TextDocuments(sources, pattern=data["pattern"])
+    dataset = ConcatChunkDataset.from_documents(
+        docs, seq_len, tokenizer=data["tokenizer"], seed=int(config["train"]["seed"]),
+        return_segments=bool(data["document_masking"]),
+    )  # fmt: skip
+    return dataset, None, tokens_per_step
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from bramley.core.train import TrainConfig, Trainer
+    from bramley.core.train.distributed import init_distributed
+
+    from .train import TrainingMeter, evaluate_lm, lm_loss_fn
+
+    if args.recipe is not None:
+        if args.config is not None:
+            raise ConfigError("give either --recipe or --config, not both")
+        args.config = recipe_path(args.recipe)
+    if args.out is None:
+        raise ConfigError("train needs --out DIR")
+    defaults = {**TRAIN_DEFAULTS, "train": TrainConfig().to_dict()}
+    config = config_from_args(args, defaults)
+    cfg = TrainConfig.from_dict(config["train"], out_dir=str(args.out))
+    info, _ = init_distributed(cfg.device)  # before the sampler, so it shards for this rank
+    train_data, sampler, tokens_per_step = build_training(config, info.rank, info.world_size)
+    if sampler is None:
+        seq_len = int(config["data"]["seq_len"])
+        cfg = cfg.replace(batch_size=tokens_per_step // seq_len)
+    model = build_model_from_config(config["model"])
+    meter = TrainingMeter.for_model(model, world_size=info.world_size)
+    val = config["data"].get("val_buckets")
+    trainer = Trainer(
+        model, cfg, train_data=train_data, loss_fn=lm_loss_fn(float(config["loss"]["z_loss"]), meter),
+        batch_sampler=sampler, callbacks=[meter],
+    )  # fmt: skip
+    metrics = trainer.fit()
+    summary: dict[str, Any] = {"metrics": metrics, "cost": meter.totals(), "method": config["data"]["method"]}
+    summary["tokens_by_sequence_length"] = {str(k): v for k, v in sorted(meter.seq_len_tokens.items())}
+    if val:
+        batches = [b.to(trainer.device) for b in _val_batches(val, int(config["data"]["val_rows_per_bucket"]))]
+        summary["val"] = evaluate_lm(trainer.model, batches)
+    if info.is_main:
+        summary["model"] = str(args.out / "model.safetensors")
+        _write_json(args.out / "train_results.json", summary)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------ eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from bramley.core.checkpoint import load_checkpoint, read_metadata
+    from bramley.core.registry import create_model
+
+    from . import model as _  # noqa: F401
+    from .train import evaluate_lm
+
+    config = read_metadata(args.checkpoint).get("bramley_config")
+    if not isinstance(config, dict) or "name" not in config:
+        raise ValueError(f"{args.checkpoint} carries no model config (was it written by `train`?)")
+    model = create_model(config["name"], **config.get("kwargs", {}))
+    load_checkpoint(args.checkpoint, model)
+    from .buckets import Buckets
+
+    buckets = Buckets(args.buckets)
+    per_bucket = {}
+    batches_all = []
+    for b, length in enumerate(buckets.lengths):
+        rows = torch.from_numpy(buckets.array(b)[: args.rows_per_bucket].astype("int64"))
+        if len(rows):
+            batches = list(rows.split(args.batch_size))
+            per_bucket[str(length)] = evaluate_lm(model, batches)["loss"]
+            batches_all += batches
+    if not batches_all:
+        raise ValueError(f"{args.buckets} holds no rows")
+    overall = evaluate_lm(model, batches_all)
+    _write_json(args.out, {"checkpoint": str(args.checkpoint), "buckets": str(args.buckets), "loss": overall,
+                           "loss_by_bucket_length": per_bucket})  # fmt: skip
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------- bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bramley.core.report import environment
+
+    from .bench import run_benchmark
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    kwargs = {k: v for k, v in (("dim", args.dim), ("depth", args.depth), ("num_heads", args.num_heads)) if v}
+    result = run_benchmark(
+        args.model, model_kwargs=kwargs, min_log2=args.min_log2, max_log2=args.max_log2,
+        tokens_per_step=args.tokens_per_step, steps=args.steps, warmup=args.warmup, device=args.device, amp=args.amp,
+        methods=tuple(args.methods), seed=args.seed,
+    )  # fmt: skip
+    result["environment"] = environment()
+    context, device = 1 << args.max_log2, result["device"]
+    print(f"{args.model} at max context {context}, {args.tokens_per_step} tokens/step on {device}:")
+    for name, r in result["methods"].items():
+        attn = r["attention_flops_per_step"] / 1e9
+        print(f"  {name:6s} {r['tokens_per_s']:12.0f} tokens/s  attention {attn:.2f} GFLOP/step")
+    for name, ratio in result["ratios"].items():
+        print(f"  {name}: {ratio:.2f}x")
+    _write_json(args.out, result)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from .make_buckets import add_make_buckets_arguments
+
     parser = argparse.ArgumentParser(
         prog="bramley-dataset-decomposition",
         description="Dataset Decomposition: Faster LLM Training with Variable Sequence Length Curriculum.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("make-buckets", help="tokenize and decompose text files into on-disk buckets")
+    add_make_buckets_arguments(p)
+    p.set_defaults(func=_make_buckets)
+
+    p = sub.add_parser("train", help="train a GPT with DD buckets or concat-and-chunk (torchrun for DDP/FSDP)")
+    p.add_argument("--recipe", default=None, help="packaged recipe name (openlm_1b_dd, ...) or YAML path")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="held-out loss of a trained model on a bucket folder, per bucket length")
+    p.add_argument("--checkpoint", type=Path, required=True, help="model.safetensors written by train")
+    p.add_argument("--buckets", type=Path, required=True, help="held-out bucket folder (make-buckets output)")
+    p.add_argument("--rows-per-bucket", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", type=Path, default=None, help="JSON file (default: print)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="training tokens/s, DD vs concat-and-chunk, same model and tokens per step")
+    p.add_argument("--model", default="dd_gpt_tiny")
+    p.add_argument("--dim", type=int, default=None)
+    p.add_argument("--depth", type=int, default=None)
+    p.add_argument("--num-heads", type=int, default=None)
+    p.add_argument("--min-log2", type=int, default=4)
+    p.add_argument("--max-log2", type=int, default=9, help="maximum context 2^max_log2 (13 for 8k)")
+    p.add_argument("--tokens-per-step", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--methods", nargs="+", default=["cc", "cc_dm", "dd"], choices=["cc", "cc_dm", "dd"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", type=Path, default=None, help="JSON results (default: print)")
+    p.set_defaults(func=cmd_bench)
+
     sub.add_parser("reproduce", help="run the mini reproduction (options: reproduce --help)", add_help=False)
     return parser
+
+
+def _make_buckets(args: argparse.Namespace) -> int:
+    from .make_buckets import run_make_buckets
+
+    return run_make_buckets(args)
 
 
 def _reproduce(argv: list[str]) -> int:
@@ -26,3 +308,9 @@ def _reproduce(argv: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_method_cli(build_parser(), argv, passthrough={"reproduce": _reproduce})
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

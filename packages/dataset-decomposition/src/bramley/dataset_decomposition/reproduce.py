@@ -55,7 +55,7 @@ PAPER = {
 
 FULL = dict(
     dim=96, depth=4, num_heads=4, min_log2=4, max_log2=9, tokens_per_step=2048, steps=150, cycles=8,
-    eval_every=15, val_windows=48, lr=3e-3,
+    eval_every=25, val_windows=32, lr=3e-3,
 )  # fmt: skip
 QUICK = dict(
     dim=32, depth=2, num_heads=2, min_log2=3, max_log2=6, tokens_per_step=256, steps=12, cycles=2,
@@ -260,7 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--steps", type=int, default=None, help="training steps per method (equal tokens)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1: stable timings on a shared machine)"
+    )
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
 
     from bramley.core.report import environment
 
@@ -314,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick": args.quick,
         "config": cfg,
         "seed": args.seed,
+        "threads": args.threads,
         "data": {
             "train_documents": len(train_docs),
             "val_documents": len(val_docs),

@@ -126,9 +126,14 @@ class TrainingMeter:
     def for_model(cls, model: nn.Module, world_size: int = 1) -> TrainingMeter:
         return cls(model.dim, model.depth, model_flops_per_token(model), world_size)
 
-    def add_batch(self, lengths: torch.Tensor) -> None:
+    def start(self) -> None:
+        """Start the clock if it is stopped (called before each training forward)."""
         if self._start is None:
             self._start = time.perf_counter()
+
+    def add_batch(self, lengths: torch.Tensor) -> None:
+        """Count one training micro-batch whose attention sequences have these lengths."""
+        self.start()
         self.tokens += int(lengths.sum())
         self.attention_flops += attention_flops(lengths, self.dim, self.depth)
         for length, count in zip(*torch.unique(lengths, return_counts=True)):
@@ -183,7 +188,8 @@ def _token_losses(model: nn.Module, batch: Any, z_loss: float = 0.0) -> tuple[to
         logits = model(inputs)
     else:
         logits = model(inputs.reshape(-1), cu_seqlens=cu_seqlens, max_seqlen=max_seqlen).view(*inputs.shape, -1)
-    logits = logits.float()
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # the softmax in float32 under AMP
     losses = F.cross_entropy(logits.flatten(0, 1), targets.reshape(-1), reduction="none").view(targets.shape)
     z = logits.logsumexp(-1).pow(2).mean() * z_loss if z_loss else logits.new_zeros(())
     return losses, z
@@ -200,6 +206,8 @@ def lm_loss_fn(z_loss: float = 0.0, meter: TrainingMeter | None = None) -> Calla
         raise ValueError(f"z_loss must be >= 0, got {z_loss}")
 
     def loss_fn(model: nn.Module, batch: Any):
+        if meter is not None and model.training:
+            meter.start()
         losses, z = _token_losses(model, batch, z_loss)
         if meter is not None and model.training:
             meter.add_batch(batch_sequence_lengths(batch))

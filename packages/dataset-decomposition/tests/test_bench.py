@@ -1,0 +1,42 @@
+"""The bench code path at a tiny size (no timed assertions: only that it measures what it says)."""
+
+import pytest
+import torch
+
+from bramley.dataset_decomposition.bench import make_batches, run_benchmark
+from bramley.dataset_decomposition.cli import main
+from bramley.dataset_decomposition.train import batch_sequence_lengths
+
+
+def test_batches_hold_equal_tokens():
+    for method in ("cc", "cc_dm", "dd"):
+        batches = make_batches(method, min_log2=2, max_log2=5, tokens_per_step=64, steps=8, vocab_size=257)
+        assert len(batches) == 8
+        for b in batches:
+            assert int(batch_sequence_lengths(b).sum()) == 64
+    dd = make_batches("dd", min_log2=2, max_log2=5, tokens_per_step=64, steps=8, vocab_size=257)
+    assert sorted({b.shape[1] - 1 for b in dd}) == [4, 8, 16, 32]  # every bucket, twice
+    with pytest.raises(ValueError, match="multiple"):
+        make_batches("cc", min_log2=2, max_log2=5, tokens_per_step=40, steps=1, vocab_size=257)
+
+
+def test_run_benchmark_tiny():
+    result = run_benchmark(model_kwargs={"dim": 16, "depth": 1, "num_heads": 2}, min_log2=2, max_log2=4,
+                           tokens_per_step=32, steps=2, warmup=1, device="cpu")  # fmt: skip
+    assert set(result["methods"]) == {"cc", "cc_dm", "dd"} and set(result["ratios"]) == {"dd_over_cc", "dd_over_cc_dm"}
+    methods = result["methods"]
+    assert methods["dd"]["attention_flops_per_step"] < methods["cc"]["attention_flops_per_step"]
+    for m in methods.values():
+        assert m["tokens_per_s"] > 0 and m["s_per_step"] > 0
+    with pytest.raises(ValueError, match="unknown methods"):
+        run_benchmark(methods=("xx",))
+
+
+def test_bench_cli(tmp_path):
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    argv = ["bench", "--dim", "16", "--depth", "1", "--num-heads", "2", "--min-log2", "2", "--max-log2", "4",
+            "--tokens-per-step", "32", "--steps", "1", "--warmup", "0", "--threads", "1", "--out", out]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
+    torch.set_num_threads(threads)  # the CLI's --threads changed the process-wide setting
+    assert out.is_file()

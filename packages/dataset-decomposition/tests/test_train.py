@@ -1,0 +1,203 @@
+"""Losses, cost accounting and core-trainer wiring: DD buckets, concat-and-chunk with/without document masking."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+from bramley.core.train import TrainConfig, Trainer
+from bramley.dataset_decomposition.baseline import ConcatChunkDataset, causal_attention_pairs
+from bramley.dataset_decomposition.cli import main
+from bramley.dataset_decomposition.make_buckets import write_buckets
+from bramley.dataset_decomposition.model import DDGPT
+from bramley.dataset_decomposition.sampling import BucketBatchSampler
+from bramley.dataset_decomposition.train import (
+    TrainingMeter,
+    attention_flops,
+    batch_sequence_lengths,
+    evaluate_lm,
+    lm_loss_fn,
+    loss_by_position,
+    split_batch,
+)
+
+RECIPES = ["openlm_410m_dd", "openlm_410m_baseline", "openlm_1b_dd", "openlm_1b_baseline"]
+TINY = [
+    "model.name=dd_gpt_tiny", "model.vocab_size=257", "model.dim=16", "model.depth=1", "model.num_heads=2",
+    "model.max_seq_len=32", "data.tokens_per_step=64", "data.seq_len=32", "data.num_cycles=1", "train.steps=2",
+    "train.amp=none", "train.grad_accum_steps=1", "train.warmup_steps=1", "train.checkpoint_every=0",
+]  # fmt: skip
+
+
+def tiny_model(**kw) -> DDGPT:
+    torch.manual_seed(0)
+    return DDGPT(**{"dim": 16, "depth": 1, "num_heads": 2, "max_seq_len": 64, **kw})
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A few real text documents (stdlib-like Python) as files, and their bucket folder (lengths 4..32)."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    words = ["def", "return", "self", "import", "class", "value", "None", "for", "in", "if", "else", "(", ")", ":"]
+    (root / "txt").mkdir()
+    docs = []
+    for i in range(40):
+        doc = " ".join(rng.choice(words, size=int(rng.integers(3, 80))))
+        (root / "txt" / f"doc{i:02d}.txt").write_text(doc)
+        docs.append(doc)
+    buckets = write_buckets(docs, root / "buckets", min_log2=2, max_log2=5, seed=0)
+    return root, docs, buckets
+
+
+# ------------------------------------------------------------------------------------------------------ accounting
+def test_attention_flops_counts_visible_pairs():
+    lengths = [1, 5, 32]
+    pairs = causal_attention_pairs(lengths)  # the data engineer's pair count, sum l (l + 1) / 2
+    assert attention_flops(lengths, dim=8, depth=3) == 3 * 3 * 4 * 8 * pairs  # fwd+bwd x depth x 4 d per pair
+    assert attention_flops(lengths, dim=8, depth=3, training=False) == 3 * 4 * 8 * pairs
+    # one row of 64 costs more than the same 64 tokens as 8 rows of 8: the point of DD
+    assert attention_flops([64], 8, 1) > 7 * attention_flops([8] * 8, 8, 1)
+
+
+def test_split_batch_dense_and_document_masked():
+    tokens = torch.arange(2 * 9).view(2, 9)
+    inputs, targets, cu, max_len = split_batch(tokens)
+    assert inputs.shape == targets.shape == (2, 8) and cu is None and max_len is None
+    segments = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0, 0]])
+    _, _, cu, max_len = split_batch({"tokens": tokens, "segments": segments})
+    assert cu.tolist() == [0, 3, 8, 16] and max_len == 8
+    assert batch_sequence_lengths({"tokens": tokens, "segments": segments}).tolist() == [3, 5, 8]
+    with pytest.raises(ValueError, match="segments"):
+        split_batch({"tokens": tokens, "segments": segments[:, :5]})
+    with pytest.raises(TypeError, match="tokens"):
+        split_batch({"segments": segments})
+    with pytest.raises(ValueError, match="L \\+ 1"):
+        split_batch(torch.zeros(3, dtype=torch.long))
+
+
+def test_document_masked_loss_equals_documents_alone():
+    model = tiny_model().double()
+    tokens = torch.randint(0, 257, (1, 13))
+    segments = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1]])
+    loss, _ = lm_loss_fn()(model, {"tokens": tokens, "segments": segments})
+    # the same 12 predictions, each document run alone (targets may cross into the next document, as in the baseline)
+    first = model(tokens[:, :5]).log_softmax(-1)[0].gather(-1, tokens[0, 1:6, None])
+    second = model(tokens[:, 5:12]).log_softmax(-1)[0].gather(-1, tokens[0, 6:13, None])
+    torch.testing.assert_close(loss, -torch.cat([first, second]).mean(), rtol=1e-12, atol=1e-12)
+    # one document per row: masked == dense
+    whole = torch.zeros(1, 12, dtype=torch.long)
+    torch.testing.assert_close(
+        lm_loss_fn()(model, {"tokens": tokens, "segments": whole})[0], lm_loss_fn()(model, tokens)[0]
+    )
+
+
+def test_z_loss_and_eval_helpers():
+    model = tiny_model()
+    batch = torch.randint(0, 257, (2, 9))
+    plain, extras = lm_loss_fn()(model, batch)
+    plain = plain.detach()
+    with_z, _ = lm_loss_fn(z_loss=1e-2)(model, batch)
+    assert with_z > plain and extras == {"seq_len": 8.0}
+    result = evaluate_lm(model, [batch[:1], batch[1:]])
+    assert result["tokens"] == 16 and result["loss"] == pytest.approx(float(plain), rel=1e-5)
+    per_pos = loss_by_position(model, batch)
+    assert per_pos.shape == (8,) and float(per_pos.mean()) == pytest.approx(float(plain), rel=1e-5)
+    with pytest.raises(ValueError, match="z_loss"):
+        lm_loss_fn(z_loss=-1)
+
+
+# ------------------------------------------------------------------------------------------------- trainer wiring
+def _fit(model, data, sampler, batch_size, steps, meter, seed=0):
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, optimizer="adamw", lr=3e-3, warmup_steps=1, seed=seed,
+                      device="cpu", log_every=1000)  # fmt: skip
+    trainer = Trainer(model, cfg, train_data=data, loss_fn=lm_loss_fn(meter=meter), batch_sampler=sampler,
+                      callbacks=[meter])  # fmt: skip
+    return trainer, trainer.fit()
+
+
+def test_dd_and_baselines_train_at_equal_tokens(corpus):
+    _, docs, buckets = corpus
+    steps, tokens_per_step = 6, 64
+    totals = {}
+    for method in ("dd", "cc", "cc_dm"):
+        model = tiny_model(max_seq_len=32)
+        meter = TrainingMeter.for_model(model)
+        if method == "dd":
+            sampler = BucketBatchSampler.from_buckets(buckets, tokens_per_step, curriculum="grow_p2", num_cycles=2)
+            trainer, metrics = _fit(model, buckets.dataset(), sampler, 1, steps, meter)
+        else:
+            data = ConcatChunkDataset.from_documents(docs, 32, return_segments=method == "cc_dm")
+            trainer, metrics = _fit(model, data, None, tokens_per_step // 32, steps, meter)
+        assert np.isfinite(metrics["train_loss"]) and trainer.step == steps
+        totals[method] = meter.totals()
+        assert sum(meter.seq_len_tokens.values()) == steps * tokens_per_step
+    assert totals["dd"]["tokens"] == totals["cc"]["tokens"] == totals["cc_dm"]["tokens"] == steps * tokens_per_step
+    # the same rows cost less attention with document masking, and DD (mostly short rows) less than both
+    assert totals["dd"]["attention_flops"] < totals["cc_dm"]["attention_flops"] < totals["cc"]["attention_flops"]
+    assert totals["cc"]["attention_flops"] == attention_flops([32] * (steps * 2), 16, 1)
+
+
+def test_meter_state_round_trip():
+    meter = TrainingMeter(dim=4, depth=2, flops_per_token=10, world_size=2)
+    meter.add_batch(torch.tensor([3, 3, 5]))
+    meter()
+    copy = TrainingMeter(dim=4, depth=2, flops_per_token=10, world_size=2)
+    copy.load_state_dict(json.loads(json.dumps(meter.state_dict())))
+    assert copy.totals() == meter.totals()
+    assert meter.totals()["tokens"] == 22 and meter.seq_len_tokens == {3: 6, 5: 5}
+    assert meter.totals()["model_flops"] == 22 * 10 + meter.totals()["attention_flops"]
+
+
+# ------------------------------------------------------------------------------------------------------- recipes
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_smoke_at_tiny_scale(recipe, corpus, tmp_path):
+    root, _, _ = corpus
+    data = [f"data.buckets={root / 'buckets'}"] if recipe.endswith("_dd") else [f"data.documents={root / 'txt'}"]
+    if recipe.endswith("baseline"):
+        data.append("data.document_masking=true")
+    out = tmp_path / recipe
+    assert (
+        main(["train", "--recipe", recipe, "--out", str(out), *TINY, *data, f"data.val_buckets={root / 'buckets'}"])
+        == 0
+    )
+    summary = json.loads((out / "train_results.json").read_text())
+    assert summary["cost"]["tokens"] == 2 * 64 and summary["metrics"]["step"] == 2
+    assert np.isfinite(summary["val"]["loss"]) and (out / "model.safetensors").is_file()
+    config = (out / "config.yaml").read_text()
+    assert "distributed: fsdp" in config and "z_loss: 0.0001" in config  # the recipe's settings were kept
+
+
+def test_train_errors_name_the_problem(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--recipe", "openlm_1b_dd", "--out", str(tmp_path), *TINY])
+    assert "data.buckets" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--recipe", "nope", "--out", str(tmp_path)])
+    assert "openlm_1b_dd" in capsys.readouterr().err
+
+
+def test_fsdp_two_processes_gloo(corpus, tmp_path):
+    """torchrun, 2 CPU processes, FSDP2 (the recipe's setting) on DD buckets: both ranks step, rank 0 writes."""
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    root, _, _ = corpus
+    out = tmp_path / "fsdp"
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "bramley.dataset_decomposition.cli", "train", "--recipe", "openlm_410m_dd", "--out", str(out),
+        *TINY, f"data.buckets={root / 'buckets'}", "train.device=cpu",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=Path(__file__).parent)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    summary = json.loads((out / "train_results.json").read_text())
+    assert summary["cost"]["tokens"] == 2 * 2 * 64  # two ranks, 64 tokens each per step
+    assert (out / "model.safetensors").is_file()
