@@ -96,8 +96,9 @@ class Settings:
 
 
 _BYTEFORMER_COMPILE = (
-    "forward validates cu_seqlens in Python (int(cu_seqlens[0]) != 0 in ByteFormer._check_packed), a data-dependent "
-    "branch Dynamo cannot capture with fullgraph=True; allowing graph breaks it compiles, in 19 s on 2 CPU cores"
+    "the packed forward branches on tensor values in Python (ByteFormer._check_packed: int(cu_seqlens[0]) != 0; "
+    "next bramley.core.packing._as_lengths: int(t.min()) < 0) and takes sizes from int(out_cu[-1]): Dynamo cannot "
+    "capture that with fullgraph=True; allowing graph breaks it compiles, in 19 s on 2 CPU cores"
 )
 
 SETTINGS: dict[str, Settings] = {
