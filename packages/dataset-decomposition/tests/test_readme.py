@@ -1,0 +1,130 @@
+"""Every command and Python block of the package README runs (sizes shrunk to toy scale, listed here).
+
+The ``torchrun`` line runs on 2 CPU processes with FSDP2 over gloo: the recipes' distributed path.
+"""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch.distributed as dist
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+TINY_MODEL = ["model.name=dd_gpt_tiny", "model.vocab_size=257", "model.dim=16", "model.depth=1", "model.num_heads=2",
+              "model.max_seq_len=32"]  # fmt: skip
+TINY_TRAIN = [*TINY_MODEL, "data.tokens_per_step=64", "data.seq_len=32", "data.num_cycles=1", "train.steps=2",
+              "train.amp=none", "train.grad_accum_steps=1", "train.warmup_steps=1",
+              "train.checkpoint_every=0"]  # fmt: skip
+SHRINK = [
+    (r"--min-log2 8 --max-log2 13", "--min-log2 2 --max-log2 5"),
+    (r"--max-log2 13 --min-log2 8", "--max-log2 5 --min-log2 2"),
+    (r"--model dd_gpt_1b", "--model dd_gpt_tiny --dim 16 --depth 1 --num-heads 2"),
+    (r"--tokens-per-step 16384", "--tokens-per-step 64"),
+    (r"--steps 20", "--steps 1 --warmup 0"),
+    (r"--device cuda", "--device cpu"),  # no GPU in CI: the same code path on CPU
+    (r"--nproc_per_node 8", "--nproc_per_node 2"),
+]
+EXTRA = {
+    "make-buckets": ["--no-progress"],
+    "train": TINY_TRAIN,
+    "eval": ["--rows-per-bucket", "4"],
+    "reproduce": ["--quick"],
+}
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def commands() -> list[str]:
+    lines = []
+    for block in blocks("bash"):
+        for line in block.splitlines():
+            line = line.split("  #")[0].strip()
+            if line and not line.startswith("#"):
+                lines.append(line)
+    return lines
+
+
+def test_readme_python_blocks_run():
+    code = blocks("python")
+    assert code, "README has no python example"
+    for block in code:
+        exec(compile(block, str(README), "exec"), {})
+
+
+def _write_corpus(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    words = ["def", "return", "self", "import", "class", "value", "None", "for", "in", "if", "(", ")", ":", "\n"]
+    (root / "corpus").mkdir()
+    for i in range(30):
+        (root / "corpus" / f"doc{i:02d}.txt").write_text(" ".join(rng.choice(words, size=int(rng.integers(3, 120)))))
+
+
+def _torchrun(line: str, cwd: Path) -> None:
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    argv = shlex.split(line)[1:]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", *argv, *TINY_TRAIN, "train.device=cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=cwd)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_readme_commands_run(tmp_path, monkeypatch):
+    from bramley.core.cli import main as bramley_main
+
+    _write_corpus(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    for line in commands():
+        if line.startswith("pip install"):
+            continue
+        for pattern, replacement in SHRINK:
+            line = re.sub(pattern, replacement, line)
+        if line.startswith("torchrun "):
+            _torchrun(line, tmp_path)
+            ran.append("torchrun")
+            continue
+        assert line.startswith("bramley "), f"README command not covered by this test: {line}"
+        argv = shlex.split(line)[1:]
+        sub = argv[0] if argv[0] == "reproduce" else argv[1]
+        if sub == "make-buckets" and (tmp_path / "buckets" / "manifest.json").exists():
+            argv += ["--overwrite"]  # the README shows it twice (quickstart and data section)
+        argv += EXTRA.get(sub, [])
+        if sub == "reproduce":
+            argv += ["--out", str(tmp_path / "reproduce")]
+        assert bramley_main(argv) == 0, line
+        ran.append(sub)
+    assert {"make-buckets", "train", "eval", "bench", "reproduce", "torchrun"} <= set(ran)
+    for run in ("dd", "cc", "openlm_1b_dd"):
+        summary = json.loads((tmp_path / "runs" / run / "train_results.json").read_text())
+        assert summary["cost"]["tokens"] == 2 * 64 * (2 if run == "openlm_1b_dd" else 1)
+    assert "document_masking: true" in (tmp_path / "runs" / "cc" / "config.yaml").read_text()
+    assert json.loads((tmp_path / "runs" / "dd" / "eval.json").read_text())["loss"]["loss"] > 0
+    bench = json.loads((tmp_path / "bench-8k.json").read_text())
+    assert bench["device"] == "cpu" and "dd_over_cc" in bench["ratios"]
+    reproduce = json.loads((tmp_path / "reproduce" / "results.json").read_text())
+    assert reproduce["quick"] and set(reproduce["runs"]) == {"cc", "cc_dm", "dd"}
+    assert (tmp_path / "reproduce" / "dataset_decomposition.png").is_file()
+
+
+def test_readme_table_matches_results():
+    """The README's reproduction table is the one in the committed results (not typed by hand)."""
+    results = json.loads((README.parent / "docs" / "reproduce_results.json").read_text())
+    assert not results["quick"]
+    table = (README.parent / "docs" / "reproduce_table.md").read_text().strip()
+    assert table in README.read_text()
+
+
+@pytest.mark.parametrize("name", ["BENCHMARKS.md", "CHANGELOG.md"])
+def test_docs_exist(name):
+    assert (README.parent / name).is_file()
