@@ -13,18 +13,18 @@ Checks (the ``check_*`` functions below; ``test_checks_catch_broken_models`` pro
 - **backward** (every model): train mode, a random projection of every floating output is back-propagated; every
   trainable parameter gets a finite gradient. Parameters that ``forward`` legitimately never touches are declared
   per model in ``SETTINGS`` (``no_grad``) and must then get *no* gradient, so a stale declaration fails too.
-- **round trip** (every model): one train-mode forward moves BatchNorm statistics off their initial values, then
-  ``save_pretrained`` / ``from_pretrained`` (safetensors + config.json) must rebuild a model with the same state
-  dict and bit-identical eval outputs (a forgotten buffer or unsaved constructor argument fails here).
-- **TorchScript** (every model): ``torch.jit.trace`` of the eval model in its deployment form (fused when it is
+- **round trip** (expensive, see below): one train-mode forward moves BatchNorm statistics off their initial
+  values, then ``save_pretrained`` / ``from_pretrained`` (safetensors + config.json) must rebuild a model with the
+  same state dict and bit-identical eval outputs (a forgotten buffer or unsaved constructor argument fails here).
+- **TorchScript** (expensive): ``torch.jit.trace`` of the eval model in its deployment form (fused when it is
   reparameterizable), compared with eager on *fresh* inputs, so values baked into the trace are caught. Keyword
   tensors (``cu_seqlens=``) are passed through a small adapter; non-tensor inputs are fixed, as in any trace.
   Tracing the unfused form too doubled the suite's slowest check (37 s for all models on a loaded 2-core machine);
   graph capture of the train-time form is covered by the torch.compile check below. The installed torch (2.15)
   deprecates ``torch.jit.trace`` (FutureWarning) in favour of ``torch.export``, but an export costs 1-3 s per model
   here against 0.2-0.4 s for a trace: exporting every model would take half the suite's budget.
-- **reparameterize** (models with a ``reparameterize()`` submodule): BatchNorm statistics and affine parameters are
-  randomised (fusion with the initial mean 0 / var 1 would hide mistakes), then
+- **reparameterize** (expensive; models with a ``reparameterize()`` submodule): BatchNorm statistics and affine
+  parameters are randomised (fusion with the initial mean 0 / var 1 would hide mistakes), then
   :func:`bramley.core.layers.reparameterize_model` must give the same eval outputs (max error <= 1e-4 x the output
   scale), fewer parameters, an idempotent second fusion, and, when the model class takes ``inference_mode``, a
   state dict that loads strictly into the model built fused from the registry with the same outputs (the
@@ -34,9 +34,11 @@ Checks (the ``check_*`` functions below; ``test_checks_catch_broken_models`` pro
   functionalization and AOTAutograd's backward graph (what fails for real models: graph breaks, data-dependent
   control flow, custom ops without fake kernels) but skips Inductor's C++ code generation, which costs 30 s (eval)
   to 2 min (train) per model on 2 CPU cores (measured on fastvit_t8) and tests torch rather than our models. One
-  model per package because even ``aot_eager`` costs 1-15 s per model; TorchScript covers every model cheaply.
+  model per package because even ``aot_eager`` costs 1-15 s per model; TorchScript covers the others cheaply.
+  A known failure is a strict xfail with its reason (``Settings.compile_xfail``): it must go once the model compiles.
 
-Sizes and budget (the whole file must stay under 90 s on an idle 2-core machine; measured: 65 s of CPU time):
+Sizes and budget (the file must stay under 90 s on an idle 2-core machine; it uses one core: 60-71 s of CPU time
+measured for 26 models, 85-96 s wall at load average 4-6):
 
 - Image models run at ``IMAGE_SIZE`` (64 px; FastViT and MobileOne also work at 32, but their trunks reduce 32x:
   at 64 px the last stage keeps a 2x2 map, so fused 3x3 / 7x7 kernels are exercised off-centre) or their registered
