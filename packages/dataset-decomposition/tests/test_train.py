@@ -1,5 +1,6 @@
 """Losses, cost accounting and core-trainer wiring: DD buckets, concat-and-chunk with/without document masking."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -176,3 +177,36 @@ def test_train_errors_name_the_problem(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--recipe", "nope", "--out", str(tmp_path)])
     assert "openlm_1b_dd" in capsys.readouterr().err
+
+
+def test_meter_resumes_with_the_trainer(corpus, tmp_path):
+    """Killed after step 3 and resumed: the meter's counts continue from the checkpoint, as if never stopped."""
+    _, _, buckets = corpus
+
+    class Crash(RuntimeError):
+        pass
+
+    def run(out, crash_at=None, resume=False):
+        model = tiny_model(max_seq_len=32)
+        meter = TrainingMeter.for_model(model)
+        sampler = BucketBatchSampler.from_buckets(buckets, 64, curriculum="grow_p2", num_cycles=1)
+
+        def crash(trainer):
+            if trainer.step == crash_at:
+                raise Crash
+
+        cfg = TrainConfig(steps=5, batch_size=1, optimizer="adamw", lr=3e-3, warmup_steps=1, device="cpu",
+                          out_dir=str(out), checkpoint_every=3, resume=resume, log_every=1000)  # fmt: skip
+        trainer = Trainer(model, cfg, train_data=buckets.dataset(), loss_fn=lm_loss_fn(meter=meter),
+                          batch_sampler=sampler, callbacks=[meter, crash])  # fmt: skip
+        with contextlib.suppress(Crash):
+            trainer.fit()
+        return meter, trainer
+
+    straight, _ = run(tmp_path / "a")
+    run(tmp_path / "b", crash_at=4)
+    resumed, trainer = run(tmp_path / "b", resume=True)
+    assert trainer.step == 5 and resumed.steps == straight.steps == 5
+    for key in ("tokens", "attention_flops", "model_flops"):
+        assert resumed.totals()[key] == straight.totals()[key]
+    assert resumed.seq_len_tokens == straight.seq_len_tokens
