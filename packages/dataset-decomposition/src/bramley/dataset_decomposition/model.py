@@ -205,8 +205,8 @@ class DDGPT(nn.Module):
         Returns:
             Logits ``(batch, seq, vocab)`` or ``(total, vocab)``.
         """
-        return self.forward_head(self.forward_features(tokens, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                                                       positions=positions))  # fmt: skip
+        x = self.forward_features(tokens, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, positions=positions)
+        return self.forward_head(x)
 
     def num_parameters(self, embedding: bool = True) -> int:
         """Parameter count; without the input embedding table when ``embedding=False`` (the usual "N" of 6ND)."""
