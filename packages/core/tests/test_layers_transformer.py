@@ -66,6 +66,10 @@ def _plain_attention(module: Attention, x: torch.Tensor, causal=False, window=No
     q = F.linear(x, w[: h * d], None if b is None else b[: h * d]).unflatten(-1, (h, d))
     k = F.linear(x, w[h * d : (h + kvh) * d], None if b is None else b[h * d : (h + kvh) * d]).unflatten(-1, (kvh, d))
     v = F.linear(x, w[(h + kvh) * d :], None if b is None else b[(h + kvh) * d :]).unflatten(-1, (kvh, d))
+    if module.qk_norm == "head":
+        q, k = module.q_norm(q), module.k_norm(k)
+    elif module.qk_norm == "full":
+        q, k = module.q_norm(q.flatten(-2)).unflatten(-1, (h, d)), module.k_norm(k.flatten(-2)).unflatten(-1, (kvh, d))
     if positions is not None:
         q, k = _rope_complex(q, positions), _rope_complex(k, positions)
     k, v = k.repeat_interleave(h // kvh, dim=-2), v.repeat_interleave(h // kvh, dim=-2)
@@ -149,6 +153,40 @@ def test_attention_loads_timm_weights():
     ours.load_state_dict(timm_attn.state_dict())  # strict: same names and shapes
     x = torch.randn(2, 9, 32)
     torch.testing.assert_close(ours(x), timm_attn(x), atol=1e-6, rtol=1e-5)
+
+
+def test_attention_qk_norm_head_loads_timm_weights():
+    from timm.layers import Attention as TimmAttention
+
+    timm_attn = TimmAttention(32, num_heads=4, qkv_bias=True, qk_norm=True, norm_layer=torch.nn.LayerNorm).eval()
+    ours = Attention(32, 4, qk_norm="head").eval()
+    with torch.no_grad():  # non-trivial norm affines, so a norm over the wrong channels cannot pass
+        for norm in (timm_attn.q_norm, timm_attn.k_norm):
+            norm.weight.uniform_(0.5, 1.5), norm.bias.normal_()
+    ours.load_state_dict(timm_attn.state_dict())
+    x = torch.randn(2, 9, 32)
+    torch.testing.assert_close(ours(x), timm_attn(x), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("qk_norm", ["head", "full"])
+def test_attention_qk_norm_before_rope_packed_gqa(qk_norm):
+    module = _attn(kv_heads=2, qk_norm=qk_norm)
+    with torch.no_grad():
+        for norm in (module.q_norm, module.k_norm):
+            norm.weight.uniform_(0.5, 1.5), norm.bias.normal_()
+    width = {"head": 8, "full": 32}[qk_norm]
+    assert module.q_norm.normalized_shape == (width,) and module.k_norm.normalized_shape == (
+        width // 2 ** (qk_norm == "full"),
+    )
+    rope = RotaryEmbedding(module.head_dim)
+    cu = _cu([6, 1, 5])
+    x = torch.randn(12, 32, dtype=torch.float64)
+    pos = position_ids(cu)
+    got = module(x, cu_seqlens=cu, causal=True, rotary=rope(pos))
+    for s, e in itertools.pairwise(cu.tolist()):
+        torch.testing.assert_close(got[s:e], _plain_attention(module, x[s:e], causal=True, positions=pos[s:e]))
+    with pytest.raises(ValueError, match="qk_norm must be one of"):
+        Attention(32, 4, qk_norm="yes")
 
 
 def test_attention_parameter_layout():

@@ -17,6 +17,8 @@ from ..ops import attention
 
 __all__ = ["Attention", "Mlp", "RMSNorm", "RotaryEmbedding", "SwiGLU", "apply_rotary", "rotate_half"]
 
+QK_NORMS = (None, "head", "full")
+
 
 # --------------------------------------------------------------------------------------------------------- rotary
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -100,6 +102,10 @@ class Attention(nn.Module):
         qkv_bias: bias on ``qkv``.
         proj_bias: bias on ``proj``.
         proj_drop: dropout on the output (train mode).
+        qk_norm: normalize queries and keys before RoPE: ``None`` (off), ``"head"`` (over each head's ``head_dim``
+            channels, as timm's ``qk_norm=True``) or ``"full"`` (over all heads' channels of q and of k, as OpenLM's
+            ``--qk-norm``). The modules are ``q_norm`` / ``k_norm``.
+        norm_layer: ``norm_layer(width)`` builds the q/k norms (default ``nn.LayerNorm``).
     """
 
     def __init__(
@@ -111,8 +117,12 @@ class Attention(nn.Module):
         qkv_bias: bool = True,
         proj_bias: bool = True,
         proj_drop: float = 0.0,
+        qk_norm: str | None = None,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
     ):
         super().__init__()
+        if qk_norm not in QK_NORMS:
+            raise ValueError(f"qk_norm must be one of {QK_NORMS}, got {qk_norm!r}")
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if num_heads <= 0 or dim % num_heads:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
@@ -123,6 +133,10 @@ class Attention(nn.Module):
         self.num_kv_heads = num_kv_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, (num_heads + 2 * num_kv_heads) * self.head_dim, bias=qkv_bias)
+        self.qk_norm = qk_norm
+        q_width, k_width = (self.head_dim, self.head_dim) if qk_norm == "head" else (dim, num_kv_heads * self.head_dim)
+        self.q_norm = norm_layer(q_width) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(k_width) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -157,9 +171,13 @@ class Attention(nn.Module):
             [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim],
             dim=-1,
         )
+        if self.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
         q = q.unflatten(-1, (self.num_heads, self.head_dim))
         k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))
         v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
+        if self.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
         if rotary is not None:
             cos, sin = self._check_rotary(rotary, tokens)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
