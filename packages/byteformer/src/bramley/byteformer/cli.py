@@ -20,6 +20,8 @@ RECIPES = Path(__file__).parent / "recipes"
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
     from bramley.core.registry import create_model, list_models
     from bramley.core.report import format_table
 
@@ -27,7 +29,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     rows = []
     for name in [args.model] if args.model else list_models(package="byteformer"):
-        model = create_model(name, num_classes=1000)
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            model = create_model(name, num_classes=1000)
         params = sum(p.numel() for p in model.parameters())
         rows.append(
             {

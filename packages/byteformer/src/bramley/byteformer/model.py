@@ -208,7 +208,7 @@ class ByteFormer(nn.Module):
         self.token_reduction = nn.Conv1d(embed_dim, embed_dim, conv_kernel_size, stride=self.conv_stride, bias=False)
         self.pos_embed = nn.Parameter(torch.zeros(max_num_tokens, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             ByteFormerBlock(embed_dim, num_heads, mlp_ratio, window_sizes[i], window_shifts[i], drop_rate, rates[i])
             for i in range(depth)

@@ -1,0 +1,116 @@
+"""Every command and Python block of the package README runs (heavy arguments shrunk to toy scale, listed here)."""
+
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+# a two-block model and one short epoch for every training command (later overrides win)
+TINY = [
+    "model.kwargs.depth=2",
+    "model.kwargs.embed_dim=32",
+    "model.kwargs.num_heads=2",
+    "model.kwargs.window_shifts=[0,4]",
+    "model.kwargs.window_sizes=[8]",
+    "model.kwargs.downsample=[true,false]",
+    "model.kwargs.max_num_tokens=1024",
+    "train.epochs=1",
+    "train.steps=2",
+    "train.batch_size=4",
+    "train.eval_batch_size=64",
+    "train.grad_accum_steps=1",
+    "train.warmup_steps=0",
+    "train.num_workers=0",
+    "train.amp=none",
+    "train.ema_decay=null",
+    "train.progress=false",
+    "train.checkpoint_every=0",
+]
+EXTRA = {
+    "reproduce": ["--quick"],
+    "train": TINY,
+    "eval": ["--image-size", "24"],
+    "bench": [
+        "--depth",
+        "2",
+        "--embed-dim",
+        "32",
+        "--num-heads",
+        "2",
+        "--samples",
+        "4",
+        "--batch-size",
+        "2",
+        "--min-size",
+        "24",
+        "--max-size",
+        "40",
+        "--rounds",
+        "1",
+    ],
+}
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def commands() -> list[str]:
+    lines, current = [], ""
+    for block in blocks("bash"):
+        for line in block.splitlines():
+            line = line.split("  #")[0].rstrip()
+            if not line.strip() or line.strip().startswith("#"):
+                continue
+            current += line.rstrip("\\").strip() + " "
+            if not line.endswith("\\"):
+                lines.append(current.strip())
+                current = ""
+    return lines
+
+
+def test_readme_python_blocks_run():
+    code = blocks("python")
+    assert code, "README has no python example"
+    for block in code:
+        exec(compile(block, str(README), "exec"), {})
+
+
+def test_readme_commands_run(image_folder, tmp_path, monkeypatch):
+    from bramley.core.cli import main as bramley_main
+
+    for split in ("train", "val"):
+        shutil.copytree(image_folder, tmp_path / "imagenet" / split)
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    for line in commands():
+        if line.startswith("pip install"):
+            continue
+        line = line.replace("/path/to/imagenet", str(tmp_path / "imagenet"))
+        if line.startswith("torchrun "):  # the same CLI in one process
+            line = "bramley byteformer " + line.split("-m bramley.byteformer.cli ", 1)[1]
+            line += " data.image_size=24 data.rand_augment=false"
+        assert line.startswith("bramley "), f"README command not covered by this test: {line}"
+        argv = shlex.split(line)[1:]
+        sub = argv[0] if argv[0] == "reproduce" else argv[1]
+        argv += EXTRA.get(sub, [])
+        if sub == "reproduce":
+            argv += ["--out", str(tmp_path / "reproduce")]
+        assert bramley_main(argv) == 0, line
+        ran.append(sub)
+    assert {"reproduce", "train", "eval", "bench", "encode", "info"} <= set(ran)
+    assert (tmp_path / "runs" / "bf-digits" / "model" / "model.safetensors").is_file()
+    bench = json.loads((tmp_path / "bench-cpu.json").read_text())
+    assert bench["packed_over_padded"] > 0 and bench["max_abs_logit_diff_packed_vs_padded"] < 1e-4
+    reproduce = json.loads((tmp_path / "reproduce" / "results.json").read_text())
+    assert reproduce["quick"] and (tmp_path / "reproduce" / "byteformer_reproduction.png").is_file()
+
+
+@pytest.mark.parametrize("name", ["BENCHMARKS.md", "CHANGELOG.md"])
+def test_docs_exist(name):
+    assert (README.parent / name).is_file()
