@@ -14,8 +14,9 @@ def small(**kw) -> DDGPT:
 
 
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
-def test_dense_equals_packed_one_document_per_row(norm):
-    model = small(norm=norm)
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_dense_equals_packed_one_document_per_row(norm, qk_norm):
+    model = small(norm=norm, qk_norm=qk_norm)
     tokens = torch.randint(0, 257, (3, 11))
     dense = model(tokens)
     packed = model(tokens.flatten(), cu_seqlens=cu_seqlens_from_lengths([11, 11, 11]))
@@ -53,6 +54,18 @@ def test_document_mask_blocks_previous_documents():
     torch.testing.assert_close(model(row, cu_seqlens=cu)[4:], model(other, cu_seqlens=cu)[4:], rtol=0, atol=1e-12)
     # without the mask the second document sees the first
     assert (model(row[None])[0, 4:] - model(other[None])[0, 4:]).abs().max() > 1e-3
+
+
+def test_qk_norm_is_openlm_full_width_with_the_block_norm():
+    model = small(norm="rmsnorm", qk_norm=True)
+    attn = model.blocks[0].attn
+    assert attn.qk_norm == "full" and isinstance(attn.q_norm, type(model.blocks[0].norm1))
+    assert attn.q_norm.weight.shape == attn.k_norm.weight.shape == (32,)
+    with torch.no_grad():
+        attn.q_norm.weight.mul_(3.0)  # the norm's gain is on the path: scaling it changes the logits
+    tokens = torch.randint(0, 257, (1, 10))
+    assert (model(tokens) - small(norm="rmsnorm", qk_norm=True)(tokens)).abs().max() > 1e-4
+    assert "blocks.0.attn.q_norm.weight" not in small().state_dict()
 
 
 def test_rope_base_matters_and_tied_embeddings():

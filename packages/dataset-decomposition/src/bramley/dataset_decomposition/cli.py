@@ -31,6 +31,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
         "rope_base": None,
         "norm": None,
         "tie_embeddings": None,
+        "qk_norm": None,
     },
     "data": {
         "method": "dd",  # dd | concat_chunk

@@ -20,6 +20,7 @@ Two forward modes, one set of weights:
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -61,12 +62,28 @@ class Block(nn.Module):
         mlp_hidden: SwiGLU hidden width.
         norm: ``layernorm`` (gain only) or ``rmsnorm``.
         norm_eps: epsilon of the norms.
+        qk_norm: normalize q and k over all heads (the block's norm type) before RoPE, as OpenLM's ``--qk-norm``.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, norm: str = "layernorm", norm_eps: float = 1e-5):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_hidden: int,
+        norm: str = "layernorm",
+        norm_eps: float = 1e-5,
+        qk_norm: bool = False,
+    ):
         super().__init__()
         self.norm1 = _norm_layer(norm, dim, norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias=False, proj_bias=False)
+        self.attn = Attention(
+            dim,
+            num_heads,
+            qkv_bias=False,
+            proj_bias=False,
+            qk_norm="full" if qk_norm else None,
+            norm_layer=partial(_norm_layer, norm, eps=norm_eps),
+        )
         self.norm2 = _norm_layer(norm, dim, norm_eps)
         self.mlp = SwiGLU(dim, mlp_hidden, bias=False)
 
@@ -96,6 +113,8 @@ class DDGPT(nn.Module):
         norm: ``layernorm`` (gain only, OpenLM) or ``rmsnorm``.
         norm_eps: norm epsilon (OpenLM: 1e-5).
         tie_embeddings: share the embedding and output matrices (OpenLM's paper configs: untied).
+        qk_norm: q/k normalization before RoPE in every block (the official DD runs pass OpenLM's ``--qk-norm``;
+            the recipes set it, the tiny reproduction model does not).
     """
 
     def __init__(
@@ -110,6 +129,7 @@ class DDGPT(nn.Module):
         norm: str = "layernorm",
         norm_eps: float = 1e-5,
         tie_embeddings: bool = False,
+        qk_norm: bool = False,
     ):
         super().__init__()
         if vocab_size < 1 or dim < 1 or depth < 1 or max_seq_len < 1:
@@ -123,9 +143,12 @@ class DDGPT(nn.Module):
         self.max_seq_len = max_seq_len
         self.mlp_hidden = openlm_swiglu_hidden(dim) if mlp_hidden is None else mlp_hidden
         self.tie_embeddings = tie_embeddings
+        self.qk_norm = qk_norm
         self.embed = nn.Embedding(vocab_size, dim)
         self.rope = RotaryEmbedding(dim // num_heads, base=rope_base)
-        self.blocks = nn.ModuleList(Block(dim, num_heads, self.mlp_hidden, norm, norm_eps) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads, self.mlp_hidden, norm, norm_eps, qk_norm) for _ in range(depth)
+        )
         self.norm = _norm_layer(norm, dim, norm_eps)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         if tie_embeddings:
