@@ -117,12 +117,50 @@ def test_readme_commands_run(tmp_path, monkeypatch):
     assert (tmp_path / "reproduce" / "dataset_decomposition.png").is_file()
 
 
+def _results(name: str) -> dict:
+    return json.loads((README.parent / "docs" / name).read_text())
+
+
 def test_readme_table_matches_results():
-    """The README's reproduction table is the one in the committed results (not typed by hand)."""
-    results = json.loads((README.parent / "docs" / "reproduce_results.json").read_text())
-    assert not results["quick"]
-    table = (README.parent / "docs" / "reproduce_table.md").read_text().strip()
+    """The README's reproduction table is rebuilt from the committed results.json (not typed by hand)."""
+    from bramley.dataset_decomposition.reproduce import _table
+
+    results = _results("reproduce_results.json")
+    assert not results["quick"] and results["config"]["steps"] == 150
+    table = _table(results)
     assert table in README.read_text()
+    assert (README.parent / "docs" / "reproduce_table.md").read_text().strip() == table
+
+
+def test_readme_prose_numbers_come_from_the_results():
+    """Every measured number quoted in the README's prose is the one in the committed results files."""
+    text = " ".join(README.read_text().split())
+    for name in ("reproduce_results.json", "reproduce_results_seed1.json"):
+        results = _results(name)
+        runs = results["runs"]
+        cc, cc_dm, dd = runs["cc"], runs["cc_dm"], runs["dd"]
+        attn = dd["totals"]["attention_flops"] / cc["totals"]["attention_flops"]
+        time = dd["totals"]["wall_s"] / cc["totals"]["wall_s"]
+        assert results["claims"]["holds"], name
+        for band, dd_loss in enumerate(dd["loss_by_band"]):  # "better at every context position"
+            assert dd_loss < min(cc["loss_by_band"][band], cc_dm["loss_by_band"][band]), (name, band)
+        if results["seed"] == 0:
+            quoted = [
+                f"DD does {attn:.2f}x the attention FLOPs",
+                f"trained in {time:.2f}x the wall-clock",
+                f"({dd['final_val_loss']:.3f} vs {cc['final_val_loss']:.3f} nats/byte)",
+                f"({dd['val_loss_at_equal_time']:.3f} vs {cc['val_loss_at_equal_time']:.3f} for the baseline at "
+                f"DD's {results['equal_time_s']:.0f} s)",
+                f"Total run time {results['total_s']:.0f} s",
+            ]
+        else:
+            quoted = [
+                f"DD {dd['final_val_loss']:.3f} vs {cc['final_val_loss']:.3f} (concat-and-chunk) and "
+                f"{cc_dm['final_val_loss']:.3f} (with doc mask)",
+                f"{time:.2f}x the time, {attn:.2f}x the attention FLOPs",
+            ]
+        for phrase in quoted:
+            assert phrase in text, (name, phrase)
 
 
 @pytest.mark.parametrize("name", ["BENCHMARKS.md", "CHANGELOG.md"])
