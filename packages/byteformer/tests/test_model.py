@@ -3,6 +3,8 @@
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bramley.byteformer import pack_samples
 from bramley.byteformer.model import MASK_TOKEN, ByteFormer, TokenMerging, conv_output_lengths
@@ -171,3 +173,21 @@ def test_bad_configs():
         ByteFormer(depth=3, window_shifts=(0, 64))
     with pytest.raises(ValueError, match="shift must be in"):
         ByteFormer(depth=2, window_sizes=(8,), window_shifts=(0, 8), downsample=(False, False))
+
+
+@settings(max_examples=15, deadline=None)
+@given(lengths=st.lists(st.integers(K, 130), min_size=1, max_size=5), seed=st.integers(0, 2**16))
+def test_property_packed_equals_alone_and_padded(lengths, seed):
+    model = _PROPERTY_MODEL
+    gen = torch.Generator().manual_seed(seed)
+    samples = [torch.randint(0, 256, (n,), generator=gen) for n in lengths]
+    batch = logits(model, samples)
+    torch.testing.assert_close(batch, torch.cat([logits(model, [s]) for s in samples]), atol=1e-5, rtol=1e-5)
+    padded = torch.full((len(samples), max(lengths)), MASK_TOKEN)
+    for i, s in enumerate(samples):
+        padded[i, : s.numel()] = s
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_padded(padded, torch.tensor(lengths)), batch, atol=1e-5, rtol=1e-5)
+
+
+_PROPERTY_MODEL = small(window_sizes=(3,), window_shifts=(0, 1, 0, 2))
