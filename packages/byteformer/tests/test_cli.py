@@ -108,3 +108,15 @@ def test_bench_code_path(tmp_path):
     assert result["packed_samples_per_s"] > 0 and result["padded_samples_per_s"] > 0
     assert result["max_abs_logit_diff_packed_vs_padded"] < 1e-4
     assert 0 <= result["padding_fraction"] < 1 and result["bytes_min"] < result["bytes_max"]
+
+
+@pytest.mark.parametrize(("source", "spec"), [("digits", "png:level=9"), ("audio", "wav:uint8")])
+def test_train_on_bundled_sets(source, spec, tmp_path):
+    argv = ["train", "--out", str(tmp_path), f"data.source={source}", f"data.spec={spec}", "data.batch_tokens=20000"]
+    assert main([*argv, "data.clips_per_class=3", *TINY, "train.steps=2", "model.kwargs.conv_kernel_size=16"]) == 0
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_unknown_source_is_a_clean_error(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["train", "--out", str(tmp_path), "data.source=videos", *TINY])
