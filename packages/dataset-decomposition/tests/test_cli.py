@@ -44,11 +44,75 @@ def test_make_buckets_error_is_clean(tmp_path, capsys):
     assert "make-buckets: error" in capsys.readouterr().err
 
 
-def test_eval_rejects_a_checkpoint_without_config(tmp_path):
+def test_eval_rejects_a_checkpoint_without_config(tmp_path, capsys):
     import torch
 
     from bramley.core.checkpoint import save_checkpoint
 
     save_checkpoint({"w": torch.zeros(1)}, tmp_path / "w.safetensors")
-    with pytest.raises(ValueError, match="model config"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["eval", "--checkpoint", str(tmp_path / "w.safetensors"), "--buckets", str(tmp_path)])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["eval", "--checkpoint", str(tmp_path / "missing.safetensors"), "--buckets", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "carries no model config" in err and "missing.safetensors does not exist" in err
+
+
+@pytest.fixture
+def buckets_dir(tmp_path):
+    (tmp_path / "docs").mkdir()
+    for i in range(4):
+        (tmp_path / "docs" / f"{i}.txt").write_text("x = 1\n" * (3 + 10 * i))
+    assert main(["make-buckets", str(tmp_path / "docs"), "--out", str(tmp_path / "b"), "--min-log2", "2",
+                 "--max-log2", "3", "--no-progress"]) == 0  # fmt: skip
+    return tmp_path / "b"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.buckets=nowhere"], "nowhere/manifest.json not found"),
+        (["data.curriculum=grow"], "unknown curriculum 'grow'"),
+        (["data.tokens_per_step=6"], "tokens_per_step=6 must be a multiple of every bucket length"),
+        (["data.num_cycles=0"], "num_cycles must be an int >= 1"),
+        (["data.tokens_per_step=4096"], "no bucket has enough rows"),
+        (["data.val_buckets=nowhere"], "data.val_buckets: nowhere/manifest.json not found"),
+        (["model.name=dd_gpt_huge"], "unknown model 'dd_gpt_huge'"),
+        (["model.dim=10", "model.num_heads=4"], "even integer head size"),
+        (["data.method=concat_chunk"], "needs data.documents=PATH"),
+        (["data.method=concat_chunk", "data.documents=nowhere", "data.seq_len=8"], "input nowhere does not exist"),
+        (
+            ["data.method=concat_chunk", "data.documents=x.txt", "data.seq_len=8", "data.tokens_per_step=16"],
+            "do not fill one row",
+        ),
+        (["model.dimm=3"], "unknown config key 'model.dimm'"),
+    ],
+)
+def test_train_errors_are_clean(buckets_dir, tmp_path, monkeypatch, capsys, overrides, message):
+    """Bad train settings stop with one line naming the problem (exit 2, no traceback), before any training."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.txt").write_text("abc")
+    tiny = ["model.dim=16", "model.depth=1", "model.num_heads=2", "model.max_seq_len=8", "data.tokens_per_step=8"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--out", str(tmp_path / "run"), f"data.buckets={buckets_dir}", *tiny, *overrides])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_concat_chunk_reads_documents_as_make_buckets_does(tmp_path):
+    """The baseline reads a jsonl corpus's text field (not the raw JSON lines), like make-buckets."""
+    import copy
+
+    from bramley.dataset_decomposition.cli import TRAIN_DEFAULTS, build_training
+
+    texts = ["first document " * 5, "second one, ü " * 7]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    config = copy.deepcopy(TRAIN_DEFAULTS)
+    config["train"] = {"seed": 0}
+    config["data"].update(method="concat_chunk", documents=str(tmp_path / "c.jsonl"), seq_len=8, tokens_per_step=16)
+    dataset, sampler, tokens_per_step = build_training(config)
+    assert sampler is None and tokens_per_step == 16
+    assert dataset.account.documents == 2
+    assert dataset.account.tokens == sum(len(t.encode()) + 1 for t in texts)

@@ -40,9 +40,11 @@ TRAIN_DEFAULTS: dict[str, Any] = {
         "buckets": None,
         "curriculum": "grow_p2",
         "num_cycles": 8,
-        # concat_chunk: text files / folders (read into memory), tokenizer as in make-buckets
+        # concat_chunk: jsonl / text files or folders, read as make-buckets reads them (into memory)
         "documents": None,
         "pattern": "**/*.txt",
+        "text_field": "text",
+        "txt_mode": "file",
         "tokenizer": "byte",
         "seq_len": 8192,
         "document_masking": False,
@@ -87,16 +89,22 @@ def build_model_from_config(mcfg: dict[str, Any]):
     from . import model as _  # noqa: F401  (registers the dd_gpt_* models)
 
     kwargs = {k: v for k, v in mcfg.items() if k != "name" and v is not None}
-    return create_model(mcfg["name"], **kwargs)
+    try:
+        return create_model(mcfg["name"], **kwargs)
+    except (KeyError, ValueError, TypeError) as err:  # unknown name, invalid sizes
+        raise ConfigError(f"model: {err.args[0] if isinstance(err, KeyError) else err}") from err
 
 
 def _val_batches(path: str, rows_per_bucket: int) -> list:
     """The first ``rows_per_bucket`` rows of every bucket of a held-out bucket folder, one batch per bucket."""
     import torch
 
-    from .buckets import Buckets
+    from .buckets import BucketFormatError, Buckets
 
-    buckets = Buckets(path)
+    try:
+        buckets = Buckets(path)
+    except BucketFormatError as err:
+        raise ConfigError(f"data.val_buckets: {err}") from err
     batches = []
     for b in range(len(buckets)):
         rows = buckets.array(b)[:rows_per_bucket]
@@ -109,39 +117,54 @@ def _val_batches(path: str, rows_per_bucket: int) -> list:
 
 # ----------------------------------------------------------------------------------------------------------- train
 def build_training(config: dict[str, Any], rank: int = 0, world_size: int = 1):
-    """``(train_data, batch_sampler, tokens_per_step)`` for the configured method (``batch_sampler`` None: rows)."""
+    """``(train_data, batch_sampler, tokens_per_step)`` for the configured method (``batch_sampler`` None: rows).
+
+    Raises:
+        ConfigError: unknown method, missing data path, or data that does not fit the settings (the message names it).
+    """
     data = config["data"]
     method = data["method"]
     if method not in METHOD_CHOICES:
         raise ConfigError(f"data.method must be one of {', '.join(METHOD_CHOICES)}, got {method!r}")
-    tokens_per_step = int(data["tokens_per_step"])
-    if method == "dd":
-        from .buckets import Buckets
-        from .sampling import BucketBatchSampler
+    if method == "dd" and not data.get("buckets"):
+        raise ConfigError("data.method=dd needs data.buckets=DIR (a folder written by make-buckets)")
+    if method == "concat_chunk" and not data.get("documents"):
+        raise ConfigError("data.method=concat_chunk needs data.documents=PATH (jsonl / text files or folders)")
+    try:
+        tokens_per_step = int(data["tokens_per_step"])
+        if method == "dd":
+            return _dd_data(data, tokens_per_step, int(config["train"]["seed"]), rank, world_size)
+        return _concat_chunk_data(data, tokens_per_step, int(config["train"]["seed"]))
+    except (ValueError, FileNotFoundError, ImportError) as err:  # BucketFormatError is a ValueError
+        raise ConfigError(f"data ({method}): {err}") from err
 
-        if not data.get("buckets"):
-            raise ConfigError("data.method=dd needs data.buckets=DIR (a folder written by make-buckets)")
-        buckets = Buckets(data["buckets"])
-        sampler = BucketBatchSampler.from_buckets(
-            buckets, tokens_per_step, curriculum=data["curriculum"], num_cycles=int(data["num_cycles"]),
-            seed=int(config["train"]["seed"]), num_replicas=world_size, rank=rank,
-        )  # fmt: skip
-        return buckets.dataset(), sampler, tokens_per_step
-    from bramley.core.data import TextDocuments
 
+def _dd_data(data: dict[str, Any], tokens_per_step: int, seed: int, rank: int, world_size: int):
+    from .buckets import Buckets
+    from .sampling import BucketBatchSampler
+
+    buckets = Buckets(data["buckets"])
+    sampler = BucketBatchSampler.from_buckets(
+        buckets, tokens_per_step, curriculum=data["curriculum"], num_cycles=int(data["num_cycles"]), seed=seed,
+        num_replicas=world_size, rank=rank,
+    )  # fmt: skip
+    return buckets.dataset(), sampler, tokens_per_step
+
+
+def _concat_chunk_data(data: dict[str, Any], tokens_per_step: int, seed: int):
     from .baseline import ConcatChunkDataset
+    from .make_buckets import read_documents
 
-    if not data.get("documents"):
-        raise ConfigError("data.method=concat_chunk needs data.documents=PATH (text files or a folder of them)")
     seq_len = int(data["seq_len"])
     if tokens_per_step % seq_len:
-        raise ConfigError(f"data.tokens_per_step ({tokens_per_step}) must be a multiple of data.seq_len ({seq_len})")
+        raise ValueError(f"data.tokens_per_step ({tokens_per_step}) must be a multiple of data.seq_len ({seq_len})")
     sources = data["documents"] if isinstance(data["documents"], list) else [data["documents"]]
-    docs = TextDocuments(sources, pattern=data["pattern"])
+    documents = read_documents(
+        sources, pattern=data["pattern"], text_field=data["text_field"], txt_mode=data["txt_mode"]
+    )
     dataset = ConcatChunkDataset.from_documents(
-        docs, seq_len, tokenizer=data["tokenizer"], seed=int(config["train"]["seed"]),
-        return_segments=bool(data["document_masking"]),
-    )  # fmt: skip
+        documents, seq_len, tokenizer=data["tokenizer"], seed=seed, return_segments=bool(data["document_masking"])
+    )
     return dataset, None, tokens_per_step
 
 
@@ -168,6 +191,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = build_model_from_config(config["model"])
     meter = TrainingMeter.for_model(model, world_size=info.world_size)
     val = config["data"].get("val_buckets")
+    val_batches = _val_batches(val, int(config["data"]["val_rows_per_bucket"])) if val else None  # fail before training
     trainer = Trainer(
         model, cfg, train_data=train_data, loss_fn=lm_loss_fn(float(config["loss"]["z_loss"]), meter),
         batch_sampler=sampler, callbacks=[meter],
@@ -175,9 +199,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics = trainer.fit()
     summary: dict[str, Any] = {"metrics": metrics, "cost": meter.totals(), "method": config["data"]["method"]}
     summary["tokens_by_sequence_length"] = {str(k): v for k, v in sorted(meter.seq_len_tokens.items())}
-    if val:
-        batches = [b.to(trainer.device) for b in _val_batches(val, int(config["data"]["val_rows_per_bucket"]))]
-        summary["val"] = evaluate_lm(trainer.model, batches)
+    if val_batches is not None:
+        summary["val"] = evaluate_lm(trainer.model, [b.to(trainer.device) for b in val_batches])
     if info.is_main:
         summary["model"] = str(args.out / "model.safetensors")
         _write_json(args.out / "train_results.json", summary)
@@ -188,20 +211,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from bramley.core.checkpoint import load_checkpoint, read_metadata
+    from bramley.core.checkpoint import CheckpointError, load_checkpoint, read_metadata
     from bramley.core.registry import create_model
 
     from . import model as _  # noqa: F401
+    from .buckets import BucketFormatError, Buckets
     from .train import evaluate_lm
 
-    config = read_metadata(args.checkpoint).get("bramley_config")
-    if not isinstance(config, dict) or "name" not in config:
-        raise ValueError(f"{args.checkpoint} carries no model config (was it written by `train`?)")
-    model = create_model(config["name"], **config.get("kwargs", {}))
-    load_checkpoint(args.checkpoint, model)
-    from .buckets import Buckets
-
-    buckets = Buckets(args.buckets)
+    try:
+        config = read_metadata(args.checkpoint).get("bramley_config")
+        if not isinstance(config, dict) or "name" not in config:
+            raise CheckpointError(f"{args.checkpoint} carries no model config (was it written by `train`?)")
+        model = create_model(config["name"], **config.get("kwargs", {}))
+        load_checkpoint(args.checkpoint, model)
+    except CheckpointError as err:
+        raise ConfigError(f"--checkpoint: {err}") from err
+    try:
+        buckets = Buckets(args.buckets)
+    except BucketFormatError as err:
+        raise ConfigError(f"--buckets: {err}") from err
     per_bucket = {}
     batches_all = []
     for b, length in enumerate(buckets.lengths):
@@ -211,7 +239,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             per_bucket[str(length)] = evaluate_lm(model, batches)["loss"]
             batches_all += batches
     if not batches_all:
-        raise ValueError(f"{args.buckets} holds no rows")
+        raise ConfigError(f"{args.buckets} holds no rows")
     overall = evaluate_lm(model, batches_all)
     _write_json(args.out, {"checkpoint": str(args.checkpoint), "buckets": str(args.buckets), "loss": overall,
                            "loss_by_bucket_length": per_bucket})  # fmt: skip

@@ -42,6 +42,7 @@ __all__ = [
     "list_input_files",
     "load_tokenizer",
     "make_buckets",
+    "read_documents",
     "run_make_buckets",
     "write_buckets",
 ]
@@ -188,6 +189,32 @@ def _read_documents(path: Path, *, text_field: str, txt_mode: str, encoding: str
         yield from (line for line in text.splitlines() if line.strip())
     else:
         raise ValueError(f"txt_mode must be 'file' or 'line', got {txt_mode!r}")
+
+
+def read_documents(
+    inputs: Sequence[str | os.PathLike],
+    *,
+    pattern: str = "**/*.txt",
+    text_field: str = "text",
+    txt_mode: str = "file",
+    encoding: str = "utf-8",
+) -> Iterator[str]:
+    """Every document of the inputs, read exactly as ``make-buckets`` reads them (same files, order and rules).
+
+    The concat-and-chunk baseline uses this, so both methods train on the same documents. Files that do not decode
+    with ``encoding`` are skipped whole and reported in one warning at the end, as in ``make-buckets``.
+    """
+    skipped = []
+    for path in list_input_files(inputs, pattern):
+        try:
+            documents = list(_read_documents(path, text_field=text_field, txt_mode=txt_mode, encoding=encoding))
+        except UnicodeDecodeError:
+            skipped.append(str(path))
+            continue
+        yield from documents
+    if skipped:
+        names = ", ".join(skipped[:3])
+        warnings.warn(f"skipped {len(skipped)} file(s) not decodable as {encoding}: {names}", stacklevel=2)
 
 
 # ----------------------------------------------------------------------------------------------- core loop
