@@ -98,6 +98,7 @@ def test_manifest_errors(folder):
         ({"buckets": []}, "no buckets"),
         ({"buckets": [{"log2": 2, "rows": 6, "file": "bucket_02.bin", "row_tokens": 9}]}, "inconsistent"),
         ({"buckets": [{"log2": 2}]}, "malformed"),
+        ({"buckets": [{"log2": -1, "rows": 0, "file": "bucket_02.bin", "row_tokens": 1}]}, "inconsistent"),
     ):
         path.write_text(json.dumps({**good, **change}))
         with pytest.raises(BucketFormatError, match=message):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bramley.dataset_decomposition import make_buckets as mb
-from bramley.dataset_decomposition.buckets import Buckets
+from bramley.dataset_decomposition.buckets import BucketFormatError, Buckets
 from bramley.dataset_decomposition.decompose import decompose
 
 
@@ -192,6 +192,14 @@ def test_finished_and_mismatched_folders(tmp_path):
     (tmp_path / "out" / "progress.json").write_text(json.dumps(state))
     with pytest.raises(ValueError, match="different settings"):
         mb.make_buckets(docs, tmp_path / "out", min_log2=2, max_log2=4, progress=False)
+    # a corrupt or foreign progress file is named, not parsed into a confusing error
+    for text, message in (('{"config": ', "progress.json is not valid JSON"), ("{}", "not a make-buckets progress")):
+        (tmp_path / "out" / "progress.json").write_text(text)
+        with pytest.raises(BucketFormatError, match=message):
+            mb.make_buckets(docs, tmp_path / "out", min_log2=2, max_log2=4, progress=False)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileExistsError, match="is a file, not a folder"):
+        mb.make_buckets(docs, tmp_path / "file", progress=False)
 
 
 def test_cli(tmp_path, capsys):

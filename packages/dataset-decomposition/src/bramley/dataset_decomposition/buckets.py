@@ -257,7 +257,7 @@ class Buckets:
                 row_tokens = int(entry["row_tokens"])
             except (KeyError, TypeError, ValueError) as err:
                 raise BucketFormatError(f"{manifest_path}: malformed bucket entry {entry!r}") from err
-            if row_tokens != (1 << k) + 1 or rows < 0 or Path(name).name != name:
+            if not 0 <= k <= 30 or row_tokens != (1 << k) + 1 or rows < 0 or Path(name).name != name:
                 raise BucketFormatError(f"{manifest_path}: inconsistent bucket entry {entry!r}")
             file = self.path / name
             if not file.is_file():

@@ -32,7 +32,16 @@ import numpy as np
 
 from bramley.core.data import ByteTokenizer
 
-from .buckets import MANIFEST, PROGRESS, BucketFormatError, Buckets, BucketWriter, bucket_file_name, token_dtype
+from .buckets import (
+    MANIFEST,
+    PROGRESS,
+    BucketFormatError,
+    Buckets,
+    BucketWriter,
+    _write_json,
+    bucket_file_name,
+    token_dtype,
+)
 from .decompose import check_bucket_range, decompose
 
 __all__ = [
@@ -314,11 +323,13 @@ def make_buckets(
         if not overwrite:
             raise FileExistsError(f"{root} already holds finished buckets; pass --overwrite to rebuild them")
         _remove_outputs(root)
+    if root.exists() and not root.is_dir():
+        raise FileExistsError(f"--out {root} is a file, not a folder")
     progress_path = root / PROGRESS
     if progress_path.exists():
-        state = json.loads(progress_path.read_text())
-        if state.get("config") != config:
-            changed = sorted(k for k in config if state.get("config", {}).get(k) != config[k])
+        state = _read_progress(progress_path)
+        if state["config"] != config:
+            changed = sorted(k for k in config if state["config"].get(k) != config[k])
             raise ValueError(
                 f"{root} holds an unfinished run with different settings or inputs ({', '.join(changed)}); "
                 "rerun with the same ones to resume, or remove the folder"
@@ -342,7 +353,7 @@ def make_buckets(
             "sources": [],
             "skipped": [],
         }
-        _write_progress(progress_path, state)
+        _write_json(progress_path, state)
         writer = BucketWriter(root, min_log2, max_log2, dtype, buffer_tokens=buffer_tokens)
 
     bar = _progress_bar(len(files), state["files_done"], enabled=progress)
@@ -368,7 +379,7 @@ def make_buckets(
         if time.monotonic() - last_checkpoint >= checkpoint_seconds or index == len(files) - 1:
             state["rows"] = {str(k): v for k, v in writer.flush().items()}
             state["files_done"] = index + 1
-            _write_progress(progress_path, state)
+            _write_json(progress_path, state)
             last_checkpoint = time.monotonic()
         if bar is not None:
             bar.update(1)
@@ -436,10 +447,16 @@ def write_buckets(
     return Buckets(root)
 
 
-def _write_progress(path: Path, state: dict[str, Any]) -> None:
-    from .buckets import _write_json
-
-    _write_json(path, state)
+def _read_progress(path: Path) -> dict[str, Any]:
+    """The resume state of an unfinished run; ``BucketFormatError`` naming the file if it is not one."""
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BucketFormatError(f"{path} is not valid JSON ({err}): remove the folder and start again") from err
+    keys = ("config", "file_ids", "files_done", "rows", "sources", "skipped")
+    if not isinstance(state, dict) or not all(k in state for k in keys) or not isinstance(state["config"], dict):
+        raise BucketFormatError(f"{path} is not a make-buckets progress file: remove the folder and start again")
+    return state
 
 
 def _remove_outputs(root: Path) -> None:
