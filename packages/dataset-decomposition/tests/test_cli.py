@@ -18,6 +18,7 @@ def test_help_lists_subcommands(capsys):
         assert sub in out
 
 
+@pytest.mark.filterwarnings("ignore:train.steps=.* passes over the buckets")  # 2 tiny steps
 def test_make_buckets_train_eval(tmp_path, capsys):
     (tmp_path / "docs").mkdir()
     for i in range(4):
@@ -116,3 +117,15 @@ def test_concat_chunk_reads_documents_as_make_buckets_does(tmp_path):
     assert sampler is None and tokens_per_step == 16
     assert dataset.account.documents == 2
     assert dataset.account.tokens == sum(len(t.encode()) + 1 for t in texts)
+
+
+def test_cycle_coverage_note():
+    """train.steps that end inside a pass over the buckets cut the curriculum's last cycles: the user is told."""
+    from bramley.core.train import TrainConfig
+    from bramley.dataset_decomposition.cli import cycle_coverage_note
+
+    assert cycle_coverage_note(100, 8, TrainConfig(steps=200)) is None  # two whole passes
+    assert cycle_coverage_note(100, 8, TrainConfig(steps=50, grad_accum_steps=4)) is None
+    assert cycle_coverage_note(100, 8, TrainConfig(epochs=1)) is None
+    note = cycle_coverage_note(100, 8, TrainConfig(steps=83))
+    assert "0.830 passes" in note and "cycle 7 of 8" in note and "train.steps=100" in note

@@ -79,6 +79,7 @@ def _torchrun(line: str, cwd: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 
+@pytest.mark.filterwarnings("ignore:train.steps=.* passes over the buckets")  # 2 tiny steps
 def test_readme_commands_run(tmp_path, monkeypatch):
     from bramley.core.cli import main as bramley_main
 
@@ -134,7 +135,10 @@ def test_readme_table_matches_results():
 
 def test_readme_prose_numbers_come_from_the_results():
     """Every measured number quoted in the README's prose is the one in the committed results files."""
+    from bramley.dataset_decomposition.sampling import BucketBatchSampler, cycle_quotas
+
     text = " ".join(README.read_text().split())
+    pass_steps, whole_cycles = [], []
     for name in ("reproduce_results.json", "reproduce_results_seed1.json"):
         results = _results(name)
         runs = results["runs"]
@@ -161,6 +165,13 @@ def test_readme_prose_numbers_come_from_the_results():
             ]
         for phrase in quoted:
             assert phrase in text, (name, phrase)
+        rows, config = results["data"]["buckets"], results["config"]
+        sampler = BucketBatchSampler(list(rows.values()), [int(n) for n in rows], config["tokens_per_step"])
+        whole = int(np.searchsorted(cycle_quotas(sampler.batches_per_bucket, 8).sum(1).cumsum(), 150, side="right"))
+        pass_steps.append(len(sampler))
+        whole_cycles.append(whole)
+    assert "150 steps of a {}-step pass (seed 0) and of a {}-step pass".format(*pass_steps) in text
+    assert "so {} and {} of the 8 Grow-P2 cycles ran whole".format(*whole_cycles) in text
 
 
 @pytest.mark.parametrize("name", ["BENCHMARKS.md", "CHANGELOG.md"])

@@ -152,6 +152,7 @@ def test_meter_state_round_trip():
 
 
 # ------------------------------------------------------------------------------------------------------- recipes
+@pytest.mark.filterwarnings("ignore:train.steps=.* passes over the buckets")  # 2 tiny steps
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_smoke_at_tiny_scale(recipe, corpus, tmp_path):
     root, _, _ = corpus

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import warnings
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -168,6 +170,26 @@ def _concat_chunk_data(data: dict[str, Any], tokens_per_step: int, seed: int):
     return dataset, None, tokens_per_step
 
 
+def cycle_coverage_note(batches_per_epoch: int, num_cycles: int, cfg: Any) -> str | None:
+    """A warning when ``train.steps`` ends inside an epoch of the buckets, so the curriculum's last cycles never run.
+
+    The sampler's cycles divide one pass over the buckets; the official code instead sizes its cycles ("epochs") to
+    the token budget. The two agree only when the steps cover whole passes, which this checks.
+    """
+    if cfg.steps is None:
+        return None
+    epochs = cfg.steps * cfg.grad_accum_steps / batches_per_epoch
+    last = epochs - math.floor(epochs)
+    if last == 0:
+        return None
+    whole = max(1, round(epochs)) * batches_per_epoch // cfg.grad_accum_steps
+    return (
+        f"train.steps={cfg.steps} covers {epochs:.3f} passes over the buckets ({batches_per_epoch} batches each, "
+        f"{num_cycles} curriculum cycles per pass): the last pass stops in cycle {math.ceil(last * num_cycles)} of "
+        f"{num_cycles}. For whole cycles set train.steps={whole} (or sample the buckets to the token budget)"
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from bramley.core.train import TrainConfig, Trainer
     from bramley.core.train.distributed import init_distributed
@@ -188,6 +210,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if sampler is None:
         seq_len = int(config["data"]["seq_len"])
         cfg = cfg.replace(batch_size=tokens_per_step // seq_len)
+    elif info.is_main and (note := cycle_coverage_note(len(sampler), sampler.num_cycles, cfg)):
+        warnings.warn(note, stacklevel=1)
     model = build_model_from_config(config["model"])
     meter = TrainingMeter.for_model(model, world_size=info.world_size)
     val = config["data"].get("val_buckets")
