@@ -66,14 +66,25 @@ def test_every_kept_token_appears_exactly_once(cfg):
 
 
 def test_worked_example():
-    # 1000 tokens, buckets 2^4..2^9: 999 -> 2^9 (513), 486 -> 2^8 (257), 229 -> 2^7 (129), 100 -> 2^6 (65),
-    # 35 -> 2^5 (33), 2 left (< 17): dropped
+    # 1000 tokens, buckets 2^4..2^9 (tokens left -> row): 1000 -> 2^9 (513), 487 -> 2^8 (257), 230 -> 2^7 (129),
+    # 101 -> 2^6 (65), 36 -> 2^5 (33), 3 left (< 17): dropped
     chunks, dropped = decompose_length(1000, 4, 9)
     assert chunks == [(0, 9), (513, 8), (770, 7), (899, 6), (964, 5)]
     assert dropped == 3
     assert decompose_length(2**7 + 1, 4, 9) == ([(0, 7)], 0)
     assert decompose_length(2**7, 4, 9) == ([(0, 6), (65, 5), (98, 4)], 13)  # 128 = 65 + 33 + 17 + 13: no 2^7 + 1
     assert decompose_length(16, 4, 9) == ([], 16)  # exactly 2^min_log2 tokens: all dropped
+
+
+def test_random_cuts_start_exactly_where_the_official_k_exceeds_max_log2():
+    # official: k = int(log2(len - 1)); random only if k > max_log2, i.e. len >= 2^(max_log2 + 1) + 1
+    chunks, dropped = decompose_length(2**10, 4, 9)  # log2(1023) < 10: greedy, no generator needed
+    assert [k for _, k in chunks] == [9, 8, 7, 6, 5, 4] and dropped == 10
+    with pytest.raises(ValueError, match="rng"):
+        decompose_length(2**10 + 1, 4, 9)  # log2(1024) = 10 > 9: the first cut is drawn
+    fixed, dropped = decompose_length(2**10 + 1, 4, 9, randomize=False)
+    assert [k for _, k in fixed] == [9, 8, 7, 6, 5, 4] and dropped == 11
+    assert decompose([], 4, 9) == ({}, 0)  # an empty document (not even an end-of-text token) gives nothing
 
 
 def test_long_documents_need_a_generator_and_are_deterministic():

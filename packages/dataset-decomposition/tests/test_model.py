@@ -104,3 +104,5 @@ def test_bad_inputs_raise_clear_errors():
         DDGPT(norm="batchnorm")
     with pytest.raises(ValueError, match="even"):
         DDGPT(dim=36, num_heads=4)
+    with pytest.raises(ValueError, match="num_heads and max_seq_len must be >= 1"):
+        DDGPT(num_heads=0)

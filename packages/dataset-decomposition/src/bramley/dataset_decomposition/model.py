@@ -132,8 +132,11 @@ class DDGPT(nn.Module):
         qk_norm: bool = False,
     ):
         super().__init__()
-        if vocab_size < 1 or dim < 1 or depth < 1 or max_seq_len < 1:
-            raise ValueError(f"vocab_size, dim, depth and max_seq_len must be >= 1, got {vocab_size, dim, depth}")
+        if min(vocab_size, dim, depth, num_heads, max_seq_len) < 1:
+            raise ValueError(
+                f"vocab_size, dim, depth, num_heads and max_seq_len must be >= 1, got {vocab_size}, {dim}, {depth}, "
+                f"{num_heads}, {max_seq_len}"
+            )
         if dim % num_heads or (dim // num_heads) % 2:
             raise ValueError(f"dim ({dim}) / num_heads ({num_heads}) must be an even integer head size for RoPE")
         self.vocab_size = vocab_size
