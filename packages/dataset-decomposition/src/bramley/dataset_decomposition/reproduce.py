@@ -202,31 +202,25 @@ def _position_bands(max_len: int) -> list[tuple[int, int]]:
 
 # ---------------------------------------------------------------------------------------------------------- report
 def _plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    from bramley.core.report import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for run in results["runs"].values():
-        tokens = [c["tokens"] for c in run["curve"]]
-        axes[0].plot(tokens, [c["val_loss"] for c in run["curve"]], marker="o", ms=3, label=run["label"])
-        axes[1].plot([c["wall_s"] for c in run["curve"]], [c["val_loss"] for c in run["curve"]], marker="o", ms=3,
-                     label=run["label"])  # fmt: skip
-        pos = np.asarray(run["loss_by_position"])
-        window = max(1, pos.size // 32)
-        smooth = np.convolve(pos, np.ones(window) / window, mode="valid")
-        axes[2].plot(np.arange(smooth.size) + window // 2, smooth, label=run["label"])
-    axes[0].set(xlabel="training tokens", ylabel="held-out loss (nats/byte)", title="equal tokens")
-    axes[1].set(xlabel="training wall-clock (s, eval excluded)", ylabel="held-out loss", title="equal time")
-    axes[2].set(xlabel="context position", ylabel="held-out loss", title="loss by position (first windows)")
-    axes[2].set_xscale("symlog", linthresh=16)
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, ncols=3, figsize=(15, 4.2), dpi=110) as axes:
+        for run in results["runs"].values():
+            tokens = [c["tokens"] for c in run["curve"]]
+            axes[0].plot(tokens, [c["val_loss"] for c in run["curve"]], marker="o", ms=3, label=run["label"])
+            axes[1].plot([c["wall_s"] for c in run["curve"]], [c["val_loss"] for c in run["curve"]], marker="o", ms=3,
+                         label=run["label"])  # fmt: skip
+            pos = np.asarray(run["loss_by_position"])
+            window = max(1, pos.size // 32)
+            smooth = np.convolve(pos, np.ones(window) / window, mode="valid")
+            axes[2].plot(np.arange(smooth.size) + window // 2, smooth, label=run["label"])
+        axes[0].set(xlabel="training tokens", ylabel="held-out loss (nats/byte)", title="equal tokens")
+        axes[1].set(xlabel="training wall-clock (s, eval excluded)", ylabel="held-out loss", title="equal time")
+        axes[2].set(xlabel="context position", ylabel="held-out loss", title="loss by position (first windows)")
+        axes[2].set_xscale("symlog", linthresh=16)
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
 
 
 def _table(results: dict[str, Any]) -> str:
