@@ -82,7 +82,7 @@ def buckets_dir(tmp_path):
         (["model.name=dd_gpt_huge"], "unknown model 'dd_gpt_huge'"),
         (["model.dim=10", "model.num_heads=4"], "even integer head size"),
         (["data.method=concat_chunk"], "needs data.documents=PATH"),
-        (["data.method=concat_chunk", "data.documents=nowhere", "data.seq_len=8"], "input nowhere does not exist"),
+        (["data.method=concat_chunk", "data.documents=nowhere", "data.seq_len=8"], "nowhere does not exist"),
         (
             ["data.method=concat_chunk", "data.documents=x.txt", "data.seq_len=8", "data.tokens_per_step=16"],
             "do not fill one row",

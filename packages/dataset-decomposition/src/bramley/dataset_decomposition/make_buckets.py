@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bramley.core.data import ByteTokenizer
+from bramley.core.data import ByteTokenizer, TextDocuments
 
 from .buckets import (
     MANIFEST,
@@ -149,23 +149,14 @@ def load_tokenizer(spec: str = "byte", eot_token: str | None = None) -> ByteLeve
 
 # ----------------------------------------------------------------------------------------------- inputs
 def list_input_files(inputs: Sequence[str | os.PathLike], pattern: str = "**/*.txt") -> list[Path]:
-    """Expand files and directories (searched with ``pattern``, sorted by relative POSIX path) into a file list."""
+    """Expand files and directories (searched with ``pattern``, sorted by relative POSIX path) into a file list.
+
+    The listing of :class:`bramley.core.data.TextDocuments`: a missing input or a directory without matches raises
+    ``FileNotFoundError``.
+    """
     if not inputs:
         raise ValueError("no input files or directories given")
-    files: list[Path] = []
-    for source in map(Path, inputs):
-        if source.is_dir():
-            found = sorted(
-                (p for p in source.glob(pattern) if p.is_file()), key=lambda p: p.relative_to(source).as_posix()
-            )
-            if not found:
-                raise FileNotFoundError(f"no files matching {pattern!r} under {source}")
-            files.extend(found)
-        elif source.is_file():
-            files.append(source)
-        else:
-            raise FileNotFoundError(f"input {source} does not exist")
-    return files
+    return TextDocuments(list(inputs), pattern=pattern).paths
 
 
 def _is_jsonl(path: Path) -> bool:
