@@ -129,3 +129,17 @@ def test_cycle_coverage_note():
     assert cycle_coverage_note(100, 8, TrainConfig(epochs=1)) is None
     note = cycle_coverage_note(100, 8, TrainConfig(steps=83))
     assert "0.830 passes" in note and "cycle 7 of 8" in note and "train.steps=100" in note
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tokens-per-step", "100"], "must be a multiple of the max length 512"),
+        (["--steps", "0"], "need steps >= 1"),
+        (["--model", "dd_gpt_huge"], "unknown model 'dd_gpt_huge'"),
+    ],
+)
+def test_bench_errors_are_clean(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--dim", "16", "--depth", "1", "--num-heads", "2", *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -281,11 +281,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     kwargs = {k: v for k, v in (("dim", args.dim), ("depth", args.depth), ("num_heads", args.num_heads)) if v}
-    result = run_benchmark(
-        args.model, model_kwargs=kwargs, min_log2=args.min_log2, max_log2=args.max_log2,
-        tokens_per_step=args.tokens_per_step, steps=args.steps, warmup=args.warmup, device=args.device, amp=args.amp,
-        methods=tuple(args.methods), seed=args.seed,
-    )  # fmt: skip
+    try:
+        result = run_benchmark(
+            args.model, model_kwargs=kwargs, min_log2=args.min_log2, max_log2=args.max_log2,
+            tokens_per_step=args.tokens_per_step, steps=args.steps, warmup=args.warmup, device=args.device,
+            amp=args.amp, methods=tuple(args.methods), seed=args.seed,
+        )  # fmt: skip
+    except (KeyError, ValueError) as err:  # unknown model, sizes that do not fit
+        raise ConfigError(f"bench: {err.args[0] if isinstance(err, KeyError) else err}") from err
     result["environment"] = environment()
     context, device = 1 << args.max_log2, result["device"]
     print(f"{args.model} at max context {context}, {args.tokens_per_step} tokens/step on {device}:")
