@@ -9,7 +9,6 @@ from bramley.dataset_decomposition.baseline import (
     ConcatChunkDataset,
     causal_attention_pairs,
     segments_to_cu_seqlens,
-    steps_for_tokens,
 )
 
 
@@ -86,4 +85,3 @@ def test_errors_and_helpers():
     with pytest.raises(ValueError, match=r"\(batch, seq\)"):
         segments_to_cu_seqlens(torch.zeros(4, dtype=torch.long))
     assert causal_attention_pairs([4]) == 10 and causal_attention_pairs([2, 2]) == 6
-    assert steps_for_tokens(1000, 64) == 15

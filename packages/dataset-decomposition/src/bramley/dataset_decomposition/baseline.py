@@ -27,7 +27,6 @@ __all__ = [
     "TokenAccount",
     "causal_attention_pairs",
     "segments_to_cu_seqlens",
-    "steps_for_tokens",
 ]
 
 
@@ -152,10 +151,3 @@ def segments_to_cu_seqlens(segments: torch.Tensor) -> tuple[torch.Tensor, int]:
 def causal_attention_pairs(segment_lengths: Iterable[int]) -> int:
     """Query-key pairs a causal attention computes over segments of these lengths: ``sum l (l + 1) / 2``."""
     return sum(int(n) * (int(n) + 1) // 2 for n in segment_lengths)
-
-
-def steps_for_tokens(target_tokens: int, tokens_per_step: int) -> int:
-    """Optimizer steps that train on ``target_tokens`` at ``tokens_per_step`` (rounded down, at least 1)."""
-    if tokens_per_step < 1:
-        raise ValueError(f"tokens_per_step must be >= 1, got {tokens_per_step}")
-    return max(1, int(target_tokens) // int(tokens_per_step))
