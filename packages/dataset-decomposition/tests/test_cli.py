@@ -88,6 +88,12 @@ def buckets_dir(tmp_path):
             "do not fill one row",
         ),
         (["model.dimm=3"], "unknown config key 'model.dimm'"),
+        (["model.vocab_size=100"], "token ids up to 256 but model.vocab_size=100"),
+        (["model.max_seq_len=4"], "sequences of 8 tokens but model.max_seq_len=4"),
+        (
+            ["data.method=concat_chunk", "data.documents=x.txt", "data.seq_len=2", "model.vocab_size=100"],
+            "token ids up to 256 but model.vocab_size=100",
+        ),
     ],
 )
 def test_train_errors_are_clean(buckets_dir, tmp_path, monkeypatch, capsys, overrides, message):
