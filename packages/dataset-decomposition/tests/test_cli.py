@@ -141,8 +141,10 @@ def test_cycle_coverage_note():
     ("args", "message"),
     [
         (["--tokens-per-step", "100"], "must be a multiple of the max length 512"),
-        (["--steps", "0"], "need steps >= 1"),
+        (["--steps", "0"], "--steps: must be >= 1, got 0"),
         (["--model", "dd_gpt_huge"], "unknown model 'dd_gpt_huge'"),
+        (["--min-log2", "6", "--max-log2", "5"], "need 0 <= min_log2 <= max_log2"),
+        (["--threads", "0"], "--threads: must be >= 1, got 0"),
     ],
 )
 def test_bench_errors_are_clean(capsys, args, message):

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .decompose import check_bucket_range
 from .train import attention_flops, batch_sequence_lengths, lm_loss_fn
 
 __all__ = ["make_batches", "run_benchmark"]
@@ -86,6 +87,7 @@ def run_benchmark(
     from bramley.core.train import resolve_amp
     from bramley.core.train.distributed import resolve_device
 
+    check_bucket_range(min_log2, max_log2)
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps} warmup={warmup}")
     unknown = sorted(set(methods) - set(BENCH_METHODS))

@@ -328,6 +328,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------- parser
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .make_buckets import add_make_buckets_arguments
 
@@ -349,26 +356,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="held-out loss of a trained model on a bucket folder, per bucket length")
     p.add_argument("--checkpoint", type=Path, required=True, help="model.safetensors written by train")
     p.add_argument("--buckets", type=Path, required=True, help="held-out bucket folder (make-buckets output)")
-    p.add_argument("--rows-per-bucket", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--rows-per-bucket", type=_positive_int, default=256)
+    p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: print)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="training tokens/s, DD vs concat-and-chunk, same model and tokens per step")
     p.add_argument("--model", default="dd_gpt_tiny")
-    p.add_argument("--dim", type=int, default=None)
-    p.add_argument("--depth", type=int, default=None)
-    p.add_argument("--num-heads", type=int, default=None)
+    p.add_argument("--dim", type=_positive_int, default=None)
+    p.add_argument("--depth", type=_positive_int, default=None)
+    p.add_argument("--num-heads", type=_positive_int, default=None)
     p.add_argument("--min-log2", type=int, default=4)
     p.add_argument("--max-log2", type=int, default=9, help="maximum context 2^max_log2 (13 for 8k)")
-    p.add_argument("--tokens-per-step", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--tokens-per-step", type=_positive_int, default=4096)
+    p.add_argument("--steps", type=_positive_int, default=6)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--methods", nargs="+", default=["cc", "cc_dm", "dd"], choices=["cc", "cc_dm", "dd"])
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=None, help="JSON results (default: print)")
     p.set_defaults(func=cmd_bench)
 
