@@ -170,16 +170,26 @@ def _concat_chunk_data(data: dict[str, Any], tokens_per_step: int, seed: int):
     return dataset, None, tokens_per_step
 
 
-def _data_vocab_size(train_data: Any) -> int | None:
-    """Token ids the training data can hold: the buckets' tokenizer vocabulary, or the baseline stream's max id + 1."""
-    from .baseline import ConcatChunkDataset
+def _check_data_fits_model(model: Any, train_data: Any, sampler: Any, seq_len: int) -> None:
+    """``ConfigError`` before training (not at the first batch that trips it) when the data's token ids exceed the
+    model's vocabulary or its longest drawn sequence exceeds ``model.max_seq_len``."""
     from .buckets import BucketDataset
 
     if isinstance(train_data, BucketDataset):
-        return train_data.buckets.vocab_size
-    if isinstance(train_data, ConcatChunkDataset):
-        return int(train_data.tokens.max()) + 1
-    return None
+        vocab = train_data.buckets.vocab_size  # the tokenizer's, from the manifest
+        longest = max(n for n, batches in zip(sampler.lengths, sampler.batches_per_bucket) if batches)
+    else:
+        vocab = int(train_data.tokens.max()) + 1  # concat-and-chunk: the stream is in memory
+        longest = seq_len
+    if vocab is not None and vocab > model.vocab_size:
+        raise ConfigError(
+            f"the training data holds token ids up to {vocab - 1} but model.vocab_size={model.vocab_size}: "
+            f"set model.vocab_size={vocab} or more (or use the tokenizer the model was meant for)"
+        )
+    if longest > model.max_seq_len:
+        raise ConfigError(
+            f"the training data has sequences of {longest} tokens but model.max_seq_len={model.max_seq_len}"
+        )
 
 
 def cycle_coverage_note(batches_per_epoch: int, num_cycles: int, cfg: Any) -> str | None:
@@ -225,20 +235,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif info.is_main and (note := cycle_coverage_note(len(sampler), sampler.num_cycles, cfg)):
         warnings.warn(note, stacklevel=1)
     model = build_model_from_config(config["model"])
-    data_vocab = _data_vocab_size(train_data)
-    if data_vocab is not None and data_vocab > model.vocab_size:
-        raise ConfigError(
-            f"the training data holds token ids up to {data_vocab - 1} but model.vocab_size={model.vocab_size}: "
-            f"set model.vocab_size={data_vocab} or more (or use the tokenizer the model was meant for)"
-        )
-    if sampler is not None:  # the longest bucket that gets drawn
-        longest = max(n for n, batches in zip(sampler.lengths, sampler.batches_per_bucket) if batches)
-    else:
-        longest = int(config["data"]["seq_len"])
-    if longest > model.max_seq_len:
-        raise ConfigError(
-            f"the training data has sequences of {longest} tokens but model.max_seq_len={model.max_seq_len}"
-        )
+    _check_data_fits_model(model, train_data, sampler, int(config["data"]["seq_len"]))
     meter = TrainingMeter.for_model(model, world_size=info.world_size)
     val = config["data"].get("val_buckets")
     val_batches = _val_batches(val, int(config["data"]["val_rows_per_bucket"])) if val else None  # fail before training
