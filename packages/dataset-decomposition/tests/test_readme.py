@@ -177,3 +177,45 @@ def test_readme_prose_numbers_come_from_the_results():
 @pytest.mark.parametrize("name", ["BENCHMARKS.md", "CHANGELOG.md"])
 def test_docs_exist(name):
     assert (README.parent / name).is_file()
+
+
+BENCHMARKS = README.parent / "BENCHMARKS.md"
+
+
+def test_benchmarks_table_matches_the_raw_results():
+    """Each CPU row of BENCHMARKS.md is the benchmarks/*.json its command wrote (not typed by hand)."""
+    text = BENCHMARKS.read_text()
+    for context in (512, 1024):
+        result = json.loads((README.parent / "benchmarks" / f"cpu_context{context}.json").read_text())
+        m, ratios = result["methods"], result["ratios"]
+        attn = " / ".join(f"{m[k]['attention_flops_per_step'] / 1e9:.2f}" for k in ("cc", "cc_dm", "dd"))
+        row = (
+            f"| {context} | {1 << result['min_log2']} ... {context} | {m['cc']['tokens_per_s']:.0f} | "
+            f"{m['cc_dm']['tokens_per_s']:.0f} | {m['dd']['tokens_per_s']:.0f} | **{ratios['dd_over_cc']:.2f}x** | "
+            f"**{ratios['dd_over_cc_dm']:.2f}x** | {attn} |"
+        )
+        assert row in text, row
+        assert result["steps"] == 12 and result["warmup"] == 2 and result["tokens_per_step"] == 4096
+
+
+def test_benchmarks_commands_run(tmp_path, monkeypatch):
+    """The BENCHMARKS.md commands run (tiny model, one step, CPU; outputs into a temporary folder)."""
+    import torch
+
+    from bramley.core.cli import main as bramley_main
+
+    monkeypatch.chdir(tmp_path)
+    lines = [line for block in re.findall(r"```bash\n(.*?)```", BENCHMARKS.read_text(), flags=re.S)
+             for line in block.strip().splitlines()]  # fmt: skip
+    assert len(lines) == 3
+    threads = torch.get_num_threads()
+    for line in lines:
+        for pattern, replacement in SHRINK:
+            line = re.sub(pattern, replacement, line)
+        line = line.replace("4096 --steps 12 --warmup 2", "1024 --steps 1 --warmup 0")  # the CPU lines
+        argv = shlex.split(line)[1:]
+        if "--model" not in argv:  # the CPU lines use the default dd_gpt_tiny: shrink it too
+            argv += ["--dim", "16", "--depth", "1", "--num-heads", "2"]
+        assert bramley_main(argv) == 0, line
+    torch.set_num_threads(threads)  # --threads 1 changed the process-wide setting
+    assert (tmp_path / "benchmarks" / "cpu_context1024.json").is_file() and (tmp_path / "bench-8k.json").is_file()
