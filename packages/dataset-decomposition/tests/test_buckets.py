@@ -1,5 +1,6 @@
 import json
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -160,3 +161,52 @@ def test_docs_examples(tmp_path, monkeypatch, capsys):
             assert cli_main(argv[1:]) == 0, line
     assert Buckets(tmp_path / "buckets").lengths == [16, 32, 64, 128]
     assert "| bucket |" in capsys.readouterr().out
+
+
+def test_docs_measured_mixture_table():
+    """docs/data.md's table of mean sequence length per tenth of the epoch is what bucket_schedule gives."""
+    from pathlib import Path
+
+    from bramley.dataset_decomposition.sampling import bucket_schedule
+
+    text = (Path(__file__).parents[1] / "docs" / "data.md").read_text()
+    lengths = np.array([256, 512, 1024, 2048, 4096, 8192])
+    rows = {
+        "natural": dict(curriculum="natural"),
+        "uniform": dict(curriculum="uniform"),
+        "grow_p2": dict(curriculum="grow_p2"),
+        "grow_linear": dict(curriculum="grow_linear"),
+        "grow_p2, subcycles": dict(curriculum="grow_p2", mixing="subcycles"),
+        "grow_p2, 2 cycles": dict(curriculum="grow_p2", num_cycles=2),
+    }
+    for name, kwargs in rows.items():
+        steps = bucket_schedule([66, 73, 89, 104, 156, 243], seed=0, **kwargs)
+        means = [int(lengths[part].mean()) for part in np.array_split(steps, 10)]
+        row = f"| {name} | " + " | ".join(str(m) for m in means) + " |"
+        assert row in text, row
+
+
+@pytest.mark.skipif(sys.version_info[:3] != (3, 11, 7), reason="the docs measured CPython 3.11.7's standard library")
+def test_docs_measured_stdlib_buckets(tmp_path):
+    """docs/data.md's stdlib bucket statistics are what write_buckets gives (about 2 s)."""
+    from pathlib import Path
+
+    from bramley.core.data import python_stdlib_documents
+    from bramley.dataset_decomposition.make_buckets import write_buckets
+
+    text = " ".join((Path(__file__).parents[1] / "docs" / "data.md").read_text().split())
+    documents = python_stdlib_documents().documents()
+    assert f"({len(documents)} files, test suites excluded)" in text
+    for lo, hi in ((8, 13), (4, 9)):
+        buckets = write_buckets(documents, tmp_path / f"{lo}", min_log2=lo, max_log2=hi, seed=0)
+        stats = buckets.manifest["stats"]
+        stored = [r * (n + 1) for r, n in zip(buckets.rows_per_bucket, buckets.lengths)]
+        shares = [f"{100 * t / sum(stored):.1f}%" for t in stored]
+        assert f"{stats['tokens']:,} tokens including one end-of-text" in text
+        dropped = f"{stats['dropped_tokens']:,} tokens dropped ({stats['dropped_tokens'] / stats['tokens']:.2%})"
+        assert dropped in text, dropped
+        if lo == 8:
+            for n, r, t, share in zip(buckets.lengths, buckets.rows_per_bucket, stored, shares):
+                assert f"| {n} | {r:,} | {t:,} | {share} |" in text
+        else:
+            assert f"({', '.join(shares)} for 16..512)" in text
