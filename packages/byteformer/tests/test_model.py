@@ -137,6 +137,22 @@ def test_pack_samples_rejects_empty_and_non_bytes():
         pack_samples([torch.ones(9, dtype=torch.long), torch.ones(0, dtype=torch.long)])
     with pytest.raises(TypeError, match="integer"):
         pack_samples([torch.ones(9)])
+    with pytest.raises(ValueError, match="sample 0 is empty"):
+        pack_samples([b""])
+    with pytest.raises(TypeError, match="sample 1 is a str"):
+        pack_samples([b"abc", "abc"])
+    with pytest.raises(ValueError, match="sample 1 holds 300, not a byte"):
+        pack_samples([[1, 2], [3, 300]])
+    with pytest.raises(ValueError, match="sample 0 holds -1, not a byte"):
+        pack_samples([[-1, 2]])
+
+
+def test_pack_samples_takes_file_bytes_as_they_are():
+    data = bytes(range(256)) + b"\x00\xff"
+    tokens, cu = pack_samples([data, bytearray(data[:40]), memoryview(data)[5:50]])
+    assert tokens[: len(data)].tolist() == list(data)
+    assert cu.tolist() == [0, len(data), len(data) + 40, len(data) + 85] and cu.dtype == torch.int32
+    assert pack_samples([[0, 256]])[0].tolist() == [0, 256]  # the mask token
 
 
 def test_mask_token_is_accepted(samples):

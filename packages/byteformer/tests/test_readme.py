@@ -114,3 +114,29 @@ def test_readme_commands_run(image_folder, tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["BENCHMARKS.md", "CHANGELOG.md"])
 def test_docs_exist(name):
     assert (README.parent / name).is_file()
+
+
+def test_readme_measured_numbers_come_from_results():
+    """The README's reproduction table, timing, pixel baseline and CPU bench ratio are those in results/."""
+    text = README.read_text()
+    results = json.loads((README.parent / "results" / "results.json").read_text())
+    bench = json.loads((README.parent / "results" / "bench-cpu.json").read_text())
+    rows = {row["spec"]: row for row in results["table"]}
+    seen = set()
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 6 or not cells[1].startswith("`") or cells[1].strip("`") not in rows:
+            continue
+        row = rows[cells[1].strip("`")]
+        top1, std = (float(v) for v in cells[4].strip("*").split(" ± "))
+        assert (int(cells[2]), int(cells[3])) == (row["bytes_mean"], row["tokens_mean"]), line
+        assert (top1, std, float(cells[5])) == (
+            round(row["top1"], 1),
+            round(row["top1_std"], 1),
+            round(row["chance"], 1),
+        )
+        seen.add(row["spec"])
+    assert seen == set(rows), f"README table misses {set(rows) - seen}"
+    assert f"{len(results['seeds'])} seeds" in text and f"{results['seconds']:.0f} s on a 2-core CPU" in text
+    assert f"scores {results['pixel_logistic_regression_top1']:.1f}%" in text
+    assert f"**{bench['packed_over_padded']:.1f}x**" in text and f"{100 * bench['padding_fraction']:.1f}% of a" in text

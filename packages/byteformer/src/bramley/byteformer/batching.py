@@ -20,6 +20,10 @@ __all__ = ["collate_packed", "collate_padded", "pack_samples", "token_budget_sam
 
 
 def _as_sample(sample: Any, index: int) -> torch.Tensor:
+    if isinstance(sample, str):
+        raise TypeError(f"sample {index} is a str: pass the file's bytes (e.g. path.read_bytes()), not text")
+    if isinstance(sample, (bytes, bytearray, memoryview)):
+        sample = np.frombuffer(bytes(sample), dtype=np.uint8)
     t = torch.as_tensor(sample)
     if t.dim() != 1:
         raise ValueError(f"sample {index} must be a 1-D sequence of bytes, got shape {tuple(t.shape)}")
@@ -27,11 +31,18 @@ def _as_sample(sample: Any, index: int) -> torch.Tensor:
         raise ValueError(f"sample {index} is empty: a byte sequence needs at least one byte")
     if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
         raise TypeError(f"sample {index} must hold integer byte values, got {t.dtype}")
+    if t.dtype != torch.uint8 and (bool((t < 0).any()) or bool((t > MASK_TOKEN).any())):
+        bad = int(t.min()) if bool((t < 0).any()) else int(t.max())
+        raise ValueError(f"sample {index} holds {bad}, not a byte: expected 0..255 (or {MASK_TOKEN}, the mask token)")
     return t.long()
 
 
 def pack_samples(samples: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate byte sequences: ``(tokens (total,) int64, cu_seqlens (B + 1,) int32)`` for :class:`ByteFormer`."""
+    """Concatenate byte sequences: ``(tokens (total,) int64, cu_seqlens (B + 1,) int32)`` for :class:`ByteFormer`.
+
+    A sample is ``bytes`` / ``bytearray``, a uint8 array or any 1-D integer sequence of values 0..256 (256: the mask
+    token); empty samples, text and other values raise.
+    """
     if len(samples) == 0:
         raise ValueError("cannot pack an empty list of samples")
     tensors = [_as_sample(s, i) for i, s in enumerate(samples)]
