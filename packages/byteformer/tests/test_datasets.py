@@ -167,6 +167,24 @@ def test_audio_folder(tmp_path):
         AudioFolder(tmp_path)[5]
 
 
+def test_audio_folder_never_clips_real_signal(tmp_path):
+    import struct
+    import wave
+
+    from bramley.byteformer.audio import _float_wav
+
+    (tmp_path / "a").mkdir()
+    loud = np.array([0.5, -1.5, 0.25], dtype="<f4").tobytes()  # float WAVs may exceed 1: that must raise
+    (tmp_path / "a" / "0.wav").write_bytes(_float_wav(loud, 1, 3, 8000))
+    with wave.open(str(tmp_path / "a" / "1.wav"), "wb") as writer:  # int16 -32768: one level below -1
+        writer.setnchannels(1), writer.setsampwidth(2), writer.setframerate(8000)
+        writer.writeframes(struct.pack("<3h", -32768, 0, 32767))
+    folder = AudioFolder(tmp_path)
+    with pytest.raises(ValueError, match=r"0\.wav: float WAV samples must lie in \[-1, 1\].*peak 1\.5"):
+        folder[0]
+    np.testing.assert_array_equal(folder[1][0], np.array([-1.0, 0.0, 1.0], dtype=np.float32))
+
+
 def test_byte_folder(tmp_path):
     rng = np.random.default_rng(0)
     files = {}

@@ -137,3 +137,17 @@ def read_wav(data: bytes | np.ndarray) -> tuple[np.ndarray, int, str]:
     else:
         waveform = samples.astype(np.float64) / _INT_SCALE[dtype]
     return waveform, int(sample_rate), dtype
+
+
+def clip_pcm_floor(waveform: np.ndarray, dtype: str) -> np.ndarray:
+    """A waveform from :func:`read_wav` in [-1, 1], ready for :func:`quantize`; never clips real signal.
+
+    int16 / int32 PCM can hold one level below ``-(2**(bits-1) - 1)``, which reads back as slightly under -1: only
+    that level is moved onto -1. Float WAV samples outside [-1, 1] raise (they would be clipped otherwise).
+    """
+    if dtype == "float32":
+        peak = float(np.abs(waveform).max()) if waveform.size else 0.0
+        if peak > 1.0:
+            raise ValueError(f"float WAV samples must lie in [-1, 1] (no silent clipping), got peak {peak:.4g}")
+        return waveform
+    return np.clip(waveform, -1.0, 1.0)

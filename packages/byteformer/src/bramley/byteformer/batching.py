@@ -23,7 +23,7 @@ def _as_sample(sample: Any, index: int) -> torch.Tensor:
     if isinstance(sample, str):
         raise TypeError(f"sample {index} is a str: pass the file's bytes (e.g. path.read_bytes()), not text")
     if isinstance(sample, (bytes, bytearray, memoryview)):
-        sample = np.frombuffer(bytes(sample), dtype=np.uint8)
+        sample = np.frombuffer(bytes(sample), dtype=np.uint8).copy()
     t = torch.as_tensor(sample)
     if t.dim() != 1:
         raise ValueError(f"sample {index} must be a 1-D sequence of bytes, got shape {tuple(t.shape)}")

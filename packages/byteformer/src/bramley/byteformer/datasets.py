@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from bramley.core.data import DigitsDataset, SharedEpoch, sample_seed
 from bramley.core.data.splits import SPLITS
 
-from .audio import read_wav
+from .audio import clip_pcm_floor, read_wav
 from .encodings import Encoding, apply_transforms, encode, parse_encoding, parse_transforms, to_tokens
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -233,15 +233,15 @@ class AudioFolder(Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         path, label = self.samples[index]
         try:
-            waveform, rate, _ = read_wav(path.read_bytes())
+            waveform, rate, dtype = read_wav(path.read_bytes())
+            waveform = clip_pcm_floor(waveform, dtype)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
         if rate != self.sample_rate:
             raise ValueError(f"{path} has sample rate {rate}, the dataset uses {self.sample_rate}")
         if self.mono:
             waveform = waveform.mean(axis=0)
-        # int16/int32 minima read back as -1 - 1/(2**(bits-1) - 1); clip that last level onto -1
-        return np.clip(waveform, -1.0, 1.0).astype(np.float32), label
+        return waveform.astype(np.float32), label
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from bramley.core.config import ConfigError
 from bramley.core.data import sample_seed
 from bramley.core.data.splits import SPLITS
 
-from .audio import read_wav
+from .audio import clip_pcm_floor, read_wav
 from .encodings import AUDIO_FORMATS, IMAGE_FORMATS, TRANSFORMS, Encoding, describe, encode, parse_encoding
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
@@ -151,8 +151,8 @@ def _file_items(args: argparse.Namespace, encoding: Encoding) -> Iterator[dict[s
                 item["label"] = rel.parts[-2]
             try:
                 if encoding.modality == "audio":
-                    waveform, rate, _ = read_wav(path.read_bytes())
-                    item.update(x=np.clip(waveform, -1.0, 1.0), sample_rate=rate)
+                    waveform, rate, dtype = read_wav(path.read_bytes())
+                    item.update(x=clip_pcm_floor(waveform, dtype), sample_rate=rate)
                 else:
                     item["x"] = _load_image(path, args.image_size)
             except (OSError, ValueError) as err:

@@ -22,7 +22,8 @@ int32 offsets. Every operation is per sample, so a sample's logits do not depend
   attention, with no padding, no roll and no mask.
 - **Token merging** (corenet's ``TokenMerging``): consecutive pairs ``(x[2i], x[2i+1])`` of a sample are concatenated
   and projected ``Linear(2 dim, dim, bias=False)`` + LayerNorm; an odd last token is paired with zeros, so ``n`` tokens
-  become ``ceil(n / 2)``.
+  become ``ceil(n / 2)``. (corenet flattens a pair channel-major; the same function up to a fixed permutation of the
+  Linear's input columns.)
 - **Pooling**: the mean over exactly the sample's own tokens.
 
 :meth:`ByteFormer.forward_padded` computes the same function on a padded ``(B, L)`` batch with masks; it exists only
