@@ -238,7 +238,7 @@ class ByteFormer(nn.Module):
         if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
             raise ValueError("cu_seqlens must be a 1-D tensor of batch + 1 >= 2 offsets")
         if cu_seqlens.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"cu_seqlens must be int32, got {cu_seqlens.dtype}")
+            raise TypeError(f"cu_seqlens must be int32 (or int64), got {cu_seqlens.dtype}")
         if int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != tokens.numel():
             raise ValueError(
                 f"cu_seqlens must run from 0 to the number of tokens ({tokens.numel()}), "
