@@ -15,6 +15,9 @@ GPT (same initial weights) is trained by the core trainer with:
 - ``cc_dm``: concat-and-chunk with document masking (varlen attention, RoPE positions restart per document);
 - ``dd``: Dataset Decomposition, Grow-P2 curriculum with ``--cycles`` cycles, one bucket per step.
 
+The DD run is exactly one whole pass over its buckets, so every curriculum cycle runs complete: like the official
+``get_dd_params``, the buckets are scaled to the token budget (``steps * tokens_per_step``): each bucket keeps a
+share of its rows proportional to its size (:func:`budget_rows`), so that the sampler's pass is ``steps`` steps.
 Every step holds the same number of tokens and all runs take the same number of steps (equal tokens). Wall-clock
 excludes evaluation. Validation: held-out documents cut into consecutive windows of ``2^max_log2 + 1`` tokens
 (each window inside one document, evaluated at the maximum length); loss by context position uses the first
@@ -110,6 +113,46 @@ def _val_windows(docs: list[str], width: int, limit: int) -> tuple[torch.Tensor,
     return torch.stack(windows[:limit]), first
 
 
+def budget_rows(rows_per_bucket: Sequence[int], lengths: Sequence[int], tokens_per_step: int, steps: int) -> list[int]:
+    """Rows of each bucket to use so that one pass over the buckets is exactly ``steps`` steps.
+
+    Bucket ``b`` holds ``N_b`` whole batches of ``tokens_per_step // lengths[b]`` rows; the ``steps`` batches are
+    apportioned over the buckets in proportion to ``N_b`` (largest remainder), which keeps the data's token mix.
+
+    Raises:
+        ValueError: the buckets hold fewer than ``steps`` batches.
+    """
+    from .sampling import apportion
+
+    sizes = [tokens_per_step // n for n in lengths]
+    batches = np.asarray([r // b for r, b in zip(rows_per_bucket, sizes)], dtype=np.int64)
+    if batches.sum() < steps:
+        raise ValueError(f"the buckets hold {int(batches.sum())} batches, fewer than {steps} steps: take more data")
+    used = apportion(steps, batches)
+    assert (used <= batches).all() and used.sum() == steps
+    return [int(u) * b for u, b in zip(used, sizes)]
+
+
+class _RowSubset(torch.utils.data.Dataset):
+    """``(bucket, i)`` -> row ``picks[bucket][i]`` of a bucket dataset: a seeded random subset of each bucket's rows."""
+
+    def __init__(self, base: Any, rows_per_bucket: Sequence[int], used: Sequence[int], seed: int) -> None:
+        self.base = base
+        self.picks = [
+            np.sort(np.random.default_rng([seed, 7, b]).choice(total, size=n, replace=False))
+            for b, (total, n) in enumerate(zip(rows_per_bucket, used))
+        ]
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.picks)
+
+    def __getitem__(self, item: Sequence[int]) -> torch.Tensor:
+        return self.base[(int(item[0]), int(self.picks[item[0]][item[1]]))]
+
+    def __getitems__(self, items: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        return self.base.__getitems__([(int(b), int(self.picks[b][i])) for b, i in items])
+
+
 # ------------------------------------------------------------------------------------------------------------- runs
 class _EvalCurve:
     """Callback: every ``every`` steps (and at the end) evaluate on the held-out windows, clock paused."""
@@ -150,14 +193,19 @@ def run_method(
     sampler = None
     if method == "dd":
         buckets = Buckets(buckets_dir)
-        data = buckets.dataset()
-        sampler = BucketBatchSampler.from_buckets(
-            buckets, cfg["tokens_per_step"], curriculum="grow_p2", num_cycles=cfg["cycles"], seed=seed
+        rows = budget_rows(buckets.rows_per_bucket, buckets.lengths, cfg["tokens_per_step"], cfg["steps"])
+        data = _RowSubset(buckets.dataset(), buckets.rows_per_bucket, rows, seed)
+        sampler = BucketBatchSampler(
+            rows, buckets.lengths, cfg["tokens_per_step"], curriculum="grow_p2", num_cycles=cfg["cycles"], seed=seed
         )
+        if len(sampler) != cfg["steps"]:  # one whole pass: every curriculum cycle runs complete
+            raise RuntimeError(f"the DD pass has {len(sampler)} steps, not {cfg['steps']}")
         batch_size = 1  # unused: the sampler makes the batches
     else:
         data = ConcatChunkDataset.from_documents(train_docs, max_len, seed=seed, return_segments=method == "cc_dm")
         batch_size = cfg["tokens_per_step"] // max_len
+        if len(data) < cfg["steps"] * batch_size:  # no second epoch: every token is seen once, as in DD
+            raise RuntimeError(f"{len(data)} concat-and-chunk rows, fewer than {cfg['steps'] * batch_size}")
     train_cfg = TrainConfig(
         steps=cfg["steps"], batch_size=batch_size, optimizer="adamw", lr=cfg["lr"], betas=(0.9, 0.95),
         weight_decay=0.033, schedule="cosine", warmup_steps=max(1, cfg["steps"] // 10), clip_grad_norm=1.0,
@@ -181,6 +229,7 @@ def run_method(
         "final_val_loss": curve.curve[-1]["val_loss"],
         "seq_len_tokens": {str(k): v for k, v in sorted(meter.seq_len_tokens.items())},
         "run_s_including_eval": total_s,
+        "dd_pass": None if sampler is None else {"rows_per_bucket": sampler.rows_per_bucket, "steps": len(sampler)},
         "model": trainer.model,
     }
 
@@ -252,7 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/reproduce-dataset-decomposition"))
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke version (tests)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--steps", type=int, default=None, help="training steps per method (equal tokens)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps per method (equal tokens; the DD run is one whole pass)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (1: stable timings on a shared machine)"
@@ -289,11 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_docs, buckets_dir, min_log2=cfg["min_log2"], max_log2=cfg["max_log2"], seed=args.seed,
         source="python stdlib (train split)",
     )  # fmt: skip
-    from .sampling import BucketBatchSampler
-
-    dd_steps = len(BucketBatchSampler.from_buckets(buckets, cfg["tokens_per_step"], num_cycles=cfg["cycles"]))
-    if dd_steps < cfg["steps"]:
-        raise RuntimeError(f"the buckets give {dd_steps} DD steps, fewer than {cfg['steps']}: take more documents")
+    budget_rows(buckets.rows_per_bucket, buckets.lengths, cfg["tokens_per_step"], cfg["steps"])  # enough data?
     prep_s = time.perf_counter() - t0
     print(f"data: {len(train_docs)} train documents, {len(val_docs)} held out; buckets {buckets}; {prep_s:.1f} s")
 
