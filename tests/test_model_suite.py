@@ -98,9 +98,11 @@ class Settings:
 
 
 _BYTEFORMER_COMPILE = (
-    "the packed forward branches on tensor values in Python (ByteFormer._check_packed: int(cu_seqlens[0]) != 0; "
-    "next bramley.core.packing._as_lengths: int(t.min()) < 0) and takes sizes from int(out_cu[-1]): Dynamo cannot "
-    "capture that with fullgraph=True; allowing graph breaks it compiles, in 19 s on 2 CPU cores"
+    "the packed forward reads sizes from tensor values in Python: ByteFormer._check_packed, "
+    "bramley.core.packing (int(cu_seqlens[-1]) in lengths/position ids; window_segments loops over .tolist() "
+    "lengths, so the number of windows is data-dependent), ops.attention's max_seqlen/cu_seqlens checks and the "
+    "reference path's torch.unique(lengths).tolist(); Dynamo cannot capture that with fullgraph=True (39 breaks); "
+    "allowing graph breaks it compiles, in 19 s on 2 CPU cores"
 )
 
 SETTINGS: dict[str, Settings] = {
