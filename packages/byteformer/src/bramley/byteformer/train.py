@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bramley.core.config import ConfigError
+from bramley.core.metrics import ClassificationMeter
 from bramley.core.registry import create_model
 
 from .batching import collate_packed, token_budget_sampler
@@ -88,18 +89,10 @@ class ClassificationLoss:
 @torch.no_grad()
 def accuracy_eval(model: nn.Module, loader) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean cross-entropy over a loader of packed batches."""
-    correct1 = correct5 = total = 0
-    loss_sum = 0.0
+    meter = ClassificationMeter()
     for tokens, cu_seqlens, labels in loader:
-        logits = model(tokens, cu_seqlens)
-        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-        correct1 += int((top[:, 0] == labels).sum())
-        correct5 += int((top == labels[:, None]).any(dim=-1).sum())
-        total += labels.numel()
-    if total == 0:
-        raise ValueError("evaluation data is empty")
-    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "loss": loss_sum / total}
+        meter.update(model(tokens, cu_seqlens), labels)
+    return meter.compute()
 
 
 def build_datasets(data: Mapping[str, Any], seed: int = 0):

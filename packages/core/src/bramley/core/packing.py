@@ -29,6 +29,7 @@ __all__ = [
     "next_power_of_two",
     "pack",
     "position_ids",
+    "sampler_replicas",
     "unpack",
     "window_segments",
 ]
@@ -340,6 +341,19 @@ def bucket_by_length(
     return buckets
 
 
+def sampler_replicas(num_replicas: int | None = None, rank: int | None = None) -> tuple[int, int]:
+    """``(num_replicas, rank)`` of a DDP-aware batch sampler: what is not given comes from the initialized process
+    group (world size / rank), else ``(1, 0)``; an invalid pair is an error."""
+    if num_replicas is None or rank is None:
+        dist = torch.distributed
+        ready = dist.is_available() and dist.is_initialized()
+        num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if ready else 1)
+        rank = rank if rank is not None else (dist.get_rank() if ready else 0)
+    if num_replicas < 1 or not 0 <= rank < num_replicas:
+        raise ValueError(f"invalid rank {rank} for {num_replicas} replicas")
+    return num_replicas, rank
+
+
 class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Batches of dataset indices whose lengths sum to at most ``max_tokens`` (BFD bins), sharded for DDP.
 
@@ -360,13 +374,7 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        if num_replicas is None or rank is None:
-            dist = torch.distributed
-            ready = dist.is_available() and dist.is_initialized()
-            num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if ready else 1)
-            rank = rank if rank is not None else (dist.get_rank() if ready else 0)
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"invalid rank {rank} for {num_replicas} replicas")
+        num_replicas, rank = sampler_replicas(num_replicas, rank)
         self.packing = best_fit_decreasing(lengths, max_tokens)
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.num_replicas, self.rank = num_replicas, rank

@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bramley.core.packing import sampler_replicas
+
 __all__ = [
     "CURRICULA",
     "MIXINGS",
@@ -234,13 +236,7 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        if num_replicas is None or rank is None:
-            dist = torch.distributed
-            ready = dist.is_available() and dist.is_initialized()
-            num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if ready else 1)
-            rank = rank if rank is not None else (dist.get_rank() if ready else 0)
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"invalid rank {rank} for {num_replicas} replicas")
+        num_replicas, rank = sampler_replicas(num_replicas, rank)
         rows = np.asarray(rows_per_bucket, dtype=np.int64)
         lens = np.asarray(lengths, dtype=np.int64)
         if rows.ndim != 1 or lens.shape != rows.shape or rows.size == 0:

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bramley.core.config import ConfigError
+from bramley.core.metrics import ClassificationMeter
 
 __all__ = [
     "DEFAULTS",
@@ -101,18 +102,10 @@ def make_loss_fn(label_smoothing: float = 0.1):
 @torch.no_grad()
 def accuracy_eval_fn(model: nn.Module, loader: Iterable) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean cross-entropy over ``loader``."""
-    correct1 = correct5 = total = 0
-    loss_sum = 0.0
+    meter = ClassificationMeter()
     for images, labels in loader:
-        logits = model(images).float()
-        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += int((top[:, 0] == labels).sum())
-        correct5 += int((top == labels[:, None]).any(1).sum())
-        total += labels.numel()
-    if total == 0:
-        raise ValueError("evaluation data is empty")
-    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "loss": loss_sum / total}
+        meter.update(model(images), labels)
+    return meter.compute()
 
 
 class WeightDecayCosine:
