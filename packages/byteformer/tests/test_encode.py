@@ -15,6 +15,7 @@ from bramley.byteformer.datasets import ByteFolder, DigitsImages, SyntheticAudio
 from bramley.byteformer.encode import add_encode_arguments
 from bramley.byteformer.encodings import invert_transforms
 from bramley.core.cli import run_method_cli
+from shared.markdown import code_blocks
 
 
 def run(argv):
@@ -147,7 +148,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "encodings.md"
 
 
 def _blocks(language):
-    return re.findall(rf"```{language}\n(.*?)```", DOCS.read_text(), flags=re.S)
+    return code_blocks(DOCS, language)
 
 
 def test_docs_python_examples_run(tmp_path, monkeypatch):

@@ -1,12 +1,13 @@
 """Every command and Python block of the package README runs (heavy arguments shrunk to toy scale, listed here)."""
 
 import json
-import re
 import shlex
 import shutil
 from pathlib import Path
 
 import pytest
+
+from shared.markdown import code_blocks, shell_commands
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -57,21 +58,11 @@ EXTRA = {
 
 
 def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+    return code_blocks(README, language)
 
 
 def commands() -> list[str]:
-    lines, current = [], ""
-    for block in blocks("bash"):
-        for line in block.splitlines():
-            line = line.split("  #")[0].rstrip()
-            if not line.strip() or line.strip().startswith("#"):
-                continue
-            current += line.rstrip("\\").strip() + " "
-            if not line.endswith("\\"):
-                lines.append(current.strip())
-                current = ""
-    return lines
+    return shell_commands(README)
 
 
 def test_readme_python_blocks_run():

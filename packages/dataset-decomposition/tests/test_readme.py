@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch.distributed as dist
 
+from shared.markdown import code_blocks, shell_commands
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 TINY_MODEL = ["model.name=dd_gpt_tiny", "model.vocab_size=257", "model.dim=16", "model.depth=1", "model.num_heads=2",
@@ -40,17 +42,11 @@ EXTRA = {
 
 
 def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+    return code_blocks(README, language)
 
 
 def commands() -> list[str]:
-    lines = []
-    for block in blocks("bash"):
-        for line in block.splitlines():
-            line = line.split("  #")[0].strip()
-            if line and not line.startswith("#"):
-                lines.append(line)
-    return lines
+    return shell_commands(README)
 
 
 def test_readme_python_blocks_run():

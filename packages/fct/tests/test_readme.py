@@ -4,20 +4,20 @@ Adjustments, all visible below: `pip install` lines are checked as "the package 
 CIFAR-100 block runs on the `image_folder` fixture (as data.root) with every stage shrunk to two steps at 32 px.
 """
 
-import re
 import shlex
 from importlib.metadata import version
 from pathlib import Path
 
 from bramley.core.cli import main as bramley_main
 from bramley.fct.cli import main as fct_main
+from shared.markdown import code_blocks
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 STAGES = ("old", "new", "side_info", "transformation")
 
 
 def blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S)
+    return code_blocks(README, lang)
 
 
 def run(line: str, extra: list[str] = ()) -> int:

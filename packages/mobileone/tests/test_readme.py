@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from bramley.core.cli import main as bramley_main
 from bramley.mobileone import build_mobileone
 from bramley.mobileone.cli import main as mobileone_main
 from bramley.mobileone.convert import bramley_to_official
+from shared.markdown import code_blocks
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -43,7 +43,7 @@ SHRINK = {
 
 
 def _blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+    return code_blocks(README, language)
 
 
 def test_readme_python_quickstart():

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.markdown import code_blocks, shell_commands
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 # How each kind of README command is shrunk: (pattern, replacement) applied to the command line, then extra args.
@@ -41,17 +43,11 @@ EXTRA = {
 
 
 def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+    return code_blocks(README, language)
 
 
 def commands() -> list[str]:
-    lines = []
-    for block in blocks("bash"):
-        for line in block.splitlines():
-            line = line.split("  #")[0].strip()
-            if line and not line.startswith("#"):
-                lines.append(line)
-    return lines
+    return shell_commands(README)
 
 
 def test_readme_python_blocks_run():
