@@ -145,3 +145,18 @@ def test_save_config_round_trip(tmp_path):
     assert resolve_config(DEFAULTS, path) == loaded, "the saved config re-runs the same settings"
     assert sorted(p.name for p in path.parent.iterdir()) == ["config.yaml"]
     assert save_config({"a": 1}, tmp_path / "run", name="other.yaml").read_text() == "a: 1\n"
+
+
+def test_recipe_path_finds_bundled_recipes_and_names_the_known_ones(tmp_path, monkeypatch):
+    from bramley.core.config import recipe_path
+
+    recipes = tmp_path / "bramley" / "demo_net" / "recipes"  # a method package (namespace) with bundled recipes
+    recipes.mkdir(parents=True)
+    (recipes.parent / "__init__.py").write_text("")
+    (recipes / "imagenet.yaml").write_text("train: {epochs: 1}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = recipe_path("demo-net", "imagenet")
+    assert path == recipes / "imagenet.yaml"
+    assert recipe_path("demo-net", "my/own.yaml") == Path("my/own.yaml")  # a YAML path is taken as given
+    with pytest.raises(ConfigError, match=r"unknown recipe 'nope'; packaged recipes: imagenet"):
+        recipe_path("demo-net", "nope")

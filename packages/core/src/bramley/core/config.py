@@ -12,7 +12,15 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "apply_overrides", "load_config", "parse_overrides", "resolve_config", "save_config"]
+__all__ = [
+    "ConfigError",
+    "apply_overrides",
+    "load_config",
+    "parse_overrides",
+    "recipe_path",
+    "resolve_config",
+    "save_config",
+]
 
 
 class ConfigError(ValueError):
@@ -65,6 +73,22 @@ def _typed(key: str, default: Any, value: Any) -> Any:
             f"got {type(value).__name__} {value!r}{hint}"
         )
     return value
+
+
+def recipe_path(package: str, name: str) -> Path:
+    """A method package's bundled recipe ``bramley.<package>/recipes/<name>.yaml``, or ``name`` itself when it is a
+    YAML path; an unknown name is a :class:`ConfigError` listing the bundled recipes."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    from importlib.resources import files
+
+    root = Path(str(files(f"bramley.{package.replace('-', '_')}") / "recipes"))
+    packaged = root / f"{name}.yaml"
+    if not packaged.is_file():
+        known = sorted(p.stem for p in root.glob("*.yaml"))
+        raise ConfigError(f"unknown recipe {name!r}; packaged recipes: {', '.join(known)}")
+    return packaged
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:

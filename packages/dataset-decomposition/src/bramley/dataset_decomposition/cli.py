@@ -12,12 +12,12 @@ import json
 import math
 import warnings
 from collections.abc import Sequence
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from bramley.core.cli import add_config_arguments, config_from_args, run_method_cli
 from bramley.core.config import ConfigError
+from bramley.core.config import recipe_path as core_recipe_path  # the package's wrapper keeps its name
 
 METHOD_CHOICES = ("dd", "concat_chunk")
 
@@ -61,15 +61,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 
 def recipe_path(name: str) -> Path:
     """Path of a packaged recipe (``openlm_1b_dd``) or of a YAML file given directly."""
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml"):
-        return path
-    root = Path(str(files("bramley.dataset_decomposition") / "recipes"))
-    packaged = root / f"{name}.yaml"
-    if not packaged.is_file():
-        known = sorted(p.stem for p in root.glob("*.yaml"))
-        raise ConfigError(f"unknown recipe {name!r}; packaged recipes: {', '.join(known)}")
-    return packaged
+    return core_recipe_path("dataset-decomposition", name)
 
 
 def _write_json(path: Path | None, payload: dict[str, Any]) -> None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from bramley.core.cli import add_config_arguments, config_from_args, run_method_cli
 from bramley.core.config import ConfigError
+from bramley.core.config import recipe_path as core_recipe_path  # the package's wrapper keeps its name
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "model": {"backbone": "resnet50", "source": "auto", "nesting": None, "efficient": False, "backbone_kwargs": {}},
@@ -27,14 +27,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 
 def recipe_path(name: str) -> Path:
     """Path of a packaged recipe (``imagenet_resnet50``) or of a YAML file given directly."""
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml"):
-        return path
-    packaged = Path(str(files("bramley.mrl") / "recipes" / f"{name}.yaml"))
-    if not packaged.is_file():
-        known = sorted(p.stem for p in Path(str(files("bramley.mrl") / "recipes")).glob("*.yaml"))
-        raise ConfigError(f"unknown recipe {name!r}; packaged recipes: {', '.join(known)}")
-    return packaged
+    return core_recipe_path("mrl", name)
 
 
 def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
