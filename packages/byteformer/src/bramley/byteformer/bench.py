@@ -75,11 +75,6 @@ def _step(model, optimizer, batch, padded: bool, amp: torch.dtype | None, device
     optimizer.step()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def bench(
     model_name: str = "byteformer_tiny",
     *,
@@ -98,6 +93,7 @@ def bench(
     """Run the benchmark; returns throughputs, their ratio, padding statistics and the environment."""
     from bramley.core.registry import create_model
     from bramley.core.report import environment
+    from bramley.core.train.distributed import synchronize
 
     from . import model as _model  # noqa: F401  (registers the variants)
     from .batching import collate_packed, collate_padded
@@ -135,11 +131,11 @@ def bench(
     times: dict[str, list[float]] = {"packed": [], "padded": []}
     for _ in range(rounds):
         for mode in ("packed", "padded"):
-            _sync(dev)
+            synchronize(dev)
             start = time.perf_counter()
             for batch in moved[mode]:
                 _step(model, optimizer, batch, mode == "padded", amp_dtype, dev)
-            _sync(dev)
+            synchronize(dev)
             times[mode].append(time.perf_counter() - start)
     n = len(groups) * batch_size
     packed = n / statistics.median(times["packed"])

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bramley.core.train.distributed import synchronize
+
 from .decompose import check_bucket_range
 from .train import attention_flops, batch_sequence_lengths, lm_loss_fn
 
@@ -61,11 +63,6 @@ def make_batches(
         order = np.concatenate([rng.permutation(log2s) for _ in range(-(-steps // log2s.size))])[:steps]
         return [torch.randint(0, vocab_size, (tokens_per_step >> k, (1 << k) + 1), generator=g) for k in order]
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(BENCH_METHODS)}")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run_benchmark(
@@ -110,14 +107,14 @@ def run_benchmark(
         batches = [{k: v.to(dev) for k, v in b.items()} if isinstance(b, dict) else b.to(dev) for b in batches]
         for i, batch in enumerate(batches):
             if i == warmup:
-                _sync(dev)
+                synchronize(dev)
                 start = time.perf_counter()
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss, _ = loss_fn(model, batch)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        _sync(dev)
+        synchronize(dev)
         elapsed = time.perf_counter() - start
         results[method] = {
             "tokens_per_s": steps * tokens_per_step / elapsed,

@@ -21,6 +21,7 @@ __all__ = [
     "init_distributed",
     "load_full_model_state_dict",
     "load_full_optimizer_state_dict",
+    "synchronize",
     "wrap_model",
 ]
 
@@ -50,6 +51,12 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available")
     return dev
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on CPU. Call it around timed regions."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
