@@ -160,3 +160,20 @@ def test_recipe_path_finds_bundled_recipes_and_names_the_known_ones(tmp_path, mo
     assert recipe_path("demo-net", "my/own.yaml") == Path("my/own.yaml")  # a YAML path is taken as given
     with pytest.raises(ConfigError, match=r"unknown recipe 'nope'; packaged recipes: imagenet"):
         recipe_path("demo-net", "nope")
+
+
+def test_open_sections_accept_any_key_from_file_and_overrides(tmp_path):
+    defaults = {"model": {"name": "m", "kwargs": {}}, "train": {"epochs": 1}}
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text("model:\n  kwargs: {depth: 4, window_sizes: [8]}\n")
+    got = resolve_config(
+        defaults, cfg, ["model.kwargs.depth=2", "model.kwargs.drop=0.1"], open_sections=["model.kwargs"]
+    )
+    assert got["model"]["kwargs"] == {"depth": 2, "window_sizes": [8], "drop": 0.1}
+    # outside the open section the usual rules hold
+    with pytest.raises(ConfigError, match="unknown config key 'model.depth'"):
+        resolve_config(defaults, None, ["model.depth=2"], open_sections=["model.kwargs"])
+    with pytest.raises(ConfigError, match="unknown config key 'model.kwargs'"):
+        resolve_config({"model": {"name": "m"}}, cfg, open_sections=["train"])
+    with pytest.raises(ConfigError, match="unknown config key 'model.kwargs.depth'"):
+        resolve_config(defaults, None, ["model.kwargs.depth=2"])

@@ -46,22 +46,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from bramley.core.config import load_config
-
     from .train import DEFAULTS, run_training
 
-    defaults = copy.deepcopy(DEFAULTS)
-    if args.config is not None:
-        if not args.config.exists() and (RECIPES / args.config.name).exists():
-            args.config = RECIPES / args.config.name
-        # model.kwargs are free-form factory arguments: accept whichever the recipe names
-        recipe_kwargs = (load_config(args.config).get("model") or {}).get("kwargs") or {}
-        defaults["model"]["kwargs"].update({k: None for k in recipe_kwargs})
-    for item in args.overrides:  # ... and whichever the command line names
-        key = item.split("=", 1)[0]
-        if key.startswith("model.kwargs."):
-            defaults["model"]["kwargs"].setdefault(key.split(".", 2)[2], None)
-    config = config_from_args(args, defaults)
+    if args.config is not None and not args.config.exists() and (RECIPES / args.config.name).exists():
+        args.config = RECIPES / args.config.name
+    # model.kwargs are free-form factory arguments: whichever the recipe or the command line names
+    config = config_from_args(args, copy.deepcopy(DEFAULTS), open_sections=("model.kwargs",))
     config["model"]["kwargs"] = {k: v for k, v in config["model"]["kwargs"].items() if v is not None}
     result = run_training(config, out_dir=args.out)
     print(json.dumps(result["metrics"], indent=2))

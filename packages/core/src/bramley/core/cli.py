@@ -38,9 +38,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_out: str | Non
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override settings, e.g. train.lr=0.1")
 
 
-def config_from_args(args: argparse.Namespace, defaults: dict[str, Any], save: bool = True) -> dict[str, Any]:
-    """Resolve defaults <- ``--config`` <- overrides; save the result as ``<out>/config.yaml``."""
-    config = resolve_config(defaults, args.config, args.overrides)
+def config_from_args(
+    args: argparse.Namespace, defaults: dict[str, Any], save: bool = True, open_sections: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Resolve defaults <- ``--config`` <- overrides; save the result as ``<out>/config.yaml``.
+
+    ``open_sections`` (e.g. ``("model.kwargs",)``) accept any key: see :func:`bramley.core.config.apply_overrides`.
+    """
+    config = resolve_config(defaults, args.config, args.overrides, open_sections)
     if save and getattr(args, "out", None) is not None:
         save_config(config, args.out)
     return config

@@ -126,23 +126,32 @@ def parse_overrides(items: Iterable[str]) -> list[tuple[list[str], Any]]:
 
 
 def apply_overrides(
-    config: Mapping[str, Any], overrides: Iterable[str | tuple[list[str], Any]], strict: bool = True
+    config: Mapping[str, Any],
+    overrides: Iterable[str | tuple[list[str], Any]],
+    strict: bool = True,
+    open_sections: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """Return a copy of ``config`` with overrides applied; with ``strict``, unknown keys are errors."""
+    """Return a copy of ``config`` with overrides applied; with ``strict``, unknown keys are errors.
+
+    ``open_sections`` (dotted paths such as ``"model.kwargs"``) are free-form: any key below them is accepted as given,
+    untyped (e.g. factory keyword arguments that only the chosen model knows).
+    """
     out = copy.deepcopy(dict(config))
+    open_sections = set(open_sections)
     overrides = list(overrides)
     items = [o for o in overrides if not isinstance(o, str)]
     items += parse_overrides(o for o in overrides if isinstance(o, str))
     for path, value in items:
-        node = out
+        node, free = out, False
         for depth, part in enumerate(path):
             last = depth == len(path) - 1
-            if strict and part not in node:
+            free = free or ".".join(path[:depth]) in open_sections
+            if strict and not free and part not in node:
                 where = ".".join(path[:depth]) or "top level"
                 known = ", ".join(sorted(node))
                 raise ConfigError(f"unknown config key {'.'.join(path)!r}: {part!r} is not in {where} (known: {known})")
             if last:
-                node[part] = _typed(".".join(path), node[part], value) if part in node else value
+                node[part] = _typed(".".join(path), node[part], value) if part in node and not free else value
             else:
                 if not isinstance(node.setdefault(part, {}), dict):
                     raise ConfigError(f"config key {'.'.join(path[: depth + 1])!r} is a value, not a section")
@@ -151,21 +160,31 @@ def apply_overrides(
 
 
 def resolve_config(
-    defaults: Mapping[str, Any], config_path: str | os.PathLike | None = None, overrides: Iterable[str] = ()
+    defaults: Mapping[str, Any],
+    config_path: str | os.PathLike | None = None,
+    overrides: Iterable[str] = (),
+    open_sections: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """defaults <- config file <- command-line overrides; keys outside ``defaults`` are rejected."""
+    """defaults <- config file <- command-line overrides; keys outside ``defaults`` are rejected, except below the
+    free-form ``open_sections`` (see :func:`apply_overrides`)."""
+    open_sections = tuple(open_sections)
     config = copy.deepcopy(dict(defaults))
     if config_path is not None:
-        config = _merge(config, load_config(config_path), source=str(config_path))
-    return apply_overrides(config, list(overrides))
+        config = _merge(config, load_config(config_path), str(config_path), "", open_sections)
+    return apply_overrides(config, list(overrides), open_sections=open_sections)
 
 
-def _merge(base: dict[str, Any], update: Mapping[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
+def _merge(
+    base: dict[str, Any], update: Mapping[str, Any], source: str, prefix: str = "", open_sections: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    if prefix[:-1] in open_sections:  # free-form: taken as given
+        base.update(copy.deepcopy(dict(update)))
+        return base
     for key, value in update.items():
         if key not in base:
             raise ConfigError(f"{source}: unknown config key {prefix + key!r} (known: {', '.join(sorted(base))})")
         if isinstance(base[key], dict) and isinstance(value, Mapping):
-            base[key] = _merge(base[key], value, source, prefix + key + ".")
+            base[key] = _merge(base[key], value, source, prefix + key + ".", open_sections)
         else:
             try:
                 base[key] = _typed(prefix + key, base[key], value)

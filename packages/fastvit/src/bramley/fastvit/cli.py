@@ -98,18 +98,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import copy
 
-    from bramley.core.config import load_config
-
     from .train import DEFAULTS, run_training
 
-    defaults = copy.deepcopy(DEFAULTS)
-    if args.config is not None:
-        if not args.config.exists() and (RECIPES / args.config.name).exists():
-            args.config = RECIPES / args.config.name
-        # model.kwargs are free-form factory arguments: accept whichever the recipe names
-        recipe_kwargs = (load_config(args.config).get("model") or {}).get("kwargs") or {}
-        defaults["model"]["kwargs"].update({k: None for k in recipe_kwargs if k not in defaults["model"]["kwargs"]})
-    config = config_from_args(args, defaults)
+    if args.config is not None and not args.config.exists() and (RECIPES / args.config.name).exists():
+        args.config = RECIPES / args.config.name
+    # model.kwargs are free-form factory arguments: whichever the recipe (or the command line) names
+    config = config_from_args(args, copy.deepcopy(DEFAULTS), open_sections=("model.kwargs",))
     result = run_training(config, out_dir=args.out)
     print(json.dumps(result["metrics"], indent=2))
     return 0
