@@ -171,9 +171,9 @@ def test_open_sections_accept_any_key_from_file_and_overrides(tmp_path):
     )
     assert got["model"]["kwargs"] == {"depth": 2, "window_sizes": [8], "drop": 0.1}
     # outside the open section the usual rules hold
-    with pytest.raises(ConfigError, match="unknown config key 'model.depth'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.depth'"):
         resolve_config(defaults, None, ["model.depth=2"], open_sections=["model.kwargs"])
-    with pytest.raises(ConfigError, match="unknown config key 'model.kwargs'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.kwargs'"):
         resolve_config({"model": {"name": "m"}}, cfg, open_sections=["train"])
-    with pytest.raises(ConfigError, match="unknown config key 'model.kwargs.depth'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.kwargs\.depth'"):
         resolve_config(defaults, None, ["model.kwargs.depth=2"])
