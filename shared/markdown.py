@@ -24,3 +24,12 @@ def shell_commands(path: Path) -> list[str]:
                 commands.append(current.strip())
                 current = ""
     return commands
+
+
+def run_python_blocks(path: Path) -> int:
+    """Execute every ```python block of ``path`` in a fresh namespace each; returns how many ran (an error if none)."""
+    code = code_blocks(path, "python")
+    assert code, f"{path} has no python example"
+    for block in code:
+        exec(compile(block, str(path), "exec"), {})
+    return len(code)

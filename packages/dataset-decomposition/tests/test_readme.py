@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch.distributed as dist
 
-from shared.markdown import code_blocks, shell_commands
+from shared.markdown import run_python_blocks, shell_commands
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -41,19 +41,8 @@ EXTRA = {
 }
 
 
-def blocks(language: str) -> list[str]:
-    return code_blocks(README, language)
-
-
-def commands() -> list[str]:
-    return shell_commands(README)
-
-
 def test_readme_python_blocks_run():
-    code = blocks("python")
-    assert code, "README has no python example"
-    for block in code:
-        exec(compile(block, str(README), "exec"), {})
+    run_python_blocks(README)
 
 
 def _write_corpus(root: Path) -> None:
@@ -82,7 +71,7 @@ def test_readme_commands_run(tmp_path, monkeypatch):
     _write_corpus(tmp_path)
     monkeypatch.chdir(tmp_path)
     ran = []
-    for line in commands():
+    for line in shell_commands(README):
         if line.startswith("pip install"):
             continue
         for pattern, replacement in SHRINK:

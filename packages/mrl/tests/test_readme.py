@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.markdown import code_blocks, shell_commands
+from shared.markdown import run_python_blocks, shell_commands
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -42,19 +42,8 @@ EXTRA = {
 }
 
 
-def blocks(language: str) -> list[str]:
-    return code_blocks(README, language)
-
-
-def commands() -> list[str]:
-    return shell_commands(README)
-
-
 def test_readme_python_blocks_run():
-    code = blocks("python")
-    assert code, "README has no python example"
-    for block in code:
-        exec(compile(block, str(README), "exec"), {})
+    run_python_blocks(README)
 
 
 def test_readme_commands_run(image_folder, tmp_path, monkeypatch):
@@ -64,7 +53,7 @@ def test_readme_commands_run(image_folder, tmp_path, monkeypatch):
         shutil.copytree(image_folder, tmp_path / "imagenet" / split)
     monkeypatch.chdir(tmp_path)
     ran = []
-    for line in commands():
+    for line in shell_commands(README):
         if line.startswith("pip install"):
             continue
         assert line.startswith("bramley "), f"README command not covered by this test: {line}"
