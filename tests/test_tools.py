@@ -1,18 +1,22 @@
 """Repository tooling: tools/affected.py, tools/release.py and tools/new_package.py.
 
-Release and affected-package logic runs against small throwaway git workspaces written by the tests (uv lock on
-them is offline and takes milliseconds); affected.py is also checked against this repository's real packages.
+Release and affected-package logic runs against small throwaway git workspaces written by the tests; affected.py is
+also checked against this repository's real packages. `uv lock` on a throwaway workspace is hermetic: no network, an
+empty cache of its own, and its one third-party dependency is a wheel the test writes into a local flat index.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -56,16 +60,48 @@ def pyproject(dist: str, version: str = "0.1.0", deps: str = "", extra: str = ""
 CHANGELOG = "# Changelog\n\n## [Unreleased]\n### Added\n- Faster kernels.\n\n## [0.1.0]\n### Added\n- First.\n"
 
 
+def local_wheel(directory: Path, name: str, version: str) -> Path:
+    """Write a minimal pure-Python wheel ``name==version`` into ``directory`` (a flat index uv reads offline)."""
+    dist_info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f'__version__ = "{version}"\n',
+        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}\n")
+    files[f"{dist_info}/RECORD"] = "".join(record) + f"{dist_info}/RECORD,,\n"
+    directory.mkdir(parents=True, exist_ok=True)
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, text in files.items():
+            zf.writestr(path, text)
+    return wheel
+
+
 @pytest.fixture
 def workspace(tmp_path, monkeypatch) -> Path:
-    """A git repo shaped like bramley: core, alpha and beta (both on core), gamma (on alpha, through an extra)."""
-    monkeypatch.setenv("UV_OFFLINE", "1")  # the throwaway workspace has no third-party dependencies
+    """A git repo shaped like bramley: core, alpha and beta (both on core), gamma (on alpha, through an extra).
+
+    beta also depends on a third-party distribution named ``gamma`` (like the folder of bramley-gamma, so only
+    dist names may link workspace packages), served from a local flat index: every `uv lock` here (this fixture's
+    and release.py's) runs offline, with no index and an empty cache, on any machine.
+    """
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
+    wheels = local_wheel(tmp_path / "wheels", "gamma", "1.0").parent
     repo = tmp_path / "repo"
-    write(repo / "pyproject.toml", '[tool.uv.workspace]\nmembers = ["packages/*"]\n\n[tool.uv.sources]\n')
+    write(
+        repo / "pyproject.toml",
+        '[tool.uv.workspace]\nmembers = ["packages/*"]\n\n'
+        f"[tool.uv]\nno-index = true\nfind-links = [{json.dumps(str(wheels))}]\n\n[tool.uv.sources]\n",
+    )
     members = {
         "core": pyproject("bramley-core"),
         "alpha": pyproject("bramley-alpha", deps='"bramley-core>=0.1,<1"'),
-        "beta": pyproject("bramley-beta", deps='"bramley-core>=0.1,<1", "numpy>=1"'),
+        "beta": pyproject("bramley-beta", deps='"bramley-core>=0.1,<1", "gamma>=1"'),
         "gamma": pyproject("bramley-gamma", extra='[project.optional-dependencies]\nfull = ["bramley_Alpha<1"]\n'),
     }
     sources = ""
@@ -164,6 +200,7 @@ def test_release_bumps_locks_commits_and_tags(workspace, capsys):
     lock = tomllib.loads((workspace / "uv.lock").read_text())
     versions = {p["name"]: p["version"] for p in lock["package"]}
     assert versions["bramley-alpha"] == "0.2.0rc1" and versions["bramley-core"] == "0.1.0"
+    assert versions["gamma"] == "1.0", "the third-party dependency is locked from the local flat index"
     assert git(workspace, "status", "--porcelain") == ""  # everything it changed is committed
     assert git(workspace, "log", "-1", "--format=%s") == "release: bramley-alpha 0.2.0rc1\n"
     changed = git(workspace, "show", "--name-only", "--format=", "HEAD").split()
