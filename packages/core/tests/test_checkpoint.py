@@ -111,14 +111,23 @@ def test_pretrained_folder_problems(tmp_path):
     save_pretrained(Net(), tmp_path / "explicit", config={"name": "ckpt_test_net", "kwargs": {}})
     assert isinstance(from_pretrained(tmp_path / "explicit"), Net)
 
-    with pytest.raises(CheckpointError, match=r"empty has no config.json; is it a save_pretrained folder\?"):
+    with pytest.raises(CheckpointError, match=r"empty has no config.json; is it a save_pretrained folder \(or a finished run\)\?"):
         from_pretrained(tmp_path / "empty")
     bad = tmp_path / "bad"
     bad.mkdir()
-    for text in ("{not json", '{"kwargs": {}}', '["name"]'):
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"bad/config.json is not valid JSON"):
+        from_pretrained(bad)
+    for text in ('{"kwargs": {}}', '["name"]', '{"name": "ckpt_test_net", "kwargs": [1]}'):
         (bad / "config.json").write_text(text)
-        with pytest.raises(CheckpointError, match=r"bad/config.json is not a valid bramley model config"):
+        with pytest.raises(CheckpointError, match=r"bad/config.json: the model config must be \{'name': str"):
             from_pretrained(bad)
+    (bad / "config.json").write_text('{"name": "no_such_model", "kwargs": {}}')
+    with pytest.raises(CheckpointError, match=r"bad/config.json: unknown model 'no_such_model'"):
+        from_pretrained(bad)
+    (bad / "config.json").write_text('{"name": "ckpt_test_net", "kwargs": {"nope": 1}}')
+    with pytest.raises(CheckpointError, match=r"bad/config.json: ckpt_test_net\(nope=1\) failed: .*unexpected keyword"):
+        from_pretrained(bad)
     (bad / "config.json").write_text('{"name": "ckpt_test_net", "kwargs": {}}')
     with pytest.raises(CheckpointError, match=r"checkpoint .*bad/model.safetensors does not exist"):
         from_pretrained(bad)
@@ -231,13 +240,13 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint, "save_file", crash_mid_write)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match=r"cannot write .*model.safetensors: disk full"):  # one line, no OSError
         save_checkpoint(Net(), target)
     assert target.read_bytes() == before, "the previous checkpoint must survive a failed save"
     assert sorted(p.name for p in target.parent.iterdir()) == ["model.safetensors"], "temporary file left behind"
 
     fresh = tmp_path / "new" / "never.safetensors"
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError):
         save_checkpoint(Net(), fresh)
     assert list(fresh.parent.iterdir()) == []
 

@@ -157,9 +157,20 @@ def test_recipe_path_finds_bundled_recipes_and_names_the_known_ones(tmp_path, mo
     monkeypatch.syspath_prepend(str(tmp_path))
     path = recipe_path("demo-net", "imagenet")
     assert path == recipes / "imagenet.yaml"
-    assert recipe_path("demo-net", "my/own.yaml") == Path("my/own.yaml")  # a YAML path is taken as given
-    with pytest.raises(ConfigError, match=r"unknown recipe 'nope'; packaged recipes: imagenet"):
+    own = tmp_path / "my" / "own.yaml"
+    own.parent.mkdir()
+    own.write_text("train: {epochs: 2}\n")
+    assert recipe_path("demo-net", str(own)) == own  # a YAML path is taken as given
+    with pytest.raises(ConfigError, match=r"unknown recipe 'nope'; bundled recipes: imagenet \(or give a .yaml"):
         recipe_path("demo-net", "nope")
+    # a name resolves only inside the package's recipes; anything path-like is a file that must exist
+    for escape in ("../recipes/imagenet", "..", "recipes/imagenet", "imagenet/"):
+        with pytest.raises(ConfigError):
+            recipe_path("demo-net", escape)
+    with pytest.raises(ConfigError, match=r"recipe file .*missing.yaml does not exist"):
+        recipe_path("demo-net", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match=r"must end in .yaml, .yml or .json"):
+        recipe_path("demo-net", str(tmp_path / "my"))
 
 
 def test_open_sections_accept_any_key_from_file_and_overrides(tmp_path):

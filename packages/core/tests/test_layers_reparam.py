@@ -220,9 +220,12 @@ def test_block_trains_and_backpropagates():
 
 def test_fuse_conv_bn_matches_modules():
     cn = randomize_bn(ConvNorm(4, 6, 3, stride=2, groups=2)).eval()
-    w, b = cn.fuse()
+    w, b = cn.kernel_bias()
     x = torch.randn(2, 4, 9, 9)
     torch.testing.assert_close(F.conv2d(x, w, b, stride=2, padding=1, groups=2), cn(x), atol=1e-5, rtol=1e-5)
+    fused = cn.fuse()  # timm's convention: a module that replaces the ConvNorm
+    assert isinstance(fused, nn.Conv2d) and fused.bias is not None
+    torch.testing.assert_close(fused(x), cn(x), atol=1e-5, rtol=1e-5)
 
     conv = nn.Conv2d(4, 6, 3, padding=1, bias=True)
     bn = randomize_bn(nn.BatchNorm2d(6)).eval()

@@ -19,6 +19,8 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .errors import CheckpointError
+
 __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
@@ -27,6 +29,7 @@ __all__ = [
     "check_state_dict",
     "from_pretrained",
     "load_checkpoint",
+    "load_model",
     "read_metadata",
     "save_checkpoint",
     "save_pretrained",
@@ -35,10 +38,6 @@ __all__ = [
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _CONFIG_KEY = "bramley_config"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be read or does not fit the model."""
 
 
 def _umask() -> int:
@@ -52,19 +51,46 @@ _FILE_MODE = 0o666 & ~_umask()
 
 
 def atomic_write(path: str | os.PathLike, write_fn) -> Path:
-    """Call ``write_fn(tmp_path)`` then atomically rename onto ``path``: readers never see a partial file."""
+    """Call ``write_fn(tmp_path)`` then atomically rename onto ``path``: readers never see a partial file.
+
+    The temporary file (``.<name>.<random>.tmp`` beside ``path``) is flushed to disk before the rename and the folder
+    after it, so a power cut leaves either the old file or the whole new one. A full or read-only disk is a
+    one-line :class:`CheckpointError` naming the folder.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise CheckpointError(f"cannot write to {path.parent}: {e.strerror or e}") from None
     os.close(fd)
     try:
         write_fn(tmp)
         os.chmod(tmp, _FILE_MODE)
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    """Flush a file's (or a folder's) data to disk; folders cannot be opened for this on every platform."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _to_saveable(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -139,7 +165,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def check_state_dict(
     model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint", strict: bool = True
 ) -> None:
-    """Raise :class:`CheckpointError` listing every missing key, unexpected key and shape mismatch.
+    """Raise a one-line :class:`CheckpointError` listing missing keys, unexpected keys and shape mismatches (the first
+    20 of each).
 
     With ``strict=False`` missing and unexpected keys are allowed; shape mismatches never are.
     """
@@ -152,12 +179,12 @@ def check_state_dict(
         if tuple(expected[k].shape) != tuple(state_dict[k].shape)
     )
     if missing or unexpected or shapes:
-        lines = [f"{source} does not match {type(model).__name__}:"]
+        parts = []
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
             if items:
                 more = " ..." if len(items) > 20 else ""
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + more)
-        raise CheckpointError("\n".join(lines))
+                parts.append(f"{title} ({len(items)}): " + ", ".join(items[:20]) + more)
+        raise CheckpointError(f"{source} does not match {type(model).__name__}: " + "; ".join(parts))
 
 
 def load_checkpoint(
@@ -192,18 +219,79 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, config: Mapp
 
 def from_pretrained(directory: str | os.PathLike, device: str = "cpu", **overrides: Any) -> nn.Module:
     """Rebuild a model from a ``save_pretrained`` folder, in eval mode; ``overrides`` replace factory arguments."""
-    from .registry import create_model
-
     directory = Path(directory)
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
-        raise CheckpointError(f"{directory} has no {CONFIG_NAME}; is it a save_pretrained folder?")
+        raise CheckpointError(f"{directory} has no {CONFIG_NAME}; is it a save_pretrained folder (or a finished run)?")
     try:
         config = json.loads(config_path.read_text())
-        name, kwargs = config["name"], dict(config.get("kwargs", {}))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{config_path} is not a valid bramley model config: {e}") from e
-    kwargs.update(overrides)
-    model = create_model(name, **kwargs)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{config_path} is not valid JSON: {e}") from None
+    name, kwargs = _model_config(config, str(config_path))
+    model = _build(name, {**kwargs, **overrides}, str(config_path))
     load_checkpoint(directory / WEIGHTS_NAME, model, device=device)
     return model.to(device).eval()
+
+
+def load_model(spec: str | os.PathLike, device: str = "cpu", **kwargs: Any) -> nn.Module:
+    """The model a user names, in eval mode: the one place every CLI verb and recipe loads models from.
+
+    Args:
+        spec: a ``save_pretrained`` folder (a finished ``train --out`` folder is one), a ``.safetensors`` file that
+            carries its model config (what bramley writes: ``model.safetensors``, ``ema.safetensors``), or a
+            registered model name (random weights).
+        device: where the weights go.
+        kwargs: factory arguments replacing the saved ones (or given to a registered model).
+
+    Raises:
+        CheckpointError: the file or folder is missing, unreadable, carries no model config or does not fit it; or
+            the name is neither a path nor a registered model (close names are suggested).
+    """
+    from .registry import list_models
+
+    text = str(spec)
+    path = Path(text)
+    if path.is_dir():
+        return from_pretrained(path, device, **kwargs)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise CheckpointError(
+                f"{path} is not a .safetensors file: bramley loads safetensors only (an official checkpoint is "
+                "converted first with the method's `convert` command)"
+            )
+        name, saved = _model_config(read_metadata(path).get(_CONFIG_KEY), f"checkpoint {path}")
+        model = _build(name, {**saved, **kwargs}, f"checkpoint {path}")
+        load_checkpoint(path, model, device=device)
+        return model.to(device).eval()
+    if text in list_models():
+        return _build(text, kwargs, "model").to(device).eval()
+    if "/" in text or os.sep in text or path.suffix:
+        raise CheckpointError(f"{text} does not exist")
+    import difflib
+
+    close = difflib.get_close_matches(text, list_models(), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise CheckpointError(f"{text!r} is neither a model folder, a .safetensors file nor a registered model{hint}")
+
+
+def _model_config(config: Any, source: str) -> tuple[str, dict[str, Any]]:
+    """``(name, kwargs)`` of a stored model config, or a CheckpointError saying what is wrong with it."""
+    if config is None:
+        raise CheckpointError(f"{source} carries no bramley model config (was it written by bramley?)")
+    if not (
+        isinstance(config, dict) and isinstance(config.get("name"), str) and isinstance(config.get("kwargs", {}), dict)
+    ):
+        raise CheckpointError(
+            f"{source}: the model config must be {{'name': str, 'kwargs': {{...}}}}, got {config!r}"[:300]
+        )
+    return config["name"], dict(config.get("kwargs", {}))
+
+
+def _build(name: str, kwargs: dict[str, Any], source: str) -> nn.Module:
+    from .errors import ConfigError
+    from .recipe import build_model
+
+    try:
+        return build_model(name, kwargs, where=source)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None

@@ -1,25 +1,44 @@
-"""The ``bramley`` umbrella command and the helpers every method CLI is built from.
+"""The ``bramley`` umbrella command and :class:`MethodCLI`, which every method package's command line is built from.
 
 Method packages declare an entry point in the group ``bramley.cli`` (name = method, value = ``module:main`` where
-``main(argv: list[str] | None) -> int | None``). ``bramley <method> ...`` forwards to it, ``bramley reproduce
-<method> ...`` runs ``<method> reproduce ...``, and ``bramley list`` shows what is installed.
+``main(argv: list[str] | None) -> int``). ``bramley <method> ...`` forwards to it, ``bramley reproduce <method> ...``
+runs ``<method> reproduce ...``, and ``bramley list`` shows what is installed.
+
+A method CLI is a :class:`MethodCLI` with the shared verbs it supports, each with one argument shape in every
+package, plus the package's own commands::
+
+    info [MODEL]                                        the package's models: parameters, fused parameters, input
+    reparam (--model NAME | --checkpoint PATH) --out DIR  fuse train-time branches, check, save_pretrained
+    convert SRC --out DIR [--fuse]                        an official checkpoint -> a save_pretrained folder
+    export (--model NAME | --checkpoint PATH) --out FILE [--format onnx]
+    train [--recipe NAME|FILE] --out DIR [key=value ...]  a recipe (bramley.core.recipe) run into DIR
+    eval --checkpoint PATH [--device D] [--out FILE]      the package's metrics of a trained model
+    bench ...                                             the package's benchmark
+    reproduce ...                                         the package's mini reproduction
+
+Errors a user causes (:class:`bramley.core.errors.UserError`, a missing or unreadable file) end the command with one
+line ``bramley-<method>: error: <what is wrong>`` and exit status 2; ``BRAMLEY_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, resolve_config, save_config
+from .errors import CheckpointError, ConfigError, DataError, UserError
 
-__all__ = ["add_config_arguments", "config_from_args", "discover_methods", "main", "run_method_cli"]
+__all__ = ["ENTRY_POINT_GROUP", "MethodCLI", "discover_methods", "main", "method_main"]
 
 ENTRY_POINT_GROUP = "bramley.cli"
 MethodMain = Callable[[Sequence[str] | None], int | None]
+Command = Callable[[argparse.Namespace], int | None]
 
 
 def discover_methods() -> dict[str, EntryPoint]:
@@ -27,51 +46,55 @@ def discover_methods() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)}
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, default_out: str | None = None) -> None:
-    """Add ``--config file.yaml``, ``--out DIR`` and ``key=value`` overrides to a subcommand parser.
-
-    With :func:`run_method_cli` the overrides may stand anywhere among the options (``train lr=0.1 --out d
-    epochs=3``); they apply in command-line order, later ones winning.
-    """
-    parser.add_argument("--config", type=Path, default=None, help="YAML file with settings (merged over defaults)")
-    parser.add_argument("--out", type=Path, default=default_out, help="output directory (resolved config saved here)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override settings, e.g. train.lr=0.1")
-
-
-def config_from_args(
-    args: argparse.Namespace, defaults: dict[str, Any], save: bool = True, open_sections: Sequence[str] = ()
-) -> dict[str, Any]:
-    """Resolve defaults <- ``--config`` <- overrides; save the result as ``<out>/config.yaml``.
-
-    ``open_sections`` (e.g. ``("model.kwargs",)``) accept any key: see :func:`bramley.core.config.apply_overrides`.
-    """
-    config = resolve_config(defaults, args.config, args.overrides, open_sections)
-    if save and getattr(args, "out", None) is not None:
-        save_config(config, args.out)
-    return config
-
-
-def run_method_cli(
+# ------------------------------------------------------------------------------------------------ running commands
+def method_main(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None,
     passthrough: Mapping[str, Callable[[list[str]], int | None]] | None = None,
 ) -> int:
-    """Parse ``argv`` and call the chosen subcommand's ``func(args)``; config errors become clean exits.
+    """Parse ``argv``, run the chosen subcommand's ``func(args)`` and turn user errors into one line and exit 2.
 
-    ``passthrough`` maps subcommands that own their argument parsing (e.g. ``reproduce``) to ``f(rest_of_argv)``:
+    ``passthrough`` maps subcommands that own their argument parsing (``reproduce``) to ``f(rest_of_argv)``:
     everything after the subcommand is handed over untouched (argparse's REMAINDER drops leading ``--options``).
+    ``key=value`` overrides may stand anywhere among a subcommand's options (``train a=1 --out d b=2``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if passthrough and argv and argv[0] in passthrough:
-        return int(passthrough[argv[0]](argv[1:]) or 0)
-    args = _parse_intermixed(parser, argv)
-    if not hasattr(args, "func"):
-        parser.print_help()
-        return 2
+    prog = parser.prog
     try:
+        if passthrough and argv and argv[0] in passthrough:
+            return int(passthrough[argv[0]](argv[1:]) or 0)
+        args = _parse_intermixed(parser, argv)
+        if not hasattr(args, "func"):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
-    except ConfigError as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except Exception as e:
+        message = user_error_message(e)
+        if message is None or os.environ.get("BRAMLEY_DEBUG"):
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The one-line message of an error the user caused, or ``None`` for a bug (which keeps its traceback).
+
+    User errors: :class:`UserError` (bad settings, files, data), an ``OSError`` naming a file (missing, unreadable,
+    unwritable, a full disk) and a missing optional dependency (whose message names the extra to install).
+    """
+    if isinstance(error, UserError):
+        text = str(error)
+    elif isinstance(error, OSError) and (error.filename is not None or error.strerror):
+        where = f": {error.filename}" if error.filename is not None else ""
+        text = f"{error.strerror or error}{where}"
+    elif isinstance(error, ModuleNotFoundError) or type(error).__name__ == "TrainingDiverged":
+        text = str(error)
+    else:
+        return None
+    return " ".join(text.split())  # one line, whatever the message held
 
 
 def _parse_intermixed(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -79,9 +102,8 @@ def _parse_intermixed(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
 
     argparse fills a ``nargs="*"`` positional from one run of positional strings only, and
     ``parse_intermixed_args`` refuses parsers with subcommands; so the later runs come back as unrecognized strings
-    and are appended to ``args.overrides`` here, which keeps command-line order (malformed ones then fail in
-    :func:`~bramley.core.config.resolve_config` with a message naming them, wherever they stand). Unknown
-    ``--options``, and any extra string for a subcommand without overrides, are still argparse's usual error.
+    and are appended to ``args.overrides`` here, in command-line order. Unknown ``--options``, and any extra string
+    for a subcommand without overrides, stay argparse's usual error.
     """
     args, extras = parser.parse_known_args(argv)
     if extras:
@@ -91,10 +113,391 @@ def _parse_intermixed(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
     return args
 
 
+# ----------------------------------------------------------------------------------------------- argument types
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------- the method CLI
+class MethodCLI:
+    """A method package's command line: the shared verbs (one argument shape everywhere) and its own commands.
+
+    Example::
+
+        cli = MethodCLI("mobileone", "MobileOne: an improved one millisecond mobile backbone.")
+        cli.add_info()
+        cli.add_reparam()
+        cli.add_train(RECIPES, run_training)
+        cli.add_reproduce("bramley.mobileone.reproduce")
+        main = cli.main   # the console script and the `bramley.cli` entry point
+    """
+
+    def __init__(self, method: str, description: str, epilog: str | None = None) -> None:
+        self.method = method
+        self.parser = argparse.ArgumentParser(
+            prog=f"bramley-{method}",
+            description=description,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        self._sub = self.parser.add_subparsers(dest="command", metavar="COMMAND")
+        self._passthrough: dict[str, Callable[[list[str]], int | None]] = {}
+
+    @property
+    def prog(self) -> str:
+        return self.parser.prog
+
+    def main(self, argv: Sequence[str] | None = None) -> int:
+        """Run the command line (see :func:`method_main`)."""
+        return method_main(self.parser, argv, self._passthrough)
+
+    def add_command(
+        self,
+        name: str,
+        func: Command,
+        help: str,
+        arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    ) -> argparse.ArgumentParser:
+        """A package's own subcommand: ``arguments(parser)`` adds its options, ``func(args)`` runs it."""
+        parser = self._sub.add_parser(name, help=help, description=help)
+        if arguments is not None:
+            arguments(parser)
+        parser.set_defaults(func=func)
+        return parser
+
+    # -------------------------------------------------------------------------------------------------- info
+    def add_info(
+        self,
+        columns: Callable[[str], Mapping[str, Any]] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        note: str | None = None,
+    ) -> argparse.ArgumentParser:
+        """``info [MODEL] [--json]``: the package's registered models, their parameters (train-time and fused) and
+        native input; ``columns(name)`` adds the package's own columns, ``kwargs`` the factory arguments used."""
+
+        def run(args: argparse.Namespace) -> int:
+            from .registry import list_models
+            from .report import format_table
+
+            names = list_models(package=self.method)
+            if args.model is not None:
+                if args.model not in names:
+                    raise ConfigError(_unknown(args.model, names, f"{self.method} model"))
+                names = [args.model]
+            rows = [{**model_info(name, kwargs), **(columns(name) if columns else {})} for name in names]
+            print(json.dumps(rows, indent=2) if args.json else format_table(rows, digits=2))
+            if note and not args.json:
+                print(note)
+            return 0
+
+        def arguments(p: argparse.ArgumentParser) -> None:
+            p.add_argument("model", nargs="?", help="one model (default: all of this package's models)")
+            p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+        return self.add_command("info", run, "the models: parameters (train-time and fused) and input", arguments)
+
+    # ------------------------------------------------------------------------------------------------ reparam
+    def add_reparam(self) -> argparse.ArgumentParser:
+        """``reparam (--model NAME | --checkpoint PATH) --out DIR``: fuse, check the fused model equals the original
+        on example inputs, and write a ``save_pretrained`` folder that rebuilds the fused model."""
+
+        def run(args: argparse.Namespace) -> int:
+            from .checkpoint import save_pretrained
+            from .layers.reparam import reparameterize_model
+
+            model = _load(args)
+            check_finite_weights(model, args.model or args.checkpoint)
+            fused = reparameterize_model(model)
+            if not _reparameterizable(model):
+                raise ConfigError(f"{model.model_config['name']} has no reparameterizable blocks: nothing to fuse")
+            error = output_difference(model, fused, args.image_size)
+            save_pretrained(fused, args.out)
+            print(f"fused model written to {args.out} (relative max difference to the unfused model: {error:.2e})")
+            return 0
+
+        def arguments(p: argparse.ArgumentParser) -> None:
+            model_source_arguments(p)
+            p.add_argument("--out", type=Path, required=True, help="output save_pretrained folder")
+            p.add_argument("--image-size", type=positive_int, default=64, help="input size of the equality check")
+
+        return self.add_command("reparam", run, "fuse a model's train-time branches for inference", arguments)
+
+    # ------------------------------------------------------------------------------------------------ convert
+    def add_convert(
+        self,
+        convert: Callable[[Path, argparse.Namespace], Any],
+        help: str,
+        arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    ) -> argparse.ArgumentParser:
+        """``convert SRC --out DIR [--fuse]``: ``convert(src, args)`` returns the converted model (built with
+        ``create_model``, weights loaded), or ``(model, note)``; core fuses it on request and saves it."""
+
+        def run(args: argparse.Namespace) -> int:
+            from .checkpoint import save_pretrained
+            from .layers.reparam import reparameterize_model
+
+            if not args.source.is_file():
+                raise CheckpointError(
+                    f"{args.source} does not exist" if not args.source.exists() else f"{args.source} is not a file"
+                )
+            result = convert(args.source, args)
+            model, note = result if isinstance(result, tuple) else (result, "")
+            if args.fuse:
+                if not _reparameterizable(model):
+                    raise ConfigError(f"--fuse: {model.model_config['name']} has no reparameterizable blocks")
+                model = reparameterize_model(model.eval())
+            save_pretrained(model, args.out)
+            config = model.model_config
+            print(f"converted {args.source} -> {args.out}: {config['name']} {config.get('kwargs', {})} {note}".rstrip())
+            return 0
+
+        def all_arguments(p: argparse.ArgumentParser) -> None:
+            p.add_argument("source", type=Path, help="the official checkpoint file")
+            p.add_argument("--out", type=Path, required=True, help="output save_pretrained folder")
+            p.add_argument("--fuse", action="store_true", help="also reparameterize before saving")
+            if arguments is not None:
+                arguments(p)
+
+        return self.add_command("convert", run, help, all_arguments)
+
+    # ------------------------------------------------------------------------------------------------- export
+    def add_export(self, default_image_size: int = 224) -> argparse.ArgumentParser:
+        """``export (--model | --checkpoint) --out FILE [--format onnx] [--image-size N] [--no-fuse] [--no-check]``."""
+
+        def run(args: argparse.Namespace) -> int:
+            from .export import check_onnx, export_onnx
+            from .layers.reparam import reparameterize_model
+            from .registry import get_model_entry
+
+            model = _load(args)
+            check_finite_weights(model, args.model or args.checkpoint)
+            if not args.no_fuse and _reparameterizable(model):
+                model = reparameterize_model(model)
+            entry = get_model_entry(model.model_config["name"])
+            size = None if entry.example_inputs is not None else args.image_size
+            inputs = entry.make_example_inputs(size)
+            path = export_onnx(model, args.out, inputs, opset=args.opset)
+            message = f"exported {model.model_config['name']} to {path}"
+            if not args.no_check:
+                message += f" (onnxruntime relative max difference {check_onnx(model, path, inputs):.2e})"
+            print(message)
+            return 0
+
+        def arguments(p: argparse.ArgumentParser) -> None:
+            model_source_arguments(p)
+            p.add_argument("--out", type=Path, required=True, help="output file")
+            p.add_argument("--format", choices=["onnx"], default="onnx")
+            p.add_argument("--image-size", type=positive_int, default=default_image_size, help="image models only")
+            p.add_argument("--opset", type=positive_int, default=17)
+            p.add_argument("--no-fuse", action="store_true", help="export the train-time (unfused) graph")
+            p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+
+        return self.add_command("export", run, "export to ONNX and check it against PyTorch", arguments)
+
+    # -------------------------------------------------------------------------------------------------- train
+    def add_train(
+        self,
+        schema: Any,
+        run: Callable[[Any, Path], Mapping[str, Any]],
+        help: str = "train with a recipe (bundled name or YAML file); torchrun for many GPUs",
+    ) -> argparse.ArgumentParser:
+        """``train [--recipe NAME|FILE] --out DIR [key=value ...]``.
+
+        The recipe is resolved against ``schema`` (a :class:`bramley.core.recipe.RecipeSchema`), seeded with
+        ``train.seed`` before anything is built, written to ``DIR/recipe.yaml``; ``run(recipe, out_dir)`` trains and
+        returns the results, written to ``DIR/results.json`` and printed.
+        """
+        from .recipe import load_recipe
+
+        def command(args: argparse.Namespace) -> int:
+            recipe = load_recipe(schema, args.recipe, args.overrides)
+            run_training(recipe, args.out, run)
+            return 0
+
+        def arguments(p: argparse.ArgumentParser) -> None:
+            default = f" (default: {schema.default_recipe})" if schema.default_recipe else ""
+            p.add_argument("--recipe", default=None, help=f"bundled recipe name or a .yaml file{default}")
+            p.add_argument("--out", type=Path, required=True, help="run folder: model, metrics, checkpoints")
+            p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.lr=0.1 train.epochs=3")
+
+        return self.add_command("train", command, help, arguments)
+
+    # --------------------------------------------------------------------------------------------------- eval
+    def add_eval(
+        self,
+        evaluate: Callable[[Any, argparse.Namespace], Mapping[str, Any]],
+        help: str,
+        arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    ) -> argparse.ArgumentParser:
+        """``eval --checkpoint PATH [--device D] [--out FILE] [package options]``: ``evaluate(model, args)`` returns
+        the metrics, printed as JSON (and written to ``--out``)."""
+
+        def run(args: argparse.Namespace) -> int:
+            from .checkpoint import load_model
+            from .train.distributed import resolve_device
+
+            device = resolve_device(args.device)
+            model = load_model(args.checkpoint, device=str(device))
+            metrics = {"checkpoint": str(args.checkpoint), **evaluate(model, args)}
+            write_json(args.out, metrics)
+            return 0
+
+        def all_arguments(p: argparse.ArgumentParser) -> None:
+            p.add_argument("--checkpoint", required=True, help="run folder, save_pretrained folder or .safetensors")
+            p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+            p.add_argument("--out", type=Path, default=None, help="also write the metrics to this JSON file")
+            if arguments is not None:
+                arguments(p)
+
+        return self.add_command("eval", run, help, all_arguments)
+
+    # ---------------------------------------------------------------------------------------------- reproduce
+    def add_reproduce(self, module: str) -> None:
+        """``reproduce ...``: hand every argument to ``<module>.main(argv)`` (the mini reproduction parses its own)."""
+
+        def run(argv: list[str]) -> int | None:
+            return importlib.import_module(module).main(argv)
+
+        self._sub.add_parser("reproduce", help="run the mini reproduction (options: reproduce --help)", add_help=False)
+        self._passthrough["reproduce"] = run
+
+
+# ------------------------------------------------------------------------------------------------ verb helpers
+def model_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model NAME | --checkpoint PATH`` (exactly one): a registered model with random weights, or trained ones."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--model", default=None, help="a registered model name (random weights)")
+    group.add_argument("--checkpoint", default=None, help="run folder, save_pretrained folder or .safetensors file")
+
+
+def _load(args: argparse.Namespace):
+    from .checkpoint import load_model
+    from .registry import list_models
+
+    if args.model is not None and args.model not in list_models():
+        raise ConfigError(_unknown(args.model, list_models(), "model"))
+    return load_model(args.model or args.checkpoint)
+
+
+def _unknown(name: str, known: Sequence[str], what: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"
+    return f"unknown {what} {name!r}{hint}"
+
+
+def _reparameterizable(model) -> bool:
+    return any(callable(getattr(m, "reparameterize", None)) for m in model.modules())
+
+
+def check_finite_weights(model, source: Any) -> None:
+    """Refuse a model whose weights hold NaN or infinity (a diverged or corrupt run), naming the first tensor."""
+    import torch
+
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
+            raise DataError(f"{source}: {count} non-finite values in {name} (a diverged or corrupt model)")
+
+
+def output_difference(model, other, image_size: int | None = None) -> float:
+    """Largest difference between two models' outputs on the first model's example inputs (eval mode), relative to
+    the largest output; a non-finite output is a :class:`DataError`."""
+    import torch
+
+    from .registry import get_model_entry
+
+    entry = get_model_entry(model.model_config["name"])
+    args, kwargs = entry.make_example_inputs(None if entry.example_inputs is not None else image_size)
+    with torch.no_grad():
+        a, b = model.eval()(*args, **kwargs), other.eval()(*args, **kwargs)
+    a, b = _first_tensor(a), _first_tensor(b)
+    if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+        raise DataError("the model's outputs on random inputs are not finite")
+    return float((a - b).abs().max()) / max(1.0, float(a.abs().max()))
+
+
+def _first_tensor(out):
+    import torch
+
+    while not isinstance(out, torch.Tensor):
+        out = next(iter(out.values())) if isinstance(out, Mapping) else out[0]
+    return out.float()
+
+
+def model_info(name: str, kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``{"model", "params_M", "fused_params_M", "input"}`` of a registered model, built on the meta device (no
+    memory, no initialisation); ``fused_params_M`` only for models with reparameterizable blocks."""
+    import torch
+
+    from .registry import create_model, get_model_entry
+
+    entry = get_model_entry(name)
+    with torch.device("meta"):
+        model = create_model(name, **(kwargs or {}))
+        row: dict[str, Any] = {"model": name, "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
+        if _reparameterizable(model):
+            fused = create_model(name, **{**(kwargs or {}), "inference_mode": True})
+            row["fused_params_M"] = sum(p.numel() for p in fused.parameters()) / 1e6
+    row["input"] = "x".join(map(str, entry.input_size)) if entry.input_size else "custom"
+    return row
+
+
+def run_training(recipe, out: Path, run: Callable[[Any, Path], Mapping[str, Any]]) -> dict[str, Any]:
+    """Seed, write ``out/recipe.yaml``, ``run(recipe, out)``, write ``out/results.json`` and print the results."""
+    from .recipe import RESULTS_NAME
+    from .train.rng import seed_everything
+
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    seed_everything(recipe.train.seed)  # before the model and the data are built: a seed reproduces the run
+    if main_rank:
+        recipe.save(out)
+    results = dict(run(recipe, Path(out)))
+    if main_rank:
+        write_json(Path(out) / RESULTS_NAME, results, echo=True)
+    return results
+
+
+def write_json(path: Path | None, payload: Mapping[str, Any], echo: bool = True) -> None:
+    """Print ``payload`` as JSON and, when ``path`` is given, write it there atomically."""
+    from .checkpoint import atomic_write
+
+    text = json.dumps(payload, indent=2, default=str)
+    if echo:
+        print(text)
+    if path is not None:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
+# ------------------------------------------------------------------------------------------- the umbrella command
 def _load_method(name: str, methods: dict[str, EntryPoint]) -> MethodMain:
+    import difflib
+
     name = name.replace("_", "-")  # `bramley dataset_decomposition` names the same method as the import name
     if name not in methods:
         installed = ", ".join(methods) or "none"
+        close = difflib.get_close_matches(name, list(methods), n=1)
+        if close:
+            sys.exit(f"bramley: unknown method {name!r}; did you mean {close[0]!r}? (installed: {installed})")
         sys.exit(f"bramley: unknown method {name!r} (installed: {installed}). Install it: pip install bramley-{name}")
     return methods[name].load()
 
@@ -170,3 +573,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ------------------------------------------------------------------------------- until every package is migrated
+def add_config_arguments(parser: argparse.ArgumentParser, default_out: str | None = None) -> None:
+    """Deprecated: ``--config``, ``--out`` and ``key=value`` overrides (use :meth:`MethodCLI.add_train`)."""
+    parser.add_argument("--config", type=Path, default=None, help="YAML file with settings (merged over defaults)")
+    parser.add_argument("--out", type=Path, default=default_out, help="output directory (resolved config saved here)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override settings, e.g. train.lr=0.1")
+
+
+def config_from_args(
+    args: argparse.Namespace, defaults: dict[str, Any], save: bool = True, open_sections: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Deprecated: defaults <- ``--config`` <- overrides, saved as ``<out>/config.yaml`` (use ``load_recipe``)."""
+    from .config import resolve_config, save_config
+
+    config = resolve_config(defaults, args.config, args.overrides, open_sections)
+    if save and getattr(args, "out", None) is not None:
+        save_config(config, args.out)
+    return config
+
+
+run_method_cli = method_main

@@ -130,9 +130,9 @@ class ReparamLargeKernelConv(nn.Module):
         """``(weight, bias)`` of the single conv equal to both branches in eval mode."""
         if self.reparam_conv is not None:
             return self.reparam_conv.weight, self.reparam_conv.bias
-        kernel, bias = self.large_conv.fuse()
+        kernel, bias = self.large_conv.kernel_bias()
         if self.small_conv is not None:
-            small_k, small_b = self.small_conv.fuse()
+            small_k, small_b = self.small_conv.kernel_bias()
             kernel, bias = kernel + pad_kernel(small_k, self.kernel_size), bias + small_b
         return kernel, bias
 

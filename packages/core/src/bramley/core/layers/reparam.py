@@ -124,9 +124,29 @@ class ConvNorm(nn.Sequential):
         )
         self.bn = nn.BatchNorm2d(out_chs)
 
-    def fuse(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(weight, bias)`` of the single conv equal to this module in eval mode."""
         return fuse_conv_bn(self.conv.weight, self.bn)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        """The single conv (with bias) equal to this module in eval mode: timm's ``fuse()`` convention, which
+        ``timm.utils.reparameterize_model`` relies on (it replaces the module with what ``fuse`` returns)."""
+        conv = self.conv
+        fused = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=True,
+        ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+        weight, bias = self.kernel_bias()
+        fused.weight.copy_(weight)
+        fused.bias.copy_(bias)
+        return fused
 
 
 class SqueezeExcite(nn.Module):
@@ -276,10 +296,10 @@ class MobileOneBlock(nn.Module):
         bias = torch.zeros(self.out_chs, dtype=ref.dtype, device=ref.device)
         if self.conv_kxk is not None:
             for branch in self.conv_kxk:
-                w, b = branch.fuse()
+                w, b = branch.kernel_bias()
                 kernel, bias = kernel + w, bias + b
         if self.conv_scale is not None:
-            w, b = self.conv_scale.fuse()
+            w, b = self.conv_scale.kernel_bias()
             kernel, bias = kernel + pad_kernel(w, self.kernel_size), bias + b
         if self.identity is not None:
             ident = identity_kernel(self.in_chs, self.kernel_size, self.groups, dtype=ref.dtype, device=ref.device)
@@ -309,7 +329,10 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Fuse every reparameterizable submodule of ``model`` (anything with a ``reparameterize()`` method).
 
     Submodules are fused deepest first, so a container whose ``reparameterize`` relies on fused children works.
-    Idempotent: fusing a fused model changes nothing.
+    Idempotent: fusing a fused model changes nothing. When ``model`` carries a ``model_config`` (built by
+    ``bramley.core.create_model``), the fused model's config says ``inference_mode=True``, so a ``save_pretrained``
+    folder of it rebuilds the fused structure: every registered model with reparameterizable blocks takes that
+    factory argument.
 
     Args:
         model: the train-time model. Fusion uses BatchNorm running statistics, i.e. eval-mode semantics; a model in
@@ -328,8 +351,13 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
         )
     if not inplace:
         model = copy.deepcopy(model)
+    fused_any = False
     for module in reversed(list(model.modules())):
         fuse = getattr(module, "reparameterize", None)
         if callable(fuse):
             fuse()
+            fused_any = True
+    config = getattr(model, "model_config", None)
+    if fused_any and isinstance(config, dict):
+        model.model_config = {**config, "kwargs": {**config.get("kwargs", {}), "inference_mode": True}}
     return model
