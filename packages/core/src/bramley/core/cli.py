@@ -32,7 +32,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, ConfigError, DataError, UserError
+from .errors import ConfigError, DataError, UserError
 
 __all__ = ["ENTRY_POINT_GROUP", "MethodCLI", "discover_methods", "main", "method_main"]
 
@@ -243,38 +243,46 @@ class MethodCLI:
     # ------------------------------------------------------------------------------------------------ convert
     def add_convert(
         self,
-        convert: Callable[[Path, argparse.Namespace], Any],
+        convert: Callable[..., Any],
         help: str,
         arguments: Callable[[argparse.ArgumentParser], None] | None = None,
     ) -> argparse.ArgumentParser:
-        """``convert SRC --out DIR [--fuse]``: ``convert(src, args)`` returns the converted model (built with
-        ``create_model``, weights loaded), or ``(model, note)``; core fuses it on request and saves it."""
+        """``convert SRC --out DIR [--model NAME] [--fuse]``: an official checkpoint to a ``save_pretrained`` folder.
+
+        ``convert(state_dict, model_name, **options)`` is the package's in-memory converter returning a
+        :class:`bramley.core.convert.Converted`; ``arguments`` may add package options, passed on as keywords.
+        Core reads the file safely (:func:`~bramley.core.convert.load_official_file`), builds and checks the model,
+        fuses it on request and saves it.
+        """
+        from .convert import build_converted, load_official_file
+
+        own: list[str] = []
 
         def run(args: argparse.Namespace) -> int:
             from .checkpoint import save_pretrained
             from .layers.reparam import reparameterize_model
 
-            if not args.source.is_file():
-                raise CheckpointError(
-                    f"{args.source} does not exist" if not args.source.exists() else f"{args.source} is not a file"
-                )
-            result = convert(args.source, args)
-            model, note = result if isinstance(result, tuple) else (result, "")
+            options = {name: getattr(args, name) for name in own}
+            converted = convert(load_official_file(args.source), args.model, **options)
+            model = build_converted(converted, f"converted {args.source}")
             if args.fuse:
                 if not _reparameterizable(model):
-                    raise ConfigError(f"--fuse: {model.model_config['name']} has no reparameterizable blocks")
-                model = reparameterize_model(model.eval())
+                    raise ConfigError(f"--fuse: {converted.model_name} has no reparameterizable blocks")
+                model = reparameterize_model(model)
             save_pretrained(model, args.out)
-            config = model.model_config
-            print(f"converted {args.source} -> {args.out}: {config['name']} {config.get('kwargs', {})} {note}".rstrip())
+            kwargs = model.model_config.get("kwargs", {})
+            print(f"converted {args.source} -> {args.out}: {converted.model_name} {kwargs} {converted.note()}")
             return 0
 
         def all_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument("source", type=Path, help="the official checkpoint file")
             p.add_argument("--out", type=Path, required=True, help="output save_pretrained folder")
+            p.add_argument("--model", default=None, help="expected model (default: detected from the weights)")
             p.add_argument("--fuse", action="store_true", help="also reparameterize before saving")
             if arguments is not None:
+                before = {a.dest for a in p._actions}
                 arguments(p)
+                own.extend(a.dest for a in p._actions if a.dest not in before)
 
         return self.add_command("convert", run, help, all_arguments)
 
