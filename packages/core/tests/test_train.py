@@ -5,6 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from bramley.core import checkpoint as checkpoint_module
 from bramley.core.checkpoint import CheckpointError
 from bramley.core.config import ConfigError
 from bramley.core.train import (
@@ -27,6 +33,7 @@ from bramley.core.train import (
     resolve_amp,
 )
 from bramley.core.train import trainer as trainer_module
+from bramley.core.train.trainer import TrainingDiverged
 
 
 def make_data(n: int = 48, dim: int = 6, classes: int = 3, seed: int = 0) -> TensorDataset:
@@ -78,11 +85,35 @@ def test_config_unknown_key_lists_valid_ones():
         ({"checkpoint_every": 5}, "need out_dir"),
         ({"resume": True}, "need out_dir"),
         ({"lr": "fast"}, "lr must be float"),
+        ({"device": "tpu"}, r"device='tpu' is not one of auto, cpu, cuda, cuda:N, mps"),
+        ({"device": "cuda:x"}, r"device='cuda:x' is not one of"),
+        ({"amp": "fp16", "device": "cpu"}, r"amp='fp16' needs a CUDA device, got device='cpu'"),
+        ({"lr": float("nan")}, r"TrainConfig\.lr must be a finite number, got nan"),
+        ({"lr": "1e999"}, r"TrainConfig\.lr must be a finite number, got inf"),
+        ({"momentum": float("inf")}, r"TrainConfig\.momentum must be a finite number"),
+        ({"weight_decay": float("nan")}, r"TrainConfig\.weight_decay must be a finite number"),
+        ({"eps": float("-inf")}, r"TrainConfig\.eps must be a finite number"),
+        ({"betas": [0.9, float("nan")]}, r"TrainConfig\.betas must be a finite number, got \(0\.9, nan\)"),
+        ({"warmup_epochs": float("inf")}, r"TrainConfig\.warmup_epochs must be a finite number"),
+        ({"warmup_start_factor": float("nan")}, r"TrainConfig\.warmup_start_factor must be a finite number"),
+        ({"clip_grad_norm": float("inf")}, r"TrainConfig\.clip_grad_norm must be a finite number"),
+        ({"ema_decay": float("nan")}, r"TrainConfig\.ema_decay must be a finite number"),
+        ({"min_lr_ratio": float("nan")}, r"TrainConfig\.min_lr_ratio must be a finite number"),
+        ({"momentum": 1.0}, r"momentum must be in \[0, 1\), got 1\.0"),
+        ({"momentum": -0.1}, r"momentum must be in \[0, 1\)"),
+        ({"betas": [0.9, 1.0]}, r"betas must each be in \[0, 1\)"),
+        ({"eps": -1e-8}, r"eps must be >= 0"),
     ],
 )
 def test_config_rejects_bad_values(changes, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig.from_dict(changes)
+
+
+def test_config_accepts_device_names():
+    for device in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert TrainConfig(device=device).device == device
+    assert TrainConfig(amp="fp16", device="cuda:0").amp == "fp16"  # checked against the hardware by the Trainer
 
 
 # ---------------------------------------------------------------- schedules
@@ -207,8 +238,14 @@ def test_amp_resolution_on_cpu():
     cpu = torch.device("cpu")
     assert resolve_amp("auto", cpu) == (None, False)
     assert resolve_amp("bf16", cpu) == (torch.bfloat16, False)
-    with pytest.raises(ValueError, match=r"fp16.*needs a CUDA device"):
+    with pytest.raises(ConfigError, match=r"fp16.*needs a CUDA device"):
         resolve_amp("fp16", cpu)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="device='auto' resolves to CUDA here")
+def test_fp16_on_auto_cpu_device_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"amp='fp16' needs a CUDA device \(this run is on cpu\)"):
+        Trainer(make_model(), TrainConfig(steps=1, batch_size=8, amp="fp16"), train_data=make_data(), loss_fn=ce_loss)
 
 
 # ---------------------------------------------------------------- metrics, budget, errors
@@ -257,7 +294,7 @@ def test_clear_errors():
         sampler = ShardedBatchSampler(32, 4, rank=0, world_size=2)
         sampler.num_replicas = 2
         Trainer(make_model(), TrainConfig(), train_data=data, loss_fn=ce_loss, batch_sampler=sampler)
-    with pytest.raises(FloatingPointError, match="nan at step 1"):
+    with pytest.raises(TrainingDiverged, match="training loss became nan at step 1; no checkpoint was written"):
         Trainer(
             make_model(),
             TrainConfig(steps=2, batch_size=8, log_every=1),
@@ -423,12 +460,146 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(trainer_module.torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match="disk full"):
         trainer.save()
     monkeypatch.setattr(trainer_module.torch, "save", real_save)
     assert path.read_bytes() == before
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temp file left behind
     trainer.load(path)  # still a valid checkpoint
+
+
+def test_start_removes_stale_temp_files_of_its_outputs(tmp_path):
+    ours = [f".{name}.k3x_9q2a.tmp" for name in (CHECKPOINT_NAME, METRICS_NAME, "model.safetensors", "ema.safetensors")]
+    others = [".notes.txt.k3x_9q2a.tmp", f"{CHECKPOINT_NAME}.tmp", f".{CHECKPOINT_NAME}.tmp", "data.tmp"]
+    for name in ours + others:
+        (tmp_path / name).write_bytes(b"left by a killed writer")
+    cfg = TrainConfig(steps=1, batch_size=8, out_dir=str(tmp_path))
+    Trainer(make_model(), cfg, train_data=make_data(), loss_fn=ce_loss).fit()
+    names = {p.name for p in tmp_path.iterdir()}
+    assert not names & set(ours) and set(others) <= names
+
+
+def _diverging_loss(bad_from_step: int, weights_only: bool = False):
+    """``ce_loss`` until step ``bad_from_step``, then a nan loss (or a finite loss whose gradients are nan)."""
+    calls = 0
+
+    def loss_fn(model, batch):
+        nonlocal calls
+        calls += 1
+        loss, extras = ce_loss(model, batch)
+        if calls >= bad_from_step:
+            # sqrt has an infinite slope at 0: the loss stays finite, the gradient is inf * 0 = nan
+            loss = loss + (model[0].weight * 0).sqrt().sum() if weights_only else loss * float("nan")
+        return loss, extras
+
+    return loss_fn
+
+
+def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = TrainConfig(steps=8, batch_size=8, checkpoint_every=2, log_every=50, out_dir=str(tmp_path))
+    trainer = Trainer(make_model(), cfg, train_data=make_data(), loss_fn=_diverging_loss(5))
+    path = tmp_path / CHECKPOINT_NAME
+    message = f"training loss became nan at step 5; the last good checkpoint is {path} (step 4)"
+    with pytest.raises(TrainingDiverged, match=f"^{re.escape(message)}$"):
+        trainer.fit()  # the nan is seen when step 6 is about to be checkpointed: that checkpoint is not written
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
+    resumed = Trainer(make_model(), cfg.replace(resume=True), train_data=make_data(), loss_fn=_diverging_loss(1))
+    with pytest.raises(TrainingDiverged, match=f"^{re.escape(message)}$"):  # the checkpoint it resumed from
+        resumed.fit()
+    assert issubclass(TrainingDiverged, RuntimeError)
+
+
+def test_nan_weights_are_never_checkpointed(tmp_path):
+    cfg = TrainConfig(steps=8, batch_size=8, checkpoint_every=2, log_every=50, out_dir=str(tmp_path))
+    trainer = Trainer(make_model(), cfg, train_data=make_data(), loss_fn=_diverging_loss(4, weights_only=True))
+    path = tmp_path / CHECKPOINT_NAME
+    message = f"model weights are not finite at step 4; the last good checkpoint is {path} (step 2)"
+    with pytest.raises(TrainingDiverged, match=f"^{re.escape(message)}$"):
+        trainer.fit()  # step 4's loss is finite, its update is not
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+# ---------------------------------------------------------------- kill -9 anywhere, then resume
+KILL_POINTS = {
+    # point: whether the kill leaves a stale temp file behind
+    "checkpoint_write": True,  # half-way through writing the step-6 checkpoint (resume from step 3)
+    "final_log": False,  # half-way through the last train record, in _finish
+    "final_eval": False,  # half-way through the final eval record
+    "final_checkpoint": True,  # half-way through the final checkpoint
+    "model_weights": True,  # final checkpoint written, half-way through model.safetensors
+    "ema_weights": True,  # model.safetensors written, half-way through ema.safetensors
+}
+_CHILD = "import runpy, sys; runpy.run_path(sys.argv[1])['_run_until_killed'](*sys.argv[2:])"
+
+
+def _kill_test_trainer(out_dir, resume: bool = False) -> Trainer:
+    """8 steps of 5 per epoch: checkpoints at 3 and 6, an epoch-end eval at 5, and _finish logs and evaluates at 8."""
+    cfg = TrainConfig(
+        steps=8, batch_size=4, lr=0.1, ema_decay=0.8, warmup_steps=2, checkpoint_every=3, log_every=3,
+        out_dir=str(out_dir), seed=5, resume=resume,
+    )  # fmt: skip
+    data, eval_data = make_data(20), make_data(8, seed=1)
+    return Trainer(make_model(dropout=0.2), cfg, train_data=data, loss_fn=ce_loss, eval_data=eval_data, eval_fn=top1)
+
+
+def _run_until_killed(out_dir: str, point: str, threads: str) -> None:
+    """Subprocess body: run the kill-test training and SIGKILL this process at ``point`` (see KILL_POINTS)."""
+    torch.set_num_threads(int(threads))  # as in the test process, so that the numbers match bit for bit
+
+    def die_half_written(write, obj, path, **kwargs):
+        write(obj, path, **kwargs)
+        os.truncate(path, os.path.getsize(path) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    real_torch_save, real_save_file, real_metrics = torch.save, checkpoint_module.save_file, Trainer._write_metrics
+
+    def torch_save(state, path, **kwargs):
+        final = "final_metrics" in state
+        if (point == "checkpoint_write" and state["step"] == 6) or (point == "final_checkpoint" and final):
+            die_half_written(real_torch_save, state, path, **kwargs)
+        real_torch_save(state, path, **kwargs)
+
+    def save_file(tensors, path, **kwargs):
+        temp_prefix = {"model_weights": ".model.safetensors.", "ema_weights": ".ema.safetensors."}.get(point)
+        if temp_prefix is not None and Path(path).name.startswith(temp_prefix):
+            die_half_written(real_save_file, tensors, path, **kwargs)
+        real_save_file(tensors, path, **kwargs)
+
+    def write_metrics(trainer, record):
+        if record["step"] == 8 and (point, record["kind"]) in {("final_log", "train"), ("final_eval", "eval")}:
+            line = json.dumps(record)
+            with open(trainer.out_dir / METRICS_NAME, "a") as f:
+                f.write(line[: len(line) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_metrics(trainer, record)
+
+    torch.save, checkpoint_module.save_file, Trainer._write_metrics = torch_save, save_file, write_metrics
+    _kill_test_trainer(out_dir).fit()
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_resume_after_kill_completes_the_run(tmp_path, point):
+    straight, out = tmp_path / "straight", tmp_path / "killed"
+    expected = _kill_test_trainer(straight).fit()
+    command = [sys.executable, "-c", _CHILD, __file__, str(out), point, str(torch.get_num_threads())]
+    child = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert any(p.name.endswith(".tmp") for p in out.iterdir()) == KILL_POINTS[point]
+
+    weights = ("model.safetensors", "ema.safetensors")
+    for _ in range(2):  # resume the killed run, then resume the finished run: neither changes the outputs
+        assert _kill_test_trainer(out, resume=True).fit() == expected
+        assert {p.name for p in out.iterdir()} == {METRICS_NAME, CHECKPOINT_NAME, *weights}  # no stale temp file
+        for name in weights:
+            assert (out / name).read_bytes() == (straight / name).read_bytes(), name
+    records = _records(out)
+    assert records == _records(straight)
+    assert [(r["kind"], r["step"]) for r in records] == [("train", 3), ("train", 5), ("eval", 5), ("train", 6),
+                                                         ("train", 8), ("eval", 8)]  # fmt: skip
+    final = torch.load(out / CHECKPOINT_NAME, weights_only=True)
+    assert final["step"] == 8 and final["final_metrics"] == expected
 
 
 def test_resume_rejects_foreign_file(tmp_path):
@@ -447,7 +618,7 @@ def test_resume_rejects_foreign_file(tmp_path):
     trained.fit()
     wider = nn.Sequential(nn.Linear(6, 32), nn.LayerNorm(32), nn.ReLU(), nn.Dropout(0.0), nn.Linear(32, 3))
     other = TrainConfig(steps=1, batch_size=8, resume=str(tmp_path / "run" / CHECKPOINT_NAME))
-    with pytest.raises(CheckpointError, match=r"shape mismatches \(5\): 0.bias: checkpoint \(16,\) vs model \(32,\)"):
+    with pytest.raises(CheckpointError, match=r"shape mismatches.*0\.bias: checkpoint \(16,\) vs model \(32,\)"):
         Trainer(wider, other, train_data=make_data(), loss_fn=ce_loss).fit()
     missing = TrainConfig(steps=1, batch_size=8, resume=str(tmp_path / "nope.pt"))
     with pytest.raises(FileNotFoundError, match=r"nope\.pt"):

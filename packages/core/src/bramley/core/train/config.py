@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -17,6 +19,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "linear", "constant")
 AMP_MODES = ("none", "auto", "bf16", "fp16")
 DISTRIBUTED = ("ddp", "fsdp")
+_DEVICES = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 @dataclass
@@ -78,16 +81,27 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid setting."""
+        for f in dataclasses.fields(self):  # first: nan passes every range check below
+            value = getattr(self, f.name)
+            numbers = value if isinstance(value, tuple | list) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                raise ConfigError(f"TrainConfig.{f.name} must be a finite number, got {value!r}")
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES, "distributed": DISTRIBUTED}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if not isinstance(self.device, str) or not _DEVICES.fullmatch(self.device):
+            raise ConfigError(f"TrainConfig.device={self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        if self.amp == "fp16" and self.device != "auto" and not self.device.startswith("cuda"):
+            raise ConfigError(
+                f"TrainConfig.amp='fp16' needs a CUDA device, got device={self.device!r}; use amp='bf16' or amp='none'"
+            )
         positive = ["epochs", "batch_size", "grad_accum_steps", "log_every", "eval_every"]
         positive += [n for n in ("steps", "eval_batch_size") if getattr(self, n) is not None]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_workers", "checkpoint_every", "warmup_epochs", "weight_decay", "lr"):
+        for name in ("num_workers", "checkpoint_every", "warmup_epochs", "weight_decay", "lr", "eps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
@@ -99,8 +113,12 @@ class TrainConfig:
         for name in ("min_lr_ratio", "warmup_start_factor"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"TrainConfig.momentum must be in [0, 1), got {self.momentum}")
         if len(self.betas) != 2:
             raise ConfigError(f"TrainConfig.betas must hold two numbers, got {self.betas!r}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"TrainConfig.betas must each be in [0, 1), got {self.betas!r}")
         if (self.checkpoint_every or self.resume is True) and self.out_dir is None:
             raise ConfigError("TrainConfig.checkpoint_every and resume=True need out_dir to be set")
 

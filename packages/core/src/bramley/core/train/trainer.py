@@ -9,6 +9,7 @@ data (epoch, batches consumed) and every RNG state of every rank.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -23,7 +24,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ..checkpoint import atomic_write, check_state_dict, save_checkpoint
+from ..checkpoint import WEIGHTS_NAME, atomic_write, check_state_dict, save_checkpoint
+from ..config import ConfigError
 from .config import TrainConfig
 from .data import DeviceLoader, ResumableBatchSampler, ShardedBatchSampler, move_to_device
 from .distributed import (
@@ -39,10 +41,13 @@ from .optim import build_optimizer
 from .rng import get_rng_state, seed_everything, set_rng_state
 from .schedule import LRSchedule, build_scheduler
 
-__all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "Trainer", "resolve_amp"]
+__all__ = ["CHECKPOINT_NAME", "EMA_WEIGHTS_NAME", "METRICS_NAME", "Trainer", "TrainingDiverged", "resolve_amp"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
+EMA_WEIGHTS_NAME = "ema.safetensors"
+# every file the trainer writes into out_dir (each through atomic_write)
+_OUTPUT_NAMES = (CHECKPOINT_NAME, METRICS_NAME, WEIGHTS_NAME, EMA_WEIGHTS_NAME)
 _FORMAT = "bramley-train-1"
 # settings that may change between a run and its resumption without changing the numbers
 _RUNTIME_FIELDS = frozenset(
@@ -66,11 +71,22 @@ LossFn = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, Mapping[
 EvalFn = Callable[[nn.Module, Iterable], Mapping[str, float]]
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss or the weights became non-finite; the message names the step and the last good checkpoint.
+
+    No checkpoint is written from the diverged state, so ``resume`` (with a lower learning rate, say) starts from the
+    last good one.
+    """
+
+
 def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """``(autocast dtype or None, use a GradScaler)`` for the AMP mode on ``device``.
 
     ``auto``: bf16 on CUDA devices that support it, else fp16 with a GradScaler on CUDA, no autocast elsewhere.
     ``bf16`` works on CPU and CUDA; ``fp16`` needs CUDA.
+
+    Raises:
+        ConfigError: the mode does not exist or the device cannot run it.
     """
     if amp == "none":
         return None, False
@@ -80,16 +96,16 @@ def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, boo
         return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (torch.float16, True)
     if amp == "bf16":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError(f"amp='bf16' but {torch.cuda.get_device_name(device)} has no bf16 support; use 'fp16'")
+            raise ConfigError(f"amp='bf16' but {torch.cuda.get_device_name(device)} has no bf16 support; use 'fp16'")
         return torch.bfloat16, False
     if amp == "fp16":
         if device.type != "cuda":
-            raise ValueError(
+            raise ConfigError(
                 f"amp='fp16' needs a CUDA device (this run is on {device.type}): fp16 autocast with loss scaling "
                 "is CUDA-only here; use amp='bf16' or amp='none'"
             )
         return torch.float16, True
-    raise ValueError(f"unknown amp mode {amp!r} (none, auto, bf16, fp16)")
+    raise ConfigError(f"unknown amp mode {amp!r} (none, auto, bf16, fp16)")
 
 
 class Trainer:
@@ -205,6 +221,7 @@ class Trainer:
         self._log_window_start = time.perf_counter()
         self._grad_norm: torch.Tensor | None = None
         self._finished_metrics: dict[str, float] | None = None
+        self._last_checkpoint: tuple[Path, int] | None = None  # (path, step) of the newest checkpoint written or loaded
 
     # ------------------------------------------------------------------ data
     def _build_data(self, train_data, eval_data, batch_sampler, collate_fn) -> None:
@@ -343,8 +360,12 @@ class Trainer:
         """Train to the configured budget (resuming first if ``cfg.resume``); returns the final metrics."""
         cfg = self.cfg
         self.should_stop = False
+        self._remove_stale_temp_files()
         resumed = self._maybe_resume()
         if self._finished_metrics is not None:
+            # a kill after the final checkpoint can leave the weights unexported: export them again from it
+            if self.out_dir is not None:
+                self._save_weights()
             return dict(self._finished_metrics)
         if not resumed:
             seed_everything(cfg.seed + self.dist.rank)
@@ -420,6 +441,11 @@ class Trainer:
         self._epoch_losses = []
 
     def _finish(self) -> dict[str, float]:
+        """Final log, final eval, final checkpoint (marked finished), exported weights.
+
+        A kill before the final checkpoint is written resumes from an earlier one and redoes the whole sequence (resume
+        drops the metrics records written after that checkpoint); a kill after it resumes to :meth:`fit`'s export.
+        """
         self._log()
         if self.eval_loader is not None and self._last_eval_step != self.step:
             self.evaluate()
@@ -493,7 +519,7 @@ class Trainer:
         values = values.cpu().double().tolist()
         for (step, _, extras), row in zip(self._pending, values):
             if not math.isfinite(row[0]):
-                raise FloatingPointError(f"training loss is {row[0]} at step {step}")
+                raise self._diverged(f"training loss became {row[0]} at step {step}")
             self._window.append({"step": step, "lr": extras["lr"], "loss": row[0], **dict(zip(keys, row[1:]))})
             self.losses.append(row[0])
             self._epoch_losses.append(row[0])
@@ -582,6 +608,8 @@ class Trainer:
             path = self.out_dir / CHECKPOINT_NAME
         path = Path(path)
         self._collect()
+        if not self._weights_finite():
+            raise self._diverged(f"model weights are not finite at step {self.step}")
         state = self.checkpoint_state()
         if final_metrics is not None:
             state["final_metrics"] = dict(final_metrics)
@@ -589,7 +617,34 @@ class Trainer:
             atomic_write(path, lambda tmp: torch.save(state, tmp))
         if self.dist.enabled:
             dist.barrier()
+        self._last_checkpoint = (path, self.step)
         return path
+
+    def _weights_finite(self) -> bool:
+        """Whether every floating-point parameter and buffer of the model is finite, on every rank (collective)."""
+        tensors = itertools.chain(self.model.parameters(), self.model.buffers())
+        local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]  # FSDP2 shards are DTensors
+        checks = [torch.isfinite(t).all() for t in local if t.is_floating_point() and t.numel()]
+        bad = (~torch.stack(checks)).sum() if checks else torch.zeros((), dtype=torch.long, device=self.device)
+        if self.dist.enabled:
+            bad = bad.to(self.device)
+            dist.all_reduce(bad)
+        return int(bad) == 0
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        if self._last_checkpoint is None:
+            return TrainingDiverged(f"{what}; no checkpoint was written")
+        path, step = self._last_checkpoint
+        return TrainingDiverged(f"{what}; the last good checkpoint is {path} (step {step})")
+
+    def _remove_stale_temp_files(self) -> None:
+        """Delete the temp files (``.{name}.{random}.tmp``) that a write of our outputs killed mid-way left behind."""
+        if self.out_dir is None or not self.dist.is_main or not self.out_dir.is_dir():
+            return
+        for name in _OUTPUT_NAMES:
+            for stale in self.out_dir.glob(f".{name}.*.tmp"):
+                if stale.is_file():
+                    stale.unlink(missing_ok=True)
 
     def full_state_dict(self, ema: bool = False) -> dict[str, torch.Tensor]:
         """Unsharded CPU weights of the model (or of the EMA copy) with plain keys, whatever the wrapping.
@@ -608,9 +663,9 @@ class Trainer:
         ema_state = self.full_state_dict(ema=True) if self.ema is not None else None
         if self.dist.is_main:
             config = getattr(self.model, "model_config", None)
-            save_checkpoint(state, self.out_dir / "model.safetensors", config=config)
+            save_checkpoint(state, self.out_dir / WEIGHTS_NAME, config=config)
             if ema_state is not None:
-                save_checkpoint(ema_state, self.out_dir / "ema.safetensors", config=config)
+                save_checkpoint(ema_state, self.out_dir / EMA_WEIGHTS_NAME, config=config)
         if self.dist.enabled:
             dist.barrier()
 
@@ -685,6 +740,7 @@ class Trainer:
                 stacklevel=2,
             )
             seed_everything(self.cfg.seed + self.dist.rank + 7919 * self.step)
+        self._last_checkpoint = (path, self.step)
         if "final_metrics" in state:
             self._finished_metrics = dict(state["final_metrics"])
         else:
