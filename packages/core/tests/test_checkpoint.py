@@ -276,3 +276,58 @@ def test_from_pretrained_returns_eval_mode(tmp_path):
         assert not from_pretrained(tmp_path).training
     finally:
         _REGISTRY.pop("_eval_mode_probe", None)
+
+
+# ---------------------------------------------------------------------------------------------------- load_model
+def test_load_model_from_every_kind_of_spec(tmp_path):
+    from bramley.core.checkpoint import load_model
+
+    model = trained(create_model("ckpt_test_net", width=6))
+    folder = save_pretrained(model, tmp_path / "folder")
+    x = torch.randn(3, 6)
+    for spec in (folder, str(folder), folder / "model.safetensors"):
+        loaded = load_model(spec)
+        assert not loaded.training, "models come back in eval mode"
+        assert loaded.model_config == model.model_config and torch.equal(loaded(x), model(x))
+    fresh = load_model("ckpt_test_net", width=5)
+    assert isinstance(fresh, Net) and fresh.embed.in_features == 5 and not fresh.training
+    assert load_model(folder, num_classes=3).head.out_features == 3, "keyword arguments reach the factory"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: "ckpt_test_nett", r"'ckpt_test_nett' is neither a model folder, .* \(did you mean ckpt_test_net\?\)"),
+        (lambda d: str(d / "missing" / "model.safetensors"), r"missing/model.safetensors does not exist"),
+        (lambda d: str(d / "missing.safetensors"), r"missing.safetensors does not exist"),
+        (lambda d: str(d), r"has no config.json; is it a save_pretrained folder \(or a finished run\)\?"),
+    ],
+)
+def test_load_model_errors_name_the_problem(tmp_path, make, message):
+    from bramley.core.checkpoint import load_model
+
+    with pytest.raises(CheckpointError, match=message):
+        load_model(make(tmp_path))
+
+
+def test_load_model_refuses_files_it_cannot_trust(tmp_path):
+    from bramley.core.checkpoint import load_model
+
+    pickled = tmp_path / "official.pth"
+    torch.save({"weight": torch.zeros(2)}, pickled)
+    with pytest.raises(CheckpointError, match=r"official.pth is not a .safetensors file: bramley loads safetensors only"):
+        load_model(pickled)
+    bare = save_checkpoint({"w": torch.zeros(2)}, tmp_path / "bare.safetensors")
+    with pytest.raises(CheckpointError, match=r"bare.safetensors carries no bramley model config"):
+        load_model(bare)
+    listed = save_checkpoint({"w": torch.zeros(2)}, tmp_path / "listed.safetensors", config=["ckpt_test_net"])
+    with pytest.raises(CheckpointError, match=r"listed.safetensors: the model config must be \{'name': str"):
+        load_model(listed)
+    truncated = tmp_path / "truncated.safetensors"
+    data = save_checkpoint(trained(Net()), tmp_path / "whole.safetensors").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"truncated.safetensors is not a readable safetensors file"):
+        load_model(truncated)
+    foreign = save_checkpoint(trained(Net(width=4)), tmp_path / "w4.safetensors", config={"name": "ckpt_test_net"})
+    with pytest.raises(CheckpointError, match=r"w4.safetensors does not match Net: shape mismatches"):
+        load_model(foreign, width=5)

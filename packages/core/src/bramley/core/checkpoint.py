@@ -32,7 +32,9 @@ __all__ = [
     "load_model",
     "read_metadata",
     "save_checkpoint",
+    "save_model_config",
     "save_pretrained",
+    "temp_files",
 ]
 
 CONFIG_NAME = "config.json"
@@ -60,16 +62,16 @@ def atomic_write(path: str | os.PathLike, write_fn) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # see temp_files()
     except OSError as e:
         raise CheckpointError(f"cannot write to {path.parent}: {e.strerror or e}") from None
     os.close(fd)
     try:
         write_fn(tmp)
         os.chmod(tmp, _FILE_MODE)
-        _fsync(tmp)
+        _fsync_file(tmp)
         os.replace(tmp, path)
-        _fsync(path.parent)
+        _fsync_folder(path.parent)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
@@ -79,15 +81,30 @@ def atomic_write(path: str | os.PathLike, write_fn) -> Path:
     return path
 
 
-def _fsync(path: str | os.PathLike) -> None:
-    """Flush a file's (or a folder's) data to disk; folders cannot be opened for this on every platform."""
+def temp_files(path: str | os.PathLike) -> list[Path]:
+    """The temporary files :func:`atomic_write` leaves beside ``path`` when it is killed mid-write."""
+    path = Path(path)
+    return [p for p in path.parent.glob(f".{path.name}.*.tmp") if p.is_file()]
+
+
+def _fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file's data to disk; a failure (EIO, a full disk) means the data may be lost, so it raises."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (the rename) to disk where the platform and file system allow it."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
-    except OSError:
+    except OSError:  # EINVAL / EBADF: some file systems cannot sync a folder
         pass
     finally:
         os.close(fd)
@@ -212,9 +229,15 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, config: Mapp
             "or pass config={'name': ..., 'kwargs': {...}}"
         )
     save_checkpoint(model, directory / WEIGHTS_NAME, config=config)
-    text = json.dumps(dict(config), indent=2, sort_keys=True) + "\n"
-    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    save_model_config(config, directory)
     return directory
+
+
+def save_model_config(config: Mapping[str, Any], directory: str | os.PathLike) -> Path:
+    """Write ``config.json``, the model's build config, which makes a folder holding ``model.safetensors`` a
+    ``save_pretrained`` folder."""
+    text = json.dumps(dict(config), indent=2, sort_keys=True) + "\n"
+    return atomic_write(Path(directory) / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
 
 
 def from_pretrained(directory: str | os.PathLike, device: str = "cpu", **overrides: Any) -> nn.Module:

@@ -97,6 +97,12 @@ def user_error_message(error: BaseException) -> str | None:
     return " ".join(text.split())  # one line, whatever the message held
 
 
+def _training_diverged() -> type:
+    from .train.trainer import TrainingDiverged  # a run that went non-finite: its message names the step
+
+    return TrainingDiverged
+
+
 def _parse_intermixed(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """``parser.parse_args`` that also accepts ``key=value`` overrides after options (``--out d lr=0.1``).
 

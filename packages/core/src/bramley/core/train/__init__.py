@@ -10,10 +10,11 @@ from .ema import ModelEma
 from .optim import build_optimizer, param_groups
 from .rng import seed_everything
 from .schedule import LRSchedule, build_scheduler
-from .trainer import CHECKPOINT_NAME, METRICS_NAME, Trainer, resolve_amp
+from .trainer import CHECKPOINT_NAME, EMA_WEIGHTS_NAME, METRICS_NAME, Trainer, TrainingDiverged, resolve_amp
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "EMA_WEIGHTS_NAME",
     "METRICS_NAME",
     "DistInfo",
     "LRSchedule",
@@ -22,6 +23,7 @@ __all__ = [
     "ShardedBatchSampler",
     "TrainConfig",
     "Trainer",
+    "TrainingDiverged",
     "build_optimizer",
     "build_scheduler",
     "init_distributed",

@@ -24,7 +24,15 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ..checkpoint import WEIGHTS_NAME, atomic_write, check_state_dict, save_checkpoint
+from ..checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    atomic_write,
+    check_state_dict,
+    save_checkpoint,
+    save_model_config,
+    temp_files,
+)
 from ..config import ConfigError
 from .config import TrainConfig
 from .data import DeviceLoader, ResumableBatchSampler, ShardedBatchSampler, move_to_device
@@ -47,7 +55,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 EMA_WEIGHTS_NAME = "ema.safetensors"
 # every file the trainer writes into out_dir (each through atomic_write)
-_OUTPUT_NAMES = (CHECKPOINT_NAME, METRICS_NAME, WEIGHTS_NAME, EMA_WEIGHTS_NAME)
+_OUTPUT_NAMES = (CHECKPOINT_NAME, METRICS_NAME, WEIGHTS_NAME, EMA_WEIGHTS_NAME, CONFIG_NAME)
 _FORMAT = "bramley-train-1"
 # settings that may change between a run and its resumption without changing the numbers
 _RUNTIME_FIELDS = frozenset(
@@ -642,9 +650,8 @@ class Trainer:
         if self.out_dir is None or not self.dist.is_main or not self.out_dir.is_dir():
             return
         for name in _OUTPUT_NAMES:
-            for stale in self.out_dir.glob(f".{name}.*.tmp"):
-                if stale.is_file():
-                    stale.unlink(missing_ok=True)
+            for stale in temp_files(self.out_dir / name):
+                stale.unlink(missing_ok=True)
 
     def full_state_dict(self, ema: bool = False) -> dict[str, torch.Tensor]:
         """Unsharded CPU weights of the model (or of the EMA copy) with plain keys, whatever the wrapping.
@@ -658,7 +665,8 @@ class Trainer:
         return full_model_state_dict(self.wrapped)
 
     def _save_weights(self) -> None:
-        """Final weights as safetensors (``model.safetensors``, ``ema.safetensors``) with the model's config."""
+        """Final weights as safetensors (``model.safetensors``, ``ema.safetensors``) with the model's config, and the
+        config as ``config.json`` (last), which makes ``out_dir`` a ``save_pretrained`` folder of the final model."""
         state = self.full_state_dict()
         ema_state = self.full_state_dict(ema=True) if self.ema is not None else None
         if self.dist.is_main:
@@ -666,6 +674,8 @@ class Trainer:
             save_checkpoint(state, self.out_dir / WEIGHTS_NAME, config=config)
             if ema_state is not None:
                 save_checkpoint(ema_state, self.out_dir / EMA_WEIGHTS_NAME, config=config)
+            if config is not None:
+                save_model_config(config, self.out_dir)
         if self.dist.enabled:
             dist.barrier()
 
