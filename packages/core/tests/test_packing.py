@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +14,12 @@ from hypothesis import strategies as st
 from bramley.core.ops import attention, gather_rows
 from bramley.core.packing import (
     TokenBudgetBatchSampler,
+    _document_ids_static,
     best_fit_decreasing,
     bucket_by_length,
     cu_seqlens_from_lengths,
+    document_ids,
+    document_mean,
     lengths_from_cu_seqlens,
     next_power_of_two,
     pack,
@@ -32,6 +38,103 @@ def test_offsets_and_positions():
         cu_seqlens_from_lengths([2, -1])
     with pytest.raises(TypeError, match="integers"):
         cu_seqlens_from_lengths([1.5])
+
+
+# ----------------------------------------------------------------------------------------------- per-document
+def _naive_ids(lengths):
+    return [doc for doc, n in enumerate(lengths) for _ in range(n)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 9), max_size=8), int64=st.booleans())
+def test_document_and_position_ids_match_a_loop(lengths, int64):
+    cu = cu_seqlens_from_lengths(lengths).to(torch.int64 if int64 else torch.int32)
+    total = sum(lengths)
+    for ids in (document_ids(cu), document_ids(cu, total), _document_ids_static(cu, total)):  # numpy / searchsorted
+        assert ids.dtype == torch.int64 and ids.tolist() == _naive_ids(lengths)
+    positions = [p for n in lengths for p in range(n)]
+    assert position_ids(cu).tolist() == positions and position_ids(cu, total).tolist() == positions
+
+
+def test_document_ids_follow_the_offsets_when_traced():
+    def per_token(per_doc: torch.Tensor, cu: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return per_doc[document_ids(cu, tokens.shape[0])]
+
+    per_doc, tokens = torch.tensor([10.0, 20.0, 30.0]), torch.zeros(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about shape checks turned into constants
+        traced = torch.jit.trace(per_token, (per_doc, torch.tensor([0, 1, 3, 6]), tokens))
+    assert traced(per_doc, torch.tensor([0, 4, 4, 6]), tokens).tolist() == [10.0] * 4 + [30.0] * 2
+
+
+def test_document_mean_compiles_without_graph_breaks():
+    compiled = torch.compile(document_mean, backend="eager", fullgraph=True)
+    x, cu = torch.randn(7, 3), torch.tensor([0, 2, 3, 7], dtype=torch.int32)
+    torch.testing.assert_close(compiled(x, cu), document_mean(x, cu), rtol=0, atol=0)
+
+
+def _naive_mean(x, lengths):
+    starts = np.cumsum([0, *lengths]).tolist()
+    return torch.stack([x[a:b].double().mean(0) for a, b in itertools.pairwise(starts)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("feature_shape", [(), (5,), (2, 3)])
+def test_document_mean_matches_a_loop(dtype, feature_shape):
+    gen = torch.Generator().manual_seed(0)
+    packings = [[1], [13], [1, 1, 1], [4, 1, 7, 2], torch.randint(1, 40, (50,), generator=gen).tolist()]
+    for lengths in packings:
+        x = torch.randn(sum(lengths), *feature_shape, generator=gen).to(dtype)
+        out = document_mean(x, cu_seqlens_from_lengths(lengths))
+        assert out.dtype == dtype and out.shape == (len(lengths), *feature_shape)
+        torch.testing.assert_close(out, _naive_mean(x, lengths).to(dtype))
+
+
+def test_document_mean_accumulates_half_precision_in_float32():
+    # bfloat16 has 8 significant bits: a bfloat16 running sum of ones stops growing at 256.
+    x = torch.ones(1000, 4, dtype=torch.bfloat16)
+    assert document_mean(x, torch.tensor([0, 1000], dtype=torch.int32)).eq(1).all()
+
+
+def test_document_mean_empty_documents_and_batch():
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    out = document_mean(x, cu_seqlens_from_lengths([2, 0, 3, 0]))
+    assert out[[1, 3]].isnan().all()
+    torch.testing.assert_close(out[[0, 2]], _naive_mean(x.detach(), [2, 3]))
+    out.sum().backward()  # the NaN rows own no tokens: they send no gradient anywhere
+    torch.testing.assert_close(
+        x.grad, torch.tensor([1 / 2] * 2 + [1 / 3] * 3, dtype=torch.float64)[:, None].expand(5, 3)
+    )
+    empty = document_mean(torch.zeros(0, 3), torch.zeros(1, dtype=torch.int32))
+    assert empty.shape == (0, 3)
+    assert document_ids(torch.zeros(1, dtype=torch.int32)).shape == (0,)
+
+
+def test_document_mean_gradient():
+    lengths = [3, 1, 5]
+    x = torch.randn(9, 2, dtype=torch.float64, requires_grad=True)
+    cu = cu_seqlens_from_lengths(lengths)
+    assert torch.autograd.gradcheck(lambda t: document_mean(t, cu), (x,))
+    weights = torch.randn(3, 2, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((document_mean(x, cu) * weights).sum(), x)
+    (expected,) = torch.autograd.grad((_naive_mean(x, lengths) * weights).sum(), x)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda: document_mean(torch.arange(4), torch.tensor([0, 4])), TypeError, "floating-point"),
+        (lambda: document_mean(torch.randn(4), torch.tensor([0.0, 4.0])), TypeError, "int32/int64"),
+        (lambda: document_mean(torch.randn(4), torch.tensor([0, 3])), ValueError, r"0 to the number .* \(4\)"),
+        (lambda: document_ids(torch.tensor([0, 3, 2])), ValueError, "non-decreasing"),
+        (lambda: document_ids(torch.tensor([1, 3]), 3), ValueError, "got 1..3"),
+        (lambda: position_ids(torch.zeros(0, dtype=torch.int32)), ValueError, "num_docs \\+ 1"),
+    ],
+)
+def test_document_helpers_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
 
 
 @settings(max_examples=40, deadline=None)
@@ -202,3 +305,12 @@ def test_cuda_pack_unpack_triton_matches_torch(dtype):
     reference, _, _ = pack(padded, lengths=lengths, backend="torch")
     assert torch.equal(packed, reference)
     assert torch.equal(unpack(packed, cu, 300), unpack(packed, cu, 300, backend="torch"))
+
+
+@pytest.mark.gpu
+def test_cuda_document_helpers_match_cpu():
+    cu = cu_seqlens_from_lengths([5, 0, 1, 300, 17])
+    x = torch.randn(323, 3, 8, dtype=torch.float64)
+    assert torch.equal(document_ids(cu.cuda(), 323).cpu(), document_ids(cu))  # searchsorted vs numpy
+    assert torch.equal(position_ids(cu.cuda(), 323).cpu(), position_ids(cu))
+    torch.testing.assert_close(document_mean(x.cuda(), cu.cuda()).cpu(), document_mean(x, cu), equal_nan=True)

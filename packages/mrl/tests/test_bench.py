@@ -31,7 +31,7 @@ def test_run_benchmark_reports_a_ratio_in_one_run():
     out = run_benchmark(
         num_database=3000, num_queries=16, dim=256, num_classes=50, funnels=[DEFAULT_FUNNEL, PAPER_FUNNEL]
     )
-    assert out["exact"]["top1"] > 0.5
+    assert out["exact"]["top1"] > 50  # percent
     assert [f["rerank_dims"][-1] for f in out["funnels"]] == [256, 256]  # clamped to the data dim
     for f in out["funnels"]:
         assert f["speedup"] > 0 and 0 <= f["recall@10_vs_exact"] <= 1

@@ -60,14 +60,14 @@ def test_train_recipe_then_eval_embed_retrieve(image_folder, tmp_path):
     neighbors = tmp_path / "nn.safetensors"
     assert main([*args, "--dim", "16", "--k", "5", "--ks", "1", "5", "--neighbors", str(neighbors)]) == 0
     exact = json.loads(result.read_text())
-    assert exact["metrics"]["top1"] == 1.0  # every query finds itself
+    assert exact["metrics"]["top1"] == 100.0  # every query finds itself
     assert exact["mflops_per_query"] == pytest.approx(12 * 16 / 1e6)
     from safetensors.torch import load_file
 
     assert torch.equal(load_file(str(neighbors))["indices"][:, 0], torch.arange(12))
     assert main([*args, "--retrieval-dim", "8", "--rerank-dims", "32", "96", "--shortlists", "10", "5"]) == 0
     funnel = json.loads(result.read_text())
-    assert funnel["search"]["mode"] == "funnel" and "map@5" in funnel["metrics"]
+    assert funnel["search"]["mode"] == "funnel" and "mAP@5" in funnel["metrics"]
     assert main([*args, "--backend", "faiss", "--dim", "96", "--k", "3", "--ks", "1"]) == 0
 
 

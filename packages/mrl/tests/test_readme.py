@@ -69,7 +69,7 @@ def test_readme_commands_run(image_folder, tmp_path, monkeypatch):
     assert {"reproduce", "train", "eval", "embed", "retrieve", "bench"} <= set(ran)
     assert (tmp_path / "runs" / "mrl-r50" / "model.safetensors").is_file()
     funnel = json.loads((tmp_path / "runs" / "mrl-r50" / "funnel.json").read_text())
-    assert funnel["backend"] == "faiss" and funnel["search"]["mode"] == "funnel" and "map@5" in funnel["metrics"]
+    assert funnel["backend"] == "faiss" and funnel["search"]["mode"] == "funnel" and "mAP@5" in funnel["metrics"]
     bench = json.loads((tmp_path / "bench-1m.json").read_text())
     assert bench["environment"]["device"] == "cpu" and len(bench["funnels"]) == 2
     reproduce = json.loads((tmp_path / "reproduce" / "results.json").read_text())

@@ -148,27 +148,28 @@ def test_metrics_match_the_official_definitions_when_classes_are_large():
     ours = retrieval_metrics(
         torch.from_numpy(neighbors), torch.from_numpy(query_labels), torch.from_numpy(db_labels), ks=(5, 20)
     )
-    for k in (5, 20):
+    for k in (5, 20):  # the notebook's fractions, ours in percent
         m, p, r, t = official_metrics(query_labels, db_labels, neighbors, k, class_size=40)
-        assert ours[f"map@{k}"] == pytest.approx(m)
-        assert ours[f"precision@{k}"] == pytest.approx(p)
-        assert ours[f"recall@{k}"] == pytest.approx(r)
-        assert ours[f"top{k}"] == pytest.approx(t)
-    assert ours["top1"] == pytest.approx(np.mean(db_labels[neighbors[:, 0]] == query_labels))
+        assert ours[f"mAP@{k}"] == pytest.approx(100 * m)
+        assert ours[f"precision@{k}"] == pytest.approx(100 * p)
+        assert ours[f"recall@{k}"] == pytest.approx(100 * r)
+        assert ours[f"top{k}"] == pytest.approx(100 * t)
+    assert ours["top1"] == pytest.approx(100 * np.mean(db_labels[neighbors[:, 0]] == query_labels))
 
 
 def test_metrics_hand_computed_and_rare_classes():
     db_labels = torch.tensor([0, 0, 1, 1, 1, 2])
     neighbors = torch.tensor([[0, 2, 1], [2, 0, 5]])
     out = retrieval_metrics(neighbors, torch.tensor([0, 2]), db_labels, ks=(3,))
-    assert out["top1"] == 0.5
+    assert out["top1"] == 50.0  # percent
     # query 0: hits at ranks 1 and 3 -> precisions 1 and 2/3, R=2 -> AP = (1 + 2/3) / 2; query 1: hit at 3, R=1 -> 1/3
-    assert out["map@3"] == pytest.approx(((1 + 2 / 3) / 2 + 1 / 3) / 2)
-    assert out["recall@3"] == pytest.approx((1.0 + 1.0) / 2)
-    assert out["precision@3"] == pytest.approx((2 / 3 + 1 / 3) / 2)
+    assert out["mAP@3"] == pytest.approx(100 * ((1 + 2 / 3) / 2 + 1 / 3) / 2)
+    assert out["recall@3"] == pytest.approx(100.0)
+    assert out["precision@3"] == pytest.approx(100 * (2 / 3 + 1 / 3) / 2)
     assert out["queries_without_relevant"] == 0
-    missing = retrieval_metrics(neighbors, torch.tensor([0, 7]), db_labels, ks=(3,))
-    assert missing["queries_without_relevant"] == 1
+    missing = retrieval_metrics(neighbors, torch.tensor([0, 7]), db_labels, ks=(3,))  # class 7: skipped, counted
+    assert missing["queries_without_relevant"] == 1 and missing["num_queries"] == 1
+    assert missing["mAP@3"] == pytest.approx(100 * (1 + 2 / 3) / 2)
     with pytest.raises(ValueError, match="cut-offs"):
         retrieval_metrics(neighbors, torch.tensor([0, 2]), db_labels, ks=(4,))
     with pytest.raises(ValueError, match="query_labels"):

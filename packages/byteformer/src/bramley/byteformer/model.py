@@ -41,7 +41,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bramley.core.layers import Attention, DropPath, Mlp
-from bramley.core.packing import cu_seqlens_from_lengths, lengths_from_cu_seqlens, position_ids, window_segments
+from bramley.core.packing import (
+    cu_seqlens_from_lengths,
+    document_ids,
+    document_mean,
+    lengths_from_cu_seqlens,
+    position_ids,
+    window_segments,
+)
 from bramley.core.registry import register_model
 
 __all__ = [
@@ -139,8 +146,7 @@ class TokenMerging(nn.Module):
         lengths = lengths_from_cu_seqlens(cu_seqlens)
         merged_lengths = (lengths + 1) // 2
         odd_before = torch.cumsum(lengths % 2, 0) - lengths % 2  # zero rows inserted before each sample
-        doc = torch.repeat_interleave(torch.arange(lengths.numel(), device=x.device), lengths, output_size=x.shape[0])
-        rows = torch.arange(x.shape[0], device=x.device) + odd_before[doc]
+        rows = torch.arange(x.shape[0], device=x.device) + odd_before[document_ids(cu_seqlens, x.shape[0])]
         even = x.new_zeros(int(2 * merged_lengths.sum()), x.shape[1]).index_copy(0, rows, x)
         merged = self.norm(self.reduction(even.view(-1, 2 * x.shape[1])))
         return merged, cu_seqlens_from_lengths(merged_lengths, device=x.device)
@@ -277,10 +283,7 @@ class ByteFormer(nn.Module):
         lengths = lengths_from_cu_seqlens(cu_seqlens)
         out_cu = cu_seqlens_from_lengths(conv_output_lengths(lengths, k), device=tokens.device)
         n_out = int(out_cu[-1])
-        doc = torch.repeat_interleave(
-            torch.arange(lengths.numel(), device=tokens.device), lengths_from_cu_seqlens(out_cu), output_size=n_out
-        )
-        starts = cu_seqlens.long()[doc] + position_ids(out_cu) * s
+        starts = cu_seqlens.long()[document_ids(out_cu, n_out)] + position_ids(out_cu, n_out) * s
         windows = tokens.long()[starts.unsqueeze(1) + torch.arange(k, device=tokens.device)]  # (total', k)
         weight = self.token_reduction.weight.permute(0, 2, 1).reshape(self.embed_dim, k * self.embed_dim)
         return F.linear(self.embeddings(windows).flatten(1), weight), out_cu
@@ -289,7 +292,7 @@ class ByteFormer(nn.Module):
         """Pooled features ``(B, dim)`` of packed samples (see the module docstring)."""
         self._check_packed(tokens, cu_seqlens)
         x, cu = self.reduce_tokens(tokens, cu_seqlens)
-        x = self.pos_drop(x + self.pos_embed[position_ids(cu)])
+        x = self.pos_drop(x + self.pos_embed[position_ids(cu, x.shape[0])])
         windows: dict[tuple[int, int], torch.Tensor] = {}
         for i, block in enumerate(self.blocks):
             key = (block.window, block.shift)
@@ -299,11 +302,7 @@ class ByteFormer(nn.Module):
             if str(i) in self.downsamplers:
                 x, cu = self.downsamplers[str(i)](x, cu)
                 windows.clear()
-        x = self.norm(x)
-        lengths = lengths_from_cu_seqlens(cu)
-        doc = torch.repeat_interleave(torch.arange(lengths.numel(), device=x.device), lengths, output_size=x.shape[0])
-        pooled = x.new_zeros(lengths.numel(), x.shape[1]).index_add_(0, doc, x)
-        return pooled / lengths.unsqueeze(1).to(x.dtype)
+        return document_mean(self.norm(x), cu)
 
     def forward(
         self, tokens: torch.Tensor, cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None

@@ -25,6 +25,8 @@ __all__ = [
     "best_fit_decreasing",
     "bucket_by_length",
     "cu_seqlens_from_lengths",
+    "document_ids",
+    "document_mean",
     "lengths_from_cu_seqlens",
     "next_power_of_two",
     "pack",
@@ -64,12 +66,73 @@ def lengths_from_cu_seqlens(cu_seqlens: torch.Tensor) -> torch.Tensor:
     return (cu_seqlens[1:] - cu_seqlens[:-1]).long()
 
 
-def position_ids(cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """Position of every packed token within its own document: ``(total,)`` int64, restarting at 0 per document."""
-    lengths = lengths_from_cu_seqlens(cu_seqlens)
-    total = int(cu_seqlens[-1]) if cu_seqlens.numel() else 0
-    starts = torch.repeat_interleave(cu_seqlens[:-1].long(), lengths, output_size=total)
+def document_ids(cu_seqlens: torch.Tensor, total: int | None = None) -> torch.Tensor:
+    """The document of every packed token: ``(total,)`` int64, ``i`` on tokens ``cu_seqlens[i]:cu_seqlens[i + 1]``.
+
+    What per-document operations on packed tensors index with (one random draw per document, a per-document sum).
+    Pass ``total`` (the number of packed tokens, e.g. ``x.shape[0]``) when known: ``cu_seqlens`` is then never read on
+    the host. Empty documents own no tokens. On CPU in eager mode the ids are one single-threaded numpy ``repeat``
+    (see :func:`_token_rows`), after checking that ``cu_seqlens`` runs from 0 to ``total`` without decreasing; on other
+    devices and while tracing or compiling, a ``searchsorted`` whose output shape does not depend on tensor values
+    (no host sync, no check: :func:`bramley.core.ops.attention` validates the same offsets).
+    """
+    _check_offsets(cu_seqlens)
+    if total is None:
+        total = int(cu_seqlens[-1])
+    if cu_seqlens.device.type == "cpu" and not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+        offsets = cu_seqlens.numpy()
+        lengths = np.diff(offsets)
+        if offsets[0] != 0 or offsets[-1] != total:
+            raise ValueError(f"cu_seqlens must run from 0 to the number of packed tokens ({total}), "
+                             f"got {int(offsets[0])}..{int(offsets[-1])}")  # fmt: skip
+        if lengths.size and lengths.min() < 0:
+            raise ValueError("cu_seqlens must be non-decreasing")
+        return torch.from_numpy(np.repeat(np.arange(lengths.size, dtype=np.int64), lengths))
+    return _document_ids_static(cu_seqlens, total)
+
+
+def _document_ids_static(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """:func:`document_ids` as one ``searchsorted`` over the token indices: shape ``(total,)`` whatever the offsets."""
+    tokens = torch.arange(total, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
+    return torch.searchsorted(cu_seqlens[1:].contiguous(), tokens, right=True)
+
+
+def position_ids(cu_seqlens: torch.Tensor, total: int | None = None) -> torch.Tensor:
+    """Position of every packed token within its own document: ``(total,)`` int64, restarting at 0 per document.
+
+    ``total`` is the number of packed tokens; give it when known to save a host sync (see :func:`document_ids`).
+    """
+    _check_offsets(cu_seqlens)
+    if total is None:
+        total = int(cu_seqlens[-1])
+    starts = cu_seqlens.long()[document_ids(cu_seqlens, total)]
     return torch.arange(total, device=cu_seqlens.device) - starts
+
+
+def document_mean(x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """Mean over each document's own tokens of packed ``x (total, ...)``: ``(num_docs, ...)`` (mean pooling).
+
+    Differentiable in ``x``. The sum runs in token order (``index_add_``) in ``x``'s dtype, or in float32 for
+    float16/bfloat16 inputs, and is divided by the document length; an empty document's mean is NaN, like
+    ``torch.mean`` of an empty slice. No host sync: the sizes come from the shapes of ``x`` and ``cu_seqlens``.
+    """
+    if not x.is_floating_point() or x.dim() < 1:
+        raise TypeError(f"x must be a floating-point (total, ...) tensor, got {x.dtype} {tuple(x.shape)}")
+    _check_offsets(cu_seqlens)
+    accumulate = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    num_docs, total = cu_seqlens.numel() - 1, x.shape[0]
+    index = document_ids(cu_seqlens, total).to(x.device)
+    sums = x.new_zeros((num_docs, *x.shape[1:]), dtype=accumulate).index_add_(0, index, x.to(accumulate))
+    lengths = lengths_from_cu_seqlens(cu_seqlens).to(x.device, accumulate)
+    return (sums / lengths.view(num_docs, *(1,) * (x.dim() - 1))).to(x.dtype)
+
+
+def _check_offsets(cu_seqlens: torch.Tensor) -> None:
+    """Dtype and shape of ``cu_seqlens`` (no values: reading them would sync with the device)."""
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cu_seqlens must be an int32/int64 tensor, got {getattr(cu_seqlens, 'dtype', cu_seqlens)}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+        raise ValueError(f"cu_seqlens must be 1-D with num_docs + 1 entries, got shape {tuple(cu_seqlens.shape)}")
 
 
 def window_segments(cu_seqlens: torch.Tensor, window: int, shift: int = 0) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """Forward Compatible Training for large-scale embedding retrieval (Ramanujan et al., CVPR 2022)."""
 
+from bramley.core.retrieval import retrieval_metrics  # re-exported: the README's quickstart imports it from here
+
 from .backfill import BackfillError, BackfillResult, load_gallery, save_gallery, transform_gallery
 from .models import (
     ConvEmbeddingNet,
@@ -10,7 +12,6 @@ from .models import (
     convert_official_transformation,
     transformation_from_official,
 )
-from .retrieval import distance_matrix, retrieval_metrics
 from .train import (
     BCTLoss,
     embed_dataset,
@@ -33,7 +34,6 @@ __all__ = [
     "TransformedOldModel",
     "__version__",
     "convert_official_transformation",
-    "distance_matrix",
     "embed_dataset",
     "load_gallery",
     "retrieval_metrics",

@@ -144,9 +144,9 @@ def _transform_gallery(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from bramley.core.report import format_table
+    from bramley.core.retrieval import retrieval_metrics
 
     from .backfill import load_gallery
-    from .retrieval import retrieval_metrics
 
     query, gallery = load_gallery(args.query), load_gallery(args.gallery)
     if "labels" not in query:

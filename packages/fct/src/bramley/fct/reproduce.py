@@ -52,10 +52,11 @@ def mini_config(quick: bool = False, objective: str = "simclr") -> dict[str, Any
 
 def run_seed(cfg: dict[str, Any], seed: int, work: Path) -> dict[str, dict[str, float]]:
     """Train every model for one seed and evaluate every case; returns ``{case: metrics}``."""
+    from bramley.core.retrieval import retrieval_metrics
+
     from .backfill import load_gallery, save_gallery, transform_gallery
     from .data import build_dataset
     from .pipeline import run_stage
-    from .retrieval import retrieval_metrics
     from .train import embed_dataset
 
     old = run_stage(cfg, "old", seed=seed)

@@ -3,9 +3,10 @@
 >>> from bramley.mrl import MatryoshkaLinear, MatryoshkaLoss, MatryoshkaIndex
 """
 
+from bramley.core.retrieval import ranking_metrics as retrieval_metrics  # kept under the name the README lists
+
 from .embeddings import EmbeddingFile, load_embeddings, save_embeddings, truncate_normalize
 from .losses import MatryoshkaContrastiveLoss, MatryoshkaLoss
-from .metrics import retrieval_metrics
 from .model import MatryoshkaLinear, MatryoshkaModel, build_backbone, build_mrl_model, load_mrl_model, save_mrl_model
 from .nesting import check_nesting, default_nesting
 from .retrieval import MatryoshkaIndex, SearchResult, exact_search, funnel_mflops, neighbor_recall

@@ -3,8 +3,8 @@
 The generator imitates what MRL training produces (coarse-to-fine, information front-loaded): a point of class ``y``
 is ``x_j = signal * (j + 1) ** -signal_decay * mu[y, j] + (j + 1) ** -noise_decay * eps_j`` with standard-normal
 class means ``mu`` and noise ``eps``. The class signal decays faster than the noise, so leading coordinates have the
-best signal-to-noise ratio: with the defaults 1-NN top-1 on 1000 classes grows from ~0.3 at 8 dims to ~0.7 at 16
-and saturates near ~0.99 from 256 dims on, the same shape as MRL-ResNet-50's retrieval curve on ImageNet (steep
+best signal-to-noise ratio: with the defaults 1-NN top-1 on 1000 classes grows from ~30 % at 8 dims to ~70 % at 16
+and saturates near ~99 % from 256 dims on, the same shape as MRL-ResNet-50's retrieval curve on ImageNet (steep
 below 32 dims, flat above). Generation is chunked; the database is stored in ``dtype``.
 """
 
@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from .metrics import retrieval_metrics
+from bramley.core.retrieval import ranking_metrics
+
 from .retrieval import MatryoshkaIndex, funnel_mflops, neighbor_recall
 
 __all__ = ["DEFAULT_FUNNEL", "PAPER_FUNNEL", "run_benchmark", "synthetic_mrl_data"]
@@ -89,7 +90,8 @@ def run_benchmark(
     """Time full-size exact search and each funnel on the same generated data; report speed-up, top-1, recall.
 
     ``recall@k`` is the share of the exact full-size top-``k`` (``k`` = the funnel's last shortlist) that the funnel
-    returns; ``top1`` is the label accuracy of the first neighbour. Timings are the best of ``repeats`` and cover all
+    returns (a fraction); ``top1`` is the label accuracy (%) of the first neighbour and ``top1_minus_exact`` its
+    difference to exact search in points. Timings are the best of ``repeats`` and cover all
     per-query work (normalising queries, scoring, top-k, reranking). Building the index (normalising the database,
     caching the funnels' small prefixes) is timed separately. A funnel's last rerank size is clamped to ``dim``.
     """
@@ -111,12 +113,12 @@ def run_benchmark(
 
     k_max = max(f["shortlists"][-1] for f in funnels)
     exact, exact_s = _timed(lambda: index.search(queries, k_max, dim), repeats)
-    exact_top1 = retrieval_metrics(exact.indices, query_labels, db_labels, ks=(1,))["top1"]
+    exact_top1 = ranking_metrics(exact.indices, query_labels, db_labels)["top1"]
     results = []
     for f in funnels:
         k = f["shortlists"][-1]
         out, seconds = _timed(lambda f=f: index.funnel(queries, **f), repeats)
-        top1 = retrieval_metrics(out.indices, query_labels, db_labels, ks=(1,))["top1"]
+        top1 = ranking_metrics(out.indices, query_labels, db_labels)["top1"]
         results.append(
             {
                 **f,

@@ -148,8 +148,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------------------- retrieve
 def cmd_retrieve(args: argparse.Namespace) -> int:
+    from bramley.core.retrieval import ranking_metrics as retrieval_metrics
+
     from .embeddings import load_embeddings
-    from .metrics import retrieval_metrics
     from .retrieval import MatryoshkaIndex
 
     db, queries = load_embeddings(args.index), load_embeddings(args.queries)

@@ -23,8 +23,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from bramley.core.retrieval import ranking_metrics
+
 from .losses import MatryoshkaLoss
-from .metrics import retrieval_metrics
 from .model import MatryoshkaModel
 from .nesting import default_nesting
 from .retrieval import MatryoshkaIndex
@@ -78,13 +79,13 @@ def features(model: MatryoshkaModel, x: torch.Tensor) -> torch.Tensor:
 
 
 def knn_top1(train: torch.Tensor, ytr: torch.Tensor, test: torch.Tensor, yte: torch.Tensor, dim: int) -> float:
-    """1-NN top-1 of ``test`` retrieved against ``train`` at the first ``dim`` features."""
+    """1-NN top-1 (%) of ``test`` retrieved against ``train`` at the first ``dim`` features."""
     index = MatryoshkaIndex(train[:, :dim].contiguous())
-    return retrieval_metrics(index.search(test[:, :dim], 1).indices, yte, ytr, ks=(1,))["top1"]
+    return ranking_metrics(index.search(test[:, :dim], 1).indices, yte, ytr)["top1"]
 
 
 def linear_top1(train: torch.Tensor, ytr: torch.Tensor, test: torch.Tensor, yte: torch.Tensor, dim: int) -> float:
-    """Top-1 of a logistic-regression probe trained on the first ``dim`` (standardised) features."""
+    """Top-1 (%) of a logistic-regression probe trained on the first ``dim`` (standardised) features."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -93,7 +94,7 @@ def linear_top1(train: torch.Tensor, ytr: torch.Tensor, test: torch.Tensor, yte:
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     with threadpool_limits(1):  # BLAS threads only add spin-waiting on problems this small
         probe.fit(train[:, :dim].numpy(), ytr.numpy())
-        return float(probe.score(test[:, :dim].numpy(), yte.numpy()))
+        return 100.0 * float(probe.score(test[:, :dim].numpy(), yte.numpy()))
 
 
 def retrieval_curve(
@@ -101,7 +102,7 @@ def retrieval_curve(
 ) -> dict[str, list[dict[str, float]]]:
     """Top-1 vs MFLOPs/query of MRL embeddings: exact at each size, shortlist-then-rerank, funnel."""
     index = MatryoshkaIndex(train)
-    top1 = lambda r: retrieval_metrics(r.indices, yte, ytr, ks=(1,))["top1"]  # noqa: E731
+    top1 = lambda r: ranking_metrics(r.indices, yte, ytr)["top1"]  # noqa: E731
     exact = [{"dim": d, **_point(index.search(test, 1, d), top1)} for d in sizes]
     shortlist = min(50, index.size)
     rerank = [
@@ -163,8 +164,8 @@ def run(seeds: Sequence[int], epochs: int, sizes: Sequence[int], label_smoothing
     return {"sizes": list(sizes), "seeds": list(seeds), "epochs": epochs, "per_seed": per_seed}
 
 
-def summarize(results: dict[str, Any], tolerance: float = 0.01) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Mean +- std table rows and the claim checks (MRL within ``tolerance`` of FF; MRL above truncated FF)."""
+def summarize(results: dict[str, Any], tolerance: float = 1.0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Mean +- std table rows and the claim checks (MRL within ``tolerance`` points of FF; MRL above truncated FF)."""
     from bramley.core.report import mean_std
 
     rows, claims = [], {"mrl_matches_ff": {}, "mrl_beats_truncation": {}}
@@ -177,7 +178,7 @@ def summarize(results: dict[str, Any], tolerance: float = 0.01) -> tuple[list[di
                 values = [s["scores"][m][kind][d] for s in results["per_seed"]]
                 mean, std = mean_std(values)
                 means[(m, kind)] = mean
-                row[f"{m} {'1-NN' if kind == 'knn' else 'linear'}"] = f"{100 * mean:.1f} ± {100 * std:.1f}"
+                row[f"{m} {'1-NN' if kind == 'knn' else 'linear'}"] = f"{mean:.1f} ± {std:.1f}"
         rows.append(row)
         claims["mrl_matches_ff"][d] = all(means[("MRL", k)] >= means[("FF", k)] - tolerance for k in ("knn", "linear"))
         claims["mrl_beats_truncation"][d] = all(means[("MRL", k)] > means[("FF-trunc", k)] for k in ("knn", "linear"))
@@ -210,7 +211,7 @@ def retrieval_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 {
                     "method": label(point),
                     "MFLOPs/query": f"{point['mflops']:.4f}",
-                    "top-1": f"{100 * mean:.1f} ± {100 * std:.1f}",
+                    "top-1": f"{mean:.1f} ± {std:.1f}",
                 }
             )
     return rows
@@ -224,7 +225,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     sizes = results["sizes"]
     with figure(path, ncols=2, figsize=(11, 4.2)) as axes:
         for m, style in (("MRL", "o-"), ("MRL-E", "s--"), ("FF", "^-"), ("FF-trunc", "x:")):
-            values = np.array([[s["scores"][m]["knn"][d] for d in sizes] for s in results["per_seed"]]) * 100
+            values = np.array([[s["scores"][m]["knn"][d] for d in sizes] for s in results["per_seed"]])
             axes[0].errorbar(sizes, values.mean(0), yerr=values.std(0), fmt=style, capsize=3, label=m)
         axes[0].set_xscale("log", base=2)
         axes[0].set(xlabel="representation size", ylabel="1-NN top-1 (%)", title="digits: 1-NN top-1 (mean ± std)")
@@ -244,7 +245,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ("funnel", "*", "MRL funnel"),
         ):
             x, y = mean_curve(key)
-            axes[1].plot(x[0], 100 * y.mean(0), style, label=label, markersize=9 if key == "funnel" else 6)
+            axes[1].plot(x[0], y.mean(0), style, label=label, markersize=9 if key == "funnel" else 6)
         axes[1].set_xscale("log")
         axes[1].minorticks_off()
         axes[1].set(xlabel="MFLOPs / query", ylabel="retrieval top-1 (%)", title="adaptive retrieval (mean over seeds)")
@@ -286,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot(results, args.out / "mrl.png")
     verdict = "HOLDS" if claims["holds"] else "DOES NOT HOLD"
     print(
-        f"claim (MRL within {100 * claims['tolerance']:.0f} pt of FF at every size, above FF-64 truncated at sizes "
+        f"claim (MRL within {claims['tolerance']:.0f} pt of FF at every size, above FF-64 truncated at sizes "
         f"{claims['small_sizes']}): {verdict}; total {results['seconds']:.0f}s; plot {args.out / 'mrl.png'}"
     )
     return 0

@@ -5,17 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["DropPath", "document_ids"]
+from ..packing import document_ids
 
-
-def document_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
-    """The document index of every token of a packed tensor, ``(total,)`` int64.
-
-    Uses ``searchsorted`` rather than ``repeat_interleave`` so the output shape does not depend on tensor values
-    (no host sync, traceable by ``torch.compile``). Empty documents own no tokens.
-    """
-    tokens = torch.arange(total, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
-    return torch.searchsorted(cu_seqlens[1:].contiguous(), tokens, right=True)
+__all__ = ["DropPath"]
 
 
 class DropPath(nn.Module):
