@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = sorted(p.parent.name for p in ROOT.glob("packages/*/pyproject.toml"))
 METHODS = [p for p in PACKAGES if p != "core"]
 ENTRY_POINT_GROUP = "bramley.cli"
+# distributions a method must not pull in (through core's extras or otherwise): the language-model package has no use
+# for a vision stack or scikit-learn
+NOT_INSTALLED_WITH = {"dataset-decomposition": {"torchvision", "timm", "scikit-learn", "scipy"}}
 
 
 def _pyproject(package: str) -> dict:
@@ -238,6 +241,63 @@ def test_core_alone_in_fresh_env(core_env):
     assert "Traceback" not in script.stderr, script.stderr
 
 
+# Runs in the core-only virtualenv: none of core's optional distributions is there, every module of bramley.core
+# but the extra-only ones imports, and an optional feature fails with the one-line message naming its extra.
+CORE_ONLY_PROBE = """
+import importlib, importlib.util, json, sys
+from pathlib import Path
+import bramley.core
+
+optional = sys.argv[1].split(",")
+root = Path(bramley.core.__file__).parent
+modules = sorted(
+    ".".join(("bramley", "core", *p.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+    for p in root.rglob("*.py")
+    if p.name != "__main__.py"
+)
+failures = {}
+for module in modules:
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        failures[module] = str(err)
+try:
+    from bramley.core.report import figure
+
+    with figure("plot.png"):
+        pass
+    figure_error = None
+except ImportError as err:
+    figure_error = str(err)
+print(json.dumps({
+    "installed": [m for m in optional if importlib.util.find_spec(m) is not None],
+    "modules": modules,
+    "failures": failures,
+    "figure_error": figure_error,
+}))
+"""
+
+
+def test_core_alone_needs_no_extra(core_env):
+    """core's required dependencies alone: every runtime module imports; optional features name their extra."""
+    optional = ["torchvision", "timm", "sklearn", "matplotlib", "PIL", "onnx", "onnxruntime"]
+    extra_only = {"bramley.core.data.folder": "vision"}
+    proc = core_env.popen("python", "-c", CORE_ONLY_PROBE, ",".join(optional))
+    out, err = proc.communicate()
+    assert proc.returncode == 0, f"core-only probe failed:\n{out}\n{err}"
+    report = json.loads(out.strip().splitlines()[-1])
+    assert not report["installed"], f"core's required dependencies pull in optional ones: {report['installed']}"
+    runtime = ["bramley.core", *(f"bramley.core.{m}" for m in ("registry", "checkpoint", "config", "cli", "train"))]
+    runtime += [f"bramley.core.{m}" for m in ("ops", "packing", "layers", "data", "report", "features")]
+    assert set(runtime) <= set(report["modules"]), f"modules of the core wheel: {report['modules']}"
+    assert set(report["failures"]) == set(extra_only), f"imports that fail with core alone: {report['failures']}"
+    for module, extra in extra_only.items():
+        assert f"pip install 'bramley-core[{extra}]'" in report["failures"][module], report["failures"][module]
+    assert report["figure_error"] == (
+        "bramley.core.report.figure needs matplotlib (not installed): pip install 'bramley-core[plot]'"
+    )
+
+
 @pytest.mark.parametrize("package", METHODS)
 def test_method_alone_with_core(package, core_env, wheels):
     dist, module = _dist(package), _module(package)
@@ -246,6 +306,9 @@ def test_method_alone_with_core(package, core_env, wheels):
         core_env.install_locked_dependencies(package)
         core_env.uv_pip("install", "--quiet", "--no-deps", str(wheels[package]))
         core_env.uv_pip("check")  # every Requires-Dist of core and of the method is satisfied
+        installed = {line.split("==")[0].split(" @ ")[0].lower() for line in core_env.freeze()}
+        unwanted = sorted(NOT_INSTALLED_WITH.get(package, set()) & installed)
+        assert not unwanted, f"{dist} installs {unwanted}: a dependency (or a core extra) it does not need"
 
         report, own_help = core_env.probe_and_run(package, f"bramley-{package}", "--help")
         assert report["dists"] == sorted(["bramley-core", dist]), f"installed: {report['dists']}"

@@ -15,12 +15,16 @@ class FeatureExtractor(nn.Module):
 
     The backbone must provide ``feature_info`` (a list of ``dict(num_chs=..., reduction=..., module=...)``, one per
     stage) and ``forward_intermediates(x, indices, intermediates_only=True) -> list[Tensor]``, timm's protocol.
-    ``self.feature_info`` is a timm ``FeatureInfo`` so detection/segmentation code written for timm works unchanged.
+    ``self.feature_info`` is a timm ``FeatureInfo`` so detection/segmentation code written for timm works unchanged
+    (timm comes with the ``vision`` extra of bramley-core).
     """
 
     def __init__(self, model: nn.Module, out_indices: Sequence[int] | None = None):
         super().__init__()
-        from timm.models._features import FeatureInfo
+        from ._optional import optional_import
+
+        with optional_import("vision", "bramley.core.features.FeatureExtractor"):
+            from timm.models._features import FeatureInfo
 
         if not hasattr(model, "forward_intermediates") or not hasattr(model, "feature_info"):
             raise TypeError(f"{type(model).__name__} does not support feature extraction (no forward_intermediates)")

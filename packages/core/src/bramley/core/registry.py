@@ -233,6 +233,8 @@ _TIMM_MODULE = "bramley.core.timm_models"
 def register_timm(names: list[str] | None = None, package: str | None = None) -> list[str]:
     """Register bramley models with timm as ``bramley_<name>`` so ``timm.create_model`` finds them.
 
+    Needs timm, the ``vision`` extra of bramley-core.
+
     Args:
         names: models to register; default all models of ``package`` (or every registered model).
         package: restrict the default selection to one method package.
@@ -241,10 +243,12 @@ def register_timm(names: list[str] | None = None, package: str | None = None) ->
         The timm names registered. ``features_only=True`` is supported for models that implement
         ``forward_intermediates`` and ``feature_info`` (see :class:`bramley.core.features.FeatureExtractor`).
     """
-    from timm.models import is_model, model_entrypoint
-    from timm.models import register_model as timm_register
-
+    from ._optional import optional_import
     from .features import FeatureExtractor
+
+    with optional_import("vision", "bramley.core.registry.register_timm"):
+        from timm.models import is_model, model_entrypoint
+        from timm.models import register_model as timm_register
 
     selected = names if names is not None else list_models(package=package)
     registered = []

@@ -104,14 +104,15 @@ def figure(
     Yields the axes as ``plt.subplots`` returns them (one ``Axes``, or an array for a grid). On leaving the block the
     figure gets ``tight_layout`` and is written atomically (a reader never sees a partial PNG; the format follows the
     suffix); if the block raises, nothing is written. The figure is drawn by the Agg canvas directly, outside
-    ``pyplot``: the backend of the caller's session is not changed and no figure is left open.
+    ``pyplot``: the backend of the caller's session is not changed and no figure is left open. Needs matplotlib,
+    the ``plot`` extra of bramley-core.
     """
-    try:
+    from ._optional import optional_import
+    from .checkpoint import atomic_write
+
+    with optional_import("plot", "bramley.core.report.figure"):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-    except ImportError as exc:  # pragma: no cover - matplotlib is a dependency of bramley-core
-        raise ImportError("bramley.core.report.figure needs matplotlib: pip install matplotlib") from exc
-    from .checkpoint import atomic_write
 
     path = Path(path)
     fig = Figure(figsize=figsize)

@@ -1,8 +1,9 @@
 """Bundled datasets, real-data loaders, text corpora and samplers shared by every bramley package.
 
-- :class:`DigitsDataset` / :func:`digits_tensors`: scikit-learn digits with stratified seeded splits.
-- :class:`SamplePhotosDataset`: crops of scikit-learn's two sample photos, leakage-free split regions.
-- :class:`ImageFolder`, :func:`train_transform`, :func:`eval_transform`: real datasets on disk.
+- :class:`DigitsDataset` / :func:`digits_tensors`: scikit-learn digits with stratified seeded splits (``bundled``
+  extra).
+- :class:`SamplePhotosDataset`: crops of scikit-learn's two sample photos, leakage-free split regions (``bundled``).
+- :class:`ImageFolder`, :func:`train_transform`, :func:`eval_transform`: real datasets on disk (``vision`` extra).
 - :class:`TextDocuments`, :func:`python_stdlib_documents`, :class:`ByteTokenizer`: local text corpora.
 - :class:`VariableBatchSampler`, :class:`MultiScaleDataset`, :func:`multiscale_collate`: multi-scale training.
 - :func:`seeded_rng`, :class:`SeededTransformDataset`: augmentations reproducible per (seed, epoch, sample).
@@ -23,7 +24,8 @@ from .text import ByteTokenizer, ReadStats, TextDocuments, python_stdlib_documen
 if TYPE_CHECKING:
     from .folder import IMAGENET_MEAN, IMAGENET_STD, ImageFolder, eval_transform, image_folder_splits, train_transform
 
-# torchvision costs seconds to import; load the ImageFolder side only when one of its names is used.
+# torchvision costs seconds to import and is optional (the vision extra): load the ImageFolder side only when one of
+# its names is used.
 _LAZY_FOLDER = (
     "IMAGENET_MEAN",
     "IMAGENET_STD",

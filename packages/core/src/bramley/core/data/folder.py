@@ -1,4 +1,7 @@
-"""Real image datasets in ``root/<class>/<image>`` layout: torchvision's ImageFolder with ImageNet-style transforms."""
+"""Real image datasets in ``root/<class>/<image>`` layout: torchvision's ImageFolder with ImageNet-style transforms.
+
+Needs the ``vision`` extra of bramley-core (torchvision, pillow; timm for the auto-augment configs).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,12 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from torchvision import datasets
-from torchvision import transforms as T
-from torchvision.transforms import InterpolationMode
+from .._optional import optional_import
+
+with optional_import("vision", "bramley.core.data.ImageFolder and the image transforms"):
+    from torchvision import datasets
+    from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,8 +30,9 @@ def _size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
 
 def _auto_augment(config: str, size: tuple[int, int], mean: Sequence[float], interpolation: str) -> Callable:
     """timm's auto-augment family from its config strings; operates on PIL images."""
-    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
-    from timm.data.transforms import str_to_pil_interp
+    with optional_import("vision", f"auto_augment={config!r}"):
+        from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+        from timm.data.transforms import str_to_pil_interp
 
     hparams = {
         "translate_const": int(min(size) * 0.45),

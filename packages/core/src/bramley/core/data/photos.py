@@ -21,7 +21,6 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ._bundled import load_sample_photo
@@ -171,11 +170,12 @@ class SamplePhotosDataset(Dataset):
     def __getitem__(self, index: int):
         b = self.boxes[index]
         pixels = _photos()[b.photo][b.top : b.bottom, b.left : b.right]
-        if self.transform is not None:
-            return self.transform(Image.fromarray(pixels)), int(self.targets[index])
-        if self.as_tensor:
+        if self.as_tensor and self.transform is None:
             return torch.from_numpy(pixels.transpose(2, 0, 1).copy()).float().div_(255), int(self.targets[index])
-        return Image.fromarray(pixels), int(self.targets[index])
+        from PIL import Image  # pillow loaded the photos already (bundled extra)
+
+        image = Image.fromarray(pixels)
+        return (self.transform(image) if self.transform is not None else image), int(self.targets[index])
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All crops as ``X`` float32 ``(N, 3, S, S)`` in [0, 1] and ``y`` int64 ``(N,)`` (ignores ``transform``)."""
