@@ -87,9 +87,8 @@ def user_error_message(error: BaseException) -> str | None:
     """
     if isinstance(error, UserError):
         text = str(error)
-    elif isinstance(error, OSError) and (error.filename is not None or error.strerror):
-        where = f": {error.filename}" if error.filename is not None else ""
-        text = f"{error.strerror or error}{where}"
+    elif isinstance(error, OSError):
+        text = f"{error.strerror}: {error.filename}" if error.strerror and error.filename else str(error)
     elif isinstance(error, ModuleNotFoundError) or type(error).__name__ == "TrainingDiverged":
         text = str(error)
     else:
