@@ -38,6 +38,11 @@ build-backend = "hatchling.build"
 
 [tool.hatch.build.targets.wheel]
 packages = ["src/bramley"]
+
+# `deptry src` from this folder (tests/test_dependencies.py runs it for every package). `bramley` is the PEP 420
+# namespace: `import bramley.core` is bramley-core (an editable install records no top-level module for deptry).
+[tool.deptry.package_module_name_map]
+bramley-core = "bramley"
 """
 
 README = """\
@@ -77,30 +82,20 @@ CLI = '''\
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
-from bramley.core.cli import run_method_cli
+from bramley.core.cli import MethodCLI
 
+DESCRIPTION = "{title}."
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bramley-{name}",
-        description="{title}.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("reproduce", help="run the mini reproduction (options: reproduce --help)", add_help=False)
-    return parser
-
-
-def _reproduce(argv: list[str]) -> int:
-    from .reproduce import main as reproduce_main
-
-    return reproduce_main(argv)
+cli = MethodCLI("{name}", DESCRIPTION)
+cli.add_info()
+cli.add_reproduce("bramley.{module}.reproduce")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_method_cli(build_parser(), argv, passthrough={{"reproduce": _reproduce}})
+    """Entry point of `bramley-{name}` and of `bramley {name}`."""
+    return cli.main(argv)
 '''
 
 REPRODUCE = '''\

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import os
 import warnings
 from pathlib import Path
@@ -12,16 +11,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ._optional import optional_import
 from .registry import ExampleInputs
 
 __all__ = ["check_onnx", "export_onnx"]
-
-
-def _require(module: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"ONNX export needs {module!r}: pip install 'bramley-core[export]'") from None
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, inputs: ExampleInputs, opset: int = 17) -> Path:
@@ -30,7 +23,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, inputs: ExampleInputs
     Tensor arguments get a dynamic first (batch) dimension. Modules with a ``use_core_op`` switch run their
     attention through PyTorch's SDPA, which ONNX can express (bramley's Triton custom ops have no ONNX translation).
     """
-    _require("onnx")
+    with optional_import("export", "ONNX export"):
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
     model = copy.deepcopy(model).eval()
     for module in model.modules():
         if hasattr(module, "use_core_op"):
@@ -57,7 +51,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, inputs: ExampleInputs
 def check_onnx(model: nn.Module, path: str | os.PathLike, inputs: ExampleInputs) -> float:
     """The largest difference between onnxruntime's and PyTorch's outputs on ``inputs``, relative to the largest
     PyTorch output (at least 1)."""
-    ort = _require("onnxruntime")
+    with optional_import("export", "the ONNX check"):
+        import onnxruntime as ort
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     args, _ = inputs
     feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)}
