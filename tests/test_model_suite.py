@@ -26,9 +26,9 @@ Checks (the ``check_*`` functions below; ``test_checks_catch_broken_models`` pro
 - **reparameterize** (expensive; models with a ``reparameterize()`` submodule): BatchNorm statistics and affine
   parameters are randomised (fusion with the initial mean 0 / var 1 would hide mistakes), then
   :func:`bramley.core.layers.reparameterize_model` must give the same eval outputs (max error <= 1e-4 x the output
-  scale), fewer parameters, an idempotent second fusion, and, when the model class takes ``inference_mode``, a
-  state dict that loads strictly into the model built fused from the registry with the same outputs (the
-  deployment path).
+  scale), timm's own ``timm.utils.reparameterize_model`` must give bramley's fused outputs (1e-5), fewer
+  parameters, an idempotent second fusion, and, when the model class takes ``inference_mode``, a state dict that
+  loads strictly into the model built fused from the registry with the same outputs (the deployment path).
 - **torch.compile** (the smallest model of each package, by parameter count): ``fullgraph=True`` (no graph breaks)
   with the ``aot_eager`` backend, train-mode forward + backward equal to eager. ``aot_eager`` runs Dynamo capture,
   functionalization and AOTAutograd's backward graph (what fails for real models: graph breaks, data-dependent
@@ -362,15 +362,23 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:
 def check_reparameterize(
     model: nn.Module, make: Callable[[], ExampleInputs], rebuild_fused: Callable[[], nn.Module] | None = None
 ) -> None:
-    """Fused == unfused in eval mode; fusion removes parameters and is idempotent; the fused state dict loads into
-    ``rebuild_fused()`` (the model built with ``inference_mode=True``) with the same outputs."""
+    """Fused == unfused in eval mode, and equal to timm's own ``reparameterize_model`` (which replaces every module
+    that has ``fuse()`` by what it returns, top down); fusion removes parameters and is idempotent; the fused state
+    dict loads into ``rebuild_fused()`` (the model built with ``inference_mode=True``) with the same outputs."""
+    from timm.utils.model import reparameterize_model as timm_reparameterize_model
+
     randomize_batchnorm(model)
     model.eval()
     inputs = make()
     fused = reparameterize_model(model)
+    try:
+        timm_fused = timm_reparameterize_model(model)
+    except Exception as e:  # e.g. a fuse() that returns tensors: timm puts what it returns in the module's place
+        raise AssertionError(f"timm.utils.reparameterize_model failed: {type(e).__name__}: {e}") from e
     with torch.inference_mode():
-        expected, got = _run(model, inputs), _run(fused, inputs)
+        expected, got, timm_got = _run(model, inputs), _run(fused, inputs), _run(timm_fused, inputs)
     _assert_close(got, expected, REPARAM_RTOL, "reparameterized vs unfused")
+    _assert_close(timm_got, got, 1e-5, "timm.utils.reparameterize_model vs bramley's fusion")
     n_unfused, n_fused = (sum(p.numel() for p in m.parameters()) for m in (model, fused))
     if not n_fused < n_unfused:
         raise AssertionError(f"reparameterize: fused model has {n_fused} parameters, unfused {n_unfused} (no fusion)")
@@ -563,6 +571,8 @@ class ToyRepBlock(nn.Module):
         else:
             self.conv3 = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
             self.conv1 = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        if bug == "fuse_returns_tensors":  # timm's fuse() convention is a module that replaces this one
+            self.branch = Fusable()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "reparam_conv"):
@@ -583,6 +593,13 @@ class ToyRepBlock(nn.Module):
         conv.bias.data.copy_(b3 + b1)
         self.reparam_conv = conv
         del self.conv3, self.conv1
+
+
+class Fusable(nn.Identity):
+    """A unit with ``fuse()`` returning ``(weight, bias)`` tensors, as bramley's ConvNorm once did."""
+
+    def fuse(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.ones(1), torch.zeros(1)
 
 
 @pytest.fixture
@@ -612,6 +629,7 @@ BROKEN = [  # (bug planted in Toy, the check that must catch it, its message)
     ("unsaved_buffer", check_round_trip, r"round trip \(from_pretrained vs saved model\): output differs"),
     ("data_dependent_branch", check_scripted, "trace vs eager on fresh inputs: output differs"),
     ("bad_fusion", check_reparameterize, "reparameterized vs unfused: output differs"),
+    ("fuse_returns_tensors", check_reparameterize, "timm.utils.reparameterize_model failed: TypeError"),
 ]
 
 
