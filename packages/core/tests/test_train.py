@@ -272,6 +272,7 @@ def test_metrics_jsonl_and_result(tmp_path):
         CHECKPOINT_NAME,
         "model.safetensors",
         "ema.safetensors",
+        "SHA256SUMS",
     }
 
 
@@ -591,7 +592,7 @@ def test_resume_after_kill_completes_the_run(tmp_path, point):
     weights = ("model.safetensors", "ema.safetensors")
     for _ in range(2):  # resume the killed run, then resume the finished run: neither changes the outputs
         assert _kill_test_trainer(out, resume=True).fit() == expected
-        assert {p.name for p in out.iterdir()} == {METRICS_NAME, CHECKPOINT_NAME, *weights}  # no stale temp file
+        assert {p.name for p in out.iterdir()} == {METRICS_NAME, CHECKPOINT_NAME, "SHA256SUMS", *weights}  # no temp
         for name in weights:
             assert (out / name).read_bytes() == (straight / name).read_bytes(), name
     records = _records(out)
@@ -611,7 +612,7 @@ def test_resume_rejects_foreign_file(tmp_path):
         train_data=make_data(),
         loss_fn=ce_loss,
     )
-    with pytest.raises(RuntimeError, match="not a bramley training checkpoint"):
+    with pytest.raises(CheckpointError, match="not a bramley training checkpoint"):
         trainer.fit()
     trained = Trainer(make_model(), TrainConfig(steps=1, batch_size=8, out_dir=str(tmp_path / "run")),
                       train_data=make_data(), loss_fn=ce_loss)  # fmt: skip
@@ -621,7 +622,7 @@ def test_resume_rejects_foreign_file(tmp_path):
     with pytest.raises(CheckpointError, match=r"shape mismatches.*0\.bias: checkpoint \(16,\) vs model \(32,\)"):
         Trainer(wider, other, train_data=make_data(), loss_fn=ce_loss).fit()
     missing = TrainConfig(steps=1, batch_size=8, resume=str(tmp_path / "nope.pt"))
-    with pytest.raises(FileNotFoundError, match=r"nope\.pt"):
+    with pytest.raises(CheckpointError, match=r"resume checkpoint .*nope\.pt does not exist"):
         Trainer(make_model(), missing, train_data=make_data(), loss_fn=ce_loss).fit()
 
 
@@ -688,3 +689,71 @@ def test_multiscale_sampler_resume_is_exact_across_worker_counts(tmp_path):
     resumed = _multiscale_run(tmp_path / "b", num_workers=2, resume=True)
     assert resumed.start_step == 4 and resumed.losses == straight.losses[4:]
     assert torch.equal(resumed.model[4].weight, straight.model[4].weight)
+
+
+# ---------------------------------------------------------------- one run per folder, metrics once per step
+def _epoch_end_run(out_dir, crash_at=None, resume=False) -> Trainer:
+    """5 steps per epoch, a log every 2 steps (not dividing the epoch) and a checkpoint at each epoch's end."""
+
+    def crash(trainer):
+        if trainer.step == crash_at:
+            raise KeyboardInterrupt  # stands for a kill: no checkpoint, no export
+
+    cfg = TrainConfig(
+        steps=10, batch_size=8, log_every=2, checkpoint_every=5, out_dir=str(out_dir), resume=resume, progress=False
+    )
+    return Trainer(make_model(), cfg, train_data=make_data(40), loss_fn=ce_loss, callbacks=[crash])
+
+
+def test_resume_after_an_epoch_end_log_writes_each_step_once(tmp_path):
+    """The checkpoint at step 5 holds step 5 still unlogged; the epoch's end logged it before the kill at step 6."""
+    _epoch_end_run(tmp_path / "straight").fit()
+    with pytest.raises(KeyboardInterrupt):
+        _epoch_end_run(tmp_path / "killed", crash_at=6).fit()
+    assert [r["step"] for r in _records(tmp_path / "killed")] == [2, 4, 5, 6]
+    _epoch_end_run(tmp_path / "killed", resume=True).fit()
+    steps = [r["step"] for r in _records(tmp_path / "killed") if r["kind"] == "train"]
+    assert steps == [2, 4, 5, 6, 8, 10], "each step once (step 5 was written twice before)"
+    assert _records(tmp_path / "killed") == _records(tmp_path / "straight")
+
+
+def test_a_fresh_run_refuses_a_folder_holding_a_run(tmp_path):
+    _epoch_end_run(tmp_path).fit()
+    with pytest.raises(CheckpointError, match=r"already holds a finished run: resume it \(train.resume=true\)"):
+        _epoch_end_run(tmp_path).fit()
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="already holds an unfinished run"):
+        _epoch_end_run(tmp_path).fit()
+
+
+def test_resume_true_needs_a_checkpoint_and_auto_does_not(tmp_path):
+    with pytest.raises(CheckpointError, match=r"train\.resume=true but .* has no checkpoint\.pt to resume"):
+        _epoch_end_run(tmp_path / "a", resume=True).fit()
+    result = _epoch_end_run(tmp_path / "b", resume="auto").fit()
+    assert result["step"] == 10 and (tmp_path / "b" / "model.safetensors").is_file()
+    assert _epoch_end_run(tmp_path / "b", resume="auto").fit() == result, "auto resumes a finished run: no change"
+
+
+def test_a_finished_run_is_not_extended(tmp_path):
+    _epoch_end_run(tmp_path).fit()
+    longer = TrainConfig(steps=15, batch_size=8, out_dir=str(tmp_path), resume=True, progress=False)
+    with pytest.raises(ConfigError, match="is a finished run of 10 steps but this run asks for 15"):
+        Trainer(make_model(), longer, train_data=make_data(40), loss_fn=ce_loss).fit()
+
+
+def test_a_corrupt_checkpoint_is_refused_by_its_checksum(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _epoch_end_run(tmp_path, crash_at=6).fit()
+    data = bytearray((tmp_path / CHECKPOINT_NAME).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (tmp_path / CHECKPOINT_NAME).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt does not match its checksum in .*SHA256SUMS"):
+        _epoch_end_run(tmp_path, resume=True).fit()
+
+
+def test_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BRAMLEY_PROGRESS", "1")  # plain lines, as in a log file
+    cfg = TrainConfig(steps=4, batch_size=8, log_every=2, progress=True)
+    Trainer(make_model(), cfg, train_data=make_data(40), loss_fn=ce_loss).fit()
+    err = capsys.readouterr().err
+    assert re.search(r"train: 4/4 steps \(100%\), [0-9.e+]+ steps/s, loss=\d\.\d{4}, lr=", err), err

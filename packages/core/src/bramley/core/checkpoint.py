@@ -7,6 +7,7 @@ Every failure names the file and the problem: missing/unexpected keys, shape mis
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -23,6 +24,7 @@ from .errors import CheckpointError
 
 __all__ = [
     "CONFIG_NAME",
+    "MANIFEST_NAME",
     "WEIGHTS_NAME",
     "CheckpointError",
     "atomic_write",
@@ -34,11 +36,15 @@ __all__ = [
     "save_checkpoint",
     "save_model_config",
     "save_pretrained",
+    "sha256_file",
     "temp_files",
+    "verify_checksum",
 ]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: The checksums of what bramley writes into a folder, in ``sha256sum`` format (``sha256sum -c SHA256SUMS`` checks it).
+MANIFEST_NAME = "SHA256SUMS"
 _CONFIG_KEY = "bramley_config"
 
 
@@ -52,12 +58,13 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
-def atomic_write(path: str | os.PathLike, write_fn) -> Path:
+def atomic_write(path: str | os.PathLike, write_fn, checksum: bool = False) -> Path:
     """Call ``write_fn(tmp_path)`` then atomically rename onto ``path``: readers never see a partial file.
 
     The temporary file (``.<name>.<random>.tmp`` beside ``path``) is flushed to disk before the rename and the folder
     after it, so a power cut leaves either the old file or the whole new one. A full or read-only disk is a
-    one-line :class:`CheckpointError` naming the folder.
+    one-line :class:`CheckpointError` naming the folder. With ``checksum``, the file's SHA-256 is recorded in the
+    folder's ``SHA256SUMS`` (see :func:`verify_checksum`).
     """
     path = Path(path)
     try:
@@ -70,8 +77,13 @@ def atomic_write(path: str | os.PathLike, write_fn) -> Path:
         write_fn(tmp)
         os.chmod(tmp, _FILE_MODE)
         _fsync_file(tmp)
+        if checksum:  # the new sum is listed beside the old one until the rename: a kill between leaves both valid
+            digest = sha256_file(tmp)
+            _record_checksum(path, digest, keep_others=True)
         os.replace(tmp, path)
         _fsync_folder(path.parent)
+        if checksum:
+            _record_checksum(path, digest, keep_others=False)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
@@ -79,6 +91,46 @@ def atomic_write(path: str | os.PathLike, write_fn) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_manifest(folder: Path) -> list[tuple[str, str]]:
+    manifest = folder / MANIFEST_NAME
+    if not manifest.is_file():
+        return []
+    entries = []
+    for line in manifest.read_text(errors="replace").splitlines():
+        digest, sep, name = line.partition("  ")
+        if sep and len(digest) == 64:
+            entries.append((digest, name))
+    return entries
+
+
+def _record_checksum(path: Path, digest: str, keep_others: bool) -> None:
+    entries = [(d, n) for d, n in _read_manifest(path.parent) if n != path.name or (keep_others and d != digest)]
+    entries.append((digest, path.name))
+    text = "".join(f"{d}  {n}\n" for d, n in sorted(entries, key=lambda e: e[1]))
+    atomic_write(path.parent / MANIFEST_NAME, lambda tmp: Path(tmp).write_text(text))
+
+
+def verify_checksum(path: str | os.PathLike) -> None:
+    """Refuse a file whose folder's ``SHA256SUMS`` lists it with another checksum (a flipped byte, a truncated copy,
+    an edit); a file the manifest does not list (a downloaded one, say) passes unchecked."""
+    path = Path(path)
+    listed = {d for d, n in _read_manifest(path.parent) if n == path.name}
+    if listed and sha256_file(path) not in listed:
+        raise CheckpointError(
+            f"{path} does not match its checksum in {path.parent / MANIFEST_NAME}: the file is corrupt or was "
+            "changed after bramley wrote it"
+        )
 
 
 def temp_files(path: str | os.PathLike) -> list[Path]:
@@ -154,7 +206,7 @@ def save_checkpoint(
             msg = f"model config is not JSON-serialisable ({e}); pass plain values to the factory"
             raise CheckpointError(msg) from e
     tensors = _to_saveable(state)
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), checksum=True)
 
 
 def _open_error(path: Path, e: Exception) -> CheckpointError:
@@ -207,8 +259,13 @@ def check_state_dict(
 def load_checkpoint(
     path: str | os.PathLike, model: nn.Module | None = None, strict: bool = True, device: str = "cpu"
 ) -> dict[str, torch.Tensor]:
-    """Read a safetensors checkpoint; if ``model`` is given, load it (strictly by default) and return the state."""
+    """Read a safetensors checkpoint; if ``model`` is given, load it (strictly by default) and return the state.
+
+    A file listed in its folder's ``SHA256SUMS`` (bramley writes one) must match its checksum there.
+    """
     path = Path(path)
+    if path.is_file():
+        verify_checksum(path)
     try:
         state = load_file(str(path), device=device)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -237,7 +294,7 @@ def save_model_config(config: Mapping[str, Any], directory: str | os.PathLike) -
     """Write ``config.json``, the model's build config, which makes a folder holding ``model.safetensors`` a
     ``save_pretrained`` folder."""
     text = json.dumps(dict(config), indent=2, sort_keys=True) + "\n"
-    return atomic_write(Path(directory) / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(Path(directory) / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text), checksum=True)
 
 
 def from_pretrained(directory: str | os.PathLike, device: str = "cpu", **overrides: Any) -> nn.Module:
@@ -246,6 +303,7 @@ def from_pretrained(directory: str | os.PathLike, device: str = "cpu", **overrid
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise CheckpointError(f"{directory} has no {CONFIG_NAME}; is it a save_pretrained folder (or a finished run)?")
+    verify_checksum(config_path)
     try:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -23,6 +23,7 @@ line ``bramley-<method>: error: <what is wrong>`` and exit status 2; ``BRAMLEY_D
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -342,13 +343,14 @@ class MethodCLI:
 
         def command(args: argparse.Namespace) -> int:
             recipe = load_recipe(schema, args.recipe, args.overrides)
-            run_training(recipe, args.out, run)
+            run_training(recipe, args.out, run, overwrite=args.overwrite)
             return 0
 
         def arguments(p: argparse.ArgumentParser) -> None:
             default = f" (default: {schema.default_recipe})" if schema.default_recipe else ""
             p.add_argument("--recipe", default=None, help=f"bundled recipe name or a .yaml file{default}")
             p.add_argument("--out", type=Path, required=True, help="run folder: model, metrics, checkpoints")
+            p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
             p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.lr=0.1 train.epochs=3")
 
         return self.add_command("train", command, help, arguments)
@@ -475,18 +477,36 @@ def model_info(name: str, kwargs: Mapping[str, Any] | None = None) -> dict[str, 
     return row
 
 
-def run_training(recipe, out: Path, run: Callable[[Any, Path], Mapping[str, Any]]) -> dict[str, Any]:
-    """Seed, write ``out/recipe.yaml``, ``run(recipe, out)``, write ``out/results.json`` and print the results."""
-    from .recipe import RESULTS_NAME
+def run_training(
+    recipe, out: Path, run: Callable[[Any, Path], Mapping[str, Any]], overwrite: bool = False
+) -> dict[str, Any]:
+    """Train ``recipe`` into the run folder ``out``: one run per folder, seeded, its recipe and results written.
+
+    Holds ``out``'s run lock throughout (a second run on it is refused). A folder holding an earlier run is refused
+    unless the recipe resumes it (``train.resume``) or ``overwrite`` replaces it. Then: seed with ``train.seed``
+    before anything is built, write ``out/recipe.yaml``, ``run(recipe, out)``, write ``out/results.json`` and
+    print the results.
+    """
+    from .run import RESULTS_NAME, clear_run, run_lock, run_state
     from .train.rng import seed_everything
 
+    out = Path(out)
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    seed_everything(recipe.train.seed)  # before the model and the data are built: a seed reproduces the run
-    if main_rank:
-        recipe.save(out)
-    results = dict(run(recipe, Path(out)))
-    if main_rank:
-        write_json(Path(out) / RESULTS_NAME, results, echo=True)
+    with run_lock(out) if main_rank else contextlib.nullcontext():
+        state = run_state(out)
+        if state != "empty" and recipe.train.resume is False and main_rank:
+            if not overwrite:
+                raise ConfigError(
+                    f"{out} already holds a{'n' if state == 'unfinished' else ''} {state} run: resume it "
+                    "(train.resume=true), write to another --out, or pass --overwrite to replace it"
+                )
+            clear_run(out)
+        seed_everything(recipe.train.seed)  # before the model and the data are built: a seed reproduces the run
+        if main_rank:
+            recipe.save(out)
+        results = dict(run(recipe, out))
+        if main_rank:
+            write_json(out / RESULTS_NAME, results, echo=True)
     return results
 
 

@@ -41,6 +41,7 @@ import torch.nn as nn
 
 from .config import build_section, load_config, parse_overrides, recipe_path, save_config, section_dict
 from .errors import ConfigError
+from .run import RECIPE_NAME, RESULTS_NAME
 from .train.config import TrainConfig
 
 __all__ = [
@@ -59,8 +60,6 @@ __all__ = [
     "load_recipe",
 ]
 
-RECIPE_NAME = "recipe.yaml"
-RESULTS_NAME = "results.json"
 
 #: TrainConfig fields that form the recipe's ``optim`` section.
 OPTIM_FIELDS = (
@@ -185,7 +184,7 @@ class Recipe:
             raise ConfigError(f"unknown recipe section {unknown[0]!r} (sections: {', '.join(sections)})")
         built = {name: build_section(kind, config.get(name), name + ".") for name, kind in sections.items()}
         recipe = cls(**built, source=source)
-        recipe.train_config()  # TrainConfig's own range checks, reported with recipe keys
+        recipe.train_config(out_dir=".")  # TrainConfig's own checks, reported with recipe keys (--out comes later)
         return recipe
 
     def to_dict(self) -> dict[str, Any]:

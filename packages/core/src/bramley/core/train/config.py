@@ -68,7 +68,7 @@ class TrainConfig:
     resume: bool | str = False
     log_every: int = 50
     eval_every: int = 1
-    progress: bool = False
+    progress: bool = True
     # runtime
     seed: int = 0
     device: str = "auto"
@@ -119,8 +119,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.betas must hold two numbers, got {self.betas!r}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"TrainConfig.betas must each be in [0, 1), got {self.betas!r}")
-        if (self.checkpoint_every or self.resume is True) and self.out_dir is None:
-            raise ConfigError("TrainConfig.checkpoint_every and resume=True need out_dir to be set")
+        if (self.checkpoint_every or self.resume is True or self.resume == "auto") and self.out_dir is None:
+            raise ConfigError("TrainConfig.checkpoint_every and resume=True / 'auto' need out_dir to be set")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None = None, **overrides: Any) -> TrainConfig:

@@ -26,14 +26,17 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..checkpoint import (
     CONFIG_NAME,
+    MANIFEST_NAME,
     WEIGHTS_NAME,
     atomic_write,
     check_state_dict,
     save_checkpoint,
     save_model_config,
     temp_files,
+    verify_checksum,
 )
-from ..config import ConfigError
+from ..errors import CheckpointError, ConfigError
+from ..run import CHECKPOINT_NAME, EMA_WEIGHTS_NAME, METRICS_NAME, run_lock, run_state
 from .config import TrainConfig
 from .data import DeviceLoader, ResumableBatchSampler, ShardedBatchSampler, move_to_device
 from .distributed import (
@@ -51,11 +54,8 @@ from .schedule import LRSchedule, build_scheduler
 
 __all__ = ["CHECKPOINT_NAME", "EMA_WEIGHTS_NAME", "METRICS_NAME", "Trainer", "TrainingDiverged", "resolve_amp"]
 
-CHECKPOINT_NAME = "checkpoint.pt"
-METRICS_NAME = "metrics.jsonl"
-EMA_WEIGHTS_NAME = "ema.safetensors"
 # every file the trainer writes into out_dir (each through atomic_write)
-_OUTPUT_NAMES = (CHECKPOINT_NAME, METRICS_NAME, WEIGHTS_NAME, EMA_WEIGHTS_NAME, CONFIG_NAME)
+_OUTPUT_NAMES = (CHECKPOINT_NAME, METRICS_NAME, WEIGHTS_NAME, EMA_WEIGHTS_NAME, CONFIG_NAME, MANIFEST_NAME)
 _FORMAT = "bramley-train-1"
 # settings that may change between a run and its resumption without changing the numbers
 _RUNTIME_FIELDS = frozenset(
@@ -365,7 +365,17 @@ class Trainer:
             self.ema.update(self.model)
 
     def fit(self) -> dict[str, float]:
-        """Train to the configured budget (resuming first if ``cfg.resume``); returns the final metrics."""
+        """Train to the configured budget (resuming first if ``cfg.resume``); returns the final metrics.
+
+        The main process holds ``out_dir``'s run lock throughout (:func:`bramley.core.run.run_lock`): a second run
+        on the same folder is refused while this one is alive. A fresh run refuses a folder that already holds a
+        run (resume it, or remove it first).
+        """
+        owns_folder = self.out_dir is not None and self.dist.is_main
+        with run_lock(self.out_dir) if owns_folder else contextlib.nullcontext():
+            return self._fit()
+
+    def _fit(self) -> dict[str, float]:
         cfg = self.cfg
         self.should_stop = False
         self._remove_stale_temp_files()
@@ -376,14 +386,15 @@ class Trainer:
                 self._save_weights()
             return dict(self._finished_metrics)
         if not resumed:
+            self._check_fresh_folder()
             seed_everything(cfg.seed + self.dist.rank)
             self._start_metrics_file(keep_until=None)
         self.start_step = self.step
         progress = None
         if cfg.progress and self.dist.is_main:
-            from tqdm.auto import tqdm
+            from ..progress import progress as make_progress
 
-            progress = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True)
+            progress = make_progress(self.total_steps, "train", "steps", initial=self.step)
         self.wrapped.train()
         accum = cfg.grad_accum_steps
         try:
@@ -438,6 +449,17 @@ class Trainer:
                 self.save()
             return self._summary()
         return self._finish()
+
+    def _check_fresh_folder(self) -> None:
+        """A fresh run never writes over an earlier run's outputs (its checkpoint, its final weights). Checked by the
+        main process, which owns the folder (under torchrun the others stop when it fails)."""
+        if self.out_dir is None or not self.dist.is_main or run_state(self.out_dir) == "empty":
+            return
+        state = run_state(self.out_dir)
+        raise CheckpointError(
+            f"{self.out_dir} already holds a{'n' if state == 'unfinished' else ''} {state} run: resume it "
+            "(train.resume=true), write to another folder, or remove it first (the train verb's --overwrite)"
+        )
 
     def _end_epoch(self) -> None:
         self._log()
@@ -559,9 +581,10 @@ class Trainer:
         with open(self.out_dir / METRICS_NAME, "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def _start_metrics_file(self, keep_until: int | None) -> None:
-        """Fresh run: empty metrics.jsonl. Resume at step k: keep train records up to k and eval records before k
-        (the resumed run repeats whatever came after the checkpoint)."""
+    def _start_metrics_file(self, keep_until: int | None, keep_record_at_step: bool = True) -> None:
+        """Fresh run: empty metrics.jsonl. Resume at step k: keep the records before k, and the train record at k
+        when it was written before the checkpoint (``keep_record_at_step``: the checkpoint's log window was empty);
+        the resumed run writes again whatever came after the checkpoint, so each step appears once."""
         if self.out_dir is None or not self.dist.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -573,7 +596,8 @@ class Trainer:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut short by the kill
-                if rec.get("step", 0) < keep_until or (rec.get("kind") == "train" and rec.get("step") == keep_until):
+                at_step = keep_record_at_step and rec.get("kind") == "train" and rec.get("step") == keep_until
+                if rec.get("step", 0) < keep_until or at_step:
                     kept.append(line + "\n")
         text = "".join(kept)
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))
@@ -622,7 +646,7 @@ class Trainer:
         if final_metrics is not None:
             state["final_metrics"] = dict(final_metrics)
         if self.dist.is_main:
-            atomic_write(path, lambda tmp: torch.save(state, tmp))
+            atomic_write(path, lambda tmp: torch.save(state, tmp), checksum=True)
         if self.dist.enabled:
             dist.barrier()
         self._last_checkpoint = (path, self.step)
@@ -680,15 +704,24 @@ class Trainer:
             dist.barrier()
 
     def _resume_path(self) -> Path | None:
+        """The checkpoint to resume: ``resume=True`` needs ``out_dir``'s, ``"auto"`` takes it when there is one (a
+        requeued job), a path names one."""
         resume = self.cfg.resume
         if resume is False or resume is None:
             return None
-        if resume is True:
+        if resume is True or resume == "auto":
             path = self.out_dir / CHECKPOINT_NAME
-            return path if path.exists() else None
+            if path.exists():
+                return path
+            if resume == "auto":
+                return None
+            raise CheckpointError(
+                f"train.resume=true but {self.out_dir} has no {CHECKPOINT_NAME} to resume: start a fresh run "
+                "(train.resume=false), or use train.resume=auto to resume only when there is a checkpoint"
+            )
         path = Path(resume)
         if not path.is_file():
-            raise FileNotFoundError(f"resume checkpoint {path} does not exist")
+            raise CheckpointError(f"resume checkpoint {path} does not exist")
         return path
 
     def _maybe_resume(self) -> bool:
@@ -701,12 +734,19 @@ class Trainer:
     def load(self, path: str | os.PathLike) -> None:
         """Restore a checkpoint written by :meth:`save` (every rank reads the file)."""
         path = Path(path)
+        verify_checksum(path)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise RuntimeError(f"cannot read training checkpoint {path}: {e}") from e
+        except Exception as e:  # torch raises many types for foreign or truncated files
+            raise CheckpointError(f"cannot read training checkpoint {path}: {type(e).__name__}: {e}") from None
         if not isinstance(state, dict) or state.get("format") != _FORMAT:
-            raise RuntimeError(f"{path} is not a bramley training checkpoint (format {_FORMAT})")
+            raise CheckpointError(f"{path} is not a bramley training checkpoint (format {_FORMAT})")
+        if "final_metrics" in state and int(state["step"]) != self.total_steps:
+            raise ConfigError(
+                f"{path} is a finished run of {state['step']} steps but this run asks for {self.total_steps} "
+                "(train.steps / train.epochs changed): a finished run is not extended; train a new run in another "
+                "folder (from these weights if you like: model.safetensors)"
+            )
         changed = {
             k: (v, getattr(self.cfg, k))
             for k, v in state["config"].items()
@@ -724,7 +764,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             if "ema" not in state:
-                raise RuntimeError(f"{path} has no EMA state but ema_decay is set")
+                raise CheckpointError(f"{path} has no EMA state but train.ema_decay is set")
             if isinstance(self.wrapped, nn.parallel.DistributedDataParallel) or not self.dist.enabled:
                 self.ema.module.load_state_dict(state["ema"]["module"])
             else:
@@ -733,7 +773,7 @@ class Trainer:
         saved_callbacks = state["callbacks"]
         if len(saved_callbacks) != len(self.callbacks) and any(c is not None for c in saved_callbacks):
             n_saved, n_now = len(saved_callbacks), len(self.callbacks)
-            raise RuntimeError(f"{path} holds the state of {n_saved} callbacks, this trainer has {n_now}")
+            raise CheckpointError(f"{path} holds the state of {n_saved} callbacks, this trainer has {n_now}")
         for callback, cb_state in zip(self.callbacks, saved_callbacks):
             if cb_state is not None:
                 callback.load_state_dict(cb_state)
@@ -754,4 +794,4 @@ class Trainer:
         if "final_metrics" in state:
             self._finished_metrics = dict(state["final_metrics"])
         else:
-            self._start_metrics_file(keep_until=self.step)
+            self._start_metrics_file(keep_until=self.step, keep_record_at_step=not state["log_window"])
