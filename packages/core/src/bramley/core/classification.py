@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .errors import ConfigError, DataError
 from .metrics import ClassificationMeter
+from .progress import track
 
 __all__ = [
     "ClassificationLoss",
@@ -243,12 +244,13 @@ class ClassificationLoss:
 
 
 def accuracy_eval(forward: Forward = image_forward) -> Callable[[nn.Module, Iterable], dict[str, float]]:
-    """``eval_fn(model, loader)``: top-1 / top-5 accuracy (%) and mean cross-entropy over the loader."""
+    """``eval_fn(model, loader)``: top-1 / top-5 accuracy (%) and mean cross-entropy over the loader (its progress
+    reported through :func:`bramley.core.progress.track`)."""
 
     @torch.no_grad()
     def eval_fn(model: nn.Module, loader: Iterable) -> dict[str, float]:
         meter = ClassificationMeter()
-        for batch in loader:
+        for batch in track(loader, desc="eval", unit="batches"):
             meter.update(*forward(model, batch))
         return meter.compute()
 
