@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bramley.core.errors import DataError
 from bramley.dataset_decomposition import make_buckets as mb
 from bramley.dataset_decomposition.buckets import BucketFormatError, Buckets
 from bramley.dataset_decomposition.decompose import decompose
@@ -212,9 +213,11 @@ def test_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| bucket |" in out and "3 documents" in out and "dropped" in out
     args = parser.parse_args([str(tmp_path / "nothing"), "--out", str(tmp_path / "p")])
-    assert mb.run_make_buckets(args) == 2
-    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(DataError, match="does not exist"):
+        mb.run_make_buckets(args)
     assert mb.main([str(tmp_path / "docs"), "--out", str(tmp_path / "q"), "--no-progress", "--no-randomize"]) == 0
+    assert mb.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 2  # python -m: one line, exit 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("make-buckets: error: ")
 
 
 def test_write_buckets_from_documents(tmp_path):
@@ -224,6 +227,11 @@ def test_write_buckets_from_documents(tmp_path):
     assert b.manifest["stats"]["tokens"] == sum(len(d.encode()) + 1 for d in docs)
     with pytest.raises(FileExistsError):
         mb.write_buckets(docs, tmp_path / "w")
+    with pytest.raises(DataError, match="are all too short"):  # no row at all: no empty bucket folder either
+        mb.write_buckets(["ab", "c"], tmp_path / "short", min_log2=3, max_log2=4, source="two tiny documents")
+    assert not list((tmp_path / "short").glob("*"))
+    with pytest.raises(DataError, match="empty hold no documents"):
+        mb.write_buckets([], tmp_path / "none", min_log2=3, max_log2=4, source="empty")
 
 
 def test_hf_tokenizer_without_libraries(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bramley.core.errors import ConfigError
 from bramley.core.train.distributed import synchronize
 
 from .decompose import check_bucket_range
@@ -32,6 +33,11 @@ __all__ = ["make_batches", "run_benchmark"]
 BENCH_METHODS = ("cc", "cc_dm", "dd")
 
 
+def _check_tokens_per_step(tokens_per_step: int, max_log2: int) -> None:
+    if tokens_per_step < 1 or tokens_per_step % (1 << max_log2):
+        raise ConfigError(f"tokens_per_step ({tokens_per_step}) must be a multiple of the max length {1 << max_log2}")
+
+
 def make_batches(
     method: str, *, min_log2: int, max_log2: int, tokens_per_step: int, steps: int, vocab_size: int, seed: int = 0
 ) -> list[Any]:
@@ -39,8 +45,7 @@ def make_batches(
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     max_len = 1 << max_log2
-    if tokens_per_step % max_len:
-        raise ValueError(f"tokens_per_step ({tokens_per_step}) must be a multiple of the max length {max_len}")
+    _check_tokens_per_step(tokens_per_step, max_log2)
     if method in ("cc", "cc_dm"):
         rows = tokens_per_step // max_len
         batches = []
@@ -62,7 +67,7 @@ def make_batches(
         log2s = np.arange(min_log2, max_log2 + 1)
         order = np.concatenate([rng.permutation(log2s) for _ in range(-(-steps // log2s.size))])[:steps]
         return [torch.randint(0, vocab_size, (tokens_per_step >> k, (1 << k) + 1), generator=g) for k in order]
-    raise ValueError(f"unknown method {method!r}; choose from {', '.join(BENCH_METHODS)}")
+    raise ConfigError(f"unknown method {method!r}; choose from {', '.join(BENCH_METHODS)}")
 
 
 def run_benchmark(
@@ -79,17 +84,22 @@ def run_benchmark(
     amp: str = "auto",
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Tokens/s of each method (see the module doc); ``ratios`` hold ``dd`` over the others."""
-    from bramley.core.registry import create_model
+    """Tokens/s of each method (see the module doc); ``ratios`` hold ``dd`` over the others.
+
+    Raises:
+        ConfigError: an unknown model or method, model arguments or sizes that do not fit, a device that is absent.
+    """
+    from bramley.core.recipe import build_model
     from bramley.core.train import resolve_amp
     from bramley.core.train.distributed import resolve_device
 
     check_bucket_range(min_log2, max_log2)
+    _check_tokens_per_step(tokens_per_step, max_log2)
     if steps < 1 or warmup < 0:
-        raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps} warmup={warmup}")
+        raise ConfigError(f"need steps >= 1 and warmup >= 0, got steps={steps} warmup={warmup}")
     unknown = sorted(set(methods) - set(BENCH_METHODS))
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(BENCH_METHODS)}")
+        raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(BENCH_METHODS)}")
     dev = resolve_device(device)
     amp_dtype, _ = resolve_amp(amp, dev)
     kwargs = {"max_seq_len": 1 << max_log2, **(model_kwargs or {})}
@@ -97,7 +107,7 @@ def run_benchmark(
     results: dict[str, Any] = {}
     for method in methods:
         torch.manual_seed(seed)
-        model = create_model(model_name, **kwargs).to(dev).train()
+        model = build_model(model_name, kwargs, where="bench").to(dev).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         batches = make_batches(
             method, min_log2=min_log2, max_log2=max_log2, tokens_per_step=tokens_per_step, steps=warmup + steps,

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from bramley.core.checkpoint import atomic_write
+from bramley.core.errors import DataError
 
 from .decompose import check_bucket_range
 
@@ -49,8 +50,8 @@ PROGRESS = "progress.json"
 _DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 
 
-class BucketFormatError(ValueError):
-    """A bucket folder is missing, incomplete, corrupt or does not match its manifest."""
+class BucketFormatError(DataError):
+    """A bucket folder is missing, incomplete, corrupt or does not match its manifest (a ``ValueError``)."""
 
 
 def bucket_file_name(log2: int) -> str:

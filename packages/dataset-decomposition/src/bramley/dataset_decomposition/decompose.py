@@ -27,6 +27,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from bramley.core.errors import ConfigError
+
 __all__ = [
     "bucket_lengths",
     "check_bucket_range",
@@ -37,12 +39,13 @@ __all__ = [
 
 
 def check_bucket_range(min_log2: int, max_log2: int) -> None:
-    """Raise ``ValueError`` unless ``0 <= min_log2 <= max_log2 <= 30`` are ints."""
+    """Raise :class:`~bramley.core.errors.ConfigError` (a ``ValueError``) unless ``0 <= min_log2 <= max_log2 <= 30``
+    are ints."""
     for name, value in (("min_log2", min_log2), ("max_log2", max_log2)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"{name} must be an int, got {value!r}")
+            raise ConfigError(f"{name} must be an int, got {value!r}")
     if not 0 <= min_log2 <= max_log2 <= 30:
-        raise ValueError(f"need 0 <= min_log2 <= max_log2 <= 30, got min_log2={min_log2} max_log2={max_log2}")
+        raise ConfigError(f"need 0 <= min_log2 <= max_log2 <= 30, got min_log2={min_log2} max_log2={max_log2}")
 
 
 def bucket_lengths(min_log2: int, max_log2: int) -> list[int]:

@@ -17,6 +17,8 @@ uninterrupted one would. ``manifest.json`` is written last.
 from __future__ import annotations
 
 import argparse
+import codecs
+import contextlib
 import gzip
 import io
 import json
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from bramley.core.data import ByteTokenizer, TextDocuments
+from bramley.core.errors import ConfigError, DataError
 
 from .buckets import (
     MANIFEST,
@@ -94,7 +97,10 @@ class HFTokenizer:
         except ImportError:
             tokenizers = None
         if tokenizers is not None and tokenizer_json.is_file():
-            tok = tokenizers.Tokenizer.from_file(str(tokenizer_json))
+            try:
+                tok = tokenizers.Tokenizer.from_file(str(tokenizer_json))
+            except Exception as err:  # the tokenizers library raises a bare Exception for a malformed file
+                raise DataError(f"tokenizer {tokenizer_json} could not be read: {err}") from None
             self._encode = lambda text: tok.encode(text, add_special_tokens=False).ids
             self.vocab_size = int(tok.get_vocab_size(with_added_tokens=True))
             lookup, default_eot = tok.token_to_id, None
@@ -102,10 +108,10 @@ class HFTokenizer:
             try:
                 import transformers
             except ImportError as err:
-                raise ImportError(
+                raise ModuleNotFoundError(
                     f"loading the tokenizer at {self.path} needs the 'tokenizers' package (for a tokenizer.json) or "
-                    "'transformers'; neither is installed: pip install tokenizers (or transformers), or use the "
-                    "byte-level tokenizer"
+                    "'transformers'; neither is installed: pip install tokenizers (bramley-dataset-decomposition[hf]) "
+                    "or transformers (bramley-dataset-decomposition[transformers]), or use the byte-level tokenizer"
                 ) from err
             folder = self.path.parent if self.path.is_file() else self.path
             tok = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -122,7 +128,7 @@ class HFTokenizer:
                 self.eot_token, self.eot_id = name, int(token_id)
                 break
         if self.eot_id is None:
-            raise ValueError(f"tokenizer {self.path} has no end-of-text token among {names}: pass --eot-token")
+            raise ConfigError(f"tokenizer {self.path} has no end-of-text token among {names}: pass --eot-token")
 
     def encode(self, text: str) -> np.ndarray:
         ids = np.asarray(self._encode(text), dtype=np.int64)
@@ -142,7 +148,7 @@ def load_tokenizer(spec: str = "byte", eot_token: str | None = None) -> ByteLeve
     """``"byte"`` -> :class:`ByteLevelTokenizer`; anything else is a local HF tokenizer path (:class:`HFTokenizer`)."""
     if spec == "byte":
         if eot_token is not None:
-            raise ValueError("--eot-token applies to HF tokenizers; the byte tokenizer's end-of-text id is 256")
+            raise ConfigError("--eot-token applies to HF tokenizers; the byte tokenizer's end-of-text id is 256")
         return ByteLevelTokenizer()
     return HFTokenizer(spec, eot_token=eot_token)
 
@@ -174,12 +180,12 @@ def _read_documents(path: Path, *, text_field: str, txt_mode: str, encoding: str
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({err})") from err
+                    raise DataError(f"{path}:{number}: not valid JSON ({err})") from err
                 if not isinstance(record, dict) or text_field not in record:
-                    raise ValueError(f"{path}:{number}: no {text_field!r} field (set --text-field)")
+                    raise DataError(f"{path}:{number}: no {text_field!r} field (set --text-field)")
                 text = record[text_field]
                 if not isinstance(text, str):
-                    raise ValueError(f"{path}:{number}: field {text_field!r} is {type(text).__name__}, not a string")
+                    raise DataError(f"{path}:{number}: field {text_field!r} is {type(text).__name__}, not a string")
                 yield text
         return
     text = path.read_bytes().decode(encoding)
@@ -188,7 +194,7 @@ def _read_documents(path: Path, *, text_field: str, txt_mode: str, encoding: str
     elif txt_mode == "line":
         yield from (line for line in text.splitlines() if line.strip())
     else:
-        raise ValueError(f"txt_mode must be 'file' or 'line', got {txt_mode!r}")
+        raise ConfigError(f"txt_mode must be 'file' or 'line', got {txt_mode!r}")
 
 
 def read_documents(
@@ -252,6 +258,26 @@ def _merge(total: dict[str, Any], part: dict[str, Any]) -> None:
         total["rows"][k] += n
 
 
+def _check_kept(
+    stats: dict[str, Any], where: str, min_log2: int, skipped: Sequence[str] = (), encoding: str = ""
+) -> None:
+    """``DataError`` when the documents give no row at all: empty buckets would train nothing."""
+    if stats["kept_tokens"]:
+        return
+    if skipped and not stats["documents"]:
+        names = ", ".join(skipped[:3])
+        raise DataError(
+            f"no decodable text in {where}: {len(skipped)} file(s) are not valid {encoding} ({names}); "
+            "set the encoding (--encoding)"
+        )
+    if not stats["documents"]:
+        raise DataError(f"{where} hold no documents")
+    raise DataError(
+        f"the {stats['documents']} document(s) of {where} ({stats['tokens']} tokens) are all too short for the "
+        f"shortest bucket ({(1 << min_log2) + 1} tokens a row): lower min_log2"
+    )
+
+
 def _file_id(path: Path) -> dict[str, Any]:
     st = path.stat()
     return {"path": str(path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -282,16 +308,25 @@ def make_buckets(
     since the previous one (0: after every file), so many small files do not cost one fsync round each.
 
     Undecodable files are skipped, counted in the manifest (``skipped_files``) and reported with a warning; a jsonl
-    line without the text field raises ``ValueError`` naming the file and line.
+    line without the text field raises :class:`~bramley.core.errors.DataError` naming the file and line. Inputs that
+    give no row at all (no decodable text, or only documents shorter than the shortest bucket) raise ``DataError``
+    and leave no bucket files behind.
 
     Returns:
         The finished folder, opened as :class:`~bramley.dataset_decomposition.buckets.Buckets`.
 
     Raises:
         FileExistsError: ``out`` already holds finished buckets (pass ``overwrite=True``) or unrelated bucket files.
-        ValueError: ``out`` holds an unfinished run made with other settings or input files.
+        ConfigError: ``out`` holds an unfinished run made with other settings.
+        DataError: input files that the unfinished run already decomposed have changed since; or no row at all.
     """
     check_bucket_range(min_log2, max_log2)
+    if not checkpoint_seconds >= 0:  # also refuses nan
+        raise ConfigError(f"checkpoint_seconds must be >= 0, got {checkpoint_seconds}")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ConfigError(f"unknown text encoding {encoding!r}") from None
     root = Path(out)
     files = list_input_files(inputs, pattern)
     tok = load_tokenizer(tokenizer, eot_token)
@@ -321,20 +356,22 @@ def make_buckets(
         state = _read_progress(progress_path)
         if state["config"] != config:
             changed = sorted(k for k in config if state["config"].get(k) != config[k])
-            raise ValueError(
+            raise ConfigError(
                 f"{root} holds an unfinished run with different settings or inputs ({', '.join(changed)}); "
                 "rerun with the same ones to resume, or remove the folder"
             )
         done = state["files_done"]
         if state["file_ids"][:done] != file_ids[:done]:
-            raise ValueError(f"{root}: input files that the unfinished run already decomposed have changed since")
+            raise DataError(f"{root}: input files that the unfinished run already decomposed have changed since")
         writer = BucketWriter(
             root, min_log2, max_log2, dtype, resume_rows={int(k): v for k, v in state["rows"].items()},
             buffer_tokens=buffer_tokens,
         )  # fmt: skip
+        created = False
     else:
         if any((root / bucket_file_name(k)).exists() for k in log2s):
             raise FileExistsError(f"{root} holds bucket files but no progress.json: use an empty folder")
+        created = not root.exists()
         root.mkdir(parents=True, exist_ok=True)
         state = {
             "config": config,
@@ -377,14 +414,21 @@ def make_buckets(
             bar.set_postfix(docs=sum(s["documents"] for s in state["sources"]))
     if bar is not None:
         bar.close()
-    if state["skipped"]:
-        names = ", ".join(s["path"] for s in state["skipped"][:3])
-        warnings.warn(
-            f"make-buckets skipped {len(state['skipped'])} file(s) not decodable as {encoding}: {names}", stacklevel=2
-        )
     totals = _new_stats(log2s)
     for source in state["sources"]:
         _merge(totals, source)
+    skipped = [s["path"] for s in state["skipped"]]
+    if not totals["kept_tokens"]:  # nothing to keep: a rerun (another --encoding or --min-log2) starts afresh
+        _remove_outputs(root)
+        if created:
+            with contextlib.suppress(OSError):
+                root.rmdir()
+        _check_kept(totals, f"the {len(files)} input file(s)", min_log2, skipped, encoding)
+    if skipped:
+        warnings.warn(
+            f"make-buckets skipped {len(skipped)} file(s) not decodable as {encoding}: {', '.join(skipped[:3])}",
+            stacklevel=2,
+        )
     writer.finish(
         tokenizer=config["tokenizer"],
         seed=seed,
@@ -414,7 +458,8 @@ def write_buckets(
     """Decompose an in-process iterable of documents (e.g. ``python_stdlib_documents()``) into a new bucket folder.
 
     Streaming like :func:`make_buckets` but not resumable (there are no input files to count); the cuts use the
-    generator ``(seed, 0)``. ``out`` must not hold buckets yet.
+    generator ``(seed, 0)``. ``out`` must not hold buckets yet. Documents that give no row at all raise
+    :class:`~bramley.core.errors.DataError` (and leave no bucket files behind).
     """
     check_bucket_range(min_log2, max_log2)
     root = Path(out)
@@ -427,6 +472,10 @@ def write_buckets(
         documents, tok, writer, np.random.default_rng([seed, 0]), min_log2=min_log2, max_log2=max_log2,
         randomize=randomize, stats=stats,
     )  # fmt: skip
+    if not stats["kept_tokens"]:
+        writer.flush()
+        _remove_outputs(root)
+        _check_kept(stats, source, min_log2)
     writer.finish(
         tokenizer=tok.describe(),
         seed=seed,
@@ -469,7 +518,7 @@ def _progress_bar(total: int, done: int, *, enabled: bool):
 def add_make_buckets_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``make-buckets`` options to ``parser``."""
     parser.add_argument("inputs", nargs="+", help="jsonl / text files or directories of them")
-    parser.add_argument("--out", required=True, help="output folder for the buckets")
+    parser.add_argument("--out", type=Path, required=True, help="output folder for the buckets")
     parser.add_argument(
         "--tokenizer",
         default="byte",
@@ -497,7 +546,12 @@ def add_make_buckets_arguments(parser: argparse.ArgumentParser) -> argparse.Argu
 
 
 def run_make_buckets(args: argparse.Namespace) -> int:
-    """Run ``make-buckets`` from parsed arguments; prints a per-bucket summary. Returns the exit status."""
+    """Run ``make-buckets`` from parsed arguments and print a per-bucket summary.
+
+    Raises:
+        DataError: an input is missing (or no row at all came out of the inputs).
+        ConfigError: ``--out`` already holds buckets (``--overwrite``) or other bucket files; bad settings.
+    """
     try:
         buckets = make_buckets(
             args.inputs,
@@ -516,9 +570,10 @@ def run_make_buckets(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             checkpoint_seconds=args.checkpoint_seconds,
         )
-    except (FileNotFoundError, FileExistsError, ValueError, ImportError, BucketFormatError) as err:
-        print(f"make-buckets: error: {err}", file=sys.stderr)
-        return 2
+    except FileNotFoundError as err:  # the library's messages name the path and the problem
+        raise DataError(str(err)) from None
+    except FileExistsError as err:
+        raise ConfigError(str(err)) from None
     print(summary_table(buckets))
     return 0
 
@@ -545,10 +600,13 @@ def summary_table(buckets: Buckets) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bramley.dataset_decomposition.make_buckets ...`` (the CLI subcommand calls the same code)."""
+    from bramley.core.cli import method_main
+
     parser = add_make_buckets_arguments(
         argparse.ArgumentParser(prog="make-buckets", description=__doc__.splitlines()[0])
     )
-    return run_make_buckets(parser.parse_args(argv))
+    parser.set_defaults(func=run_make_buckets)
+    return method_main(parser, argv)
 
 
 if __name__ == "__main__":
