@@ -19,10 +19,10 @@ from shared.markdown import run_python_blocks, shell_commands
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
-TINY_MODEL = ["model.name=dd_gpt_tiny", "model.vocab_size=257", "model.dim=16", "model.depth=1", "model.num_heads=2",
-              "model.max_seq_len=32"]  # fmt: skip
+TINY_MODEL = ["model.name=dd_gpt_tiny", "model.kwargs.vocab_size=257", "model.kwargs.dim=16", "model.kwargs.depth=1",
+              "model.kwargs.num_heads=2", "model.kwargs.max_seq_len=32"]  # fmt: skip
 TINY_TRAIN = [*TINY_MODEL, "data.tokens_per_step=64", "data.seq_len=32", "data.num_cycles=1", "train.steps=2",
-              "train.amp=none", "train.grad_accum_steps=1", "train.warmup_steps=1",
+              "train.amp=none", "train.grad_accum_steps=1", "optim.warmup_steps=1",
               "train.checkpoint_every=0"]  # fmt: skip
 SHRINK = [
     (r"--min-log2 8 --max-log2 13", "--min-log2 2 --max-log2 5"),
@@ -83,18 +83,20 @@ def test_readme_commands_run(tmp_path, monkeypatch):
         assert line.startswith("bramley "), f"README command not covered by this test: {line}"
         argv = shlex.split(line)[1:]
         sub = argv[0] if argv[0] == "reproduce" else argv[1]
-        if sub == "make-buckets" and (tmp_path / "buckets" / "manifest.json").exists():
-            argv += ["--overwrite"]  # the README shows it twice (quickstart and data section)
+        if "smoke" in argv:  # the smoke recipe runs as it is (seconds)
+            sub = "smoke"
         argv += EXTRA.get(sub, [])
         if sub == "reproduce":
             argv += ["--out", str(tmp_path / "reproduce")]
         assert bramley_main(argv) == 0, line
         ran.append(sub)
-    assert {"make-buckets", "train", "eval", "bench", "reproduce", "torchrun"} <= set(ran)
+    assert {"smoke", "make-buckets", "train", "eval", "bench", "reproduce", "torchrun"} <= set(ran)
+    smoke = json.loads((tmp_path / "runs" / "smoke" / "results.json").read_text())
+    assert smoke["method"] == "dd" and smoke["cost"]["tokens"] == smoke["metrics"]["step"] * 2048
     for run in ("dd", "cc", "openlm_1b_dd"):
-        summary = json.loads((tmp_path / "runs" / run / "train_results.json").read_text())
-        assert summary["cost"]["tokens"] == 2 * 64 * (2 if run == "openlm_1b_dd" else 1)
-    assert "document_masking: true" in (tmp_path / "runs" / "cc" / "config.yaml").read_text()
+        results = json.loads((tmp_path / "runs" / run / "results.json").read_text())
+        assert results["cost"]["tokens"] == 2 * 64 * (2 if run == "openlm_1b_dd" else 1)
+    assert "document_masking: true" in (tmp_path / "runs" / "cc" / "recipe.yaml").read_text()
     assert json.loads((tmp_path / "runs" / "dd" / "eval.json").read_text())["loss"]["loss"] > 0
     bench = json.loads((tmp_path / "bench-8k.json").read_text())
     assert bench["device"] == "cpu" and "dd_over_cc" in bench["ratios"]

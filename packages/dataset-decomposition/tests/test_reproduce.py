@@ -64,13 +64,16 @@ def test_row_subset_maps_to_distinct_bucket_rows():
     assert subset.picks[1].tolist() == _RowSubset(Base(), [10, 4], [5, 2], seed=0).picks[1].tolist()
 
 
-def test_quick_reproduction_is_one_whole_dd_pass(tmp_path):
+def test_quick_reproduction_is_one_whole_dd_pass(tmp_path, capsys):
     import json
 
-    from bramley.dataset_decomposition.reproduce import main
+    from bramley.dataset_decomposition.reproduce import CLAIM, main
 
     assert main(["--quick", "--out", str(tmp_path), "--steps", "8"]) == 0
-    assert_whole_dd_pass(json.loads((tmp_path / "results.json").read_text()))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert_whole_dd_pass(results)
+    verdict = "HOLDS" if results["claims"]["holds"] else "DOES NOT HOLD"
+    assert capsys.readouterr().out.rstrip().splitlines()[-1] == f"claim ({CLAIM}): {verdict}"  # the last line
 
 
 @pytest.mark.parametrize("name", ["reproduce_results.json", "reproduce_results_seed1.json"])

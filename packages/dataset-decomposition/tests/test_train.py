@@ -9,6 +9,7 @@ import torch
 
 from bramley.core.train import TrainConfig, Trainer
 from bramley.dataset_decomposition.baseline import ConcatChunkDataset, causal_attention_pairs
+from bramley.dataset_decomposition.buckets import Buckets
 from bramley.dataset_decomposition.cli import main
 from bramley.dataset_decomposition.make_buckets import write_buckets
 from bramley.dataset_decomposition.model import DDGPT
@@ -25,9 +26,10 @@ from bramley.dataset_decomposition.train import (
 
 RECIPES = ["openlm_410m_dd", "openlm_410m_baseline", "openlm_1b_dd", "openlm_1b_baseline"]
 TINY = [
-    "model.name=dd_gpt_tiny", "model.vocab_size=257", "model.dim=16", "model.depth=1", "model.num_heads=2",
-    "model.max_seq_len=32", "data.tokens_per_step=64", "data.seq_len=32", "data.num_cycles=1", "train.steps=2",
-    "train.amp=none", "train.grad_accum_steps=1", "train.warmup_steps=1", "train.checkpoint_every=0",
+    "model.name=dd_gpt_tiny", "model.kwargs.vocab_size=257", "model.kwargs.dim=16", "model.kwargs.depth=1",
+    "model.kwargs.num_heads=2", "model.kwargs.max_seq_len=32", "data.tokens_per_step=64", "data.seq_len=32",
+    "data.num_cycles=1", "train.steps=2", "train.amp=none", "train.grad_accum_steps=1", "optim.warmup_steps=1",
+    "train.checkpoint_every=0",
 ]  # fmt: skip
 
 
@@ -152,6 +154,47 @@ def test_meter_state_round_trip():
 
 
 # ------------------------------------------------------------------------------------------------------- recipes
+def test_bundled_recipes_load():
+    """Every bundled recipe resolves against the schema; the paper recipes keep the official run's settings."""
+    from importlib.resources import files
+
+    from bramley.core.recipe import load_recipe
+    from bramley.dataset_decomposition.recipe import RECIPES as SCHEMA
+
+    bundled = sorted(p.name[:-5] for p in files("bramley.dataset_decomposition").joinpath("recipes").iterdir())
+    assert bundled == sorted([*RECIPES, "smoke"])
+    for name in RECIPES:
+        recipe = load_recipe(SCHEMA, name)
+        assert recipe.model.name == ("dd_gpt_1b" if "1b" in name else "dd_gpt_410m")
+        assert recipe.model.kwargs == {"vocab_size": 50432, "rope_base": 100000.0, "norm": "layernorm", "qk_norm": True}
+        assert (recipe.optim.optimizer, recipe.optim.lr, recipe.optim.betas) == ("adamw", 3e-3, (0.9, 0.95))
+        assert (recipe.optim.warmup_steps, recipe.optim.min_lr_ratio, recipe.optim.clip_grad_norm) == (5000, 0.01, 1.0)
+        assert recipe.optim.weight_decay == 0.033 and recipe.loss.z_loss == 1e-4
+        assert (recipe.train.amp, recipe.train.grad_accum_steps, recipe.train.distributed) == ("bf16", 4, "fsdp")
+        assert recipe.data.method == ("dd" if name.endswith("_dd") else "concat_chunk")
+        assert recipe.data.tokens_per_step == 16384 and recipe.train.steps == (54923 if "1b" in name else 15640)
+
+
+def test_smoke_recipe_runs_alone(tmp_path):
+    """`train --recipe smoke --out DIR` needs no data: it decomposes stdlib sources and trains one whole pass."""
+    import warnings
+
+    from bramley.core.checkpoint import load_model
+
+    out = tmp_path / "smoke"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one whole pass: no cycle coverage warning
+        assert main(["train", "--recipe", "smoke", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    steps = results["metrics"]["step"]
+    assert results["method"] == "dd" and np.isfinite(results["metrics"]["train_loss"]) and 4 <= steps <= 100
+    assert results["cost"]["tokens"] == steps * 2048
+    assert set(results["tokens_by_sequence_length"]) == {"16", "32", "64", "128"}
+    buckets = Buckets(out / "buckets")
+    assert buckets.lengths == [16, 32, 64, 128] and buckets.manifest["stats"]["documents"] == 10
+    assert load_model(out / "model.safetensors").max_seq_len == 128
+
+
 @pytest.mark.filterwarnings("ignore:train.steps=.* passes over the buckets")  # 2 tiny steps
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_smoke_at_tiny_scale(recipe, corpus, tmp_path):
@@ -160,23 +203,19 @@ def test_recipe_smoke_at_tiny_scale(recipe, corpus, tmp_path):
     if recipe.endswith("baseline"):
         data.append("data.document_masking=true")
     out = tmp_path / recipe
-    assert (
-        main(["train", "--recipe", recipe, "--out", str(out), *TINY, *data, f"data.val_buckets={root / 'buckets'}"])
-        == 0
-    )
-    summary = json.loads((out / "train_results.json").read_text())
-    assert summary["cost"]["tokens"] == 2 * 64 and summary["metrics"]["step"] == 2
-    assert np.isfinite(summary["val"]["loss"]) and (out / "model.safetensors").is_file()
-    config = (out / "config.yaml").read_text()
+    argv = ["train", "--recipe", recipe, "--out", str(out), *TINY, *data, f"data.val_buckets={root / 'buckets'}"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["cost"]["tokens"] == 2 * 64 and results["metrics"]["step"] == 2
+    assert np.isfinite(results["val"]["loss"]) and (out / "model.safetensors").is_file()
+    config = (out / "recipe.yaml").read_text()
     assert "distributed: fsdp" in config and "z_loss: 0.0001" in config  # the recipe's settings were kept
 
 
 def test_train_errors_name_the_problem(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["train", "--recipe", "openlm_1b_dd", "--out", str(tmp_path), *TINY])
+    assert main(["train", "--recipe", "openlm_1b_dd", "--out", str(tmp_path), *TINY]) == 2
     assert "data.buckets" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["train", "--recipe", "nope", "--out", str(tmp_path)])
+    assert main(["train", "--recipe", "nope", "--out", str(tmp_path)]) == 2
     assert "openlm_1b_dd" in capsys.readouterr().err
 
 
