@@ -1,14 +1,27 @@
-"""The CLI end to end on tiny data: train (the paper recipe at toy scale) -> eval -> embed -> retrieve; bench."""
+"""The CLI end to end on tiny data (train -> eval -> embed -> retrieve, bench, the smoke recipe) and every user
+mistake as one line and exit status 2."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 
+from bramley.core import registry
+from bramley.core.checkpoint import load_model, save_checkpoint, save_pretrained
+from bramley.core.recipe import load_recipe
+from bramley.core.registry import create_model
+from bramley.mrl import MatryoshkaModel, load_embeddings, save_embeddings
 from bramley.mrl.cli import main
+from bramley.mrl.train import RECIPES
 
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "src" / "bramley" / "mrl" / "recipes"
+
+# the ImageNet recipe at toy scale: a tiny timm backbone (96 features) on the 3-class image folder
 TINY = [
-    "model.backbone=test_resnet",
+    "model.name=mrl_backbone",
+    "model.kwargs.backbone=test_resnet",
     "data.image_size=32",
     "data.val_image_size=32",
     "train.epochs=1",
@@ -17,73 +30,230 @@ TINY = [
     "train.amp=none",
     "train.progress=false",
     "train.checkpoint_every=0",
-    "train.warmup_epochs=0",
+    "train.device=cpu",
+    "optim.warmup_epochs=0",
 ]
+SIZES = [8, 16, 32, 64, 96]
 
 
-def test_help_runs(capsys):
-    with pytest.raises(SystemExit) as e:
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_line_error(capsys, argv, message: str) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
+
+
+def assert_usage_error(capsys, argv, message: str) -> None:
+    """argparse's own refusals (a value of the wrong type or range): its usage line, then the error; exit 2."""
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in argv])
+    assert info.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1], argv
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    save_pretrained(create_model("mrl_backbone", backbone="test_resnet", num_classes=3), tmp_path / "tiny")
+    return tmp_path / "tiny"
+
+
+@pytest.fixture
+def foreign_model(monkeypatch, tmp_path) -> Path:
+    """A save_pretrained folder of a registered model that is not an MRL model."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    registry.register_model(name="not_mrl_toy")(lambda num_classes=3: nn.Linear(4, num_classes))
+    save_pretrained(create_model("not_mrl_toy"), tmp_path / "foreign")
+    return tmp_path / "foreign"
+
+
+def test_help_lists_every_verb(capsys):
+    with pytest.raises(SystemExit) as info:
         main(["--help"])
-    assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "bramley-mrl" in out
-    for cmd in ("train", "eval", "embed", "retrieve", "bench", "reproduce"):
-        assert cmd in out
+    assert info.value.code == 0 and "bramley-mrl" in out
+    for verb in ("info", "convert", "train", "eval", "embed", "retrieve", "bench", "reproduce"):
+        assert f"    {verb}" in out
 
 
-def test_train_recipe_then_eval_embed_retrieve(image_folder, tmp_path):
-    """The ImageNet recipe shrunk to a tiny timm model on the 3-class image folder, then every downstream command."""
+def test_every_bundled_recipe_loads():
+    names = sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+    assert names == ["imagenet_resnet50", "smoke"]
+    recipes = {name: load_recipe(RECIPES, name) for name in names}
+    paper = recipes["imagenet_resnet50"]
+    assert paper.model.name == "mrl_resnet50" and paper.model.kwargs == {"nesting": None, "efficient": False}
+    assert (paper.optim.lr, paper.optim.schedule, paper.optim.warmup_epochs, paper.optim.nesterov) == (
+        0.425,
+        "linear",
+        2,
+        False,
+    )
+    assert (paper.train.epochs, paper.train.batch_size, paper.loss.label_smoothing) == (40, 512, 0.1)
+    assert (paper.data.image_size, paper.data.val_image_size, paper.data.crop_pct) == (176, 256, 0.875)
+    assert load_recipe(RECIPES).model.name == "mrl_resnet50", "train's default recipe is the paper's"
+
+
+def test_smoke_recipe_trains_in_seconds(capsys, tmp_path):
+    out = tmp_path / "smoke"
+    code, _, _ = run(capsys, "train", "--recipe", "smoke", "--out", out)
+    assert code == 0
+    metrics = json.loads((out / "results.json").read_text())["metrics"]
+    assert {f"eval_top1_{m}" for m in (4, 16, 64)} <= set(metrics) and metrics["eval_top1_64"] > 50  # percent
+    model = load_model(out)  # the run folder is a save_pretrained folder
+    assert isinstance(model, MatryoshkaModel) and model.nesting == [4, 16, 64]
+    assert "relative_importance: null" in (out / "recipe.yaml").read_text()
+
+
+def test_train_recipe_then_eval_embed_retrieve(capsys, image_folder, tmp_path):
+    """The paper's recipe shrunk to a tiny timm model on the 3-class image folder, then every downstream command."""
     images, out = image_folder, tmp_path / "run"
-    train = ["train", "--recipe", "imagenet_resnet50", "--out", str(out), f"data.train={images}", f"data.val={images}"]
-    assert main([*train, *TINY]) == 0
-    summary = json.loads((out / "train_results.json").read_text())
-    assert summary["classes"] == ["cat", "dog", "fox"]
-    assert {f"eval_top1_{m}" for m in (8, 16, 32, 64, 96)} <= set(summary["metrics"])
-    config = (out / "config.yaml").read_text()
-    assert "lr: 0.425" in config and "label_smoothing: 0.1" in config  # the paper's recipe, resolved and saved
+    code, _, _ = run(capsys, "train", "--recipe", "imagenet_resnet50", "--out", out, *TINY,
+                     f"data.train={images}", f"data.val={images}")  # fmt: skip
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["classes"] == ["cat", "dog", "fox"]
+    assert {f"eval_top{k}_{m}" for m in SIZES for k in (1, 5)} <= set(results["metrics"])
+    recipe = (out / "recipe.yaml").read_text()
+    assert "lr: 0.425" in recipe and "label_smoothing: 0.1" in recipe  # the paper's recipe, resolved and saved
 
-    ckpt = out / "model.safetensors"
-    image_args = ["--checkpoint", str(ckpt), "--data", str(images), "--image-size", "32"]
-    assert main(["eval", *image_args, "--out", str(tmp_path / "eval.json")]) == 0
-    metrics = json.loads((tmp_path / "eval.json").read_text())["metrics"]
-    assert set(metrics) == {f"top1_{m}" for m in (8, 16, 32, 64, 96)}
+    data = ["--data", images, "--image-size", "32"]
+    assert run(capsys, "eval", "--checkpoint", out, *data, "--out", tmp_path / "eval.json")[0] == 0
+    evaluation = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluation["images"] == 12 and set(evaluation["metrics"]) == {f"top{k}_{m}" for m in SIZES for k in (1, 5)}
+    assert all(0 <= v <= 100 for v in evaluation["metrics"].values())
+
     emb = tmp_path / "emb.safetensors"
-    assert main(["embed", *image_args, "--out", str(emb)]) == 0
-    from bramley.mrl import load_embeddings
-
+    assert (
+        run(capsys, "embed", "--checkpoint", out / "model.safetensors", *data, "--out", emb, "--device", "cpu")[0] == 0
+    )
     f = load_embeddings(emb)
     assert f.embeddings.shape == (12, 96) and f.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
-    assert f.metadata["classes"] == ["cat", "dog", "fox"] and f.metadata["nesting"] == [8, 16, 32, 64, 96]
+    assert f.metadata["classes"] == ["cat", "dog", "fox"] and f.metadata["nesting"] == SIZES
+    assert f.metadata["model"]["name"] == "mrl_backbone"
 
-    result = tmp_path / "r.json"
-    args = ["retrieve", "--index", str(emb), "--queries", str(emb), "--out", str(result)]
-    neighbors = tmp_path / "nn.safetensors"
-    assert main([*args, "--dim", "16", "--k", "5", "--ks", "1", "5", "--neighbors", str(neighbors)]) == 0
+    result, neighbors = tmp_path / "r.json", tmp_path / "nn.safetensors"
+    args = ["retrieve", "--index", emb, "--queries", emb, "--out", result]
+    assert run(capsys, *args, "--dim", "16", "--k", "5", "--ks", "1", "5", "--neighbors", neighbors)[0] == 0
     exact = json.loads(result.read_text())
     assert exact["metrics"]["top1"] == 100.0  # every query finds itself
     assert exact["mflops_per_query"] == pytest.approx(12 * 16 / 1e6)
     from safetensors.torch import load_file
 
     assert torch.equal(load_file(str(neighbors))["indices"][:, 0], torch.arange(12))
-    assert main([*args, "--retrieval-dim", "8", "--rerank-dims", "32", "96", "--shortlists", "10", "5"]) == 0
+    assert run(capsys, *args, "--retrieval-dim", "8", "--rerank-dims", "32", "96", "--shortlists", "10", "5")[0] == 0
     funnel = json.loads(result.read_text())
     assert funnel["search"]["mode"] == "funnel" and "mAP@5" in funnel["metrics"]
-    assert main([*args, "--backend", "faiss", "--dim", "96", "--k", "3", "--ks", "1"]) == 0
+    pytest.importorskip("faiss")
+    assert run(capsys, *args, "--backend", "faiss", "--dim", "96", "--k", "3", "--ks", "1")[0] == 0
 
 
-def test_retrieve_rejects_mismatched_dims(tmp_path):
-    from bramley.mrl import save_embeddings
+def test_train_errors_are_one_line(capsys, image_folder, tmp_path, foreign_model):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    data = [f"data.train={image_folder}"]
+    cases = [
+        ([], "data.train is not set"),
+        (["--recipe", "nope"], "unknown recipe 'nope'; bundled recipes: imagenet_resnet50, smoke"),
+        ([*TINY, *data, "model.kwargs.nesting=[8, 4096]"], "nesting sizes [4096] are larger than the feature dim 96"),
+        ([*TINY, *data, "model.kwargs.nesting=eight"], "nesting sizes must be a list of positive integers"),
+        ([*TINY, *data, "model.kwargs.backbone=no_such_net"], "unknown backbone 'no_such_net'"),
+        ([*TINY, *data, "model.name=not_mrl_toy"], "model.name=not_mrl_toy is not an MRL model"),
+        ([*TINY, *data, "loss.relative_importance=[1, 2]"], "loss.relative_importance has 2 weights for the nesting"),
+        ([*TINY, *data, "loss.relative_importance=[-1]"], "loss.relative_importance must be non-negative weights"),
+        ([*TINY, *data, "loss.label_smoothing=1.5"], "loss.label_smoothing must be in [0, 1), got 1.5"),
+        ([*TINY, *data, "train.batch_size=0"], "train.batch_size"),
+        ([*TINY, *data, "train.epochs=-1"], "train.epochs"),
+        ([*TINY, *data, "data.image_size=0"], "data.image_size must be >= 1, got 0"),
+        ([*TINY, "data.train=/no/such/folder"], "/no/such/folder does not exist"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(([*TINY, *data, "train.device=cuda"], "CUDA is not available"))
+    for i, (extra, message) in enumerate(cases):
+        assert_one_line_error(capsys, ["train", "--out", tmp_path / f"bad{i}", *extra], message)
+    code, _, err = run(capsys, "train", "--recipe", "smoke", "--out", blocker / "run")
+    assert code == 2 and err.count("\n") == 1 and str(blocker) in err, err
 
-    save_embeddings(tmp_path / "a.safetensors", torch.randn(5, 16))
-    save_embeddings(tmp_path / "b.safetensors", torch.randn(3, 8))
-    with pytest.raises(ValueError, match=r"16-dim embeddings but queries .* 8-dim"):
-        main(["retrieve", "--index", str(tmp_path / "a.safetensors"), "--queries", str(tmp_path / "b.safetensors")])
+
+def test_eval_and_embed_errors_are_one_line(capsys, image_folder, tiny_checkpoint, foreign_model, tmp_path):
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes((tiny_checkpoint / "model.safetensors").read_bytes()[:2000])
+    save_checkpoint(create_model("mrl_mlp").state_dict(), tmp_path / "no_config.safetensors")
+    two_classes = tmp_path / "two"
+    for name in ("cat", "dog"):
+        (two_classes / name).mkdir(parents=True)
+        for p in (image_folder / name).iterdir():
+            (two_classes / name / p.name).write_bytes(p.read_bytes())
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    data = ["--data", image_folder, "--image-size", "32"]
+    cases = [
+        (["--checkpoint", tmp_path / "missing", *data], "missing does not exist"),
+        (["--checkpoint", truncated, *data], "is not a readable safetensors file"),
+        (["--checkpoint", tmp_path / "no_config.safetensors", *data], "carries no bramley model config"),
+        (["--checkpoint", foreign_model, *data], "holds a not_mrl_toy model, not an MRL model"),
+        (["--checkpoint", tiny_checkpoint, "--data", tmp_path / "no_images"], "no_images does not exist"),
+        (["--checkpoint", tiny_checkpoint, "--data", two_classes], "has 2 classes but the model was trained on 3"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--checkpoint", tiny_checkpoint, *data, "--device", "cuda"], "CUDA is not available"))
+    for argv, message in cases:
+        assert_one_line_error(capsys, ["eval", *argv], message)
+        assert_one_line_error(capsys, ["embed", *argv, "--out", tmp_path / "e.safetensors"], message)
+    assert not (tmp_path / "e.safetensors").exists()
+    for verb, out in (("eval", tmp_path / "m.json"), ("embed", tmp_path / "e.safetensors")):
+        assert_usage_error(capsys, [verb, "--checkpoint", tiny_checkpoint, *data, "--batch-size", "0", "--out", out],
+                           "argument --batch-size: must be >= 1, got 0")  # fmt: skip
+        assert_usage_error(capsys, [verb, "--checkpoint", tiny_checkpoint, *data, "--crop-pct", "1.5", "--out", out],
+                           "argument --crop-pct: must be in (0, 1], got 1.5")  # fmt: skip
+    embed = ["embed", "--checkpoint", tiny_checkpoint, *data]
+    assert_one_line_error(capsys, [*embed, "--out", blocker / "e.safetensors"], "is not a writable folder")
+    assert_one_line_error(capsys, [*embed, "--out", tmp_path], "is a folder; give a file name")
 
 
-def test_bad_recipe_and_missing_data(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["train", "--recipe", "no_such_recipe", "--out", str(tmp_path)])
-    assert "unknown recipe" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["train", "--out", str(tmp_path)])
-    assert "data.train" in capsys.readouterr().err
+def test_retrieve_errors_are_one_line(capsys, tmp_path):
+    a, b, bad = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "bad.safetensors"
+    save_embeddings(a, torch.randn(5, 16), torch.arange(5) % 2)
+    save_embeddings(b, torch.randn(3, 8))
+    bad.write_bytes(b"not a safetensors file")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    index = ["--index", a, "--queries", a]
+    cases = [
+        (["--index", a, "--queries", b], "has 16-dim embeddings but queries"),
+        (["--index", tmp_path / "none.safetensors", "--queries", a], "none.safetensors does not exist"),
+        (["--index", bad, "--queries", a], "is not a readable safetensors embeddings file"),
+        ([*index, "--dim", "32"], "search dim must be an int in [1, 16] (the index dim), got 32"),
+        ([*index, "--k", "6"], "k must be an int in [1, 5] (the database size), got 6"),
+        ([*index, "--rerank-dims", "16"], "a funnel needs --retrieval-dim, --rerank-dims and --shortlists"),
+        ([*index, "--retrieval-dim", "4"], "--retrieval-dim/--shortlists need --rerank-dims"),
+        ([*index, "--dim", "8", "--retrieval-dim", "4", "--rerank-dims", "16", "--shortlists", "3"], "--dim is for"),
+        ([*index, "--retrieval-dim", "8", "--rerank-dims", "4", "--shortlists", "3"], "must be sorted"),
+        ([*index, "--out", blocker / "r.json"], "is not a writable folder"),
+        ([*index, "--neighbors", blocker / "n.safetensors"], "--neighbors"),
+    ]
+    for argv, message in cases:
+        assert_one_line_error(capsys, ["retrieve", *argv], message)
+    assert_usage_error(capsys, ["retrieve", *index, "--ks", "0"], "argument --ks: must be >= 1, got 0")
+
+
+def test_bench_prints_percent_and_refuses_bad_settings(capsys, tmp_path):
+    tiny = ["bench", "--num-database", "3000", "--num-queries", "8", "--dim", "256", "--num-classes", "50"]
+    code, out, _ = run(capsys, *tiny, "--out", tmp_path / "bench.json")
+    assert code == 0
+    exact_line = out.splitlines()[0]
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert f"top-1 {result['exact']['top1']:.2f}%" in exact_line and "top-1 100.0000" not in out
+    assert " pt), recall@10 vs exact" in out
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert_one_line_error(capsys, [*tiny, "--retrieval-dim", "8"], "a custom funnel needs --retrieval-dim")
+    assert_one_line_error(capsys, [*tiny[:-4], "--dim", "16"], "funnel retrieval_dim 32 must be below the data dim 16")
+    assert_one_line_error(capsys, [*tiny, "--out", blocker / "b.json"], "is not a writable folder")
+    assert_usage_error(capsys, ["bench", "--num-database", "0"], "argument --num-database: must be >= 1, got 0")
+
+
+def test_info_lists_the_models(capsys):
+    code, out, _ = run(capsys, "info")
+    assert code == 0 and "| mrl_resnet50" in out and "8..2048 (9 sizes)" in out and "| mrl_mlp" in out

@@ -1,20 +1,23 @@
-"""MatryoshkaLinear / MatryoshkaModel: official semantics, wrappers, checkpoints, bad input."""
+"""MatryoshkaLinear / MatryoshkaModel and the registered MRL models: official semantics, wrappers, checkpoints,
+bad input."""
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bramley.core.checkpoint import load_model, save_pretrained
+from bramley.core.errors import ConfigError
+from bramley.core.recipe import build_model
+from bramley.core.registry import create_model, list_models
 from bramley.mrl import (
     MatryoshkaLinear,
     MatryoshkaLoss,
     MatryoshkaModel,
+    apply_blurpool,
     build_backbone,
-    build_mrl_model,
     check_nesting,
     default_nesting,
-    load_mrl_model,
-    save_mrl_model,
 )
 
 
@@ -155,18 +158,62 @@ def test_wrap_any_module_and_embed():
         wrong(x)
 
 
-def test_timm_backbone_by_name_and_checkpoint_round_trip(tmp_path):
-    model = build_mrl_model("test_resnet", num_classes=3)
+def test_registered_models():
+    assert list_models(package="mrl") == ["mrl_backbone", "mrl_mlp", "mrl_resnet50"]
+    with torch.device("meta"):  # the structure only
+        r50 = create_model("mrl_resnet50", num_classes=5, efficient=True)
+    assert r50.feature_dim == 2048 and r50.nesting == default_nesting(2048) and r50.head.efficient
+    assert r50.model_config == {"name": "mrl_resnet50", "kwargs": {"num_classes": 5, "efficient": True}}
+    mlp = create_model("mrl_mlp", feature_dim=8, nesting=[2, 8])
+    assert [z.shape for z in mlp(torch.randn(3, 1, 8, 8))] == [(3, 10), (3, 10)]
+
+
+def test_timm_backbone_by_name_and_load_model_round_trip(tmp_path):
+    model = create_model("mrl_backbone", backbone="test_resnet", num_classes=3)
     assert model.feature_dim == 96 and model.nesting == [8, 16, 32, 64, 96]
     x = torch.randn(2, 3, 32, 32)
     model.eval()
     out = model(x)
-    path = save_mrl_model(model, tmp_path / "m.safetensors")
-    loaded = load_mrl_model(path).eval()
-    for a, b in zip(out, loaded(x)):
-        torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError, match="unknown backbone"):
-        build_backbone("no_such_model_xyz")
+    save_pretrained(model, tmp_path / "m")
+    for spec in (tmp_path / "m", tmp_path / "m" / "model.safetensors"):
+        loaded = load_model(spec)
+        assert isinstance(loaded, MatryoshkaModel) and loaded.nesting == model.nesting
+        for a, b in zip(out, loaded(x)):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"backbone": "no_such_model_xyz"}, "unknown backbone 'no_such_model_xyz'"),
+        ({"backbone": "test_resnet", "nesting": [8, 128]}, r"nesting sizes \[128\] are larger than the feature dim 96"),
+        ({"backbone": "test_resnet", "nesting": "8,16"}, "nesting sizes must be a list of positive integers"),
+        ({"backbone": "test_resnet", "pretrained": True}, "would be downloaded, which bramley never does"),
+        ({"backbone": "test_resnet", "num_classes": 0}, "num_classes must be an int >= 1"),
+        ({"backbone": "test_resnet", "source": "hub"}, "source must be 'auto', 'bramley' or 'timm'"),
+    ],
+)
+def test_bad_model_arguments_are_one_line_config_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        build_model("mrl_backbone", kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_blurpool_blurs_before_every_strided_conv_with_16_inputs():
+    """FFCV's BlurPool (re-derived): a fixed depthwise [1 2 1] x [1 2 1] / 16 blur, then the strided convolution."""
+    model = create_model("mrl_resnet50", num_classes=4, blurpool=True).eval()
+    wrapped = sorted(n for n, m in model.named_modules() if type(m).__name__ == "BlurPoolConv2d")
+    assert wrapped == [f"backbone.layer{i}.0.{name}" for i in (2, 3, 4) for name in ("conv2", "downsample.0")], (
+        "stride-2 convs with >= 16 input channels (not the 3-channel stem)"
+    )
+    block = dict(model.named_modules())["backbone.layer2.0.conv2"]
+    x = torch.randn(2, block.conv.in_channels, 9, 9)
+    kernel = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (kernel[:, None] * kernel[None, :] / 16).repeat(x.shape[1], 1, 1, 1)
+    torch.testing.assert_close(block(x), block.conv(F.conv2d(x, kernel, padding=1, groups=x.shape[1])))
+    assert not any("blur_filter" in k for k in model.state_dict()), "the constant filter is not saved"
+    plain = apply_blurpool(nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.Conv2d(8, 16, 1), nn.Conv2d(16, 4, 3)))
+    assert not any(type(m).__name__ == "BlurPoolConv2d" for m in plain)
 
 
 def test_bramley_registry_backbone():
@@ -188,9 +235,13 @@ def test_bramley_registry_backbone():
         return Tiny()
 
     try:
-        model = build_mrl_model("mrl_test_tiny_backbone", num_classes=5, nesting=[8, 24], efficient=True)
-        assert model.model_config["backbone"] == "mrl_test_tiny_backbone"
+        model = create_model(
+            "mrl_backbone", backbone="mrl_test_tiny_backbone", num_classes=5, nesting=[8, 24], efficient=True
+        )
+        assert model.model_config["kwargs"]["backbone"] == "mrl_test_tiny_backbone"
         assert [z.shape for z in model(torch.randn(2, 3, 8, 8))] == [(2, 5), (2, 5)]
+        with pytest.raises(ConfigError, match="not a registered bramley model"):
+            build_backbone("resnet18", source="bramley")
     finally:  # keep the shared registry clean for other packages' tests in the same session
         from bramley.core import registry
 

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from shared.markdown import run_python_blocks, shell_commands
 
@@ -22,24 +23,35 @@ SHRINK = [
     ),
     (r"--k 100", "--k 10"),
 ]
+TINY_PAPER_RECIPE = [
+    "model.name=mrl_backbone",
+    "model.kwargs.backbone=test_resnet",
+    "data.image_size=32",
+    "data.val_image_size=32",
+    "train.epochs=1",
+    "train.batch_size=4",
+    "train.num_workers=0",
+    "train.amp=none",
+    "train.progress=false",
+    "train.checkpoint_every=0",
+    "train.device=cpu",
+    "optim.warmup_epochs=0",
+]
 EXTRA = {
     "reproduce": ["--quick"],
-    "train": [
-        "model.backbone=test_resnet",
-        "data.image_size=32",
-        "data.val_image_size=32",
-        "train.epochs=1",
-        "train.batch_size=4",
-        "train.num_workers=0",
-        "train.amp=none",
-        "train.progress=false",
-        "train.checkpoint_every=0",
-        "train.warmup_epochs=0",
-    ],
     "eval": ["--image-size", "32"],
     "embed": ["--image-size", "32"],
     "bench": ["--num-database", "3000", "--num-queries", "8", "--dim", "256"],
 }
+
+
+def official_checkpoint(path: Path) -> None:
+    """An official-layout MRL checkpoint (DDP prefix, ``fc.nesting_classifier_<i>``) with random weights."""
+    from bramley.core.registry import create_model
+
+    state = create_model("mrl_resnet50", num_classes=3).state_dict()
+    renamed = {re.sub(r"^head\.heads\.(\d+)\.", r"fc.nesting_classifier_\1.", k): v for k, v in state.items()}
+    torch.save({f"module.{k.removeprefix('backbone.')}": v for k, v in renamed.items()}, path)
 
 
 def test_readme_python_blocks_run():
@@ -51,6 +63,7 @@ def test_readme_commands_run(image_folder, tmp_path, monkeypatch):
 
     for split in ("train", "val"):
         shutil.copytree(image_folder, tmp_path / "imagenet" / split)
+    official_checkpoint(tmp_path / "final_weights.pt")
     monkeypatch.chdir(tmp_path)
     ran = []
     for line in shell_commands(README):
@@ -62,12 +75,16 @@ def test_readme_commands_run(image_folder, tmp_path, monkeypatch):
         argv = shlex.split(line)[1:]
         sub = argv[0] if argv[0] == "reproduce" else argv[1]
         argv += EXTRA.get(sub, [])
+        if sub == "train" and "imagenet_resnet50" in argv:
+            argv += TINY_PAPER_RECIPE
         if sub == "reproduce":
             argv += ["--out", str(tmp_path / "reproduce")]
         assert bramley_main(argv) == 0, line
         ran.append(sub)
-    assert {"reproduce", "train", "eval", "embed", "retrieve", "bench"} <= set(ran)
+    assert {"reproduce", "train", "eval", "embed", "retrieve", "bench", "convert"} <= set(ran)
     assert (tmp_path / "runs" / "mrl-r50" / "model.safetensors").is_file()
+    assert (tmp_path / "runs" / "mrl-smoke" / "config.json").is_file()
+    assert (tmp_path / "runs" / "mrl-r50-official" / "config.json").is_file()
     funnel = json.loads((tmp_path / "runs" / "mrl-r50" / "funnel.json").read_text())
     assert funnel["backend"] == "faiss" and funnel["search"]["mode"] == "funnel" and "mAP@5" in funnel["metrics"]
     bench = json.loads((tmp_path / "bench-1m.json").read_text())

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from bramley.core.errors import ConfigError
 from bramley.core.retrieval import ranking_metrics
 
 from .retrieval import MatryoshkaIndex, funnel_mflops, neighbor_recall
@@ -33,7 +34,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 class _Generator:
     def __init__(self, dim, num_classes, signal, signal_decay, noise_decay, seed) -> None:
         if dim < 1 or num_classes < 1:
-            raise ValueError(f"dim and num_classes must be >= 1, got {dim}, {num_classes}")
+            raise ConfigError(f"dim and num_classes must be >= 1, got {dim}, {num_classes}")
         self.gen = torch.Generator().manual_seed(seed)
         self.means = torch.randn(num_classes, dim, generator=self.gen)
         j = torch.arange(1, dim + 1, dtype=torch.float32)
@@ -42,7 +43,7 @@ class _Generator:
 
     def draw(self, num: int, dtype: torch.dtype, chunk_size: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
         if num < 1:
-            raise ValueError(f"num must be >= 1, got {num}")
+            raise ConfigError(f"num must be >= 1, got {num}")
         labels = torch.randint(0, self.means.shape[0], (num,), generator=self.gen)
         x = torch.empty(num, self.means.shape[1], dtype=dtype)
         for start in range(0, num, chunk_size):
@@ -96,7 +97,7 @@ def run_benchmark(
     caching the funnels' small prefixes) is timed separately. A funnel's last rerank size is clamped to ``dim``.
     """
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     funnels = [_fit_funnel(f, dim) for f in funnels]
     data = _Generator(dim, num_classes, signal, 0.75, 0.5, seed)
     t0 = time.perf_counter()
@@ -162,5 +163,5 @@ def _fit_funnel(funnel: Mapping[str, Any], dim: int) -> dict[str, Any]:
     rerank = [d for d in funnel["rerank_dims"] if d < dim]
     shortlists = [*funnel["shortlists"][: len(rerank)], funnel["shortlists"][-1]]
     if funnel["retrieval_dim"] >= dim:
-        raise ValueError(f"funnel retrieval_dim {funnel['retrieval_dim']} must be below the data dim {dim}")
+        raise ConfigError(f"funnel retrieval_dim {funnel['retrieval_dim']} must be below the data dim {dim}")
     return {"retrieval_dim": funnel["retrieval_dim"], "rerank_dims": [*rerank, dim], "shortlists": shortlists}

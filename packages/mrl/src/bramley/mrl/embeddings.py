@@ -12,7 +12,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["EmbeddingFile", "load_embeddings", "save_embeddings", "truncate_normalize"]
+from bramley.core.errors import ConfigError, DataError
+
+__all__ = ["EmbeddingFile", "embed_dataset", "load_embeddings", "save_embeddings", "truncate_normalize"]
 
 _META_KEY = "bramley_mrl_embeddings"
 
@@ -23,13 +25,13 @@ def truncate_normalize(x: torch.Tensor, dim: int | None = None, normalize: bool 
     Normalisation happens *after* truncation: a prefix of a unit vector is not a unit vector.
     """
     if x.ndim < 1:
-        raise ValueError("embeddings must have at least one dimension")
+        raise DataError("embeddings must have at least one dimension")
     full = x.shape[-1]
     if dim is not None:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+            raise ConfigError(f"dim must be a positive int, got {dim!r}")
         if dim > full:
-            raise ValueError(f"cannot truncate {full}-dim embeddings to {dim} dims")
+            raise ConfigError(f"cannot truncate {full}-dim embeddings to {dim} dims")
         x = x[..., :dim]
     return F.normalize(x, dim=-1) if normalize else x
 
@@ -59,26 +61,31 @@ def save_embeddings(
     from bramley.core.checkpoint import atomic_write
 
     if embeddings.ndim != 2:
-        raise ValueError(f"embeddings must be 2-D (N, D), got shape {tuple(embeddings.shape)}")
+        raise DataError(f"embeddings must be 2-D (N, D), got shape {tuple(embeddings.shape)}")
     if not embeddings.is_floating_point():
-        raise ValueError(f"embeddings must be floating point, got {embeddings.dtype}")
+        raise DataError(f"embeddings must be floating point, got {embeddings.dtype}")
     tensors = {"embeddings": embeddings.detach().cpu().contiguous()}
     if labels is not None:
         if labels.shape != (embeddings.shape[0],):
-            raise ValueError(f"labels must have shape ({embeddings.shape[0]},), got {tuple(labels.shape)}")
+            raise DataError(f"labels must have shape ({embeddings.shape[0]},), got {tuple(labels.shape)}")
         if labels.is_floating_point():
-            raise ValueError(f"labels must be integers, got {labels.dtype}")
+            raise DataError(f"labels must be integers, got {labels.dtype}")
         tensors["labels"] = labels.detach().cpu().to(torch.int64).contiguous()
     meta = {"num": embeddings.shape[0], "dim": embeddings.shape[1], **dict(metadata or {})}
     try:
         header = {_META_KEY: json.dumps(meta, sort_keys=True)}
     except TypeError as e:
-        raise ValueError(f"embedding metadata is not JSON-serialisable: {e}") from e
+        raise DataError(f"embedding metadata is not JSON-serialisable: {e}") from e
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
 def load_embeddings(path: str | os.PathLike, device: str = "cpu") -> EmbeddingFile:
-    """Read a file written by :func:`save_embeddings`; a clear error if it is missing, corrupt or not ours."""
+    """Read a file written by :func:`save_embeddings`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DataError: it is corrupt, not a safetensors file, or holds no 2-D ``embeddings`` tensor.
+    """
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -89,12 +96,36 @@ def load_embeddings(path: str | os.PathLike, device: str = "cpu") -> EmbeddingFi
             keys = set(f.keys())
             header = dict(f.metadata() or {})
             if "embeddings" not in keys:
-                raise ValueError(f"{path} has no 'embeddings' tensor (found {sorted(keys)})")
+                raise DataError(f"{path} has no 'embeddings' tensor (found {sorted(keys)})")
             embeddings = f.get_tensor("embeddings")
             labels = f.get_tensor("labels") if "labels" in keys else None
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path} is not a readable safetensors embeddings file: {e}") from e
+        raise DataError(f"{path} is not a readable safetensors embeddings file: {e}") from e
     if embeddings.ndim != 2:
-        raise ValueError(f"{path}: embeddings must be 2-D, got shape {tuple(embeddings.shape)}")
+        raise DataError(f"{path}: embeddings must be 2-D, got shape {tuple(embeddings.shape)}")
     metadata = json.loads(header[_META_KEY]) if _META_KEY in header else {}
     return EmbeddingFile(embeddings, labels, metadata)
+
+
+@torch.no_grad()
+def embed_dataset(
+    model: torch.nn.Module, data: torch.utils.data.Dataset, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-size representations (float32, CPU) and labels of every ``(image, label)`` item, in dataset order.
+
+    The model runs where its parameters are (``load_model(..., device=...)``), in eval mode; progress is reported
+    with :func:`bramley.core.progress.track`.
+    """
+    from bramley.core.progress import track
+    from bramley.core.train.data import move_to_device
+
+    if len(data) == 0:
+        raise DataError("the dataset to embed is empty")
+    model.eval()
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    feats, labels = [], []
+    for images, y in track(loader, desc="embed", unit="batch"):
+        feats.append(model.forward_features(move_to_device(images, device)).float().cpu())
+        labels.append(torch.as_tensor(y))
+    return torch.cat(feats), torch.cat(labels).long()

@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bramley.core.errors import ConfigError, DataError
+
 from .embeddings import truncate_normalize
 from .nesting import check_nesting
 
@@ -19,9 +21,9 @@ def _check_weights(weights: Sequence[float] | None, n: int | None = None) -> lis
         return None
     weights = [float(w) for w in weights]
     if not weights or any(w < 0 for w in weights):
-        raise ValueError(f"relative_importance must be non-negative numbers, got {weights}")
+        raise ConfigError(f"relative_importance must be non-negative numbers, got {weights}")
     if n is not None and len(weights) != n:
-        raise ValueError(f"relative_importance has {len(weights)} weights for {n} nesting sizes")
+        raise ConfigError(f"relative_importance has {len(weights)} weights for {n} nesting sizes")
     return weights
 
 
@@ -39,16 +41,16 @@ class MatryoshkaLoss(nn.Module):
     def __init__(self, relative_importance: Sequence[float] | None = None, label_smoothing: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.relative_importance = _check_weights(relative_importance)
         self.label_smoothing = label_smoothing
 
     def per_size(self, logits: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """Unweighted cross-entropy of each size, shape ``(num_sizes,)``."""
         if isinstance(logits, torch.Tensor) and logits.ndim == 2:
-            raise ValueError("MatryoshkaLoss expects one logits tensor per nesting size (a tuple), got one tensor")
+            raise DataError("MatryoshkaLoss expects one logits tensor per nesting size (a tuple), got one tensor")
         if len(logits) == 0:
-            raise ValueError("MatryoshkaLoss got no logits")
+            raise DataError("MatryoshkaLoss got no logits")
         return torch.stack([F.cross_entropy(z, target, label_smoothing=self.label_smoothing) for z in logits])
 
     def forward(self, logits: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
@@ -84,7 +86,7 @@ class MatryoshkaContrastiveLoss(nn.Module):
         self.nesting = check_nesting(nesting)
         self.relative_importance = _check_weights(relative_importance, len(self.nesting))
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
         log_scale = torch.tensor(1.0 / temperature).log()
         if learnable_temperature:
             self.log_scale = nn.Parameter(log_scale)
@@ -95,9 +97,9 @@ class MatryoshkaContrastiveLoss(nn.Module):
         """Unweighted CLIP loss of each size, shape ``(num_sizes,)``."""
         if a.ndim != 2 or a.shape != b.shape:
             shapes = f"{tuple(a.shape)}, {tuple(b.shape)}"
-            raise ValueError(f"embeddings must be two (N, D) tensors of equal shape, got {shapes}")
+            raise DataError(f"embeddings must be two (N, D) tensors of equal shape, got {shapes}")
         if self.nesting[-1] > a.shape[1]:
-            raise ValueError(f"nesting sizes {self.nesting} exceed the embedding dim {a.shape[1]}")
+            raise DataError(f"nesting sizes {self.nesting} exceed the embedding dim {a.shape[1]}")
         scale = self.log_scale.exp().clamp(max=100.0)
         target = torch.arange(a.shape[0], device=a.device)
         losses = []

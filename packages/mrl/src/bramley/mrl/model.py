@@ -1,33 +1,77 @@
-"""Matryoshka heads and the wrapper that puts one on any backbone.
+"""Matryoshka heads, the model that puts one on a backbone, and the registered MRL models.
 
 ``MatryoshkaLinear`` follows the official ``MRL_Linear_Layer`` semantics (RAIVNLab/MRL, ``MRL.py``): the forward
 pass returns one logits tensor per nesting size, as a tuple in nesting order, where size ``m`` only sees the first
 ``m`` features. MRL keeps an independent ``Linear(m, num_classes)`` per size; MRL-E keeps one ``Linear(d, C)`` whose
 weight is sliced to its first ``m`` columns for size ``m`` and whose bias is shared by every size.
+
+Registered models (``bramley.core.create_model(name, **kwargs)``), each taking ``num_classes``, ``nesting`` (default:
+powers of two from 8 up to the feature dim) and ``efficient`` (MRL-E):
+
+- ``mrl_resnet50``: the paper's model, a ResNet-50 (timm's, torchvision's layout) with a Matryoshka head;
+  ``blurpool=True`` adds the BlurPool of FFCV's training pipeline, which the official checkpoints were trained with.
+- ``mrl_backbone``: a Matryoshka head on any backbone named by a bramley or timm model name.
+- ``mrl_mlp``: the mini reproduction's MLP on 8x8 digits.
+
+Backbones are built with random weights: nothing is ever downloaded (official weights go through ``convert``).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bramley.core.errors import ConfigError, DataError
+from bramley.core.registry import register_model
+
 from .embeddings import truncate_normalize
 from .nesting import check_nesting, default_nesting
 
 __all__ = [
+    "BlurPoolConv2d",
     "MatryoshkaLinear",
     "MatryoshkaModel",
+    "apply_blurpool",
     "build_backbone",
-    "build_mrl_model",
-    "load_mrl_model",
-    "save_mrl_model",
+    "mlp_backbone",
+    "mrl_backbone",
+    "mrl_mlp",
+    "mrl_resnet50",
 ]
+
+
+# ----------------------------------------------------------------------------------------------------------- blocks
+class BlurPoolConv2d(nn.Module):
+    """A strided convolution behind a fixed 3x3 binomial blur (FFCV's BlurPool, as in the official MRL training).
+
+    The blur is depthwise, stride 1, zero padding 1, with the filter ``[1, 2, 1] x [1, 2, 1] / 16``; it is a constant,
+    so it is not saved with the weights (``blur_filter`` is a non-persistent buffer).
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        kernel = torch.outer(taps, taps) / 16.0
+        self.register_buffer("blur_filter", kernel.expand(conv.in_channels, 1, 3, 3).clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        blurred = F.conv2d(x, self.blur_filter, padding=1, groups=self.conv.in_channels)
+        return self.conv(blurred)
+
+
+def apply_blurpool(module: nn.Module) -> nn.Module:
+    """Put every strided convolution with at least 16 input channels behind a blur (FFCV's rule), in place."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Conv2d) and max(child.stride) > 1 and child.in_channels >= 16:
+            setattr(module, name, BlurPoolConv2d(child))
+        else:
+            apply_blurpool(child)
+    return module
 
 
 class MatryoshkaLinear(nn.Module):
@@ -50,8 +94,8 @@ class MatryoshkaLinear(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ConfigError(f"num_classes must be an int >= 1, got {num_classes!r}")
         self.in_features = in_features
         self.num_classes = num_classes
         self.nesting = check_nesting(nesting if nesting is not None else default_nesting(in_features), in_features)
@@ -69,7 +113,7 @@ class MatryoshkaLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"MatryoshkaLinear expects {self.in_features} features, got shape {tuple(x.shape)}")
+            raise DataError(f"MatryoshkaLinear expects {self.in_features} features, got shape {tuple(x.shape)}")
         if self.efficient:
             w, b = self.shared.weight, self.shared.bias
             return tuple(F.linear(x[..., :m], w[:, :m], b) for m in self.nesting)
@@ -80,6 +124,21 @@ class MatryoshkaLinear(nn.Module):
         return f"{kind}, in_features={self.in_features}, num_classes={self.num_classes}, nesting={self.nesting}"
 
 
+def mlp_backbone(out_dim: int, in_features: int = 64, hidden: int = 256) -> nn.Sequential:
+    """Flatten, then two ``Linear-BatchNorm-ReLU`` layers and a linear map to the ``out_dim`` representation."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, out_dim),
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------ model
 class MatryoshkaModel(nn.Module):
     """A backbone producing a ``feature_dim`` vector, followed by a :class:`MatryoshkaLinear` head.
 
@@ -112,10 +171,14 @@ class MatryoshkaModel(nn.Module):
     def nesting(self) -> list[int]:
         return self.head.nesting
 
+    @property
+    def num_classes(self) -> int:
+        return self.head.num_classes
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone(x)
         if feats.ndim != 2 or feats.shape[1] != self.feature_dim:
-            raise ValueError(
+            raise DataError(
                 f"backbone returned features of shape {tuple(feats.shape)}, expected (batch, {self.feature_dim}); "
                 "build timm backbones with num_classes=0 so they return pooled features"
             )
@@ -133,71 +196,85 @@ class MatryoshkaModel(nn.Module):
 
 
 def build_backbone(name: str, source: str = "auto", **kwargs: Any) -> tuple[nn.Module, int]:
-    """Build a classifier-less backbone by name and return ``(module, feature_dim)``.
+    """Build a classifier-less backbone by name, with random weights, and return ``(module, feature_dim)``.
 
     Args:
         name: a bramley registry model name or a timm model name.
         source: ``"bramley"``, ``"timm"`` or ``"auto"`` (bramley registry first, then timm).
         **kwargs: passed to the model factory (``num_classes=0`` is added so the backbone returns pooled features).
+
+    Raises:
+        ConfigError: an unknown name or source, ``pretrained`` weights asked for (nothing is downloaded), or a
+            backbone without an integer ``num_features``.
     """
     from bramley.core.registry import create_model, list_models
 
     if source not in ("auto", "bramley", "timm"):
-        raise ValueError(f"source must be 'auto', 'bramley' or 'timm', got {source!r}")
+        raise ConfigError(f"source must be 'auto', 'bramley' or 'timm', got {source!r}")
+    if kwargs.get("pretrained"):
+        raise ConfigError(
+            "pretrained backbones would be downloaded, which bramley never does: convert official MRL weights with "
+            "`bramley mrl convert`, or load a trained checkpoint"
+        )
     kwargs = {"num_classes": 0, **kwargs}
+    kwargs.pop("pretrained", None)
     if source == "bramley" or (source == "auto" and name in list_models()):
+        if name not in list_models():
+            raise ConfigError(f"unknown backbone {name!r}: not a registered bramley model")
         model = create_model(name, **kwargs)
     else:
         import timm
 
         if not timm.is_model(name):
-            raise ValueError(f"unknown backbone {name!r}: neither a registered bramley model nor a timm model")
+            raise ConfigError(f"unknown backbone {name!r}: neither a registered bramley model nor a timm model")
         model = timm.create_model(name, pretrained=False, **kwargs)
     feature_dim = getattr(model, "num_features", None)
     if not isinstance(feature_dim, int):
-        raise ValueError(f"backbone {name!r} has no integer num_features; wrap it with MatryoshkaModel(feature_dim=..)")
+        raise ConfigError(f"backbone {name!r} has no integer num_features; wrap it in MatryoshkaModel(feature_dim=..)")
     return model, feature_dim
 
 
-def build_mrl_model(
-    backbone: str,
-    num_classes: int,
+# -------------------------------------------------------------------------------------------------------- factories
+_TAGS = ("image-classification", "mrl")
+
+
+@register_model(tags=_TAGS)
+def mrl_resnet50(
+    num_classes: int = 1000,
     nesting: Sequence[int] | None = None,
     efficient: bool = False,
-    source: str = "auto",
-    backbone_kwargs: dict[str, Any] | None = None,
+    blurpool: bool = False,
+    **backbone_kwargs: Any,
 ) -> MatryoshkaModel:
-    """A :class:`MatryoshkaModel` on a named backbone; the build recipe is kept in ``model.model_config``."""
-    module, feature_dim = build_backbone(backbone, source, **(backbone_kwargs or {}))
-    model = MatryoshkaModel(module, feature_dim, num_classes, nesting, efficient)
-    model.model_config = {
-        "backbone": backbone,
-        "source": source,
-        "num_classes": num_classes,
-        "nesting": model.nesting,
-        "efficient": efficient,
-        "backbone_kwargs": dict(backbone_kwargs or {}),
-    }
-    return model
+    """MRL ResNet-50 (the paper's model): 2048-d representation, nesting 8..2048; blurpool=True as FFCV trains."""
+    backbone, feature_dim = build_backbone("resnet50", "timm", **backbone_kwargs)
+    if blurpool:
+        apply_blurpool(backbone)
+    return MatryoshkaModel(backbone, feature_dim, num_classes, nesting, efficient)
 
 
-def save_mrl_model(model: MatryoshkaModel, path: str | os.PathLike) -> Path:
-    """Save a model made by :func:`build_mrl_model` as safetensors with its build recipe in the metadata."""
-    from bramley.core.checkpoint import save_checkpoint
+@register_model(tags=_TAGS)
+def mrl_backbone(
+    backbone: str = "resnet18",
+    source: str = "auto",
+    num_classes: int = 1000,
+    nesting: Sequence[int] | None = None,
+    efficient: bool = False,
+    **backbone_kwargs: Any,
+) -> MatryoshkaModel:
+    """Matryoshka head on any backbone named by a bramley or timm model name (random weights)."""
+    module, feature_dim = build_backbone(backbone, source, **backbone_kwargs)
+    return MatryoshkaModel(module, feature_dim, num_classes, nesting, efficient)
 
-    config = getattr(model, "model_config", None)
-    if config is None or "backbone" not in config:
-        raise ValueError("model has no MRL model_config; build it with build_mrl_model (or use save_checkpoint)")
-    return save_checkpoint(model, path, config={"bramley_mrl": config})
 
-
-def load_mrl_model(path: str | os.PathLike, device: str = "cpu") -> MatryoshkaModel:
-    """Rebuild and load a model saved by :func:`save_mrl_model`."""
-    from bramley.core.checkpoint import CheckpointError, load_checkpoint, read_metadata
-
-    config = read_metadata(path).get("bramley_config")
-    if not isinstance(config, dict) or "bramley_mrl" not in config:
-        raise CheckpointError(f"checkpoint {path} was not written by save_mrl_model (no bramley_mrl config)")
-    model = build_mrl_model(**config["bramley_mrl"])
-    load_checkpoint(path, model, device=device)
-    return model.to(device)
+@register_model(tags=_TAGS, input_size=(1, 8, 8))
+def mrl_mlp(
+    num_classes: int = 10,
+    feature_dim: int = 64,
+    nesting: Sequence[int] | None = None,
+    efficient: bool = False,
+    in_features: int = 64,
+    hidden: int = 256,
+) -> MatryoshkaModel:
+    """The mini reproduction's MLP (8x8 digits -> 256 -> 256 -> feature_dim) with a Matryoshka head."""
+    return MatryoshkaModel(mlp_backbone(feature_dim, in_features, hidden), feature_dim, num_classes, nesting, efficient)

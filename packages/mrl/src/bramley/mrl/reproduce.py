@@ -21,32 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 
+from bramley.core.registry import create_model
 from bramley.core.retrieval import ranking_metrics
 
-from .losses import MatryoshkaLoss
 from .model import MatryoshkaModel
 from .nesting import default_nesting
 from .retrieval import MatryoshkaIndex
-from .train import mrl_loss_fn
+from .train import MatryoshkaTrainLoss
 
 FEATURE_DIM = 64
-HIDDEN = 256
 
 
-def make_backbone(out_dim: int, hidden: int = HIDDEN) -> nn.Module:
-    """The MLP every model here shares up to its representation layer (8x8 digits -> ``out_dim`` features)."""
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(64, hidden),
-        nn.BatchNorm1d(hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, hidden),
-        nn.BatchNorm1d(hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, out_dim),
-    )
+def make_model(feature_dim: int, nesting: Sequence[int], efficient: bool = False) -> MatryoshkaModel:
+    """The registered ``mrl_mlp`` every model here shares: 8x8 digits -> MLP -> ``feature_dim`` features -> heads."""
+    return create_model("mrl_mlp", num_classes=10, feature_dim=feature_dim, nesting=list(nesting), efficient=efficient)
 
 
 def train_model(model: MatryoshkaModel, data, epochs: int, seed: int, label_smoothing: float) -> MatryoshkaModel:
@@ -67,8 +56,7 @@ def train_model(model: MatryoshkaModel, data, epochs: int, seed: int, label_smoo
         device="cpu",
         log_every=10_000,
     )
-    loss = MatryoshkaLoss(label_smoothing=label_smoothing)
-    trainer = Trainer(model, cfg, train_data=data, loss_fn=mrl_loss_fn(loss, model.nesting))
+    trainer = Trainer(model, cfg, train_data=data, loss_fn=MatryoshkaTrainLoss(label_smoothing))
     trainer.fit()
     return trainer.model.eval()
 
@@ -138,12 +126,11 @@ def run(seeds: Sequence[int], epochs: int, sizes: Sequence[int], label_smoothing
         torch.manual_seed(seed)
         embeddings: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {m: {} for m in methods}
         for name, efficient in (("MRL", False), ("MRL-E", True)):
-            model = MatryoshkaModel(make_backbone(FEATURE_DIM), FEATURE_DIM, 10, sizes, efficient=efficient)
-            model = train_model(model, data, epochs, seed, label_smoothing)
+            model = train_model(make_model(FEATURE_DIM, sizes, efficient), data, epochs, seed, label_smoothing)
             ftr, fte = features(model, xtr), features(model, xte)
             embeddings[name] = {d: (ftr, fte) for d in sizes}
         for d in sizes:
-            model = train_model(MatryoshkaModel(make_backbone(d), d, 10, [d]), data, epochs, seed, label_smoothing)
+            model = train_model(make_model(d, [d]), data, epochs, seed, label_smoothing)
             embeddings["FF"][d] = (features(model, xtr), features(model, xte))
         largest = embeddings["FF"][sizes[-1]]
         embeddings["FF-trunc"] = {d: largest for d in sizes}

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bramley.core.errors import ConfigError, DataError
+
 from .nesting import check_nesting
 
 __all__ = ["MatryoshkaIndex", "SearchResult", "exact_search", "faiss_available", "funnel_mflops", "neighbor_recall"]
@@ -56,10 +58,10 @@ def neighbor_recall(approx: torch.Tensor, exact: torch.Tensor, k: int | None = N
     """Share of the exact top-``k`` neighbours that the approximate top-``k`` contains (the ANN "recall@k")."""
     if approx.ndim != 2 or exact.ndim != 2 or approx.shape[0] != exact.shape[0]:
         shapes = f"{tuple(approx.shape)}, {tuple(exact.shape)}"
-        raise ValueError(f"neighbour lists must be (Q, k) with equal Q, got {shapes}")
+        raise DataError(f"neighbour lists must be (Q, k) with equal Q, got {shapes}")
     k = k or exact.shape[1]
     if k > approx.shape[1] or k > exact.shape[1]:
-        raise ValueError(f"k={k} exceeds the neighbour lists' length {approx.shape[1]}, {exact.shape[1]}")
+        raise ConfigError(f"k={k} exceeds the neighbour lists' length {approx.shape[1]}, {exact.shape[1]}")
     a, e = approx[:, :k], exact[:, :k]
     hits = (a.unsqueeze(2) == e.unsqueeze(1)).any(dim=1).sum()
     return float(hits) / e.numel()
@@ -85,15 +87,15 @@ class MatryoshkaIndex:
         copy: bool = True,
     ) -> None:
         if embeddings.ndim != 2 or embeddings.shape[0] == 0 or embeddings.shape[1] == 0:
-            raise ValueError(f"database embeddings must be a non-empty (N, D) tensor, got {tuple(embeddings.shape)}")
+            raise DataError(f"database embeddings must be a non-empty (N, D) tensor, got {tuple(embeddings.shape)}")
         if not embeddings.is_floating_point():
-            raise ValueError(f"database embeddings must be floating point, got {embeddings.dtype}")
+            raise DataError(f"database embeddings must be floating point, got {embeddings.dtype}")
         if backend not in ("torch", "faiss"):
-            raise ValueError(f"backend must be 'torch' or 'faiss', got {backend!r}")
+            raise ConfigError(f"backend must be 'torch' or 'faiss', got {backend!r}")
         if backend == "faiss" and not faiss_available():
-            raise ImportError("backend='faiss' needs FAISS: pip install 'bramley-mrl[faiss]'")
+            raise ModuleNotFoundError("backend='faiss' needs FAISS: pip install 'bramley-mrl[faiss]'")
         if chunk_size < 1 or query_batch < 1:
-            raise ValueError("chunk_size and query_batch must be >= 1")
+            raise ConfigError("chunk_size and query_batch must be >= 1")
         self.chunk_size = chunk_size
         self.query_batch = query_batch
         self.backend = backend
@@ -117,19 +119,19 @@ class MatryoshkaIndex:
     def _check_dim(self, dim: int | None) -> int:
         dim = self.dim if dim is None else dim
         if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= self.dim:
-            raise ValueError(f"search dim must be an int in [1, {self.dim}] (the index dim), got {dim!r}")
+            raise ConfigError(f"search dim must be an int in [1, {self.dim}] (the index dim), got {dim!r}")
         return dim
 
     def _check_queries(self, queries: torch.Tensor) -> torch.Tensor:
         if queries.ndim != 2:
-            raise ValueError(f"queries must be (Q, D), got shape {tuple(queries.shape)}")
+            raise DataError(f"queries must be (Q, D), got shape {tuple(queries.shape)}")
         if queries.shape[1] != self.dim:
-            raise ValueError(
+            raise DataError(
                 f"query dim {queries.shape[1]} does not match the index dim {self.dim}; "
                 "pass full-size query embeddings and choose the search size with dim="
             )
         if not queries.is_floating_point():
-            raise ValueError(f"queries must be floating point, got {queries.dtype}")
+            raise DataError(f"queries must be floating point, got {queries.dtype}")
         return queries.detach().float().cpu()
 
     def prefix(self, dim: int) -> torch.Tensor | None:
@@ -167,7 +169,7 @@ class MatryoshkaIndex:
         dim = self._check_dim(dim)
         q = F.normalize(self._check_queries(queries)[:, :dim], dim=1)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.size:
-            raise ValueError(f"k must be an int in [1, {self.size}] (the database size), got {k!r}")
+            raise ConfigError(f"k must be an int in [1, {self.size}] (the database size), got {k!r}")
         if self.backend == "faiss":
             scores, indices = self._faiss_search(q, k, dim)
         else:
@@ -210,9 +212,9 @@ class MatryoshkaIndex:
         dim = self._check_dim(dim)
         q = F.normalize(self._check_queries(queries)[:, :dim], dim=1)
         if candidates.ndim != 2 or candidates.shape[0] != q.shape[0]:
-            raise ValueError(f"candidates must be (Q={q.shape[0]}, L), got shape {tuple(candidates.shape)}")
+            raise ConfigError(f"candidates must be (Q={q.shape[0]}, L), got shape {tuple(candidates.shape)}")
         if candidates.numel() and not 0 <= int(candidates.min()) <= int(candidates.max()) < self.size:
-            raise ValueError(f"candidate indices must lie in [0, {self.size})")
+            raise ConfigError(f"candidate indices must lie in [0, {self.size})")
         candidates = candidates.long()
         scores = torch.einsum("qld,qd->ql", self._rows(candidates, dim), q)
         scores, order = scores.sort(dim=1, descending=True, stable=True)
@@ -230,11 +232,11 @@ class MatryoshkaIndex:
         rerank_dims, shortlists = list(rerank_dims), list(shortlists)
         check_nesting([retrieval_dim, *rerank_dims], self.dim, name="funnel sizes (retrieval_dim, *rerank_dims)")
         if len(rerank_dims) != len(shortlists) or not shortlists:
-            raise ValueError(f"need one shortlist length per rerank dim, got {shortlists} for {rerank_dims}")
+            raise ConfigError(f"need one shortlist length per rerank dim, got {shortlists} for {rerank_dims}")
         if any(isinstance(L, bool) or not isinstance(L, int) or L < 1 for L in shortlists):
-            raise ValueError(f"shortlist lengths must be positive ints, got {shortlists}")
+            raise ConfigError(f"shortlist lengths must be positive ints, got {shortlists}")
         if any(b > a for a, b in itertools.pairwise(shortlists)):
-            raise ValueError(f"funnel shortlists must not grow, got {shortlists}")
+            raise ConfigError(f"funnel shortlists must not grow, got {shortlists}")
         result = self.search(queries, shortlists[0], retrieval_dim)
         mflops = result.mflops_per_query
         for dim, length in zip(rerank_dims, shortlists):
@@ -249,7 +251,7 @@ class MatryoshkaIndex:
         result = self.funnel(queries, shortlist_dim, [rerank_dim], [shortlist])
         k = shortlist if k is None else k
         if not 1 <= k <= shortlist:
-            raise ValueError(f"k must be in [1, shortlist={shortlist}], got {k}")
+            raise ConfigError(f"k must be in [1, shortlist={shortlist}], got {k}")
         return SearchResult(result.scores[:, :k], result.indices[:, :k], result.mflops_per_query)
 
 
