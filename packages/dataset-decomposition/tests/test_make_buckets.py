@@ -213,7 +213,7 @@ def test_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| bucket |" in out and "3 documents" in out and "dropped" in out
     args = parser.parse_args([str(tmp_path / "nothing"), "--out", str(tmp_path / "p")])
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # the CLI shows it as one line
         mb.run_make_buckets(args)
     assert mb.main([str(tmp_path / "docs"), "--out", str(tmp_path / "q"), "--no-progress", "--no-randomize"]) == 0
     assert mb.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 2  # python -m: one line, exit 2

@@ -546,34 +546,24 @@ def add_make_buckets_arguments(parser: argparse.ArgumentParser) -> argparse.Argu
 
 
 def run_make_buckets(args: argparse.Namespace) -> int:
-    """Run ``make-buckets`` from parsed arguments and print a per-bucket summary.
-
-    Raises:
-        DataError: an input is missing (or no row at all came out of the inputs).
-        ConfigError: ``--out`` already holds buckets (``--overwrite``) or other bucket files; bad settings.
-    """
-    try:
-        buckets = make_buckets(
-            args.inputs,
-            args.out,
-            tokenizer=args.tokenizer,
-            eot_token=args.eot_token,
-            text_field=args.text_field,
-            pattern=args.pattern,
-            txt_mode=args.txt_mode,
-            encoding=args.encoding,
-            min_log2=args.min_log2,
-            max_log2=args.max_log2,
-            seed=args.seed,
-            randomize=not args.no_randomize,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-            checkpoint_seconds=args.checkpoint_seconds,
-        )
-    except FileNotFoundError as err:  # the library's messages name the path and the problem
-        raise DataError(str(err)) from None
-    except FileExistsError as err:
-        raise ConfigError(str(err)) from None
+    """Run ``make-buckets`` from parsed arguments and print a per-bucket summary (errors: see :func:`make_buckets`)."""
+    buckets = make_buckets(
+        args.inputs,
+        args.out,
+        tokenizer=args.tokenizer,
+        eot_token=args.eot_token,
+        text_field=args.text_field,
+        pattern=args.pattern,
+        txt_mode=args.txt_mode,
+        encoding=args.encoding,
+        min_log2=args.min_log2,
+        max_log2=args.max_log2,
+        seed=args.seed,
+        randomize=not args.no_randomize,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        checkpoint_seconds=args.checkpoint_seconds,
+    )
     print(summary_table(buckets))
     return 0
 
