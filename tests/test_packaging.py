@@ -327,3 +327,34 @@ def test_method_alone_with_core(package, core_env, wheels):
         if extra:
             core_env.uv_pip("uninstall", "--quiet", *(line.split("==")[0].split(" @ ")[0] for line in extra))
     assert core_env.freeze() == baseline, "uninstalling the method did not restore the core-only environment"
+
+
+# ------------------------------------------------------------------------------------------------ without uv
+def _readme_pip_commands() -> list[str]:
+    """The commands of the root README's "One method, without uv" block, comments dropped."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## One method, without uv", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.split("#", 1)[0].strip()]
+
+
+def test_readme_installs_one_method_with_plain_pip(tmp_path):
+    """pip (no uv) builds core's and the method's wheels from the clone and resolves all their dependencies.
+
+    A dry run: installing torch for real would download the CUDA build (GBs); the uv-based tests above install every
+    method wheel for real. The CPU-index line cannot run here (download.pytorch.org is not reachable from CI); its
+    form is checked.
+    """
+    commands = _readme_pip_commands()
+    assert commands[0] == "python -m venv .venv && . .venv/bin/activate"
+    assert commands[1] == "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    assert commands[3] == "bramley-mrl --help"
+    install = commands[2].split()
+    assert install == ["pip", "install", "./packages/core", "./packages/mrl"]
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", str(venv)], tmp_path, _clean_env())
+    report = tmp_path / "report.json"
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    _run([*pip, *install[1:], "--dry-run", "--report", str(report)], ROOT, _clean_env(venv))
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert {"bramley-core", "bramley-mrl", "torch", "safetensors", "timm"} <= names, sorted(names)
+    assert not {n for n in names if n.startswith("bramley-")} - {"bramley-core", "bramley-mrl"}, "one method only"
