@@ -167,6 +167,8 @@ def test_train_errors_are_one_line(capsys, image_folder, tmp_path, foreign_model
         ([*TINY, *data, "train.epochs=-1"], "train.epochs"),
         ([*TINY, *data, "data.image_size=0"], "data.image_size must be >= 1, got 0"),
         ([*TINY, "data.train=/no/such/folder"], "/no/such/folder does not exist"),
+        # the model is checked (on the meta device) before the data is read
+        ([*TINY, "data.train=/no/such/folder", "model.kwargs.nesting=[8, 4096]"], "larger than the feature dim 96"),
     ]
     if not torch.cuda.is_available():
         cases.append(([*TINY, *data, "train.device=cuda"], "CUDA is not available"))

@@ -107,22 +107,25 @@ def train(recipe: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
     if name in list_models() and get_model_entry(name).package != "mrl":
         mrl_models = ", ".join(list_models(package="mrl"))
         raise ConfigError(f"model.name={name} is not an MRL model; choose one of {mrl_models}")
+    nesting = _check_model(recipe)
     weights = recipe.loss.relative_importance
-    if weights is not None:  # checked before the data is read and the real model built
-        nesting = _recipe_nesting(recipe)
-        if nesting is not None and len(weights) != len(nesting):
-            raise ConfigError(f"loss.relative_importance has {len(weights)} weights for the nesting sizes {nesting}")
+    if weights is not None and nesting is not None and len(weights) != len(nesting):
+        raise ConfigError(f"loss.relative_importance has {len(weights)} weights for the nesting sizes {nesting}")
     loss = MatryoshkaTrainLoss(recipe.loss.label_smoothing, weights)
     return train_image_classifier(recipe, out_dir, loss_fn=loss, eval_fn=nesting_eval)
 
 
-def _recipe_nesting(recipe: Any) -> list[int] | None:
-    """The nesting sizes of the recipe's model, built on the meta device (no memory, no init); ``None`` if the
-    model cannot be built there (the real build then reports why)."""
+def _check_model(recipe: Any) -> list[int] | None:
+    """Build the recipe's model on the meta device (no memory, no initialisation), so that its mistakes (a mistyped
+    argument, nesting sizes above the feature dim) are reported before the data is read; returns its nesting sizes,
+    or ``None`` when it cannot be built there (the real build then reports any problem)."""
     from bramley.core.recipe import build_model
 
     try:
         with torch.device("meta"):
-            return _nesting(build_model(recipe.model.name, {"num_classes": 1, **recipe.model.kwargs}))
+            model = build_model(recipe.model.name, {"num_classes": 1, **recipe.model.kwargs})
+    except ConfigError:
+        raise
     except Exception:
         return None
+    return _nesting(model)
