@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn as nn
 
 from .config import build_section, load_config, parse_overrides, recipe_path, save_config, section_dict
@@ -264,7 +263,8 @@ def build_model(name: str, kwargs: Mapping[str, Any] | None = None, where: str =
     """``create_model(name, **kwargs)`` with the user's mistakes as one-line :class:`ConfigError`.
 
     An unknown name lists close matches; arguments the factory refuses (a wrong type or value) name the model and
-    the argument; a model larger than this machine's memory is refused before any allocation.
+    the argument; a model larger than this machine's memory is refused when its first allocation fails (at once:
+    the allocator refuses a request beyond the machine's memory before anything is written).
     """
     from .registry import create_model, get_model_entry
 
@@ -272,33 +272,19 @@ def build_model(name: str, kwargs: Mapping[str, Any] | None = None, where: str =
     if not name:
         raise ConfigError(f"{where}.name is not set: give a registered model name (`bramley list` shows them)")
     try:
-        entry = get_model_entry(name)
+        get_model_entry(name)
     except KeyError as e:
         raise ConfigError(f"{where}: {e.args[0]}") from None
-    _check_fits_in_memory(entry.fn, name, kwargs, where)
     try:
         return create_model(name, **kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {name}({_kwargs_text(kwargs)}) failed: {e}") from None
-    except MemoryError:
-        raise ConfigError(f"{where}: {name}({_kwargs_text(kwargs)}) does not fit in memory") from None
+    except (MemoryError, RuntimeError) as e:  # an allocation larger than the machine fails at once, before any use
+        if not isinstance(e, MemoryError) and "allocate" not in str(e):
+            raise
+        detail = str(e).splitlines()[0] if str(e) else "out of memory"
+        raise ConfigError(f"{where}: {name}({_kwargs_text(kwargs)}) does not fit in memory ({detail})") from None
 
 
 def _kwargs_text(kwargs: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())[:200]
-
-
-def _check_fits_in_memory(factory, name: str, kwargs: Mapping[str, Any], where: str) -> None:
-    """Build the model on the meta device (no memory, no compute) and refuse it when its tensors exceed the RAM."""
-    try:
-        with torch.device("meta"):
-            model = factory(**kwargs)
-        size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    except Exception:  # a factory that cannot build on meta is checked by the real build instead
-        return
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
-    if ram and size > ram:
-        raise ConfigError(
-            f"{where}: {name}({_kwargs_text(kwargs)}) needs {size / 2**30:.1f} GiB for its weights, more than this "
-            f"machine's {ram / 2**30:.1f} GiB of memory"
-        )
