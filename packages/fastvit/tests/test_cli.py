@@ -1,124 +1,176 @@
-"""The CLI: every command of the README, run at tiny scale, plus training with distillation and bad input."""
+"""The command line: every verb's success path at tiny scale, and every user mistake as one line with exit status 2."""
 
 from __future__ import annotations
 
 import json
-import re
-import shlex
 from pathlib import Path
 
 import pytest
 import torch
 
-from bramley.core import create_model, from_pretrained, save_pretrained
-from bramley.core.cli import main as bramley_main
+from bramley.core import create_model, save_pretrained
+from bramley.core.checkpoint import load_model
 from bramley.fastvit.cli import main
-from bramley.fastvit.convert import bramley_to_official
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-TINY = "{layers: [1, 1, 1, 1], embed_dims: [8, 16, 32, 64]}"
-TINY_TRAIN = [
-    f"model.kwargs={TINY}",
-    "data.image_size=32",
-    "train.epochs=1",
-    "train.batch_size=4",
-    "train.num_workers=0",
-    "train.amp=none",
-    "train.progress=false",
-    "train.checkpoint_every=0",
-    "train.warmup_epochs=0",
-    "train.ema_decay=0.9",
-    "train.device=cpu",
-    "train.log_every=1",
-]
-# Per-command additions that shrink the README's full-scale commands to test scale (same code paths).
-SHRINK = {
-    "bench": ["--image-size", "64", "--iters", "2"],
-    "export": ["--image-size", "64"],
-    "reparam": ["--image-size", "64"],
-    "eval": ["--image-size", "32", "--batch-size", "4"],
-    "train": TINY_TRAIN,
-    "reproduce": ["--quick", "--out", "repro"],
-}
+TINY = dict(layers=(1, 1, 1, 1), embed_dims=(16, 32, 64, 64))  # RepMixer stages + an attention stage
 
 
-def test_help_runs(capsys):
+@pytest.fixture
+def tiny(tmp_path, randomize) -> Path:
+    """A save_pretrained folder of a tiny 3-class FastViT-SA12 (the ``image_folder`` fixture has 3 classes)."""
+    model = randomize(create_model("fastvit_sa12", num_classes=3, **TINY).eval())
+    return save_pretrained(model, tmp_path / "tiny")
+
+
+def _error(capsys, argv: list[str]) -> str:
+    """Run ``argv``; it must fail with exit status 2 and one line ``bramley-fastvit...: error: ...``."""
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors (usage line + error line)
+        code = e.code
+    assert code == 2, argv
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("bramley") and ": error: " in err, err
+    return err
+
+
+def test_help_lists_the_verbs(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
-    assert "bramley-fastvit" in capsys.readouterr().out
-
-
-def test_readme_python_quickstart():
-    code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
-    exec(compile(code, str(README), "exec"), {})
-
-
-def test_readme_commands(image_folder, tmp_path, monkeypatch, capsys):
-    """Every line of the README's bash block, in order, with ImageNet paths pointed at a tiny image folder."""
-    monkeypatch.chdir(tmp_path)
-    official = create_model("fastvit_t8", num_classes=3)  # 3 classes, like the image folder
-    torch.save({"state_dict": bramley_to_official(official.state_dict())}, "fastvit_t8.pth.tar")
-    block = re.search(r"```bash\n(.*?)```", README.read_text(), re.S).group(1)
-    lines = [line for line in block.splitlines() if line.strip()]
-    assert len(lines) == 8
-    for line in lines:
-        line = line.replace("/path/to/imagenet/train", str(image_folder)).replace(
-            "/path/to/imagenet/val", str(image_folder)
-        )
-        prog, *args = shlex.split(line)
-        sub = args[0]
-        extra = SHRINK.get(sub, [])
-        at = args.index("--out") if sub == "train" else len(args)  # overrides must stay next to the README's
-        args[at:at] = extra
-        code = main(args) if prog == "bramley-fastvit" else bramley_main(args)
-        assert code == 0, line
     out = capsys.readouterr().out
-    assert "fastvit_t8" in out and "converted official checkpoint" in out
-    fused = from_pretrained("fastvit_t8_fused")
-    assert fused.is_reparameterized and fused.num_classes == 3
-    assert Path("fastvit_t8.onnx").stat().st_size > 0
-    assert (Path("runs/fastvit_t8") / "model" / "model.safetensors").exists()
-    assert (Path("runs/fastvit_t8") / "model_ema" / "config.json").exists()
-    assert (Path("runs/fastvit_t8") / "config.yaml").exists()
-    results = json.loads(Path("repro/results.json").read_text())
-    assert [row["model"] for row in results["models"]] == ["FastViT (fused)", "plain ViT", "MobileOne CNN (fused)"]
-    assert results["repmixer"]["max_abs_diff_vs_trained"]["fused"] < 1e-5
-    assert not results["repmixer"]["fused_has_skip"]
-    assert Path("repro/fastvit_reproduction.png").stat().st_size > 0
+    for verb in ("info", "reparam", "convert", "export", "train", "eval", "bench", "reproduce"):
+        assert verb in out
 
 
-def test_train_with_hard_distillation(image_folder, tmp_path):
-    teacher = create_model("fastvit_t8", num_classes=3, layers=(1, 1, 1, 1), embed_dims=(8, 16, 32, 64))
-    save_pretrained(teacher, tmp_path / "teacher")
-    args = ["train", "--config", "fastvit_sa12.yaml", f"data.train_dir={image_folder}", *TINY_TRAIN]
-    args += [
-        "distillation.type=hard",
-        f"distillation.teacher_dir={tmp_path / 'teacher'}",
-        "--out",
-        str(tmp_path / "run"),
-    ]
-    assert main(args) == 0
-    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert any("train_distill_loss" in m for m in metrics)
-    model = from_pretrained(tmp_path / "run" / "model")
-    assert model.model_config["name"] == "fastvit_sa12" and model.num_classes == 3
+def test_info_json(capsys):
+    assert main(["info", "fastvit_mci0", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["model"] == "fastvit_mci0" and row["mixers"] == "RRRA" and row["input"] == "3x256x256"
+    assert row["params_M"] > row["fused_params_M"]
 
 
-def test_distillation_needs_teacher_weights(image_folder, capsys):
-    args = ["train", "--config", "fastvit_t8.yaml", f"data.train_dir={image_folder}", *TINY_TRAIN]
-    for extra, message in (
-        ("distillation.type=hard", "needs distillation.teacher_dir"),
-        ("train.lr_typo=1", "unknown"),
-    ):
-        with pytest.raises(SystemExit) as e:
-            main([*args, extra])
-        assert e.value.code == 2 and message in capsys.readouterr().err
+def test_reparam_checkpoint_and_model(tiny, tmp_path, capsys):
+    assert main(["reparam", "--checkpoint", str(tiny), "--out", str(tmp_path / "fused")]) == 0
+    assert "relative max difference" in capsys.readouterr().out
+    fused = load_model(tmp_path / "fused")
+    assert fused.is_reparameterized and fused.model_config["kwargs"]["inference_mode"] is True
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), load_model(tiny)(x), rtol=0, atol=1e-5)
+    assert main(["reparam", "--model", "fastvit_t8", "--out", str(tmp_path / "t8"), "--image-size", "32"]) == 0
 
 
-def test_cli_errors_are_clean(tmp_path, capsys):
+def test_export_checks_onnxruntime(tiny, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "tiny.onnx"
+    assert main(["export", "--checkpoint", str(tiny), "--out", str(out), "--image-size", "64"]) == 0
+    assert out.stat().st_size > 0 and "onnxruntime relative max difference" in capsys.readouterr().out
+
+
+def test_eval_on_an_image_folder(tiny, image_folder, tmp_path, capsys):
+    args = ["eval", "--checkpoint", str(tiny), "--data", str(image_folder), "--image-size", "32", "--fuse"]
+    assert main([*args, "--out", str(tmp_path / "metrics.json")]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["checkpoint"] == str(tiny) and 0 <= metrics["top1"] <= metrics["top5"] <= 100
+
+
+def test_bench_positive_counts(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", "fastvit_t8", "--image-size", "32", "--iters", "1", "--threads", "1", "--no-timm"]
+    assert main([*args, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["model"] == "fastvit_t8" and result["max_abs_diff_fused_vs_unfused"] < 1e-4
+
+
+def test_convert_official_file(tmp_path, capsys):
+    from bramley.fastvit.convert import bramley_to_official
+
+    model = create_model("fastvit_t8", num_classes=3)
+    torch.save({"epoch": 3, "state_dict": bramley_to_official(model.state_dict())}, tmp_path / "t8.pth.tar")
+    assert main(["convert", str(tmp_path / "t8.pth.tar"), "--out", str(tmp_path / "t8"), "--model", "fastvit_t8"]) == 0
+    assert "fastvit_t8" in capsys.readouterr().out
+    assert load_model(tmp_path / "t8").num_classes == 3
+
+
+def test_checkpoint_errors(tmp_path, capsys):
     (tmp_path / "junk.pth").write_text("junk")
-    assert main(["convert", str(tmp_path / "junk.pth"), "--out", str(tmp_path / "o")]) == 2
-    assert "not a readable PyTorch checkpoint" in capsys.readouterr().err
-    assert main(["reparam", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
-    assert "config.json" in capsys.readouterr().err
+    (tmp_path / "junk.safetensors").write_text("junk")
+    foreign = tmp_path / "foreign.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(2)}, foreign)  # no bramley config inside
+    out = ["--out", str(tmp_path / "o")]
+    assert "not a readable PyTorch checkpoint" in _error(capsys, ["convert", str(tmp_path / "junk.pth"), *out])
+    assert "does not exist" in _error(capsys, ["convert", str(tmp_path / "missing.pth"), *out])
+    official = {"fc.weight": torch.ones(2, 2)}
+    torch.save(official, tmp_path / "other.pth")
+    assert "no FastViT stem" in _error(capsys, ["convert", str(tmp_path / "other.pth"), *out])
+    assert "neither a model folder" in _error(capsys, ["reparam", "--checkpoint", "missing", *out])
+    assert "not a readable safetensors" in _error(
+        capsys, ["reparam", "--checkpoint", str(tmp_path / "junk.safetensors"), *out]
+    )
+    assert "no bramley model config" in _error(capsys, ["export", "--checkpoint", str(foreign), *out])
+    assert "unknown model 'fastvit_t99'" in _error(capsys, ["reparam", "--model", "fastvit_t99", *out])
+    assert "unknown fastvit model" in _error(capsys, ["info", "fastvit_t99"])
+
+
+def test_convert_to_the_wrong_variant(tmp_path, capsys):
+    from bramley.fastvit.convert import bramley_to_official
+
+    torch.save(bramley_to_official(create_model("fastvit_t8").state_dict()), tmp_path / "t8.pth")
+    err = _error(capsys, ["convert", str(tmp_path / "t8.pth"), "--out", str(tmp_path / "o"), "--model", "fastvit_t12"])
+    assert "fastvit_t8 architecture, not fastvit_t12" in err
+
+
+def test_eval_errors(tiny, image_folder, tmp_path, capsys):
+    base = ["eval", "--checkpoint", str(tiny), "--image-size", "32"]
+    assert "does not exist" in _error(capsys, [*base, "--data", str(tmp_path / "nowhere")])
+    five = save_pretrained(create_model("fastvit_sa12", num_classes=5, **TINY), tmp_path / "five")
+    err = _error(capsys, ["eval", "--checkpoint", str(five), "--data", str(image_folder), "--image-size", "32"])
+    assert "the model has 5 classes" in err
+    assert "must be >= 1" in _error(capsys, [*base, "--data", str(image_folder), "--batch-size", "0"])
+    assert "must be in (0, 1]" in _error(capsys, [*base, "--data", str(image_folder), "--crop-pct", "0"])
+    assert "must be >= 1" in _error(capsys, [*base, "--data", str(image_folder), "--image-size", "0"])
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in _error(capsys, [*base, "--data", str(image_folder), "--device", "cuda"])
+
+
+def test_bench_and_export_errors(capsys, tmp_path):
+    assert "unknown FastViT model 'nope'" in _error(capsys, ["bench", "--model", "nope"])
+    assert "must be >= 1" in _error(capsys, ["bench", "--iters", "0"])
+    assert "must be >= 1" in _error(capsys, ["bench", "--batch-size", "0"])
+    assert "must be >= 1" in _error(capsys, ["bench", "--threads", "-1"])
+    assert "must be >= 1" in _error(capsys, ["export", "--model", "fastvit_t8", "--out", "x.onnx", "--image-size", "0"])
+    assert "must be >= 1" in _error(capsys, ["reproduce", "--threads", "0"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.batch_size=0"], "train.batch_size must be >= 1"),
+        (["train.epochs=-1"], "train.epochs must be >= 1"),
+        (["data.image_size=0"], "data.image_size must be >= 1"),
+        (["optim.lr_typo=1"], "unknown config key 'optim.lr_typo'"),
+        (["model.kwargs.layers=3"], "fastvit_sa12(layers=3"),
+        (["model.kwargs.nonsense=3"], "unexpected keyword argument 'nonsense'"),
+        (["model.name=fastvit_t99"], "unknown model 'fastvit_t99'"),
+        (["loss.mixup=-1"], "loss.mixup and loss.cutmix must be >= 0"),
+        (["loss.distillation.type=hard"], "needs loss.distillation.teacher"),
+    ],
+)
+def test_train_errors(overrides, message, tmp_path, capsys):
+    assert message in _error(capsys, ["train", "--recipe", "smoke", "--out", str(tmp_path / "run"), *overrides])
+
+
+def test_train_path_errors(tmp_path, capsys):
+    assert "unknown recipe 'nope'" in _error(capsys, ["train", "--recipe", "nope", "--out", str(tmp_path / "r")])
+    assert "data.train is not set" in _error(capsys, ["train", "--out", str(tmp_path / "r")])  # fastvit_t8 default
+    missing = ["train", "--out", str(tmp_path / "r"), f"data.train={tmp_path / 'nowhere'}"]
+    assert "does not exist" in _error(capsys, missing)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert "cannot write" in _error(capsys, ["train", "--recipe", "smoke", "--out", str(blocker / "run")])
+    if not torch.cuda.is_available():
+        err = _error(capsys, ["train", "--recipe", "smoke", "--out", str(tmp_path / "c"), "train.device=cuda"])
+        assert "CUDA is not available" in err

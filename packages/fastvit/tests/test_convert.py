@@ -8,14 +8,9 @@ import torch
 from timm.models.fastvit import checkpoint_filter_fn
 
 from bramley.core import CheckpointError, create_model
+from bramley.core.convert import Converted, build_converted, load_official_file
 from bramley.fastvit import reparameterize
-from bramley.fastvit.convert import (
-    bramley_to_official,
-    bramley_to_timm,
-    convert_official,
-    load_official_file,
-    official_to_bramley,
-)
+from bramley.fastvit.convert import bramley_to_official, bramley_to_timm, convert_official, official_to_bramley
 
 # Key names of the official code (apple/ml-fastvit models/fastvit.py + modules/mobileone.py + replknet.py) for
 # FastViT-SA12: network = [stage1, PatchEmbed, stage2, PatchEmbed, stage3, PatchEmbed, RepCPE, stage4].
@@ -62,6 +57,7 @@ def test_official_sa12_names_convert_exactly(randomize):
     ref = timm.create_model("fastvit_sa12")
     ref.load_state_dict(checkpoint_filter_fn({"state_dict": official}, ref))
     converted = convert_official(official)
+    assert isinstance(converted, Converted)
     assert converted.model_name == "fastvit_sa12" and converted.source == "official"
     assert converted.model_kwargs == {"num_classes": 1000}
     assert all(torch.equal(converted.state_dict[k], v) for k, v in model.state_dict().items())
@@ -88,8 +84,7 @@ def test_official_fused_checkpoint(randomize):
 
 def test_mobileclip_image_encoder_checkpoint(randomize):
     model = randomize(create_model("fastvit_mci0").eval())
-    with torch.no_grad():
-        model.head.fc.bias.zero_()  # MobileCLIP's projection has no bias
+    assert "head.fc.bias" not in model.state_dict()  # MobileCLIP's projection has no bias
     official = bramley_to_official(model.state_dict(), mobileclip=True)
     assert official["image_encoder.model.head.proj"].shape == (1024, 512)  # (in, out), applied as x @ proj
     assert "image_encoder.model.network.5.proj.0.se.fc1.weight" in official  # timm SE in MobileCLIP's downsampling
@@ -99,11 +94,60 @@ def test_mobileclip_image_encoder_checkpoint(randomize):
     ref.load_state_dict(checkpoint_filter_fn(full, ref))
     converted = convert_official(full)
     assert converted.model_name == "fastvit_mci0" and converted.source == "mobileclip"
+    assert converted.model_kwargs == {"num_classes": 512}
     assert sorted(converted.ignored) == ["logit_scale", "text_encoder.embedding_layer.weight"]
-    loaded = create_model(converted.model_name, **converted.model_kwargs)
-    loaded.load_state_dict(converted.state_dict)
+    loaded = build_converted(converted)
+    assert all(torch.equal(converted.state_dict[k], v) for k, v in model.state_dict().items())
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(_logits(loaded, x), _logits(model, x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(_logits(ref, x), _logits(model, x), rtol=0, atol=1e-5)
+
+
+def test_mci_module_state_dict_converts_without_a_prefix(randomize):
+    """What ``image_encoder.state_dict()`` of the official MobileCLIP code gives: keys under ``model.``."""
+    model = randomize(create_model("fastvit_mci0").eval())
+    prefix = "image_encoder."
+    mci = {k[len(prefix) :]: v for k, v in bramley_to_official(model.state_dict(), mobileclip=True).items()}
+    assert all(k.startswith("model.") for k in mci) and "model.head.proj" in mci
+    converted = convert_official(mci)
+    assert (converted.model_name, converted.source, converted.ignored) == ("fastvit_mci0", "mobileclip", [])
+    assert set(converted.state_dict) == set(model.state_dict())
+    assert all(torch.equal(converted.state_dict[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["fastvit_mci0", "fastvit_mci1", "fastvit_mci2"])
+def test_mci_parameters_are_the_official_towers(name):
+    """The official tower's head is a bias-free (in, out) projection; timm's carries a zero bias there."""
+    with torch.device("meta"):
+        ours, theirs = create_model(name), timm.create_model(name)
+    n_ours, n_timm = (sum(p.numel() for p in m.parameters()) for m in (ours, theirs))
+    assert n_ours == n_timm - 512
+    official = bramley_to_official(ours.state_dict(), mobileclip=True)
+    n_official = sum(
+        v.numel() for k, v in official.items() if not k.endswith(("running_mean", "running_var", "_tracked"))
+    )
+    assert n_ours == n_official
+
+
+def test_timm_mci_zero_bias_round_trip(randomize):
+    """bramley -> timm adds timm's zero bias, convert drops it: both directions exact; a trained bias is kept."""
+    model = randomize(create_model("fastvit_mci0").eval())
+    timm_sd = bramley_to_timm(model.state_dict())
+    assert not timm_sd["head.fc.bias"].any()
+    ref = timm.create_model("fastvit_mci0").eval()
+    ref.load_state_dict(timm_sd)
+    converted = convert_official(ref.state_dict())
+    assert converted.source == "timm" and converted.model_kwargs == {"num_classes": 512}
+    assert set(converted.state_dict) == set(model.state_dict())
+    assert all(torch.equal(converted.state_dict[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        ref.head.fc.bias.fill_(0.5)  # e.g. fine-tuned as a classifier in timm
+    converted = convert_official(ref.state_dict())
+    assert converted.model_kwargs == {"num_classes": 512, "head_bias": True}
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(_logits(build_converted(converted), x), _logits(ref, x), rtol=0, atol=1e-5)
+    with pytest.raises(CheckpointError, match="projection has no bias"):
+        bramley_to_official(converted.state_dict, mobileclip=True)
 
 
 def test_timm_and_open_clip_layouts():

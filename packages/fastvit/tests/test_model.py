@@ -1,4 +1,5 @@
-"""FastViT variants: timm parity (unfused and fused), reparameterization, features, bad input, compile, ONNX."""
+"""FastViT variants: timm parity (unfused and fused, timm's own fusion too), reparameterization, features, bad input,
+compile."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import torch
 import torch.nn as nn
 from timm.utils.model import reparameterize_model as timm_reparameterize
 
-from bramley.core import create_model, from_pretrained, list_models, register_timm, save_pretrained
-from bramley.fastvit import FASTVIT_CONFIGS, reparameterize
+from bramley.core import create_model, from_pretrained, list_models, save_pretrained
+from bramley.fastvit import FASTVIT_CONFIGS, register_timm, reparameterize
 from bramley.fastvit.convert import bramley_to_timm, timm_to_bramley
 from bramley.fastvit.model import Attention, AttentionBlock, ConvMlp, RepConditionalPosEnc, RepMixer, RepMixerBlock
 
@@ -24,15 +25,34 @@ def test_all_variants_registered():
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_timm_parity_and_reparameterization(name, randomize):
-    """Every real variant: same weights -> same logits as timm, unfused and fused; fused == unfused (fp32, 1e-5).
+    """Every real variant, built through its timm registration (``bramley_<name>``): same weights -> same logits as
+    timm's ``<name>``, unfused and fused; fused == unfused; timm's ``reparameterize_model`` on our model == our
+    fusion (fp32, 1e-5).
 
     32 px keeps the big variants cheap; attention over several tokens is covered at 64 px by the tiny-model test.
     """
-    model = randomize(create_model(name).eval())
+    register_timm()
+    model = randomize(timm.create_model(f"bramley_{name}").eval())
     with torch.device("meta"):  # skip timm's init: every tensor is replaced by ours below
         ref = timm.create_model(name)
     ref.load_state_dict(bramley_to_timm(model.state_dict()), assign=True)  # strict: every key maps
     _check_parity(model, ref.eval(), torch.randn(1, 3, 32, 32))
+
+
+def test_timm_registration_covers_every_variant():
+    assert register_timm() == [f"bramley_{name}" for name in VARIANTS]
+
+
+def test_is_reparameterized_follows_the_fusion(tiny_sa):
+    assert not tiny_sa.is_reparameterized
+    assert reparameterize(tiny_sa).is_reparameterized
+    assert create_model("fastvit_sa12", **TINY_SA, inference_mode=True).is_reparameterized
+
+
+def test_mci_head_is_bias_free():
+    mci0, t8 = create_model("fastvit_mci0", num_classes=10), create_model("fastvit_t8", num_classes=10)
+    assert mci0.head.fc.bias is None and t8.head.fc.bias is not None
+    assert create_model("fastvit_mci0", head_bias=True).head.fc.bias is not None
 
 
 def test_timm_parity_tiny_attention_over_tokens(tiny_sa):
@@ -44,13 +64,19 @@ def test_timm_parity_tiny_attention_over_tokens(tiny_sa):
 def _check_parity(model: nn.Module, ref: nn.Module, x: torch.Tensor) -> None:
     with torch.no_grad():
         ours, theirs = model(x), ref(x)
+        # timm's traversal: top down, every module with fuse() replaced by its result (it also folds ConvFFN's
+        # conv-BN, which our fusion keeps as the official fused models do)
+        timm_fused = timm_reparameterize(model)
+        ours_timm_fused = timm_fused(x)
         fused = reparameterize(model, inplace=True)
         ours_fused, theirs_fused = fused(x), timm_reparameterize(ref, inplace=True)(x)
     assert ours.abs().max() > 1e-3  # a non-degenerate output, so the comparisons below mean something
     assert (ours - theirs).abs().max() <= 1e-5
     assert (ours_fused - theirs_fused).abs().max() <= 1e-5
     assert (ours_fused - ours).abs().max() <= 1e-5
-    assert fused.is_reparameterized
+    assert (ours_timm_fused - ours_fused).abs().max() <= 1e-5
+    assert fused.is_reparameterized and timm_fused.is_reparameterized
+    assert all(type(m.conv) is nn.Conv2d for m in timm_fused.modules() if isinstance(m, ConvMlp))  # ConvNorm.fuse()
     # no train-time branch and no RepMixer/RepCPE skip connection left; BatchNorm only where the official fused
     # models keep it (ConvFFN's conv-BN, the attention pre-norm)
     kept = {id(m.norm) for m in fused.modules() if isinstance(m, AttentionBlock)}
@@ -97,7 +123,7 @@ def test_fused_save_pretrained_round_trip(tiny_sa, tmp_path):
 
 def test_features_take_the_end_of_every_stage(tiny_sa):
     """4 features for SA models too: stage 4 after its attention blocks (the official fork_feat taps RepCPE)."""
-    register_timm(package="fastvit")
+    register_timm()
     extractor = timm.create_model("bramley_fastvit_sa12", features_only=True, **TINY_SA).eval()
     extractor.model.load_state_dict(tiny_sa.state_dict())
     x = torch.randn(1, 3, 64, 64)
@@ -117,7 +143,7 @@ def test_features_take_the_end_of_every_stage(tiny_sa):
 
 
 def test_timm_registration_builds_the_same_model():
-    register_timm(package="fastvit")
+    register_timm()
     model = timm.create_model("bramley_fastvit_t8")
     assert sorted(timm_to_bramley(timm.create_model("fastvit_t8").state_dict())) == sorted(model.state_dict())
     with pytest.raises(ValueError, match="no pretrained weights"):
@@ -173,12 +199,3 @@ def test_torch_compile_tiny(tiny_sa):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), tiny_sa(x), rtol=0, atol=1e-6)
-
-
-def test_onnx_export_matches_onnxruntime(tiny_sa, tmp_path):
-    pytest.importorskip("onnxruntime")
-    from bramley.fastvit.export import export_onnx
-
-    info = export_onnx(tiny_sa, tmp_path / "tiny.onnx", image_size=64)
-    assert (tmp_path / "tiny.onnx").stat().st_size > 0
-    assert info["max_abs_diff"] <= 1e-4

@@ -5,44 +5,45 @@ Key layouts:
 - **bramley** (this package): timm's names (``stem``, ``stages.{s}.downsample/pos_emb/blocks``, ``conv_kxk``,
   ``conv_scale``, ``identity``, ``large_conv``, ``mlp``, ``layer_scale.gamma``, ``final_conv``, ``head.fc``) except
   squeeze-excite convs, named ``se.reduce``/``se.expand`` (official MobileOne names; timm says ``se.fc1``/``se.fc2``).
-- **timm**: as above with ``se.fc1``/``se.fc2`` (:func:`timm_to_bramley` / :func:`bramley_to_timm`).
+- **timm**: as above with ``se.fc1``/``se.fc2`` (:func:`timm_to_bramley` / :func:`bramley_to_timm`); timm's
+  classifier always has a bias, so the bias-free MCi head gets a zero one on the way to timm, which
+  :func:`convert_official` drops again.
 - **official FastViT** (``apple/ml-fastvit``, ``*.pth.tar`` with a ``state_dict`` wrapper): ``patch_embed``, a flat
   ``network.{N}`` list (stage blocks ``network.N.{i}``, downsampling ``network.N.proj``, RepCPE ``network.N.pe``),
   ``rbr_conv``/``rbr_scale``/``rbr_skip``, ``lkb_origin``/``lkb_reparam``, ``convffn``, bare ``layer_scale*``
   parameters, ``conv_exp``, ``head``. Fused (``*_reparam.pth.tar``) checkpoints hold ``reparam_conv``/``lkb_reparam``.
-- **MobileCLIP** (``mobileclip_s{0,1,2}.pt``): the same FastViT names under ``image_encoder.model.``, squeeze-excite
-  of the downsampling convs as timm's ``se.fc1``/``se.fc2``, and a bias-free projection ``head.proj`` of shape
-  ``(in, out)`` applied after global pooling; it becomes ``head.fc`` with the transposed weight and a zero bias.
-  The text-encoder entries of the file are not part of the image tower and are reported as ignored.
+- **MobileCLIP** (``mobileclip_s{0,1,2}.pt``): the same FastViT names under ``image_encoder.model.`` (or under
+  ``model.`` alone: the state dict of the official ``MCi`` module itself), squeeze-excite of the downsampling convs
+  as timm's ``se.fc1``/``se.fc2``, and a bias-free projection ``head.proj`` of shape ``(in, out)`` applied after
+  global pooling; it becomes the bias-free ``head.fc`` of the MCi variants with the transposed weight. The
+  text-encoder entries of a full checkpoint are not part of the image tower and are reported as ignored.
+- **open_clip**: timm names under ``visual.trunk.``.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from bramley.core.checkpoint import CheckpointError
+from bramley.core.convert import Converted, strip_prefix
+from bramley.core.errors import CheckpointError
 
 from .model import FASTVIT_CONFIGS
 
 __all__ = [
-    "ConvertedCheckpoint",
     "bramley_to_official",
     "bramley_to_timm",
     "convert_official",
     "detect_variant",
-    "load_official_file",
     "official_to_bramley",
     "timm_to_bramley",
 ]
 
 MOBILECLIP_PREFIX = "image_encoder.model."
+MCI_PREFIX = "model."
 OPEN_CLIP_PREFIX = "visual.trunk."
 
 _TIMM_SE = (("se.fc1.", "se.reduce."), ("se.fc2.", "se.expand."))
@@ -59,12 +60,15 @@ def timm_to_bramley(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 
 
 def bramley_to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """bramley FastViT state dict -> timm ``fastvit_*``."""
+    """bramley FastViT state dict -> timm ``fastvit_*`` (a bias-free head, MCi's, gets timm's zero bias)."""
     out = {}
     for key, value in state_dict.items():
         for new, old in _TIMM_SE:
             key = key.replace(old, new)
         out[key] = value
+    weight = out.get("head.fc.weight")
+    if weight is not None and "head.fc.bias" not in out:
+        out["head.fc.bias"] = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
     return out
 
 
@@ -94,28 +98,35 @@ def _network_role(rest: str) -> str:
     raise CheckpointError(f"unrecognised official FastViT key 'network.*.{rest}'")
 
 
+def _image_tower(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], str]:
+    """``(tower, ignored, source)``: the image tower's tensors without their wrapper prefix, the keys outside the
+    tower, and the layout (``mobileclip``, ``open_clip``, ``official`` or ``timm``)."""
+    state_dict = strip_prefix(state_dict, "module.")
+    for prefix, source in ((MOBILECLIP_PREFIX, "mobileclip"), (OPEN_CLIP_PREFIX, "open_clip")):
+        if any(k.startswith(prefix) for k in state_dict):
+            tower = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            return tower, [k for k in state_dict if not k.startswith(prefix)], source
+    if state_dict and all(k.startswith(MCI_PREFIX) for k in state_dict):  # the official MCi module's own state dict
+        return strip_prefix(state_dict, MCI_PREFIX), [], "mobileclip"
+    return dict(state_dict), [], "official" if _official_names(state_dict) else "timm"
+
+
+def _official_names(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.startswith(("patch_embed.", "network.")) for k in state_dict)
+
+
 def official_to_bramley(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename an official FastViT or MobileCLIP image-tower state dict to bramley names.
 
     Args:
-        state_dict: the official tensors (already unwrapped from ``{'state_dict': ...}``).
+        state_dict: the official tensors (already unwrapped from ``{'state_dict': ...}``): an official FastViT
+            classifier, a full MobileCLIP checkpoint (``image_encoder.model.*``) or an MCi module's (``model.*``).
 
     Returns:
         ``(converted, ignored)``: the bramley state dict and the keys that are not part of the image tower
         (MobileCLIP text encoder, ``logit_scale``). Anything else that cannot be placed raises.
     """
-    ignored = []
-    items: dict[str, torch.Tensor] = {}
-    mobileclip = any(k.startswith(MOBILECLIP_PREFIX) for k in state_dict)
-    for key, value in state_dict.items():
-        if key.startswith("module."):
-            key = key[len("module.") :]
-        if mobileclip:
-            if not key.startswith(MOBILECLIP_PREFIX):
-                ignored.append(key)
-                continue
-            key = key[len(MOBILECLIP_PREFIX) :]
-        items[key] = value
+    items, ignored, _ = _image_tower(state_dict)
 
     # official network.N entries -> stages: a downsampling layer opens the next stage
     roles = {}
@@ -147,9 +158,8 @@ def official_to_bramley(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[st
             key = "stem." + key[len("patch_embed.") :]
         elif key.startswith("conv_exp."):
             key = "final_conv." + key[len("conv_exp.") :]
-        elif key == "head.proj":  # MobileCLIP: pooled features @ proj, proj is (in, out)
+        elif key == "head.proj":  # MobileCLIP: pooled features @ proj, proj is (in, out), no bias
             out["head.fc.weight"] = value.t().contiguous()
-            out["head.fc.bias"] = torch.zeros(value.shape[1], dtype=value.dtype)
             continue
         elif key in ("head.weight", "head.bias"):
             key = "head.fc." + key.split(".")[1]
@@ -173,7 +183,7 @@ def bramley_to_official(state_dict: Mapping[str, torch.Tensor], mobileclip: bool
     """bramley FastViT state dict -> the official layout (inverse of :func:`official_to_bramley`).
 
     With ``mobileclip`` the keys get the ``image_encoder.model.`` prefix, downsampling squeeze-excite uses timm names
-    and the classifier becomes the bias-free ``head.proj`` (its bias must be zero).
+    and the classifier becomes the bias-free ``head.proj`` (a head with a bias must hold zeros there).
     """
     stage_keys: dict[int, dict[str, list[str]]] = {}
     for key in state_dict:
@@ -204,7 +214,7 @@ def bramley_to_official(state_dict: Mapping[str, torch.Tensor], mobileclip: bool
             if mobileclip:
                 if key.endswith("bias"):
                     if value.abs().max() > 0:
-                        raise ValueError("MobileCLIP's projection has no bias; head.fc.bias must be zero")
+                        raise CheckpointError("MobileCLIP's projection has no bias; head.fc.bias must be zero")
                     continue
                 new, value = "head.proj", value.t().contiguous()
             else:
@@ -249,7 +259,8 @@ def _architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 def detect_variant(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
     """The registered variant whose architecture matches a bramley-named state dict, and the factory kwargs it needs.
 
-    Returns ``(name, kwargs)`` with ``num_classes`` and ``inference_mode`` (fused checkpoints) set from the weights.
+    Returns ``(name, kwargs)`` with ``num_classes``, ``inference_mode`` (fused checkpoints) and ``head_bias`` (when it
+    differs from the variant's) set from the weights.
     """
     arch = _architecture(state_dict)
     for name, cfg in FASTVIT_CONFIGS.items():  # noqa: B007  (name is the result, used after the loop)
@@ -271,70 +282,37 @@ def detect_variant(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[st
         kwargs["num_classes"] = 0
     if any("reparam_conv" in k for k in state_dict):
         kwargs["inference_mode"] = True
+    bias = "head.fc.bias" in state_dict
+    if kwargs["num_classes"] and bias != FASTVIT_CONFIGS[name].get("head_bias", True):
+        kwargs["head_bias"] = bias
     return name, kwargs
-
-
-def load_official_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read an official ``.pth``/``.pth.tar``/``.pt`` file (tensors only) and unwrap ``state_dict``/``model``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for non-checkpoints (pickle, zip, unicode errors)
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(e).__name__}: {e}") from e
-    for wrapper in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    return dict(obj)
-
-
-@dataclass
-class ConvertedCheckpoint:
-    """The result of :func:`convert_official`."""
-
-    model_name: str
-    model_kwargs: dict[str, Any]
-    state_dict: dict[str, torch.Tensor]
-    ignored: list[str] = field(default_factory=list)
-    source: str = "official"
 
 
 def convert_official(
     state_dict: Mapping[str, torch.Tensor], model_name: str | None = None, **model_kwargs: Any
-) -> ConvertedCheckpoint:
+) -> Converted:
     """Convert an official FastViT / MobileCLIP (or timm / open_clip) image-tower state dict into a bramley one.
 
     Args:
-        state_dict: the checkpoint's tensors (see :func:`load_official_file`).
+        state_dict: the checkpoint's tensors (:func:`bramley.core.convert.load_official_file` reads a file).
         model_name: the bramley variant; detected from the weights when omitted.
-        model_kwargs: extra factory kwargs (e.g. ``lkc_use_act``); ``num_classes``/``inference_mode`` are read from
-            the weights.
+        model_kwargs: extra factory kwargs (e.g. ``lkc_use_act``); ``num_classes``, ``inference_mode`` and
+            ``head_bias`` are read from the weights.
 
     Returns:
         The converted tensors with the variant and kwargs that build a model accepting them strictly.
     """
-    keys = list(state_dict)
-    ignored: list[str] = []
-    if any(k.startswith(("patch_embed.", "network.", MOBILECLIP_PREFIX, "module.patch_embed.")) for k in keys):
-        source = "mobileclip" if any(k.startswith(MOBILECLIP_PREFIX) for k in keys) else "official"
-        converted, ignored = official_to_bramley(state_dict)
-    else:  # timm layout, possibly inside an open_clip checkpoint
-        prefix = next(
-            (p for p in ("module." + OPEN_CLIP_PREFIX, OPEN_CLIP_PREFIX) if any(k.startswith(p) for k in keys)), ""
-        )
-        ignored = [k for k in keys if prefix and not k.startswith(prefix)]
-        converted = timm_to_bramley({k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)})
-        source = "open_clip" if prefix else "timm"
-        if not any(k.startswith("stem.") for k in converted):
-            raise CheckpointError("unrecognised checkpoint layout: no FastViT stem ('patch_embed.*' or 'stem.*') found")
+    tower, ignored, source = _image_tower(state_dict)
+    converted = official_to_bramley(tower)[0] if _official_names(tower) else timm_to_bramley(tower)
+    if not any(k.startswith("stem.") for k in converted):
+        raise CheckpointError("unrecognised checkpoint layout: no FastViT stem ('patch_embed.*' or 'stem.*') found")
     detected, kwargs = detect_variant(converted)
+    if kwargs.get("head_bias") and not bool(converted["head.fc.bias"].any()):
+        # timm's zero bias on MobileCLIP's bias-free projection: the variant's own (bias-free) head holds the rest
+        del converted["head.fc.bias"], kwargs["head_bias"]
     if model_name is not None and model_name != detected:
         if FASTVIT_CONFIGS.get(model_name) is None:
             raise CheckpointError(f"unknown FastViT variant {model_name!r} (known: {', '.join(FASTVIT_CONFIGS)})")
         raise CheckpointError(f"the checkpoint holds a {detected} architecture, not {model_name}")
     kwargs.update(model_kwargs)
-    return ConvertedCheckpoint(detected, kwargs, converted, ignored, source)
+    return Converted(detected, kwargs, converted, ignored, source)

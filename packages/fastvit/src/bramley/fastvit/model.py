@@ -10,17 +10,19 @@ Layout (stem -> 4 stages -> final conv -> classifier):
 - stage i: ``downsample`` (i > 0: :class:`PatchEmbed`, a 7x7 large-kernel conv with a 3x3 branch + 1x1 MobileOne
   block, stride 2), ``pos_emb`` (:class:`RepConditionalPosEnc` before attention stages), then ``blocks``:
   :class:`RepMixerBlock` (conv stages) or :class:`AttentionBlock` (stage 4 of SA/MA/MCi variants).
-- ``final_conv``: a depthwise-grouped MobileOne block with squeeze-excite doubling the width, then pool + linear.
+- ``final_conv``: a depthwise-grouped MobileOne block with squeeze-excite doubling the width, then pool + linear
+  (MCi: MobileCLIP's bias-free projection).
 
-Every reparameterizable module has ``reparameterize()``; :func:`reparameterize` fuses a whole model. Module and
-parameter names are timm's (``timm.models.fastvit``) except the squeeze-excite convs, which keep the official
-``se.reduce``/``se.expand`` names of the shared :class:`bramley.core.layers.SqueezeExcite`; see
+Every reparameterizable module has ``reparameterize()``; :func:`bramley.core.layers.reparameterize_model` (deepest
+first; :func:`reparameterize` here) fuses a whole model, and ``timm.utils.model.reparameterize_model`` (top down; it
+also folds ConvFFN's conv-BN through ``ConvNorm.fuse``, which ours keeps, as the official code does) gives the same
+outputs. Module and parameter names are timm's (``timm.models.fastvit``) except the squeeze-excite convs, which keep
+the official ``se.reduce``/``se.expand`` names of the shared :class:`bramley.core.layers.SqueezeExcite`; see
 :mod:`bramley.fastvit.convert` for the exact timm and official key maps.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -198,10 +200,11 @@ class RepMixer(nn.Module):
         self.norm: MobileOneBlock | None = None
         self.mixer: MobileOneBlock | None = None
         self.layer_scale: nn.Module | None = None
-        if inference_mode:
-            self.reparam_conv = _conv_from(
-                identity_kernel(dim, kernel_size, groups=dim), torch.zeros(dim), stride=1, groups=dim
-            )
+        if inference_mode:  # starts as the identity, like a fresh unfused RepMixer (up to its 1e-5 layer scale)
+            self.reparam_conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+            with torch.no_grad():  # plain fills: they also run on the meta device without decompositions
+                self.reparam_conv.weight.zero_()[:, :, kernel_size // 2, kernel_size // 2] = 1
+                self.reparam_conv.bias.zero_()
         else:
             common = dict(groups=dim, use_act=False)
             self.norm = MobileOneBlock(dim, dim, kernel_size, use_scale_branch=False, num_conv_branches=0, **common)
@@ -452,12 +455,15 @@ class FastVitStage(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Global average pool, dropout, linear (``fc`` is an identity when ``num_classes == 0``)."""
+    """Global average pool, dropout, linear (``fc`` is an identity when ``num_classes == 0``).
 
-    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0):
+    ``bias=False`` gives MobileCLIP's image projection: pooled features times a bias-free ``(in, out)`` matrix.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0, bias: bool = True):
         super().__init__()
         self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = nn.Linear(in_features, num_classes, bias=bias) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.drop(x.mean((2, 3)))
@@ -482,6 +488,7 @@ class FastVit(nn.Module):
             :class:`ReparamLargeKernelConv`).
         in_chans: input channels.
         num_classes: classifier outputs; 0 for a pooled-feature model.
+        head_bias: give the classifier a bias (MCi: no, MobileCLIP's image projection has none).
         repmixer_kernel_size: RepMixer kernel.
         cls_ratio: width multiplier of ``final_conv``.
         drop_rate: dropout before the classifier.
@@ -503,6 +510,7 @@ class FastVit(nn.Module):
         lkc_use_act: bool = False,
         in_chans: int = 3,
         num_classes: int = 1000,
+        head_bias: bool = True,
         repmixer_kernel_size: int = 3,
         cls_ratio: float = 2.0,
         drop_rate: float = 0.0,
@@ -541,7 +549,7 @@ class FastVit(nn.Module):
             ),
             MobileOneBlock(embed_dims[0], embed_dims[0], 1, act_layer=act_layer, inference_mode=inference_mode),
         )
-        dpr = torch.linspace(0, drop_path_rate, sum(layers)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(layers), device="cpu").tolist()  # also under torch.device("meta")
         stages, prev_dim, reduction = [], embed_dims[0], 4
         self.feature_info: list[dict[str, Any]] = []
         for i in range(n):
@@ -584,7 +592,7 @@ class FastVit(nn.Module):
             act_layer=act_layer,
             inference_mode=inference_mode,
         )
-        self.head = ClassifierHead(self.num_features, num_classes, drop_rate)
+        self.head = ClassifierHead(self.num_features, num_classes, drop_rate, bias=head_bias)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -658,44 +666,28 @@ class FastVit(nn.Module):
             return feats
         return self.final_conv(x), feats
 
-    def reparameterize(self) -> None:
-        """Marks the model fused; the submodules are fused by :func:`reparameterize` (deepest first)."""
-        config = getattr(self, "model_config", None)
-        if isinstance(config, dict):
-            config.setdefault("kwargs", {})["inference_mode"] = True
-
     @property
     def is_reparameterized(self) -> bool:
-        """True when no train-time branch is left."""
-        return not any(
-            getattr(m, "reparam_conv", "absent") is None for m in self.modules() if hasattr(m, "reparameterize")
-        )
+        """True when no train-time branch is left (every fusable block holds its ``reparam_conv``)."""
+        for module in self.modules():  # noqa: SIM110  (a loop: TorchScript cannot compile a filtered generator)
+            if hasattr(module, "reparameterize") and module.reparam_conv is None:
+                return False
+        return True
 
 
-def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Fuse every RepMixer, RepCPE, large-kernel conv and MobileOne block of ``model`` for inference.
-
-    The fused model computes the same function as ``model`` in eval mode (BatchNorm running statistics) with fewer
-    layers and no RepMixer/RepCPE skip connections. Fusion always uses eval semantics, whatever mode ``model`` is in;
-    the fused model is returned in eval mode; its ``model_config`` (if any) says
-    ``inference_mode=True`` so :func:`bramley.core.checkpoint.save_pretrained` folders rebuild the fused structure.
-
-    Args:
-        model: a :class:`FastVit` (or any module holding FastViT blocks).
-        inplace: fuse ``model`` itself instead of a deep copy.
-    """
-    if not inplace:
-        model = copy.deepcopy(model)
-    return reparameterize_model(model.eval(), inplace=True)
+#: The README's name for :func:`bramley.core.layers.reparameterize_model`: fuses every RepMixer, RepCPE, large-kernel
+#: conv and MobileOne block (a copy unless ``inplace``); the fused model's config says ``inference_mode=True``.
+reparameterize = reparameterize_model
 
 
 # ---------------------------------------------------------------------------------------------------------- configs
 
 _SA = dict(token_mixers=("repmixer", "repmixer", "repmixer", "attention"), pos_embs=(False, False, False, True))
-_MCI = dict(_SA, se_downsamples=(False, False, True, True), lkc_use_act=True, mlp_ratios=(3, 3, 3, 3))
+_MCI = dict(_SA, se_downsamples=(False, False, True, True), lkc_use_act=True, mlp_ratios=(3, 3, 3, 3), head_bias=False)
 
 #: Architectures of the paper's Table 1 (FastViT) and MobileCLIP's image encoders (MCi), as the official code builds
-#: them. SA36/MA36 use layer scale 1e-6 at init (official ``fastvit_sa36``/``fastvit_ma36``), the rest 1e-5.
+#: them. SA36/MA36 use layer scale 1e-6 at init (official ``fastvit_sa36``/``fastvit_ma36``), the rest 1e-5. MCi
+#: heads are MobileCLIP's bias-free projection to the 512-d embedding (parameter counts equal the official towers).
 FASTVIT_CONFIGS: dict[str, dict[str, Any]] = {
     "fastvit_t8": dict(layers=(2, 2, 4, 2), embed_dims=(48, 96, 192, 384), mlp_ratios=(3, 3, 3, 3)),
     "fastvit_t12": dict(layers=(2, 2, 6, 2), embed_dims=(64, 128, 256, 512), mlp_ratios=(3, 3, 3, 3)),
@@ -733,61 +725,61 @@ def _create(variant: str, **kwargs: Any) -> FastVit:
     return FastVit(**{**FASTVIT_CONFIGS[variant], **kwargs})
 
 
-@register_model(tags=("fastvit",))
+@register_model(tags=("fastvit",), input_size=256)
 def fastvit_t8(**kwargs: Any) -> FastVit:
     """FastViT-T8: 4 RepMixer stages, widths 48-384, MLP ratio 3."""
     return _create("fastvit_t8", **kwargs)
 
 
-@register_model(tags=("fastvit",))
+@register_model(tags=("fastvit",), input_size=256)
 def fastvit_t12(**kwargs: Any) -> FastVit:
     """FastViT-T12: 4 RepMixer stages, widths 64-512, MLP ratio 3."""
     return _create("fastvit_t12", **kwargs)
 
 
-@register_model(tags=("fastvit",))
+@register_model(tags=("fastvit",), input_size=256)
 def fastvit_s12(**kwargs: Any) -> FastVit:
     """FastViT-S12: 4 RepMixer stages, widths 64-512, MLP ratio 4."""
     return _create("fastvit_s12", **kwargs)
 
 
-@register_model(tags=("fastvit",))
+@register_model(tags=("fastvit",), input_size=256)
 def fastvit_sa12(**kwargs: Any) -> FastVit:
     """FastViT-SA12: RepMixer stages 1-3, RepCPE + attention stage 4."""
     return _create("fastvit_sa12", **kwargs)
 
 
-@register_model(tags=("fastvit",))
+@register_model(tags=("fastvit",), input_size=256)
 def fastvit_sa24(**kwargs: Any) -> FastVit:
     """FastViT-SA24: layers 4-4-12-4, attention stage 4."""
     return _create("fastvit_sa24", **kwargs)
 
 
-@register_model(tags=("fastvit",))
+@register_model(tags=("fastvit",), input_size=256)
 def fastvit_sa36(**kwargs: Any) -> FastVit:
     """FastViT-SA36: layers 6-6-18-6, attention stage 4."""
     return _create("fastvit_sa36", **kwargs)
 
 
-@register_model(tags=("fastvit",))
+@register_model(tags=("fastvit",), input_size=256)
 def fastvit_ma36(**kwargs: Any) -> FastVit:
     """FastViT-MA36: layers 6-6-18-6, widths 76-608, attention stage 4."""
     return _create("fastvit_ma36", **kwargs)
 
 
-@register_model(tags=("fastvit", "mobileclip"))
+@register_model(tags=("fastvit", "mobileclip"), input_size=256)
 def fastvit_mci0(**kwargs: Any) -> FastVit:
     """MobileCLIP-S0 image tower MCi0: layers 2-6-10-2, SE downsampling, 512-d projection."""
     return _create("fastvit_mci0", **kwargs)
 
 
-@register_model(tags=("fastvit", "mobileclip"))
+@register_model(tags=("fastvit", "mobileclip"), input_size=256)
 def fastvit_mci1(**kwargs: Any) -> FastVit:
     """MobileCLIP-S1 image tower MCi1: layers 4-12-20-4, SE downsampling, 512-d projection."""
     return _create("fastvit_mci1", **kwargs)
 
 
-@register_model(tags=("fastvit", "mobileclip"))
+@register_model(tags=("fastvit", "mobileclip"), input_size=256)
 def fastvit_mci2(**kwargs: Any) -> FastVit:
     """MobileCLIP-S2 image tower MCi2: layers 4-12-24-4, widths 80-640, SE downsampling, 512-d projection."""
     return _create("fastvit_mci2", **kwargs)

@@ -10,7 +10,10 @@ Two claims of the paper, at laptop scale on scikit-learn's bundled digits (upsam
    fully fused (the skip folded into the kernel: ``conv'(x)``). All three give the same outputs; the latency ratio
    skip-kept / fused is the memory-access saving the paper attributes to RepMixer.
 
-Writes ``results.json``, ``table.md`` and ``fastvit_reproduction.png`` to ``--out``.
+Prints which model trains (the trainer reports its progress: a bar on a terminal, a line every few seconds in
+logs), the tables, and at the end each claim with the verdict the
+measured numbers give (:func:`verdicts`). Writes ``results.json``, ``table.md`` and ``fastvit_reproduction.png`` to
+``--out``.
 """
 
 from __future__ import annotations
@@ -26,13 +29,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bramley.core.cli import positive_int
 from bramley.core.layers import MobileOneBlock, reparameterize_model
 
 from .bench import _interleaved
-from .model import FastVit, RepMixer, reparameterize
+from .model import FastVit, RepMixer
 
 IMAGE_SIZE = 64
 NUM_CLASSES = 10
+#: Largest output difference (absolute) that still counts as "the same function" for 8 stacked fp32 RepMixers.
+FUSION_ATOL = 1e-4
 
 
 # ------------------------------------------------------------------------------------------------------ the models
@@ -117,7 +123,7 @@ def _train(model: nn.Module, data: dict[str, Any], epochs: int, seed: int, batch
         log_every=10_000,
     )
     start = time.perf_counter()
-    Trainer(model, cfg, train_data=data["train"], loss_fn=_loss).fit()
+    Trainer(model, cfg, train_data=data["train"], loss_fn=_loss).fit()  # reports its progress (bar or lines)
     return {"train_s": time.perf_counter() - start}
 
 
@@ -230,10 +236,11 @@ def _run(out: Path, quick: bool, seed: int) -> dict[str, Any]:
         torch.manual_seed(seed)
         model = build()
         params = sum(p.numel() for p in model.parameters())
+        print(f"training {name} ({params / 1e3:.0f}k parameters, {epochs} epochs)", flush=True)
         info = _train(model, data, epochs, seed, batch_size=32 if quick else 64)
         model.eval()
         acc_unfused = _accuracy(model, data["test_x"], data["test_y"])
-        deploy = reparameterize(model) if isinstance(model, FastVit) else reparameterize_model(model).eval()
+        deploy = reparameterize_model(model)
         acc = _accuracy(deploy, data["test_x"], data["test_y"])
         trained[name] = deploy
         rows.append(
@@ -246,10 +253,12 @@ def _run(out: Path, quick: bool, seed: int) -> dict[str, Any]:
                 "train_s": round(info["train_s"], 1),
             }
         )
+    print(f"timing batch-1 CPU latency of the deployed models ({iters} calls each)", flush=True)
     x = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE)
     latency = _interleaved(trained, x, iters, warmup=3)
     for row in rows:
         row["latency_ms"] = latency[row["model"]]
+    print("timing RepMixer: as trained, skip kept, fully fused", flush=True)
     mixer = repmixer_claim(dim=64, size=16 if quick else 64, depth=2 if quick else 8, iters=iters, seed=seed)
     mixer_rows = [
         {
@@ -270,6 +279,7 @@ def _run(out: Path, quick: bool, seed: int) -> dict[str, Any]:
         "repmixer": mixer,
         "repmixer_table": mixer_rows,
     }
+    results["claims"] = verdicts(results)
     columns = ["model", "params_k", "deploy_params_k", "test_acc", "test_acc_unfused", "latency_ms", "train_s"]
     write_results(out, results, rows, columns, title="FastViT mini reproduction: digits 64x64, CPU batch-1 latency")
     from bramley.core.report import format_table
@@ -281,14 +291,56 @@ def _run(out: Path, quick: bool, seed: int) -> dict[str, Any]:
     return results
 
 
+def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The paper's claims, each with what this run measured and whether that supports it (``holds``)."""
+    mixer = results["repmixer"]
+    diff = mixer["max_abs_diff_vs_trained"]["fused"]
+    speedup = mixer["speedup_fused_vs_skip_kept"]
+    rows = {row["model"]: row for row in results["models"]}
+    fastvit, vit = rows["FastViT (fused)"], rows["plain ViT"]
+    claims = [
+        {
+            "claim": "RepMixer folds its skip connection into one depthwise conv: same outputs, lower latency",
+            "measured": f"max |fused - trained| {diff:.1e} (<= {FUSION_ATOL:.0e}), skip left: "
+            f"{mixer['fused_has_skip']}, {speedup:.2f}x faster than with the skip kept",
+            "holds": diff <= FUSION_ATOL and not mixer["fused_has_skip"] and speedup > 1.0,
+        },
+        {
+            "claim": "FastViT is more accurate than a plain ViT of the same size",
+            "measured": f"test accuracy {fastvit['test_acc']:.1f}% vs {vit['test_acc']:.1f}%",
+            "holds": fastvit["test_acc"] > vit["test_acc"],
+        },
+        {
+            "claim": "FastViT is faster than a plain ViT of the same size",
+            "measured": f"batch-1 CPU latency at {results['image_size']} px {fastvit['latency_ms']:.2f} ms vs "
+            f"{vit['latency_ms']:.2f} ms",
+            "holds": fastvit["latency_ms"] < vit["latency_ms"],
+        },
+    ]
+    return claims
+
+
+def verdict_lines(claims: list[dict[str, Any]]) -> list[str]:
+    """One line per claim: the claim, HOLDS / DOES NOT HOLD, and the measurement behind it."""
+    return [f"- {c['claim']}: {'HOLDS' if c['holds'] else 'DOES NOT HOLD'} ({c['measured']})" for c in claims]
+
+
+def _print_verdicts(claims: list[dict[str, Any]], quick: bool) -> None:
+    print("\nFastViT's claims (Vasu et al., ICCV 2023) against this run:")
+    print("\n".join(verdict_lines(claims)))
+    if quick:
+        print("(--quick: 1 epoch on 64 images and a few timings; the verdicts of a quick run say nothing)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bramley reproduce fastvit", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/reproduce-fastvit", help="output directory")
     parser.add_argument("--quick", action="store_true", help="a few seconds: 1 epoch on 64 images, few timings")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
-    run(args.out, quick=args.quick, seed=args.seed, threads=args.threads)
+    results = run(args.out, quick=args.quick, seed=args.seed, threads=args.threads)
+    _print_verdicts(results["claims"], args.quick)
     return 0
 
 
