@@ -141,3 +141,16 @@ def test_clear_errors(transformation, tmp_path):
         transform_gallery(transformation, p, out)
     with pytest.raises(BackfillError, match="disagree on the number of items"):
         save_gallery(p, embeddings=torch.randn(9, 6), labels=torch.arange(8))
+
+
+def test_refuses_writing_over_its_input_and_recovers_from_a_damaged_manifest(transformation, gallery, tmp_path):
+    with pytest.raises(BackfillError, match="would replace its input"):
+        transform_gallery(transformation, gallery, gallery, progress=False)
+    with pytest.raises(BackfillError, match="max_batches must be positive"):
+        transform_gallery(transformation, gallery, tmp_path / "o.safetensors", max_batches=0, progress=False)
+    out = tmp_path / "o.safetensors"
+    transform_gallery(transformation, gallery, out, batch_size=10, max_batches=2, progress=False)
+    (tmp_path / "o.safetensors.parts" / "manifest.json").write_text("{cut sho")
+    with pytest.raises(BackfillError, match="unfinished backfill of different inputs"):
+        transform_gallery(transformation, gallery, out, batch_size=10, progress=False)
+    assert transform_gallery(transformation, gallery, out, batch_size=10, resume=False, progress=False).complete

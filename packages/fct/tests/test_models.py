@@ -1,11 +1,15 @@
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from bramley.core.checkpoint import from_pretrained, save_pretrained
+from bramley.core.convert import build_converted
+from bramley.core.errors import CheckpointError, ConfigError
 from bramley.core.registry import create_model
 from bramley.fct.augment import BatchAugment
-from bramley.fct.models import FCTTransformation, convert_official_transformation, nt_xent, transformation_from_official
+from bramley.fct.models import FCTTransformation, convert_official, nt_xent
 from bramley.fct.train import BCTLoss, TransformationTask, transformation_loss
 
 
@@ -49,19 +53,37 @@ def _official_state_dict(h: FCTTransformation) -> dict:
     return sd
 
 
-def test_convert_official_transformation_roundtrip():
+def test_convert_official_roundtrip():
     h = FCTTransformation(8, 6, 4, 16)
     h.train()
     h(torch.randn(10, 8), torch.randn(10, 4))  # move BN statistics
     h.eval()
     official = _official_state_dict(h)
     assert "module.p1.0.conv.weight" in official and official["module.p1.0.conv.weight"].ndim == 4
-    converted = transformation_from_official(official).eval()
+    converted = convert_official(official)
+    assert converted.model_name == "fct_transformation"
+    assert converted.model_kwargs == {"old_dim": 8, "new_dim": 6, "side_info_dim": 4, "inner_dim": 16}
+    model = build_converted(converted)
     x, s = torch.randn(5, 8), torch.randn(5, 4)
-    torch.testing.assert_close(converted(x, s), h(x, s))
-    assert converted.model_config["kwargs"] == {"old_dim": 8, "new_dim": 6, "side_info_dim": 4, "inner_dim": 16}
-    with pytest.raises(KeyError, match="not a key of the official"):
-        convert_official_transformation({"encoder.weight": torch.zeros(1)})
+    torch.testing.assert_close(model(x, s), h(x, s))
+    assert convert_official(official, "fct_transformation").model_kwargs == converted.model_kwargs
+
+
+def test_convert_official_refuses_foreign_input():
+    official = _official_state_dict(FCTTransformation(8, 6, 4, 16))
+    with pytest.raises(CheckpointError, match=re.escape("key 'p1.0.conv.weight' is missing")):
+        convert_official({"encoder.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match=re.escape("key 'mixer.2.conv.weight' is missing")):
+        convert_official({k: v for k, v in official.items() if not k.startswith("module.mixer.2.")})
+    with pytest.raises(CheckpointError, match=re.escape("'encoder.weight' is not a key of the official")):
+        convert_official({**official, "module.encoder.weight": torch.zeros(1)})
+    bad = {**official, "module.p1.0.conv.weight": torch.zeros(16, 8, 3, 3)}
+    with pytest.raises(CheckpointError, match=r"expected a 1x1 conv weight, got shape \(16, 8, 3, 3\)"):
+        convert_official(bad)
+    with pytest.raises(CheckpointError, match="missing keys"):  # core's strict check names our keys
+        build_converted(convert_official({k: v for k, v in official.items() if "running_var" not in k}))
+    with pytest.raises(ConfigError, match="not 'fct_resnet50'"):
+        convert_official(official, "fct_resnet50")
 
 
 @pytest.mark.parametrize(

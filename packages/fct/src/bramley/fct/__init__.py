@@ -2,16 +2,18 @@
 
 from bramley.core.retrieval import retrieval_metrics  # re-exported: the README's quickstart imports it from here
 
-from .backfill import BackfillError, BackfillResult, load_gallery, save_gallery, transform_gallery
+from .backfill import BackfillError, BackfillResult, gallery_metrics, load_gallery, save_gallery, transform_gallery
 from .models import (
     ConvEmbeddingNet,
+    EmbeddingNet,
     FCTTransformation,
     SideInfoModel,
     TimmEmbeddingNet,
     TransformedOldModel,
-    convert_official_transformation,
-    transformation_from_official,
+    convert_official,
 )
+from .pipeline import evaluate, train_chain, train_stage
+from .recipe import SCHEMA
 from .train import (
     BCTLoss,
     embed_dataset,
@@ -24,24 +26,29 @@ from .train import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "SCHEMA",
     "BCTLoss",
     "BackfillError",
     "BackfillResult",
     "ConvEmbeddingNet",
+    "EmbeddingNet",
     "FCTTransformation",
     "SideInfoModel",
     "TimmEmbeddingNet",
     "TransformedOldModel",
     "__version__",
-    "convert_official_transformation",
+    "convert_official",
     "embed_dataset",
+    "evaluate",
+    "gallery_metrics",
     "load_gallery",
     "retrieval_metrics",
     "save_gallery",
     "synthesized_class_weights",
     "train_backbone",
+    "train_chain",
     "train_side_info",
+    "train_stage",
     "train_transformation",
     "transform_gallery",
-    "transformation_from_official",
 ]

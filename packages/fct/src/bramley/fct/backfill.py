@@ -25,17 +25,19 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from bramley.core.checkpoint import atomic_write
+from bramley.core.errors import DataError
+from bramley.core.retrieval import retrieval_metrics
 
 from .models import FCTTransformation
 
-__all__ = ["BackfillError", "BackfillResult", "load_gallery", "save_gallery", "transform_gallery"]
+__all__ = ["BackfillError", "BackfillResult", "gallery_metrics", "load_gallery", "save_gallery", "transform_gallery"]
 
 EMBEDDINGS_KEY = "embeddings"
 SIDE_INFO_KEY = "side_info"
 _META_KEY = "bramley_fct"
 
 
-class BackfillError(ValueError):
+class BackfillError(DataError):
     """A gallery file is missing, unreadable, or does not fit the transformation or the other inputs."""
 
 
@@ -158,7 +160,11 @@ def transform_gallery(
     """
     if batch_size < 1:
         raise BackfillError(f"batch_size must be positive, got {batch_size}")
+    if max_batches is not None and max_batches < 1:
+        raise BackfillError(f"max_batches must be positive, got {max_batches}")
     gallery_path, out_path = Path(gallery_path), Path(out_path)
+    if out_path.resolve() in {gallery_path.resolve(), Path(side_info_path or gallery_path).resolve()}:
+        raise BackfillError(f"the backfilled gallery {out_path} would replace its input: write it to another file")
     old = _Source(gallery_path, embeddings_key, "gallery")
     if old.dim != transformation.old_dim:
         raise BackfillError(
@@ -211,7 +217,10 @@ def transform_gallery(
     if parts.exists() and not resume:
         shutil.rmtree(parts)
     if manifest_path.is_file():
-        previous = json.loads(manifest_path.read_text())
+        try:
+            previous = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            previous = {"damaged": True}
         if previous != manifest:
             changed = sorted(k for k in manifest if previous.get(k) != manifest[k])
             raise BackfillError(
@@ -266,3 +275,59 @@ def transform_gallery(
     if not keep_parts:
         shutil.rmtree(parts)
     return BackfillResult(out_path, n, total, total)
+
+
+def _gallery_for_eval(path: str | os.PathLike, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(embeddings, labels)`` of a gallery file, each checked (a one-line BackfillError naming the file)."""
+    tensors = load_gallery(path)
+    missing = [key for key in (EMBEDDINGS_KEY, "labels") if key not in tensors]
+    if missing:
+        held = ", ".join(sorted(tensors)) or "nothing"
+        raise BackfillError(
+            f"{what} {path} has no {missing[0]!r} tensor (it holds: {held}); eval needs a gallery written by "
+            "`bramley-fct embed` or `transform-gallery` (embeddings and each item's label)"
+        )
+    emb, labels = tensors[EMBEDDINGS_KEY], tensors["labels"]
+    if emb.ndim != 2 or not emb.is_floating_point():
+        raise BackfillError(
+            f"{what} {path}['embeddings'] must be a 2-D float tensor, got {emb.dtype} {tuple(emb.shape)}"
+        )
+    if labels.ndim != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise BackfillError(f"{what} {path}['labels'] must be 1-D integers, got {labels.dtype} {tuple(labels.shape)}")
+    if labels.shape[0] != emb.shape[0]:
+        raise BackfillError(f"{what} {path} has {emb.shape[0]} embeddings but {labels.shape[0]} labels")
+    if not bool(torch.isfinite(emb).all()):
+        raise BackfillError(f"{what} {path}['embeddings'] holds NaN or infinite values")
+    return emb, labels
+
+
+def gallery_metrics(
+    query_path: str | os.PathLike,
+    gallery_path: str | os.PathLike,
+    metric: str = "l2",
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """FCT's retrieval metrics (percent) of the query file's embeddings against the gallery file's.
+
+    Both files embed the same evaluation images in the same order (their labels must be equal): the gallery is the
+    query set, each query left out of its own ranking, as in the paper. Query and gallery may come from different
+    models in one embedding space (new-model queries against a backfilled old gallery).
+    """
+    query, query_labels = _gallery_for_eval(query_path, "query")
+    gallery, gallery_labels = _gallery_for_eval(gallery_path, "gallery")
+    if query_labels.shape != gallery_labels.shape or not torch.equal(query_labels, gallery_labels):
+        raise BackfillError(
+            f"query {query_path} and gallery {gallery_path} have different labels ({query_labels.numel()} vs "
+            f"{gallery_labels.numel()} items): they must embed the same images in the same order"
+        )
+    if query.shape[1] != gallery.shape[1]:
+        raise BackfillError(
+            f"query {query_path} embeddings have dim {query.shape[1]}, gallery {gallery_path} dim {gallery.shape[1]}: "
+            "they are not in one embedding space (backfill the old gallery with transform-gallery first)"
+        )
+    if len(query_labels) < 2:
+        raise BackfillError(f"query {query_path} holds {len(query_labels)} item: leave-one-out needs at least two")
+    try:
+        return retrieval_metrics(query.to(device), gallery.to(device), query_labels.to(device), metric=metric)
+    except ValueError as e:  # no query shares a label with any other item
+        raise BackfillError(f"{query_path} vs {gallery_path}: {e}") from None

@@ -1,249 +1,262 @@
-"""Command line of bramley-fct (also available as `bramley fct`).
-
-The stages of the paper, each writing a ``save_pretrained`` folder or a safetensors gallery::
-
-    bramley-fct train-backbone --role old --config R --out runs/old
-    bramley-fct train-backbone --role new --config R --out runs/new          (--bct-old runs/old: BCT baseline)
-    bramley-fct train-side-info --config R --out runs/side
-    bramley-fct train-transformation --old runs/old --new runs/new --side runs/side --config R --out runs/h
-    bramley-fct embed --model runs/old --side-model runs/side --config R --out old_gallery.safetensors
-    bramley-fct transform-gallery --transformation runs/h --gallery old_gallery.safetensors --out backfilled.safetensors
-    bramley-fct embed --model runs/new --config R --out new_queries.safetensors
-    bramley-fct eval --query new_queries.safetensors --gallery backfilled.safetensors
-"""
+"""Command line of bramley-fct (also available as ``bramley fct``)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bramley.core.checkpoint import save_pretrained
-from bramley.core.cli import add_config_arguments, run_method_cli
+from bramley.core.cli import MethodCLI, positive_int, run_training, write_json
+from bramley.core.errors import ConfigError
+
+from .models import convert_official
+from .pipeline import train_chain
+from .recipe import SCHEMA
+
+EPILOG = """\
+The whole chain in one run folder (one sub-folder per stage, the evaluation table in results.json):
+  bramley-fct train --out runs/fct                                     digits, seconds per stage on a CPU
+  bramley-fct train --recipe cifar100 --out runs/c100 data.root=/data/cifar100
+
+Or stage by stage, each into its own run folder:
+  bramley-fct train-backbone --role old --out runs/old
+  bramley-fct train-backbone --role new --out runs/new
+  bramley-fct train-backbone --role bct --old runs/old --out runs/bct      the BCT baseline
+  bramley-fct train-side-info --out runs/side
+  bramley-fct train-transformation --old runs/old --new runs/new --side runs/side --out runs/h
+  bramley-fct embed --checkpoint runs/old --side runs/side --out old_gallery.safetensors
+  bramley-fct transform-gallery --checkpoint runs/h --gallery old_gallery.safetensors --out backfilled.safetensors
+  bramley-fct embed --checkpoint runs/new --out new_queries.safetensors
+  bramley-fct eval --query new_queries.safetensors --gallery backfilled.safetensors
+
+Bundled recipes: digits (the default: the mini reproduction's setup), smoke (toy size, seconds), cifar100 and
+imagenet (the paper's settings); or a .yaml file. key=value overrides follow the recipe's sections, e.g.
+train.epochs=3, loss.side_info.train.epochs=5, eval.cases=[old_old,bct,fct,new_new], data.root=/data/cifar100.
+"""
 
 
-def _cfg(args: argparse.Namespace, save: bool = True) -> dict:
-    if args.recipe is not None:
-        if args.config is not None:
-            raise SystemExit("bramley-fct: give either --recipe or --config, not both")
-        from .pipeline import recipe_path
+# ------------------------------------------------------------------------------------------------------ stages
+def _recipe(args: argparse.Namespace):
+    """The recipe of a stage command: ``--recipe`` <- overrides <- ``--device`` (as ``train.device``)."""
+    from bramley.core.recipe import load_recipe
+    from bramley.core.train.distributed import resolve_device
 
-        args.config = recipe_path(args.recipe)
-    from bramley.core.config import save_config
-
-    from .pipeline import resolve_run_config
-
-    config = resolve_run_config(args.config, args.overrides)
-    if save:
-        save_config(config, _need_out(args))
-    return config
+    overrides = [*args.overrides, *([f"train.device={args.device}"] if args.device is not None else [])]
+    recipe = load_recipe(SCHEMA, args.recipe, overrides)
+    resolve_device(recipe.train.device)  # a device this machine lacks is an error before any data is read
+    return recipe
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
-    add_config_arguments(p)
-    p.add_argument("--recipe", default=None, help="a bundled recipe instead of --config: cifar100, imagenet, digits")
+def _load(path: str):
+    from bramley.core.checkpoint import load_model
+
+    return load_model(path)
 
 
-def _need_out(args: argparse.Namespace) -> Path:
-    if args.out is None:
-        raise SystemExit("bramley-fct: --out is required")
-    return Path(args.out)
+def _train_stage(args: argparse.Namespace, stage: str, **paths: str | None) -> int:
+    from .data import build_dataset
+    from .pipeline import check_stages, train_stage
 
+    recipe = _recipe(args)
+    models = {f"{name}_model": _load(path) for name, path in paths.items() if path is not None}
 
-def _save(model, out: Path) -> None:
-    """Write a stage's model once (rank 0 only under torchrun)."""
-    import torch.distributed as dist
+    def run(recipe, out: Path) -> dict:
+        train, num_classes = build_dataset(recipe.data, "train")
+        check_stages(recipe, [stage], num_classes, out)
+        _, metrics = train_stage(recipe, stage, out, train, num_classes, **models)
+        return {"stage": stage, "metrics": metrics}
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
-        save_pretrained(model, out)
+    run_training(recipe, args.out, run, overwrite=args.overwrite)
+    return 0
 
 
 def _train_backbone(args: argparse.Namespace) -> int:
-    from .pipeline import load_model, run_stage
-
-    out = _need_out(args)
-    cfg = _cfg(args)
-    if args.bct_old and args.role != "new":
-        raise SystemExit("bramley-fct: --bct-old trains the NEW model with BCT; use it with --role new")
-    old = load_model(args.bct_old) if args.bct_old else None
-    model = run_stage(cfg, args.role, old_model=old, bct=old is not None)
-    _save(model, out)
-    print(f"saved {args.role} model{' (BCT)' if old is not None else ''} to {out}")
-    return 0
+    if args.role == "bct" and args.old is None:
+        raise ConfigError("--role bct trains the new model with BCT against the old one: give --old OLD_RUN_FOLDER")
+    if args.role != "bct" and args.old is not None:
+        raise ConfigError(f"--old is the old model of BCT (--role bct); --role {args.role} trains without it")
+    return _train_stage(args, args.role, old=args.old)
 
 
 def _train_side_info(args: argparse.Namespace) -> int:
-    from .pipeline import run_stage
-
-    out = _need_out(args)
-    model = run_stage(_cfg(args), "side_info")
-    _save(model, out)
-    print(f"saved side-information model to {out}")
-    return 0
+    return _train_stage(args, "side_info")
 
 
 def _train_transformation(args: argparse.Namespace) -> int:
-    from .pipeline import load_model, run_stage
-
-    out = _need_out(args)
-    cfg = _cfg(args)
-    old, new = load_model(args.old), load_model(args.new)
-    side = load_model(args.side) if args.side else None
-    model = run_stage(cfg, "transformation", old_model=old, new_model=new, side_model=side)
-    _save(model, out)
-    print(f"saved transformation ({'with' if side is not None else 'without'} side information) to {out}")
-    return 0
+    stage = "transformation" if args.side is not None else "transformation_no_side_info"
+    return _train_stage(args, stage, old=args.old, new=args.new, side=args.side)
 
 
+def _stage_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--recipe", default=None, help=f"bundled recipe or a .yaml file (default: {SCHEMA.default_recipe})"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the stage's run folder")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N, mps (default: the recipe's)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=3 data.root=/data/c100")
+
+
+def _backbone_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--role", choices=["old", "new", "bct"], required=True, help="bct: the new model trained with BCT")
+    p.add_argument("--old", default=None, help="--role bct: the old model (run folder or .safetensors)")
+    _stage_arguments(p)
+
+
+def _transformation_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--old", required=True, help="the old model (run folder or .safetensors)")
+    p.add_argument("--new", required=True, help="the new model")
+    p.add_argument("--side", default=None, help="the side-information model (omit: FCT without side information)")
+    _stage_arguments(p)
+
+
+# ------------------------------------------------------------------------------------------------- galleries
 def _embed(args: argparse.Namespace) -> int:
+    from bramley.core.recipe import load_recipe
+    from bramley.core.train.distributed import resolve_device
+
     from .backfill import save_gallery
     from .data import build_dataset
-    from .pipeline import load_model
+    from .pipeline import check_embedder
     from .train import embed_dataset
 
-    out = _need_out(args)
-    cfg = _cfg(args, save=False)  # --out is a file here
-    data = build_dataset(cfg["data"], args.split)
+    device = resolve_device(args.device)
+    recipe = load_recipe(SCHEMA, args.recipe, args.overrides)
+    model = _load(args.checkpoint)
+    check_embedder(model, args.checkpoint)
+    side = _load(args.side) if args.side is not None else None
+    if side is not None:
+        check_embedder(side, args.side)
+    data, _ = build_dataset(recipe.data, args.split)
     kw = {
-        "batch_size": int(cfg["eval"]["batch_size"]),
-        "device": args.device,
-        "num_workers": cfg["eval"]["num_workers"],
+        "batch_size": recipe.eval.batch_size or recipe.train.batch_size,
+        "device": device,
+        "num_workers": recipe.train.num_workers,
     }
-    emb, labels = embed_dataset(load_model(args.model), data, **kw)
-    tensors = {"embeddings": emb, "labels": labels}
-    if args.side_model:
-        tensors["side_info"] = embed_dataset(load_model(args.side_model), data, **kw)[0]
-    save_gallery(out, **tensors)
-    print(f"wrote {len(labels)} embeddings ({', '.join(tensors)}) to {out}")
+    embeddings, labels = embed_dataset(model, data, **kw)
+    tensors = {"embeddings": embeddings, "labels": labels}
+    if side is not None:
+        tensors["side_info"] = embed_dataset(side, data, **kw)[0]
+    save_gallery(args.out, **tensors)
+    print(f"wrote {len(labels)} embeddings ({', '.join(tensors)}) to {args.out}")
     return 0
+
+
+def _embed_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="the model whose embeddings to store (run folder, .safetensors)")
+    p.add_argument("--side", default=None, help="also store this side-information model's output (side_info)")
+    p.add_argument("--split", choices=["val", "train"], default="val", help="the recipe's evaluation or training split")
+    p.add_argument(
+        "--recipe", default=None, help=f"the data: bundled recipe or .yaml (default: {SCHEMA.default_recipe})"
+    )
+    p.add_argument("--out", type=Path, required=True, help="the gallery file (.safetensors)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="e.g. data.root=/data/cifar100 eval.batch_size=512"
+    )
 
 
 def _transform_gallery(args: argparse.Namespace) -> int:
-    from .backfill import transform_gallery
-    from .pipeline import load_model
+    from bramley.core.train.distributed import resolve_device
 
-    res = transform_gallery(
-        load_model(args.transformation),
+    from .backfill import transform_gallery
+    from .models import FCTTransformation
+
+    device = resolve_device(args.device)
+    transformation = _load(args.checkpoint)
+    if not isinstance(transformation, FCTTransformation):
+        name = transformation.model_config.get("name", type(transformation).__name__)
+        raise ConfigError(f"--checkpoint {args.checkpoint} holds {name}, not an fct_transformation")
+    result = transform_gallery(
+        transformation,
         args.gallery,
         args.out,
         side_info_path=args.side_info,
         batch_size=args.batch_size,
-        device=args.device,
+        device=device,
         resume=not args.restart,
         max_batches=args.max_batches,
         progress=not args.no_progress,
     )
-    if res.complete:
-        print(f"backfilled {res.num_items} embeddings into {res.out_path}")
+    if result.complete:
+        print(f"backfilled {result.num_items} embeddings into {result.out_path}")
     else:
-        print(f"stopped after {res.batches_done}/{res.batches_total} batches; run the same command again to resume")
+        print(f"stopped after {result.batches_done}/{result.batches_total} batches; run the same command to resume")
     return 0
+
+
+def _transform_gallery_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="the transformation (run folder or .safetensors)")
+    p.add_argument("--gallery", required=True, help="safetensors with 'embeddings' (and 'side_info', 'labels', ...)")
+    p.add_argument("--side-info", default=None, help="separate safetensors file with 'side_info'")
+    p.add_argument("--out", type=Path, required=True, help="the backfilled gallery (.safetensors)")
+    p.add_argument("--batch-size", type=positive_int, default=4096, help="items per batch (and per resumable part)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--restart", action="store_true", help="discard an unfinished backfill instead of resuming it")
+    p.add_argument("--max-batches", type=positive_int, default=None, help="stop after this many batches (resume later)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _eval(args: argparse.Namespace) -> int:
     from bramley.core.report import format_table
-    from bramley.core.retrieval import retrieval_metrics
+    from bramley.core.train.distributed import resolve_device
 
-    from .backfill import load_gallery
+    from .backfill import gallery_metrics
 
-    query, gallery = load_gallery(args.query), load_gallery(args.gallery)
-    if "labels" not in query:
-        raise SystemExit(f"bramley-fct: {args.query} has no 'labels' tensor")
-    if "labels" in gallery and not (
-        gallery["labels"].shape == query["labels"].shape and (gallery["labels"] == query["labels"]).all()
-    ):
-        raise SystemExit(
-            "bramley-fct: query and gallery labels differ: they must embed the same images in the same order"
-        )
-    m = retrieval_metrics(query["embeddings"], gallery["embeddings"], query["labels"], metric=args.metric)
-    row = {"query": Path(args.query).name, "gallery": Path(args.gallery).name, **m}
+    device = resolve_device(args.device)
+    metrics = gallery_metrics(args.query, args.gallery, metric=args.metric, device=device)
+    row = {"query": Path(args.query).name, "gallery": Path(args.gallery).name, **metrics}
     print(format_table([row], digits=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(row, indent=2) + "\n")
+    if args.out is not None:
+        write_json(args.out, row, echo=False)
     return 0
 
 
-def _reproduce(argv: list[str]) -> int:
-    from .reproduce import main as reproduce_main
-
-    return reproduce_main(argv)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--query", required=True, help="safetensors with 'embeddings' and 'labels' (embed's output)")
+    p.add_argument("--gallery", required=True, help="safetensors with 'embeddings' and 'labels' of the same images")
+    p.add_argument("--metric", choices=["l2", "cosine"], default="l2", help="distance (l2: the official one)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--out", type=Path, default=None, help="also write the metrics to this JSON file")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bramley-fct",
-        description="Forward Compatible Training for large-scale embedding retrieval.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("train-backbone", help="train the old or the new embedding model (or the BCT new model)")
-    p.add_argument("--role", choices=["old", "new"], required=True)
-    p.add_argument("--bct-old", default=None, help="old model folder: train the new model with BCT against it")
-    _config_args(p)
-    p.set_defaults(func=_train_backbone)
-
-    p = sub.add_parser("train-side-info", help="train the self-supervised side-information model on the old data")
-    _config_args(p)
-    p.set_defaults(func=_train_side_info)
-
-    p = sub.add_parser("train-transformation", help="train h(old, side) -> new with the other models frozen")
-    p.add_argument("--old", required=True, help="old model folder")
-    p.add_argument("--new", required=True, help="new model folder")
-    p.add_argument("--side", default=None, help="side-information model folder (omit: FCT without side info)")
-    _config_args(p)
-    p.set_defaults(func=_train_transformation)
-
-    p = sub.add_parser("embed", help="embed the evaluation (or training) split into a gallery file")
-    p.add_argument("--model", required=True, help="backbone folder whose embeddings to store")
-    p.add_argument("--side-model", default=None, help="also store this side-information model's output")
-    p.add_argument("--split", choices=["val", "train"], default="val")
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="default: cuda when available")
-    _config_args(p)
-    p.set_defaults(func=_embed)
-
-    p = sub.add_parser("transform-gallery", help="backfill: transform stored old embeddings into the new space")
-    p.add_argument("--transformation", required=True, help="transformation folder")
-    p.add_argument("--gallery", required=True, help="safetensors with 'embeddings' (and 'side_info', 'labels', ...)")
-    p.add_argument("--side-info", default=None, help="separate safetensors file with 'side_info'")
-    p.add_argument("--out", required=True, help="output safetensors file")
-    p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--restart", action="store_true", help="discard an unfinished backfill instead of resuming it")
-    p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (resume later)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_transform_gallery)
-
-    p = sub.add_parser("eval", help="CMC top-1/5, mAP, mAP@R of query embeddings against a gallery (leave-one-out)")
-    p.add_argument("--query", required=True, help="safetensors with 'embeddings' and 'labels'")
-    p.add_argument("--gallery", required=True, help="safetensors with 'embeddings' of the same images")
-    p.add_argument("--metric", choices=["l2", "cosine"], default="l2")
-    p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
-    p.set_defaults(func=_eval)
-
-    sub.add_parser("reproduce", help="run the mini reproduction (options: reproduce --help)", add_help=False)
-    return parser
+# -------------------------------------------------------------------------------------------------------- cli
+cli = MethodCLI("fct", "FCT: forward compatible training for large-scale embedding retrieval.", EPILOG)
+cli.add_info()
+cli.add_train(SCHEMA, train_chain, "train the whole chain (old, new, side-info, transformation) and evaluate it")
+cli.add_command(
+    "train-backbone", _train_backbone, "train the old or the new model (or the BCT new model)", _backbone_arguments
+)
+cli.add_command(
+    "train-side-info", _train_side_info, "train the side-information model on the old classes", _stage_arguments
+)
+cli.add_command(
+    "train-transformation",
+    _train_transformation,
+    "train h(old, side) -> new, the others frozen",
+    _transformation_arguments,
+)
+cli.add_command(
+    "embed", _embed, "embed the recipe's evaluation (or training) split into a gallery file", _embed_arguments
+)
+cli.add_command(
+    "transform-gallery",
+    _transform_gallery,
+    "backfill: transform stored old embeddings into the new space",
+    _transform_gallery_arguments,
+)
+cli.add_command(
+    "eval", _eval, "CMC top-1/5, mAP, mAP@R of query embeddings against a gallery (leave-one-out)", _eval_arguments
+)
+cli.add_convert(convert_official, "convert an official apple/ml-fct transformation state dict (MLP_BN_SIDE_PROJECTION)")
+cli.add_reproduce("bramley.fct.reproduce")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bramley.core.checkpoint import CheckpointError
-
-    from .backfill import BackfillError
-
-    try:
-        return run_method_cli(build_parser(), argv, passthrough={"reproduce": _reproduce})
-    except (BackfillError, CheckpointError, FileNotFoundError) as e:
-        raise SystemExit(f"bramley-fct: error: {e}") from e
+    """The ``bramley-fct`` console script and the ``bramley fct`` entry point."""
+    return cli.main(argv)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # torchrun --nproc_per_node 8 -m bramley.fct.cli train --recipe cifar100 ...
     sys.exit(main())

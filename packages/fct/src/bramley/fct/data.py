@@ -1,18 +1,21 @@
-"""Datasets for FCT: class-subset views (old model = first half of the classes) of digits or an image folder.
+"""Datasets for FCT: a recipe's ``data`` section as datasets, and class-subset views (the old classes).
 
-Every dataset yields ``(image, label)``; the full evaluation set always keeps all classes (as in the paper).
+Every dataset yields ``(image, label)``; the evaluation split always keeps every class (as in the paper).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-__all__ = ["build_dataset", "class_subset", "dataset_labels"]
+from bramley.core.errors import ConfigError, DataError
+
+from .recipe import FCTData
+
+__all__ = ["build_dataset", "class_subset", "dataset_labels", "num_old_classes"]
 
 
 def dataset_labels(data: Dataset) -> torch.Tensor:
@@ -36,13 +39,21 @@ def class_subset(data: Dataset, classes: int | Sequence[int] | None) -> Dataset:
     present = set(labels.unique().tolist())
     missing = sorted(keep - present)
     if missing:
-        raise ValueError(
+        raise DataError(
             f"class subset asks for classes {missing} that have no item (labels present: {sorted(present)})"
         )
     idx = torch.nonzero(torch.isin(labels, torch.tensor(sorted(keep)))).flatten()
     if isinstance(data, TensorDataset):
         return TensorDataset(*(t[idx] for t in data.tensors))
     return Subset(data, idx.tolist())
+
+
+def num_old_classes(data: FCTData, num_classes: int) -> int:
+    """How many classes (the first ones) the old model and the side-information model train on."""
+    old = data.old_classes if data.old_classes is not None else num_classes // 2
+    if not 1 <= old <= num_classes:
+        raise DataError(f"data.old_classes={old} but the dataset has {num_classes} classes")
+    return old
 
 
 def _image_transforms(preset: str, image_size: int, train: bool):
@@ -55,45 +66,46 @@ def _image_transforms(preset: str, image_size: int, train: bool):
             if train
             else [T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size)]
         )
-    elif preset == "cifar":  # official CIFAR-100 transforms: upsample to the ImageNet resolution, flip when training
+    else:  # "cifar", the official CIFAR-100 transforms: upsample to the ImageNet resolution, flip when training
         ops = [T.Resize(image_size), T.CenterCrop(image_size)] + ([T.RandomHorizontalFlip()] if train else [])
-    else:
-        raise ValueError(f"unknown transform preset {preset!r}; choose 'imagenet' or 'cifar'")
     return T.Compose([*ops, T.ToTensor(), normalize])
 
 
-def build_dataset(cfg: Mapping[str, Any], split: str, classes: int | None = None) -> Dataset:
-    """The ``split`` (``"train"`` or ``"val"``) of the dataset described by a recipe's ``data`` section.
+def build_dataset(data: FCTData, split: str) -> tuple[Dataset, int]:
+    """The ``split`` (``"train"`` or ``"val"``) of a recipe's ``data`` section and its number of classes.
 
-    ``cfg["name"]`` is ``"digits"`` (bundled; ``test_fraction`` of each class is the evaluation split) or
-    ``"image_folder"`` (``root/<train_dir>`` and ``root/<val_dir>`` in torchvision ImageFolder layout, like the
-    official ``training`` / ``validation`` folders). ``classes`` keeps the first ``classes`` classes only.
+    Raises:
+        ConfigError: ``source: folder`` without ``root`` or ``image_size``.
+        DataError: a folder does not exist or holds no images.
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    name = cfg.get("name")
-    if name == "digits":
+    if data.source == "digits":
         from bramley.core.data import DigitsDataset
 
         ds = DigitsDataset(
             "train" if split == "train" else "test",
             val_fraction=0.0,
-            test_fraction=float(cfg.get("test_fraction", 0.35)),
-            seed=int(cfg.get("split_seed", 0)),
-            image_size=cfg.get("image_size"),
-            in_chans=int(cfg.get("in_chans", 1)),
+            test_fraction=data.test_fraction,
+            seed=data.split_seed,
+            image_size=data.image_size,
+            in_chans=data.in_chans,
         )
-        data: Dataset = TensorDataset(*ds.tensors())
-    elif name == "image_folder":
-        from torchvision.datasets import ImageFolder
+        return TensorDataset(*ds.tensors()), ds.num_classes
+    from torchvision.datasets import ImageFolder
 
-        if not cfg.get("root"):
-            raise ValueError("data.root is required for image_folder data: pass data.root=/path/to/dataset")
-        folder = Path(cfg["root"]) / cfg.get("train_dir" if split == "train" else "val_dir", "")
-        if not folder.is_dir():
-            raise FileNotFoundError(f"dataset folder {folder} does not exist")
-        tf = _image_transforms(cfg.get("preset", "imagenet"), int(cfg.get("image_size", 224)), split == "train")
-        data = ImageFolder(str(folder), transform=tf)
-    else:
-        raise ValueError(f"unknown dataset {name!r}; choose 'digits' or 'image_folder'")
-    return class_subset(data, classes)
+    if not data.root:
+        raise ConfigError(
+            "data.root is not set: pass data.root=/path/to/dataset (holding data.train_dir, data.val_dir)"
+        )
+    if data.image_size is None:
+        raise ConfigError("data.image_size is not set: source folder needs it (the paper's recipes use 224)")
+    folder = Path(data.root) / (data.train_dir if split == "train" else data.val_dir)
+    if not folder.is_dir():
+        raise DataError(f"dataset folder {folder} does not exist")
+    transform = _image_transforms(data.preset, data.image_size, split == "train")
+    try:
+        images = ImageFolder(str(folder), transform=transform)
+    except FileNotFoundError as e:  # torchvision's "Couldn't find any class folder" / "Found no valid file"
+        raise DataError(f"dataset folder {folder}: {e}") from None
+    return images, len(images.classes)

@@ -13,15 +13,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bramley.core.convert import Converted, strip_prefix
+from bramley.core.errors import CheckpointError, ConfigError
 from bramley.core.registry import register_model
 
 __all__ = [
     "ConvEmbeddingNet",
+    "EmbeddingNet",
     "FCTTransformation",
     "SideInfoModel",
     "TimmEmbeddingNet",
     "TransformedOldModel",
-    "convert_official_transformation",
+    "convert_official",
 ]
 
 
@@ -53,7 +56,7 @@ class EmbeddingHead(nn.Module):
         self.classifier = nn.Linear(embedding_dim, num_classes, bias=False) if num_classes > 0 else None
 
 
-class _EmbeddingNet(nn.Module):
+class EmbeddingNet(nn.Module):
     """Shared API of the backbones: ``embed(x) -> (N, embedding_dim)``, ``forward(x) -> logits``."""
 
     head: EmbeddingHead
@@ -78,7 +81,7 @@ class _EmbeddingNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------- models
-class ConvEmbeddingNet(_EmbeddingNet):
+class ConvEmbeddingNet(EmbeddingNet):
     """A small VGG-style CNN for tiny images (digits 8x8, CIFAR-like 32x32): conv-BN-ReLU stages, 2x2 max-pool
     between stages, global average pooling, embedding head.
 
@@ -121,7 +124,7 @@ class ConvEmbeddingNet(_EmbeddingNet):
         return self.trunk(x).mean((2, 3))
 
 
-class TimmEmbeddingNet(_EmbeddingNet):
+class TimmEmbeddingNet(EmbeddingNet):
     """A timm trunk (e.g. ``resnet50``, globally pooled) with the FCT embedding head: the full-scale backbones.
 
     The official ResNet50-128 narrows the last bottleneck block to 128 channels; here the 2048-d pooled ResNet
@@ -164,14 +167,14 @@ class SideInfoModel(nn.Module):
 
     def __init__(
         self,
-        encoder: _EmbeddingNet,
+        encoder: EmbeddingNet,
         objective: str = "simclr",
         proj_dim: int = 64,
         image_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         dim = encoder.embedding_dim
-        self.encoder, self.objective, self.side_info_dim = encoder, objective, dim
+        self.encoder, self.objective, self.side_info_dim, self.in_chans = encoder, objective, dim, encoder.in_chans
         if objective == "simclr":
             self.head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, proj_dim))
         elif objective == "autoencoder":
@@ -249,7 +252,7 @@ class FCTTransformation(nn.Module):
 class TransformedOldModel(nn.Module):
     """Images -> transformed old embeddings: ``h(old.embed(x), side(x))`` (what a backfilled gallery holds)."""
 
-    def __init__(self, old_model: _EmbeddingNet, transformation: FCTTransformation, side_model: nn.Module | None):
+    def __init__(self, old_model: EmbeddingNet, transformation: FCTTransformation, side_model: nn.Module | None):
         super().__init__()
         self.old_model, self.transformation, self.side_model = old_model, transformation, side_model
 
@@ -263,51 +266,54 @@ class TransformedOldModel(nn.Module):
 # --------------------------------------------------------------------------------------------------------- convert
 _OFFICIAL_PREFIXES = {"p1.": "old_proj.", "p2.": "side_proj.", "mixer.": "mixer."}
 _OFFICIAL_PARTS = {"conv.": "linear.", "normalizer.": "norm."}
+# the official keys that size the transformation
+_OFFICIAL_SIZES = ("p1.0.conv.weight", "p2.0.conv.weight", "mixer.0.conv.weight", "mixer.2.conv.weight")
 
 
-def convert_official_transformation(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map an official ``MLP_BN_SIDE_PROJECTION`` state dict (apple/ml-fct) onto :class:`FCTTransformation`.
+def convert_official(state_dict: Mapping[str, torch.Tensor], model_name: str | None = None) -> Converted:
+    """An official ``MLP_BN_SIDE_PROJECTION`` state dict (apple/ml-fct) as an ``fct_transformation``.
 
     Official keys look like ``p1.0.conv.weight`` (1x1 conv, shape ``(out, in, 1, 1)``) and
     ``mixer.1.normalizer.running_mean``; ours are ``old_proj.0.linear.weight`` ``(out, in)`` and
-    ``mixer.1.norm.running_mean``. A ``module.`` prefix (DataParallel) is stripped. Unknown keys are an error.
+    ``mixer.1.norm.running_mean``. A ``module.`` prefix (DataParallel) is stripped. The sizes (old, new and
+    side-information dims, inner dim) are read from the weights.
+
+    Raises:
+        CheckpointError: a key that is not part of the official transformation, a 1x1 conv weight of another shape,
+            or a missing key the sizes are read from (each named).
+        ConfigError: ``model_name`` is not ``fct_transformation``.
     """
+    if model_name not in (None, "fct_transformation"):
+        raise ConfigError(
+            f"official FCT checkpoints hold the transformation (fct_transformation), not {model_name!r}: "
+            "the official backbones are TorchScript archives, which bramley does not read"
+        )
+    official = strip_prefix(state_dict, "module.")
+    missing = [key for key in _OFFICIAL_SIZES if key not in official]
+    if missing:
+        raise CheckpointError(
+            f"not an official MLP_BN_SIDE_PROJECTION state dict: key {missing[0]!r} is missing "
+            f"(found {', '.join(sorted(official)[:5]) or 'no keys'}{' ...' if len(official) > 5 else ''})"
+        )
     out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        name = key.removeprefix("module.")
-        prefix = next((p for p in _OFFICIAL_PREFIXES if name.startswith(p)), None)
-        part = next((p for p in _OFFICIAL_PARTS if p in name), None)
+    for key, value in official.items():
+        prefix = next((p for p in _OFFICIAL_PREFIXES if key.startswith(p)), None)
+        part = next((p for p in _OFFICIAL_PARTS if p in key), None)
         if prefix is None or part is None:
-            raise KeyError(f"{key!r} is not a key of the official MLP_BN_SIDE_PROJECTION transformation")
-        new = _OFFICIAL_PREFIXES[prefix] + name[len(prefix) :].replace(part, _OFFICIAL_PARTS[part], 1)
-        if part == "conv." and name.endswith(".weight"):
+            raise CheckpointError(f"{key!r} is not a key of the official MLP_BN_SIDE_PROJECTION transformation")
+        new = _OFFICIAL_PREFIXES[prefix] + key[len(prefix) :].replace(part, _OFFICIAL_PARTS[part], 1)
+        if part == "conv." and key.endswith(".weight"):
             if value.ndim != 4 or value.shape[2:] != (1, 1):
-                raise ValueError(f"{key!r}: expected a 1x1 conv weight, got shape {tuple(value.shape)}")
+                raise CheckpointError(f"{key!r}: expected a 1x1 conv weight, got shape {tuple(value.shape)}")
             value = value[:, :, 0, 0]
         out[new] = value
-    return out
-
-
-def transformation_from_official(state_dict: Mapping[str, torch.Tensor]) -> FCTTransformation:
-    """Build an :class:`FCTTransformation` sized from an official state dict and load it."""
-    from bramley.core.checkpoint import check_state_dict
-
-    sd = convert_official_transformation(state_dict)
-    try:
-        old_dim = sd["old_proj.0.linear.weight"].shape[1]
-        new_dim = sd["mixer.2.linear.weight"].shape[0]
-        inner_dim = sd["mixer.0.linear.weight"].shape[0]
-    except KeyError as e:
-        raise KeyError(f"official transformation state dict lacks {e}") from None
-    side_dim = sd["side_proj.0.linear.weight"].shape[1] if "side_proj.0.linear.weight" in sd else 0
-    from bramley.core.registry import create_model
-
-    model = create_model(
-        "fct_transformation", old_dim=old_dim, new_dim=new_dim, side_info_dim=side_dim, inner_dim=inner_dim
-    )
-    check_state_dict(model, sd, source="converted official transformation")
-    model.load_state_dict(sd)
-    return model
+    kwargs = {
+        "old_dim": out["old_proj.0.linear.weight"].shape[1],
+        "new_dim": out["mixer.2.linear.weight"].shape[0],
+        "side_info_dim": out["side_proj.0.linear.weight"].shape[1],
+        "inner_dim": out["mixer.0.linear.weight"].shape[0],
+    }
+    return Converted("fct_transformation", kwargs, out)
 
 
 # -------------------------------------------------------------------------------------------------------- factories

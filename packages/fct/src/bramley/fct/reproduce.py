@@ -9,7 +9,9 @@ query set (leave-one-out). Cases, as in the paper's tables:
 - FCT without / with side information: new-model queries against the old gallery backfilled by the transformation
   (run through the safetensors backfilling utility, as a deployed system would).
 
-Writes ``results.json`` (every seed's numbers), ``table.md`` and ``fct_digits.png`` to ``--out``.
+Every seed trains the chain of the bundled ``digits`` recipe (:func:`bramley.fct.pipeline.train_chain`, the ``train``
+command) with every case of the table. Writes ``results.json`` (every seed's numbers, the claim and the verdict),
+``table.md`` and ``fct_digits.png`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -24,78 +26,45 @@ from typing import Any
 
 import torch
 
-CASES = [
-    ("old/old", "old", "old"),
-    ("BCT", "new (BCT)", "old"),
-    ("FCT w/o side-info", "new", "h(old)"),
-    ("FCT w/ side-info", "new", "h(old, side)"),
-    ("new/new", "new", "new"),
-    ("BCT new/new", "new (BCT)", "new (BCT)"),
-]
-METRIC_KEYS = ("top1", "top5", "mAP", "mAP@R")
 # The paper's headline ordering of cross-model retrieval: BCT < FCT w/o side-info < FCT w/ side-info <= new/new.
 ORDERING = [("BCT", "FCT w/o side-info"), ("FCT w/o side-info", "FCT w/ side-info"), ("FCT w/ side-info", "new/new")]
+CLAIM = (
+    "cross-model retrieval ranks BCT < FCT without side-info < FCT with side-info <= new/new "
+    "(Ramanujan et al., CVPR 2022: FCT beats BCT, side information helps, close to a full backfill)"
+)
+QUICK = ["train.epochs=1", "train.steps=3", "optim.warmup_epochs=0", "loss.transformation.inner_dim=64"]
 
 
-def mini_config(quick: bool = False, objective: str = "simclr") -> dict[str, Any]:
-    """The digits setup: :data:`bramley.fct.pipeline.DEFAULTS`, shrunk to a few steps with ``quick``."""
-    from .pipeline import DEFAULTS
+def mini_recipe(quick: bool = False, objective: str = "simclr"):
+    """The bundled ``digits`` recipe with every case of the table; ``quick``: three steps per stage."""
+    from bramley.core.recipe import load_recipe
 
-    cfg = copy.deepcopy(DEFAULTS)
-    cfg["side_info"]["objective"] = objective
-    if quick:
-        for stage in ("old", "new", "side_info", "transformation"):
-            cfg[stage]["train"].update(epochs=1, steps=3, warmup_epochs=0)
-        cfg["transformation"]["inner_dim"] = 64
-    return cfg
+    from .recipe import CASES, SCHEMA
+
+    overrides = [f"loss.side_info.objective={objective}", "train.progress=false", f"eval.cases=[{','.join(CASES)}]"]
+    return load_recipe(SCHEMA, "digits", [*overrides, *(QUICK if quick else [])])
 
 
-def run_seed(cfg: dict[str, Any], seed: int, work: Path) -> dict[str, dict[str, float]]:
-    """Train every model for one seed and evaluate every case; returns ``{case: metrics}``."""
-    from bramley.core.retrieval import retrieval_metrics
+def run_seed(recipe, seed: int, work: Path) -> dict[str, dict[str, float]]:
+    """Train the chain for one seed (into ``work/seed<seed>``) and evaluate every case; returns ``{row: metrics}``."""
+    from .pipeline import train_chain
+    from .recipe import CASES
 
-    from .backfill import load_gallery, save_gallery, transform_gallery
-    from .data import build_dataset
-    from .pipeline import run_stage
-    from .train import embed_dataset
-
-    old = run_stage(cfg, "old", seed=seed)
-    new = run_stage(cfg, "new", seed=seed + 1000)
-    bct = run_stage(cfg, "new", old_model=old, bct=True, seed=seed + 2000)
-    side = run_stage(cfg, "side_info", seed=seed + 3000)
-    h_plain = run_stage(cfg, "transformation", old_model=old, new_model=new, side_model=None, seed=seed + 4000)
-    h_side = run_stage(cfg, "transformation", old_model=old, new_model=new, side_model=side, seed=seed + 5000)
-
-    test = build_dataset(cfg["data"], "val")
-    emb = {name: embed_dataset(m, test)[0] for name, m in (("old", old), ("new", new), ("bct", bct), ("side", side))}
-    labels = embed_dataset(old, test)[1]
-    gallery = work / f"seed{seed}-old-gallery.safetensors"  # what the old system stored: embeddings + side-info
-    save_gallery(gallery, embeddings=emb["old"], side_info=emb["side"], labels=labels)
-    plain_gallery = work / f"seed{seed}-old-gallery-noside.safetensors"
-    save_gallery(plain_gallery, embeddings=emb["old"], labels=labels)
-    for key, h, src in (("h_plain", h_plain, plain_gallery), ("h_side", h_side, gallery)):
-        out = work / f"seed{seed}-{key}.safetensors"
-        transform_gallery(h, src, out, batch_size=256, resume=False, progress=False)
-        emb[key] = load_gallery(out)["embeddings"]
-
-    metric = cfg["eval"]["metric"]
-    pairs = {
-        "old/old": ("old", "old"),
-        "BCT": ("bct", "old"),
-        "FCT w/o side-info": ("new", "h_plain"),
-        "FCT w/ side-info": ("new", "h_side"),
-        "new/new": ("new", "new"),
-        "BCT new/new": ("bct", "bct"),
-    }
-    return {case: retrieval_metrics(emb[q], emb[g], labels, metric=metric) for case, (q, g) in pairs.items()}
+    recipe = copy.deepcopy(recipe)
+    recipe.train.seed = seed
+    results = train_chain(recipe, work / f"seed{seed}")
+    return {CASES[case][0]: metrics for case, metrics in results["cases"].items()}
 
 
 def summarize(per_seed: list[dict[str, dict[str, float]]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Table rows (mean ± std over seeds) and the summary statistics."""
     from bramley.core.report import mean_std
 
+    from .pipeline import METRIC_KEYS
+    from .recipe import CASES
+
     rows, summary = [], {}
-    for case, query, gallery in CASES:
+    for case, query, gallery, _ in CASES.values():
         row: dict[str, Any] = {"case": case, "query": query, "gallery": gallery}
         summary[case] = {}
         for key in METRIC_KEYS:
@@ -104,6 +73,14 @@ def summarize(per_seed: list[dict[str, dict[str, float]]]) -> tuple[list[dict[st
             row[key] = f"{mean:.1f} ± {std:.1f}"
         rows.append(row)
     return rows, summary
+
+
+def verdict(ordering: dict[str, bool]) -> str:
+    """One line: whether the claim holds on every mean, or which comparisons fail."""
+    failed = [claim for claim, holds in ordering.items() if not holds]
+    if not failed:
+        return "HOLDS on every mean (CMC top-1 and mAP)"
+    return f"DOES NOT HOLD: {'; '.join(failed)} fail{'s' if len(failed) == 1 else ''}"
 
 
 def check_ordering(summary: dict[str, Any]) -> dict[str, bool]:
@@ -119,7 +96,9 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> Path:
     """Grouped bars of CMC top-1 and mAP per case, with the seed std as error bars."""
     from bramley.core.report import figure
 
-    cases = [c for c, _, _ in CASES]
+    from .recipe import CASES
+
+    cases = [row[0] for row in CASES.values()]
     with figure(path, figsize=(9, 4)) as ax:
         width = 0.38
         for i, key in enumerate(("top1", "mAP")):
@@ -144,22 +123,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these tiny nets)")
     args = parser.parse_args(argv)
 
+    import tempfile
+
     from bramley.core.report import write_results
 
     torch.set_num_threads(args.threads)
     seeds = args.seeds[:1] if args.quick else args.seeds
-    cfg = mini_config(args.quick, args.side_objective)
-    work = args.out / "galleries"
-    work.mkdir(parents=True, exist_ok=True)
+    recipe = mini_recipe(args.quick, args.side_objective)
     start = time.perf_counter()
     per_seed = []
-    for seed in seeds:
-        t = time.perf_counter()
-        per_seed.append(run_seed(cfg, seed, work))
-        print(f"seed {seed}: {time.perf_counter() - t:.1f} s", flush=True)
+    with tempfile.TemporaryDirectory(prefix="reproduce-fct-") as work:  # the stages' run folders
+        for seed in seeds:
+            t = time.perf_counter()
+            per_seed.append(run_seed(recipe, seed, Path(work)))
+            print(f"seed {seed}: {time.perf_counter() - t:.1f} s", flush=True)
     rows, summary = summarize(per_seed)
     ordering = check_ordering(summary)
-    title = f"FCT mini reproduction: digits, old 0-4 / new 0-9, {len(seeds)} seed(s), {cfg['eval']['metric']} distance"
+    title = f"FCT mini reproduction: digits, old 0-4 / new 0-9, {len(seeds)} seed(s), {recipe.eval.metric} distance"
     results = {
         "title": title,
         "seeds": seeds,
@@ -168,8 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": time.perf_counter() - start,
         "summary": summary,
         "per_seed": per_seed,
+        "claim": CLAIM,
         "paper_ordering": ordering,
-        "config": cfg,
+        "verdict": verdict(ordering),
+        "recipe": recipe.to_dict(),
     }
     write_results(args.out, results, rows, title=title)
     plot(summary, args.out / "fct_digits.png", title)
@@ -177,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for claim, holds in ordering.items():
         print(f"  {'holds ' if holds else 'FAILS '} {claim}")
     print(f"total {results['seconds']:.1f} s; plot: {args.out / 'fct_digits.png'}")
+    print(f"claim: {CLAIM}")
+    print(f"verdict: {results['verdict']}")
     return 0
 
 

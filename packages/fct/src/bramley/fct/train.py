@@ -12,6 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from bramley.core.classification import ClassificationLoss, LossSection
+from bramley.core.errors import DataError
 from bramley.core.train import TrainConfig, Trainer
 
 from .augment import BatchAugment
@@ -19,8 +21,8 @@ from .models import FCTTransformation, SideInfoModel, nt_xent
 
 __all__ = [
     "BCTLoss",
-    "ClassificationLoss",
     "TransformationTask",
+    "check_images_fit",
     "embed_dataset",
     "synthesized_class_weights",
     "train_backbone",
@@ -32,20 +34,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 # ----------------------------------------------------------------------------------------------------------- losses
-class ClassificationLoss:
-    """Cross-entropy with label smoothing on the backbone's logits (the independent old / new models)."""
-
-    def __init__(self, label_smoothing: float = 0.1) -> None:
-        self.label_smoothing = label_smoothing
-
-    def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        x, y = batch
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        return loss, {"acc": (logits.argmax(1) == y).float().mean().item()}
-
-
-class BCTLoss(ClassificationLoss):
+class BCTLoss:
     """Backward compatible training (Shen et al., CVPR 2020): the new model's own classification loss plus the
     "influence" loss, i.e. the new embeddings classified by the frozen old classifier, on samples of the old classes.
 
@@ -68,7 +57,7 @@ class BCTLoss(ClassificationLoss):
         label_smoothing: float = 0.1,
         new_class_weights: torch.Tensor | None = None,
     ) -> None:
-        super().__init__(label_smoothing)
+        self.label_smoothing = label_smoothing
         w = old_classifier.detach().clone()
         if new_class_weights is not None:
             w = torch.cat([w, new_class_weights.detach().to(w.dtype)])
@@ -121,11 +110,15 @@ class AutoencoderLoss:
 
 
 class TransformationTask(nn.Module):
-    """The transformation plus the frozen old, new and side-information models, as one module for the Trainer.
+    """The transformation as the trainer's module, with the frozen old, new and side-information models beside it.
 
-    Only the transformation has trainable parameters; the frozen models stay in eval mode whatever ``train()``
-    is called with, so their BatchNorm statistics never move.
+    The task's parameters, buffers and ``model_config`` are the transformation's own (its children are registered
+    under their own names), so the trainer saves exactly the transformation: its run folder is a ``save_pretrained``
+    folder of it. The frozen models stay outside the module tree: never trained or saved, always in eval mode (their
+    BatchNorm statistics never move), moved to the batch's device when used.
     """
+
+    bn_frozen: bool = False  # set by the switch-to-eval callback: BatchNorm then uses (and keeps) running stats
 
     def __init__(
         self,
@@ -139,17 +132,17 @@ class TransformationTask(nn.Module):
             raise ValueError("the transformation uses side information but no side-information model was given")
         if not transformation.uses_side_info and side_model is not None:
             raise ValueError("a side-information model was given but the transformation has side_info_dim=0")
-        self.transformation, self.old_model, self.new_model, self.side_model = (
-            transformation,
-            old_model,
-            new_model,
-            side_model,
-        )
+        for name, child in transformation.named_children():
+            self.add_module(name, child)
+        self.model_config = getattr(transformation, "model_config", None)
+        self._models = (transformation, old_model, new_model, side_model)  # a tuple: not registered as submodules
         for frozen in (old_model, new_model, side_model):
             if frozen is not None:
                 frozen.requires_grad_(False).eval()
 
-    bn_frozen: bool = False  # set by the switch-to-eval callback: BatchNorm then uses (and keeps) running stats
+    @property
+    def transformation(self) -> FCTTransformation:
+        return self._models[0]
 
     def train(self, mode: bool = True) -> TransformationTask:
         self.training = mode
@@ -158,11 +151,12 @@ class TransformationTask(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(h(old(x), side(x)), new(x))``: the transformed old embedding and its target."""
+        transformation, old_model, new_model, side_model = self._models
         with torch.no_grad():
-            old = self.old_model.embed(x)
-            new = self.new_model.embed(x)
-            side = self.side_model.embed(x) if self.side_model is not None else None
-        return self.transformation(old, side), new
+            old = old_model.to(x.device).embed(x)
+            new = new_model.to(x.device).embed(x)
+            side = side_model.to(x.device).embed(x) if side_model is not None else None
+        return transformation(old, side), new
 
 
 class _FreezeBatchNormAt:
@@ -197,6 +191,19 @@ def transformation_loss(task: TransformationTask, batch: Batch) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------------------ eval
+def check_images_fit(model: nn.Module, data: Dataset, what: str = "the data") -> None:
+    """Refuse a dataset whose images have another channel count than the model takes (a one-line DataError)."""
+    in_chans = getattr(model, "in_chans", None)
+    if in_chans is None or len(data) == 0:
+        return
+    image = data[0][0]
+    if image.ndim != 3 or image.shape[0] != in_chans:
+        raise DataError(
+            f"{what} holds images of shape {tuple(image.shape)} but {type(model).__name__} takes {in_chans}-channel "
+            "images (check data.source / data.in_chans against the model's in_chans)"
+        )
+
+
 @torch.no_grad()
 def embed_dataset(
     model: nn.Module,
@@ -206,6 +213,9 @@ def embed_dataset(
     num_workers: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(embeddings, labels)`` of a whole dataset with ``model.embed`` in eval mode (order preserved, on CPU)."""
+    if len(data) == 0:
+        raise DataError("cannot embed an empty dataset")
+    check_images_fit(model, data)
     was_training = model.training
     model.eval().to(device)
     embs, labels = [], []
@@ -213,8 +223,6 @@ def embed_dataset(
         embs.append(model.embed(x.to(device)).float().cpu())
         labels.append(torch.as_tensor(y))
     model.train(was_training)
-    if not embs:
-        raise ValueError("cannot embed an empty dataset")
     return torch.cat(embs), torch.cat(labels).long()
 
 
@@ -231,7 +239,7 @@ def synthesized_class_weights(old_model: nn.Module, data: Dataset, num_old_class
     for c in range(num_old_classes, num_classes):
         mask = labels == c
         if not mask.any():
-            raise ValueError(f"class {c} has no training sample to synthesize its BCT classifier weight from")
+            raise DataError(f"class {c} has no training sample to synthesize its BCT classifier weight from")
         rows.append(emb[mask].mean(0))
     return torch.stack(rows) if rows else emb.new_zeros(0, emb.shape[1])
 
@@ -257,7 +265,7 @@ def train_backbone(
     synthesized classifier), so the influence loss covers every sample; otherwise only old-class samples.
     """
     if bct_old_model is None:
-        loss_fn: Callable = ClassificationLoss(label_smoothing)
+        loss_fn: Callable = ClassificationLoss(model.num_classes, LossSection(label_smoothing=label_smoothing))
     else:
         old_w = bct_old_model.head.classifier.weight
         extra = synthesized_class_weights(bct_old_model, data, old_w.shape[0]) if bct_synthesize_new_classes else None
