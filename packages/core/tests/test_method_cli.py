@@ -85,7 +85,7 @@ def make_cli(seen: list | None = None) -> MethodCLI:
     cli.add_convert(
         convert_official, "convert an official file", lambda p: p.add_argument("--scale", type=float, default=1.0)
     )
-    cli.add_export(default_image_size=16)
+    cli.add_export()
     schema = RecipeSchema("clitest", data=ImageData, loss=LossSection, default_recipe="smoke")
     cli.add_train(schema, lambda recipe, out: train_image_classifier(recipe, out))
 

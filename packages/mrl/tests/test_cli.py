@@ -74,7 +74,7 @@ def test_help_lists_every_verb(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert info.value.code == 0 and "bramley-mrl" in out
-    for verb in ("info", "convert", "train", "eval", "embed", "retrieve", "bench", "reproduce"):
+    for verb in ("info", "convert", "train", "export", "eval", "embed", "retrieve", "bench", "reproduce"):
         assert f"    {verb}" in out
 
 
@@ -259,3 +259,15 @@ def test_bench_prints_percent_and_refuses_bad_settings(capsys, tmp_path):
 def test_info_lists_the_models(capsys):
     code, out, _ = run(capsys, "info")
     assert code == 0 and "| mrl_resnet50" in out and "8..2048 (9 sizes)" in out and "| mrl_mlp" in out
+
+
+def test_export_writes_one_onnx_output_per_nesting_size(capsys, tmp_path):
+    """Core's export names the tuple of logits output0..N and checks each against PyTorch."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    assert main(["export", "--model", "mrl_mlp", "--out", str(tmp_path / "mrl.onnx")]) == 0
+    assert "onnxruntime relative max difference" in capsys.readouterr().out
+    graph = onnx.load(str(tmp_path / "mrl.onnx")).graph
+    nesting = create_model("mrl_mlp").nesting
+    assert [o.name for o in graph.output] == [f"output{i}" for i in range(len(nesting))]

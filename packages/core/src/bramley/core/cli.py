@@ -35,7 +35,17 @@ from typing import Any
 
 from .errors import ConfigError, DataError, UserError
 
-__all__ = ["ENTRY_POINT_GROUP", "MethodCLI", "discover_methods", "main", "method_main"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "MethodCLI",
+    "check_writable",
+    "discover_methods",
+    "main",
+    "method_main",
+    "positive_int",
+    "unit_float",
+    "write_json",
+]
 
 ENTRY_POINT_GROUP = "bramley.cli"
 MethodMain = Callable[[Sequence[str] | None], int | None]
@@ -242,7 +252,9 @@ class MethodCLI:
         def arguments(p: argparse.ArgumentParser) -> None:
             model_source_arguments(p)
             p.add_argument("--out", type=Path, required=True, help="output save_pretrained folder")
-            p.add_argument("--image-size", type=positive_int, default=64, help="input size of the equality check")
+            p.add_argument(
+                "--image-size", type=positive_int, default=None, help="input size of the check (default: the model's)"
+            )
 
         return self.add_command("reparam", run, "fuse a model's train-time branches for inference", arguments)
 
@@ -293,7 +305,7 @@ class MethodCLI:
         return self.add_command("convert", run, help, all_arguments)
 
     # ------------------------------------------------------------------------------------------------- export
-    def add_export(self, default_image_size: int = 224) -> argparse.ArgumentParser:
+    def add_export(self) -> argparse.ArgumentParser:
         """``export (--model | --checkpoint) --out FILE [--format onnx] [--image-size N] [--no-fuse] [--no-check]``."""
 
         def run(args: argparse.Namespace) -> int:
@@ -301,13 +313,13 @@ class MethodCLI:
             from .layers.reparam import reparameterize_model
             from .registry import get_model_entry
 
+            check_writable(args.out)
             model = _load(args)
             check_finite_weights(model, args.model or args.checkpoint)
             if not args.no_fuse and _reparameterizable(model):
                 model = reparameterize_model(model)
             entry = get_model_entry(model.model_config["name"])
-            size = None if entry.example_inputs is not None else args.image_size
-            inputs = entry.make_example_inputs(size)
+            inputs = entry.make_example_inputs(None if entry.example_inputs is not None else args.image_size)
             path = export_onnx(model, args.out, inputs, opset=args.opset)
             message = f"exported {model.model_config['name']} to {path}"
             if not args.no_check:
@@ -319,7 +331,7 @@ class MethodCLI:
             model_source_arguments(p)
             p.add_argument("--out", type=Path, required=True, help="output file")
             p.add_argument("--format", choices=["onnx"], default="onnx")
-            p.add_argument("--image-size", type=positive_int, default=default_image_size, help="image models only")
+            p.add_argument("--image-size", type=positive_int, default=None, help="image models (default: the model's)")
             p.add_argument("--opset", type=positive_int, default=17)
             p.add_argument("--no-fuse", action="store_true", help="export the train-time (unfused) graph")
             p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
@@ -369,6 +381,7 @@ class MethodCLI:
             from .checkpoint import load_model
             from .train.distributed import resolve_device
 
+            check_writable(args.out)
             device = resolve_device(args.device)
             model = load_model(args.checkpoint, device=str(device))
             metrics = {"checkpoint": str(args.checkpoint), **evaluate(model, args)}
@@ -396,6 +409,20 @@ class MethodCLI:
 
 
 # ------------------------------------------------------------------------------------------------ verb helpers
+def check_writable(path: Path | None, option: str = "--out") -> None:
+    """Refuse an output file that cannot be written before the work starts rather than after it."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; give a file name")
+    folder = path.parent
+    while not folder.exists():  # atomic_write creates the missing folders: the nearest existing one decides
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path} cannot be written: {folder} is not a writable folder")
+
+
 def model_source_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model NAME | --checkpoint PATH`` (exactly one): a registered model with random weights, or trained ones."""
     group = parser.add_mutually_exclusive_group(required=True)

@@ -67,7 +67,9 @@ def load_official_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for foreign bytes (pickle, zip, unicode errors)
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        reason = " ".join(str(e).split())
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."  # the unpickler explains at length
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {reason})") from None
     if isinstance(obj, Mapping):
         wrapper = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
         obj = obj[wrapper] if wrapper is not None else obj

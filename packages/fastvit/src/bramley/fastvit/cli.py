@@ -89,7 +89,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 cli.add_info(columns=_columns, note="mixers: R = RepMixer stage, A = RepCPE + attention stage; 256 px default input")
 cli.add_reparam()
 cli.add_convert(convert_official, "official FastViT / MobileCLIP / timm / open_clip checkpoint -> bramley folder")
-cli.add_export(default_image_size=256)
+cli.add_export()
 cli.add_train(SCHEMA, run_training)
 cli.add_eval(_evaluate, "top-1 / top-5 accuracy on an ImageFolder", _eval_arguments)
 cli.add_command("bench", _bench, "CPU latency: unfused vs fused vs timm's fused model", _bench_arguments)

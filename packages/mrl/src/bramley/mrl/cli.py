@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from bramley.core.cli import MethodCLI, positive_int, unit_float, write_json
+from bramley.core.cli import MethodCLI, check_writable, positive_int, unit_float, write_json
 from bramley.core.errors import CheckpointError, ConfigError, DataError
 
 from .convert import convert_official
@@ -25,19 +24,6 @@ cli = MethodCLI("mrl", "Matryoshka Representation Learning: one embedding, accur
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
-def _check_writable(path: Path | None, option: str = "--out") -> None:
-    """Refuse an output file that cannot be written before the work starts rather than after it."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise ConfigError(f"{option} {path} is a folder; give a file name")
-    folder = path.parent
-    while not folder.exists():  # atomic_write creates the missing folders: the nearest existing one decides
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {path} cannot be written: {folder} is not a writable folder")
-
-
 def _mrl_model(model: Any, source: str) -> Any:
     from .model import MatryoshkaModel
 
@@ -110,6 +96,7 @@ def _evaluate(model: Any, args: argparse.Namespace) -> dict[str, Any]:
     return {"data": str(args.data), "images": len(data), "metrics": metrics}
 
 
+cli.add_export()
 cli.add_eval(
     _evaluate, "top-1 / top-5 accuracy (percent) of every nesting size on an ImageFolder", _image_data_arguments
 )
@@ -123,7 +110,7 @@ def _embed(args: argparse.Namespace) -> int:
     from .embeddings import embed_dataset, save_embeddings
 
     device = resolve_device(args.device)
-    _check_writable(args.out)
+    check_writable(args.out)
     model = _mrl_model(load_model(args.checkpoint, device=str(device)), args.checkpoint)
     data = _image_folder(args, model)
     feats, labels = embed_dataset(model, data, batch_size=args.batch_size)
@@ -159,8 +146,8 @@ def _retrieve(args: argparse.Namespace) -> int:
         raise ConfigError("a funnel needs --retrieval-dim, --rerank-dims and --shortlists")
     if not funnel and (args.retrieval_dim is not None or args.shortlists is not None):
         raise ConfigError("--retrieval-dim/--shortlists need --rerank-dims (use --dim for exact search)")
-    _check_writable(args.out)
-    _check_writable(args.neighbors, "--neighbors")
+    check_writable(args.out)
+    check_writable(args.neighbors, "--neighbors")
     db, queries = load_embeddings(args.index), load_embeddings(args.queries)
     if db.embeddings.shape[1] != queries.embeddings.shape[1]:
         raise DataError(
@@ -238,7 +225,7 @@ def _bench(args: argparse.Namespace) -> int:
             raise ConfigError("a custom funnel needs --retrieval-dim, --rerank-dims and --shortlists")
         funnel = {"retrieval_dim": args.retrieval_dim, "rerank_dims": args.rerank_dims, "shortlists": args.shortlists}
         funnels = [funnel]
-    _check_writable(args.out)
+    check_writable(args.out)
     result = run_benchmark(
         num_database=args.num_database,
         num_queries=args.num_queries,
