@@ -175,6 +175,8 @@ def test_chain_errors(tmp_path, capsys):
         ("data.in_chans=3",): "takes 1-channel images",
     }
     for extra, message in cases.items():
+        if "cuda:7" in extra[0] and torch.cuda.device_count() > 7:
+            continue
         assert message in _error(["train", "--recipe", "smoke", *out, *extra], capsys), extra
     assert not (tmp_path / "run" / "old").exists()  # every setting is checked before the first stage trains
     assert main(["train", "--recipe", "smoke", *out, "eval.cases=[old_old]"]) == 0

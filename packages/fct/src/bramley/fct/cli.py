@@ -95,7 +95,9 @@ def _stage_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the stage's run folder")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N, mps (default: the recipe's)")
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=3 data.root=/data/c100")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=3 data.root=/data/cifar100"
+    )
 
 
 def _backbone_arguments(p: argparse.ArgumentParser) -> None:
