@@ -243,15 +243,19 @@ class ClassificationLoss:
         return loss, {"acc": (logits.detach().argmax(-1) == labels).float().mean()}
 
 
-def accuracy_eval(forward: Forward = image_forward) -> Callable[[nn.Module, Iterable], dict[str, float]]:
+def accuracy_eval(
+    forward: Forward = image_forward, device: torch.device | str | None = None
+) -> Callable[[nn.Module, Iterable], dict[str, float]]:
     """``eval_fn(model, loader)``: top-1 / top-5 accuracy (%) and mean cross-entropy over the loader (its progress
-    reported through :func:`bramley.core.progress.track`)."""
+    reported through :func:`bramley.core.progress.track`). With ``device``, batches are moved there first (the
+    trainer's loaders already deliver them on the model's device)."""
+    from .train.data import move_to_device
 
     @torch.no_grad()
     def eval_fn(model: nn.Module, loader: Iterable) -> dict[str, float]:
         meter = ClassificationMeter()
         for batch in track(loader, desc="eval", unit="batches"):
-            meter.update(*forward(model, batch))
+            meter.update(*forward(model, batch if device is None else move_to_device(batch, torch.device(device))))
         return meter.compute()
 
     return eval_fn
@@ -265,6 +269,7 @@ def train_classifier(
     val_data: Any = None,
     *,
     loss_fn: Callable | None = None,
+    make_loss: Callable[[int], Callable] | None = None,
     eval_fn: Callable | None = None,
     forward: Forward = image_forward,
     batch_sampler: Any = None,
@@ -280,6 +285,8 @@ def train_classifier(
         train_data: the training dataset (its ``classes`` give ``num_classes``).
         val_data: optional evaluation dataset with the same classes.
         loss_fn: the trainer's loss; default :class:`ClassificationLoss` from ``recipe.loss``.
+        make_loss: ``make_loss(num_classes) -> loss_fn``, for a loss that needs the data's number of classes (a
+            teacher with a classifier head); instead of ``loss_fn``.
         eval_fn: the trainer's evaluation; default :func:`accuracy_eval`.
         forward: how a batch reaches the model (for the default loss and the default evaluation).
         batch_sampler, collate_fn, callbacks: passed to :class:`bramley.core.train.Trainer`.
@@ -291,7 +298,11 @@ def train_classifier(
     from .recipe import build_model
     from .train import Trainer
 
+    if loss_fn is not None and make_loss is not None:
+        raise TypeError("give loss_fn or make_loss, not both")
     num_classes = num_classes_of(train_data)
+    if make_loss is not None:
+        loss_fn = make_loss(num_classes)
     kwargs = {**recipe.model.kwargs, **(model_kwargs or {})}
     if kwargs.setdefault("num_classes", num_classes) != num_classes:
         raise ConfigError(
@@ -321,6 +332,7 @@ def train_image_classifier(
     out_dir: str | os.PathLike | None,
     *,
     loss_fn: Callable | None = None,
+    make_loss: Callable[[int], Callable] | None = None,
     eval_fn: Callable | None = None,
     callbacks: Sequence[Callable] = (),
     model_kwargs: Mapping[str, Any] | None = None,
@@ -337,6 +349,7 @@ def train_image_classifier(
         train,
         val,
         loss_fn=loss_fn,
+        make_loss=make_loss,
         eval_fn=eval_fn,
         batch_sampler=sampler,
         collate_fn=collate,

@@ -40,14 +40,8 @@ def _evaluate(model, args: argparse.Namespace) -> dict[str, Any]:
     data = ImageFolder(args.data, image_size=args.image_size, crop_pct=args.crop_pct, interpolation="bicubic")
     if model.num_classes != len(data.classes):
         raise DataError(f"the model has {model.num_classes} classes but {args.data} has {len(data.classes)}")
-    device = next(model.parameters()).device
-
-    def forward(model, batch):
-        images, labels = batch
-        return model(images.to(device)), labels.to(device)
-
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size)
-    return accuracy_eval(forward)(model, loader)
+    return accuracy_eval(device=next(model.parameters()).device)(model, loader)
 
 
 def _eval_arguments(p: argparse.ArgumentParser) -> None:

@@ -132,13 +132,14 @@ def run_training(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
     The number of classes comes from the training data; ``model.kwargs`` holds the factory arguments (per-variant
     ``drop_path_rate``).
     """
-    from bramley.core.classification import build_image_datasets, num_classes_of, train_classifier
-    from bramley.core.train.distributed import init_distributed
+    from bramley.core.classification import ClassificationLoss, train_image_classifier
 
     recipe.loss.distillation.check()
-    init_distributed(recipe.train.device)
-    train, val, sampler, collate = build_image_datasets(recipe.data, recipe.train.seed, recipe.train.batch_size)
-    num_classes = num_classes_of(train)
-    teacher = build_teacher(recipe.loss.distillation, num_classes)
-    loss_fn = None if teacher is None else HardDistillationLoss(num_classes, recipe.loss, teacher)
-    return train_classifier(recipe, out_dir, train, val, loss_fn=loss_fn, batch_sampler=sampler, collate_fn=collate)
+
+    def make_loss(num_classes: int):
+        teacher = build_teacher(recipe.loss.distillation, num_classes)
+        if teacher is None:
+            return ClassificationLoss(num_classes, recipe.loss)
+        return HardDistillationLoss(num_classes, recipe.loss, teacher)
+
+    return train_image_classifier(recipe, out_dir, make_loss=make_loss)

@@ -95,7 +95,9 @@ def identity_kernel(
         raise ValueError(f"channels ({channels}) must be divisible by groups ({groups})")
     in_per_group = channels // groups
     kernel = torch.zeros(channels, in_per_group, kernel_size, kernel_size, dtype=dtype, device=device)
-    idx = torch.arange(channels, device=device)
+    if kernel.is_meta:  # shapes only (a model built on the meta device); indexing there imports torch's decompositions
+        return kernel
+    idx = torch.arange(channels)
     kernel[idx, idx % in_per_group, kernel_size // 2, kernel_size // 2] = 1
     return kernel
 
