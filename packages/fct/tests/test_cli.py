@@ -196,7 +196,7 @@ def test_stage_and_gallery_errors(chain, tmp_path, capsys):
     save_gallery(t / "other.safetensors", embeddings=torch.randn(629, 8), labels=torch.zeros(629, dtype=torch.long))
     save_gallery(t / "dim.safetensors", embeddings=torch.randn(629, 3), labels=load_gallery(gallery)["labels"])
     (t / "junk.safetensors").write_bytes(b"not a safetensors file")
-    out = ["--out", str(t / "x")]
+    out, gout = ["--out", str(t / "x")], ["--out", str(t / "t.safetensors")]
     cases = [
         (["train-backbone", "--role", "bct", *smoke, *out], "--role bct trains the new model with BCT"),
         (
@@ -251,11 +251,18 @@ def test_stage_and_gallery_errors(chain, tmp_path, capsys):
         ),
         (["embed", "--checkpoint", str(gallery), "--out", str(t / "e.st")], "carries no bramley model config"),
         (
-            ["transform-gallery", "--checkpoint", str(chain / "old"), "--gallery", str(gallery), *out],
+            ["transform-gallery", "--checkpoint", str(chain / "old"), "--gallery", str(gallery), *gout],
             "holds fct_convnet, not an fct_transformation",
         ),
         (
-            ["transform-gallery", "--checkpoint", str(chain / "transformation"), "--gallery", str(t / "nope.st"), *out],
+            [
+                "transform-gallery",
+                "--checkpoint",
+                str(chain / "transformation"),
+                "--gallery",
+                str(t / "nope.st"),
+                *gout,
+            ],
             "gallery file",
         ),
         (
@@ -279,7 +286,7 @@ def test_stage_and_gallery_errors(chain, tmp_path, capsys):
                 str(gallery),
                 "--side-info",
                 str(gallery),
-                *out,
+                *gout,
             ],
             "uses no side information",
         ),
@@ -295,6 +302,24 @@ def test_stage_and_gallery_errors(chain, tmp_path, capsys):
         (["eval", "--query", str(query), "--gallery", str(gallery), "--device", "cuda:7"], "requested but"),
         (["convert", str(t / "junk.safetensors"), "--out", str(t / "c")], "not a readable safetensors file"),
         (["convert", str(gallery), "--out", str(t / "c")], "key 'p1.0.conv.weight' is missing"),
+        (["embed", "--checkpoint", str(chain / "old"), "--out", str(t)], "is a folder; give a file name"),
+        (["embed", "--checkpoint", str(chain / "old"), "--out", str(gallery / "e.st")], "is not a writable folder"),
+        (
+            [
+                "transform-gallery",
+                "--checkpoint",
+                str(chain / "transformation"),
+                "--gallery",
+                str(gallery),
+                "--out",
+                str(gallery / "t.st"),
+            ],
+            "is not a writable folder",
+        ),
+        (
+            ["eval", "--query", str(query), "--gallery", str(gallery), "--out", str(gallery / "m.json")],
+            "is not a writable folder",
+        ),
     ]
     for argv, message in cases:
         if "cuda:7" in argv and torch.cuda.device_count() > 7:

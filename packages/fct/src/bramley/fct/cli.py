@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bramley.core.cli import MethodCLI, positive_int, run_training, write_json
+from bramley.core.cli import MethodCLI, check_writable, positive_int, run_training, write_json
 from bramley.core.errors import ConfigError
 
 from .models import convert_official
@@ -123,6 +123,7 @@ def _embed(args: argparse.Namespace) -> int:
     from .pipeline import check_embedder
     from .train import embed_dataset
 
+    check_writable(args.out)
     device = resolve_device(args.device)
     recipe = load_recipe(SCHEMA, args.recipe, args.overrides)
     model = _load(args.checkpoint)
@@ -165,6 +166,7 @@ def _transform_gallery(args: argparse.Namespace) -> int:
     from .backfill import transform_gallery
     from .models import FCTTransformation
 
+    check_writable(args.out)
     device = resolve_device(args.device)
     transformation = _load(args.checkpoint)
     if not isinstance(transformation, FCTTransformation):
@@ -206,6 +208,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from .backfill import gallery_metrics
 
+    check_writable(args.out)
     device = resolve_device(args.device)
     metrics = gallery_metrics(args.query, args.gallery, metric=args.metric, device=device)
     row = {"query": Path(args.query).name, "gallery": Path(args.gallery).name, **metrics}
