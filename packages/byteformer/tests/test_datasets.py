@@ -21,6 +21,7 @@ from bramley.byteformer.datasets import (
 )
 from bramley.byteformer.encodings import apply_transforms, encode, invert_transforms
 from bramley.core.data import DigitsDataset, sample_seed
+from bramley.core.errors import DataError
 
 
 def _check_item(item):
@@ -207,16 +208,33 @@ def test_byte_folder(tmp_path):
     masked = ByteFolder(tmp_path, transforms="mask:keep=0.5")
     assert masked.lengths().tolist() == [len(masked[i][0]) for i in range(6)]
     assert len(ByteFolder(tmp_path, extensions=["txt", ".bin"])) == 6
-    (tmp_path / "a" / "empty.bin").write_bytes(b"")
-    with_empty = ByteFolder(tmp_path)
-    with pytest.raises(ValueError, match="empty"):
-        with_empty[[p.name for p, _ in with_empty.samples].index("empty.bin")]
-    with pytest.raises(FileNotFoundError, match="no files ending in"):
+    with pytest.raises(DataError, match="no files ending in"):
         ByteFolder(tmp_path, extensions=[".tif"])
-    with pytest.raises(FileNotFoundError, match="class sub-folders"):
+    with pytest.raises(DataError, match="class sub-folders"):
         ByteFolder(tmp_path / "a")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         ByteFolder(tmp_path / "missing")
+
+
+def test_folders_refuse_empty_and_unreadable_files_when_built(tmp_path, image_folder):
+    root = tmp_path / "wavs"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        (root / name / "0.wav").write_bytes(encode_wav(np.zeros(20), 8000, "int16").tobytes())
+    (root / "b" / "1.wav").write_bytes(b"")
+    with pytest.raises(DataError, match=r"b/1\.wav is empty"):
+        ByteFolder(root)
+    with pytest.raises(DataError, match=r"b/1\.wav is empty"):
+        AudioFolder(root)
+    (root / "b" / "1.wav").unlink()
+    (root / "b" / "1.wav").symlink_to(tmp_path / "gone.wav")
+    with pytest.raises(DataError, match=r"b/1\.wav cannot be read: No such file or directory"):
+        AudioFolder(root)
+    (root / "b" / "1.wav").unlink()
+    assert len(AudioFolder(root)) == 2
+    (image_folder / "dog" / "9.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"dog/9\.png is empty"):
+        image_folder_bytes(image_folder, "tiff", train=False)
 
 
 def test_random_translate_shifts_with_fill():

@@ -8,11 +8,15 @@
 - :func:`digits_bytes`, :func:`audio_bytes`: the bundled sets encoded once and cached in memory.
 - :func:`image_folder_bytes`: an ImageFolder (ImageNet) with the paper's crops, encoded on the fly.
 - :class:`RandomTranslate`: a seeded image shift applied before encoding (augmentation for the small digits set).
+
+The folder datasets refuse a missing, empty or unreadable file when they are built, before any training step
+(:class:`bramley.core.errors.DataError`, one line naming the file).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from torch.utils.data import Dataset
 
 from bramley.core.data import DigitsDataset, SharedEpoch, sample_seed
 from bramley.core.data.splits import SPLITS
+from bramley.core.errors import DataError
 
 from .audio import clip_pcm_floor, read_wav
 from .encodings import Encoding, apply_transforms, encode, parse_encoding, parse_transforms, to_tokens
@@ -188,11 +193,28 @@ class SyntheticAudio(Dataset):
 
 def _class_folders(root: Path) -> list[Path]:
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} does not exist or is not a directory")
+        raise DataError(f"dataset folder {root} does not exist or is not a directory")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise FileNotFoundError(f"{root} has no class sub-folders (expected {root}/<class>/<file>)")
+        raise DataError(f"{root} has no class sub-folders (expected {root}/<class>/<file>)")
     return folders
+
+
+def check_files(paths: Iterable[Path]) -> None:
+    """Refuse, before any training step, a file that cannot be read or is empty (one line naming the file).
+
+    Costs one ``stat`` per file (no file is opened); a file whose content is invalid for its format (a corrupt image
+    or WAV) is reported when it is read.
+    """
+    for path in paths:
+        try:
+            size = os.stat(path).st_size
+        except OSError as err:
+            raise DataError(f"{path} cannot be read: {err.strerror or err}") from None
+        if not os.access(path, os.R_OK):
+            raise DataError(f"{path} cannot be read: permission denied")
+        if size == 0:
+            raise DataError(f"{path} is empty: a byte sequence needs at least one byte")
 
 
 def _scan(root: Path, extensions: Sequence[str] | None) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -203,12 +225,13 @@ def _scan(root: Path, extensions: Sequence[str] | None) -> tuple[list[str], list
         files = sorted(
             p
             for p in folder.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and (wanted is None or p.suffix.lower() in wanted)
+            if not p.is_dir() and not p.name.startswith(".") and (wanted is None or p.suffix.lower() in wanted)
         )
         if not files:
             suffixes = f" ending in {sorted(wanted)}" if wanted else ""
-            raise FileNotFoundError(f"class folder {folder} holds no files{suffixes}")
+            raise DataError(f"class folder {folder} holds no files{suffixes}")
         samples += [(p, label) for p in files]
+    check_files(p for p, _ in samples)
     return [f.name for f in folders], samples
 
 
@@ -216,7 +239,8 @@ class AudioFolder(Dataset):
     """WAV files in ``root/<class>/...``: items ``(waveform float32 (samples,) or (channels, samples), label)``.
 
     All files must share one sample rate (``sample_rate``, or the first file's when None); a file with another rate
-    raises ``ValueError`` when read, rather than being silently resampled.
+    raises :class:`~bramley.core.errors.DataError` when read, rather than being silently resampled. Missing, empty
+    and unreadable files are refused at construction (:func:`check_files`); a file that is not a valid WAV, when read.
     """
 
     def __init__(self, root: str | Path, *, sample_rate: int | None = None, mono: bool = True) -> None:
@@ -225,23 +249,29 @@ class AudioFolder(Dataset):
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.targets = [label for _, label in self.samples]
         self.mono = mono
-        self.sample_rate = sample_rate if sample_rate is not None else read_wav(self.samples[0][0].read_bytes())[1]
+        self.sample_rate = sample_rate if sample_rate is not None else _read_wav_file(self.samples[0][0], False)[1]
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         path, label = self.samples[index]
-        try:
-            waveform, rate, dtype = read_wav(path.read_bytes())
-            waveform = clip_pcm_floor(waveform, dtype)
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from err
+        waveform, rate = _read_wav_file(path, True)
         if rate != self.sample_rate:
-            raise ValueError(f"{path} has sample rate {rate}, the dataset uses {self.sample_rate}")
+            raise DataError(f"{path} has sample rate {rate}, the dataset uses {self.sample_rate}")
         if self.mono:
             waveform = waveform.mean(axis=0)
         return waveform.astype(np.float32), label
+
+
+def _read_wav_file(path: Path, floor: bool) -> tuple[np.ndarray, int]:
+    """``(waveform, sample_rate)`` of a WAV file (with ``floor``: PCM's one level below -1 moved onto -1, float
+    samples outside [-1, 1] refused); errors name the file."""
+    try:
+        waveform, rate, dtype = read_wav(path.read_bytes())
+        return (clip_pcm_floor(waveform, dtype) if floor else waveform), rate
+    except ValueError as err:
+        raise DataError(f"{path}: {err}") from err
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -372,7 +402,9 @@ class ByteFolder(Dataset):
     """Byte files in ``root/<class>/<file>`` (any content, read raw): items ``(int64 bytes, label)``.
 
     Classes are the sorted sub-folder names. Optional byte ``transforms`` (e.g. ``"permute:3"`` or ``"noise:5"``)
-    are applied on read, per-sample random ones seeded by ``(seed, epoch, index)``. Empty files raise ``ValueError``.
+    are applied on read, per-sample random ones seeded by ``(seed, epoch, index)``. Missing, empty and unreadable
+    files are refused at construction (:func:`check_files`), with a :class:`~bramley.core.errors.DataError` naming the
+    file.
 
     Args:
         root: the folder.
@@ -407,7 +439,7 @@ class ByteFolder(Dataset):
         path, label = self.samples[index]
         data = np.fromfile(path, dtype=np.uint8)
         if data.size == 0:
-            raise ValueError(f"{path} is empty: a byte sequence needs at least one byte")
+            raise DataError(f"{path} is empty: a byte sequence needs at least one byte")
         if self.transforms:
             rng = np.random.default_rng(sample_seed(self.seed, self._epoch.get(), index))
             data = apply_transforms(data, self.transforms, rng=rng)
@@ -478,7 +510,8 @@ def image_folder_bytes(
     bicubic resize of the shorter side to ``image_size / crop_pct`` (256 for 224) and a center crop. The PIL crop is
     then encoded with ``spec``. The image augmentations run under :func:`bramley.core.data.seeded_rng` and the byte
     transforms with the same ``(seed, epoch, index)`` seeding, so data do not depend on DataLoader workers; call
-    ``set_epoch`` every epoch. (corenet also applies random erasing on the decoded tensor; that is left out here.)
+    ``set_epoch`` every epoch. Empty and unreadable files are refused here (:func:`check_files`); a corrupt image
+    when it is read. (corenet also applies random erasing on the decoded tensor; that is left out here.)
     """
     from torchvision import transforms as T
     from torchvision.transforms import InterpolationMode
@@ -494,6 +527,7 @@ def image_folder_bytes(
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
         steps = [T.Resize(int(image_size / crop_pct), interpolation=bicubic), T.CenterCrop(image_size)]
     folder = ImageFolder(root, transform=_identity)
+    check_files(Path(path) for path, _ in folder.samples)
     images = SeededTransformDataset(folder, T.Compose(steps), seed=seed)
     images.classes = folder.classes
     return EncodedDataset(images, spec, seed=seed)

@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bramley.core.errors import DataError
 from bramley.core.layers import Attention, DropPath, Mlp
 from bramley.core.packing import (
     cu_seqlens_from_lengths,
@@ -257,20 +258,20 @@ class ByteFormer(nn.Module):
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi > MASK_TOKEN:
             bad = lo if lo < 0 else hi
-            raise ValueError(f"token value {bad} is not a byte: expected 0..255 (or {MASK_TOKEN}, the mask token)")
+            raise DataError(f"token value {bad} is not a byte: expected 0..255 (or {MASK_TOKEN}, the mask token)")
         return lengths
 
     def _check_lengths(self, lengths: torch.Tensor) -> None:
         k = self.conv_kernel_size
         if bool((lengths == 0).any()):
-            raise ValueError(f"sample {int((lengths == 0).nonzero()[0])} is empty: every sample needs >= {k} bytes")
+            raise DataError(f"sample {int((lengths == 0).nonzero()[0])} is empty: every sample needs >= {k} bytes")
         if bool((lengths < k).any()):
             i = int((lengths < k).nonzero()[0])
-            raise ValueError(f"sample {i} has {int(lengths[i])} bytes, fewer than the conv kernel size {k}")
+            raise DataError(f"sample {i} has {int(lengths[i])} bytes, fewer than the conv kernel size {k}")
         n_tokens = conv_output_lengths(lengths, k)
         if bool((n_tokens > self.max_num_tokens).any()):
             i = int(n_tokens.argmax())
-            raise ValueError(
+            raise DataError(
                 f"sample {i} has {int(lengths[i])} bytes = {int(n_tokens[i])} tokens after the conv (k={k}), more "
                 f"than the position table holds (max_num_tokens={self.max_num_tokens}); build the model with a "
                 f"larger max_num_tokens (samples are never truncated)"
