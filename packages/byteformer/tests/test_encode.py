@@ -1,4 +1,3 @@
-import argparse
 import io
 import json
 import re
@@ -11,17 +10,14 @@ import pytest
 from PIL import Image, UnidentifiedImageError
 
 from bramley.byteformer.audio import encode_wav, quantize, read_wav
+from bramley.byteformer.cli import main
 from bramley.byteformer.datasets import ByteFolder, DigitsImages, SyntheticAudio, audio_bytes, digits_bytes
-from bramley.byteformer.encode import add_encode_arguments
 from bramley.byteformer.encodings import invert_transforms
-from bramley.core.cli import run_method_cli
 from shared.markdown import code_blocks
 
 
 def run(argv):
-    parser = argparse.ArgumentParser(prog="bramley byteformer encode")
-    add_encode_arguments(parser)
-    return run_method_cli(parser, [str(a) for a in argv])
+    return main(["encode", *(str(a) for a in argv)])
 
 
 def test_digits_dataset_to_tiff_folder(tmp_path, capsys):
@@ -127,10 +123,16 @@ def test_errors(tmp_path, image_folder, capsys, argv, match):
     bad.write_bytes(b"not a png")
     fill = {"{file}": str(image_folder / "cat" / "0.png"), "{dir}": str(image_folder), "{bad}": str(bad)}
     argv = [fill.get(a, a) for a in argv] + ["--out", tmp_path / "out"]
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bramley-byteformer: error: ") and err.count("\n") == 1 and re.search(match, err), err
+
+
+@pytest.mark.parametrize("option", ["--image-size", "--clips-per-class", "--sample-rate"])
+def test_counts_must_be_positive(tmp_path, capsys, option):
     with pytest.raises(SystemExit) as exit_info:
-        run(argv)
-    assert exit_info.value.code == 2
-    assert re.search(match, capsys.readouterr().err)
+        run(["--dataset", "audio", "--spec", "wav", option, "0", "--out", tmp_path / "out"])
+    assert exit_info.value.code == 2 and "must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_refuses_non_empty_out(tmp_path, capsys):
@@ -138,8 +140,7 @@ def test_refuses_non_empty_out(tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     argv = ["--dataset", "digits", "--spec", "tiff", "--split", "val", "--image-size", "8", "--out", out]
-    with pytest.raises(SystemExit):
-        run(argv)
+    assert run(argv) == 2
     assert "not empty" in capsys.readouterr().err
     assert run([*argv, "--overwrite"]) == 0 and (out / "keep.txt").read_text() == "precious"
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from bramley.byteformer import pack_samples
 from bramley.byteformer.model import MASK_TOKEN, ByteFormer, TokenMerging, conv_output_lengths
-from bramley.core.checkpoint import from_pretrained, save_pretrained
+from bramley.core.checkpoint import load_model, save_pretrained
 from bramley.core.packing import window_segments
 from bramley.core.registry import create_model, get_model_entry, list_models
 
@@ -179,7 +179,7 @@ def test_registry_variants_and_round_trip(tmp_path):
         out = model(*args, **kwargs)
     assert out.shape == (2, 10)
     save_pretrained(model, tmp_path / "m")
-    loaded = from_pretrained(tmp_path / "m").eval()
+    loaded = load_model(tmp_path / "m")
     with torch.no_grad():
         torch.testing.assert_close(loaded(*args, **kwargs), out)
 

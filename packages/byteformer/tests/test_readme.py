@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from shared.markdown import run_python_blocks, shell_commands
 
@@ -23,14 +24,15 @@ TINY = [
     "train.epochs=1",
     "train.steps=2",
     "train.batch_size=4",
-    "train.eval_batch_size=64",
     "train.grad_accum_steps=1",
-    "train.warmup_steps=0",
     "train.num_workers=0",
     "train.amp=none",
     "train.ema_decay=null",
     "train.progress=false",
     "train.checkpoint_every=0",
+    "optim.warmup_steps=0",
+    "optim.warmup_epochs=0",
+    "eval.batch_size=64",
 ]
 EXTRA = {
     "reproduce": ["--quick"],
@@ -62,10 +64,14 @@ def test_readme_python_blocks_run():
 
 
 def test_readme_commands_run(image_folder, tmp_path, monkeypatch):
+    from bramley.byteformer.convert import bramley_to_official
     from bramley.core.cli import main as bramley_main
+    from bramley.core.registry import create_model
 
     for split in ("train", "val"):
         shutil.copytree(image_folder, tmp_path / "imagenet" / split)
+    corenet = bramley_to_official(create_model("byteformer_tiny", num_classes=3, max_num_tokens=128).state_dict())
+    torch.save(corenet, tmp_path / "imagenet_tiff.pt")  # a corenet-layout checkpoint for `convert`
     monkeypatch.chdir(tmp_path)
     ran = []
     for line in shell_commands(README):
@@ -83,8 +89,9 @@ def test_readme_commands_run(image_folder, tmp_path, monkeypatch):
             argv += ["--out", str(tmp_path / "reproduce")]
         assert bramley_main(argv) == 0, line
         ran.append(sub)
-    assert {"reproduce", "train", "eval", "bench", "encode", "info"} <= set(ran)
-    assert (tmp_path / "runs" / "bf-digits" / "model" / "model.safetensors").is_file()
+    assert {"reproduce", "train", "eval", "bench", "encode", "info", "convert"} <= set(ran)
+    assert (tmp_path / "runs" / "bf-digits" / "model.safetensors").is_file()
+    assert (tmp_path / "bf-ti-tiff-corenet" / "config.json").is_file()
     bench = json.loads((tmp_path / "bench-cpu.json").read_text())
     assert bench["packed_over_padded"] > 0 and bench["max_abs_logit_diff_packed_vs_padded"] < 1e-4
     reproduce = json.loads((tmp_path / "reproduce" / "results.json").read_text())

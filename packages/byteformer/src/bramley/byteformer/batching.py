@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bramley.core.errors import ConfigError, DataError
 from bramley.core.packing import TokenBudgetBatchSampler, cu_seqlens_from_lengths
 
 from .model import MASK_TOKEN
@@ -28,12 +29,12 @@ def _as_sample(sample: Any, index: int) -> torch.Tensor:
     if t.dim() != 1:
         raise ValueError(f"sample {index} must be a 1-D sequence of bytes, got shape {tuple(t.shape)}")
     if t.numel() == 0:
-        raise ValueError(f"sample {index} is empty: a byte sequence needs at least one byte")
+        raise DataError(f"sample {index} is empty: a byte sequence needs at least one byte")
     if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
         raise TypeError(f"sample {index} must hold integer byte values, got {t.dtype}")
     if t.dtype != torch.uint8 and (bool((t < 0).any()) or bool((t > MASK_TOKEN).any())):
         bad = int(t.min()) if bool((t < 0).any()) else int(t.max())
-        raise ValueError(f"sample {index} holds {bad}, not a byte: expected 0..255 (or {MASK_TOKEN}, the mask token)")
+        raise DataError(f"sample {index} holds {bad}, not a byte: expected 0..255 (or {MASK_TOKEN}, the mask token)")
     return t.long()
 
 
@@ -79,5 +80,8 @@ def token_budget_sampler(
         raise TypeError(f"{type(dataset).__name__} has no lengths(): a token budget needs every item's length")
     lengths = np.asarray(dataset.lengths())
     if lengths.size and int(lengths.max()) > max_tokens:
-        raise ValueError(f"item {int(lengths.argmax())} has {int(lengths.max())} bytes > max_tokens {max_tokens}")
+        raise ConfigError(
+            f"item {int(lengths.argmax())} has {int(lengths.max())} bytes, more than the batch budget of {max_tokens} "
+            "(data.batch_tokens): every batch must hold at least one item"
+        )
     return TokenBudgetBatchSampler(lengths, max_tokens, shuffle=shuffle, seed=seed, drop_last=drop_last)

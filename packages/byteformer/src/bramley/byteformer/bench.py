@@ -10,7 +10,6 @@ throughput is the median over rounds of samples per second of full training step
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -20,25 +19,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bramley.core.cli import positive_int
+from bramley.core.errors import ConfigError
+
 __all__ = ["add_bench_arguments", "bench", "main", "photo_crop_bytes"]
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of ``bench``."""
     parser.add_argument("--model", default="byteformer_tiny", help="registered variant")
-    parser.add_argument("--kernel-size", type=int, default=32, help="token-reduction conv kernel")
-    parser.add_argument("--depth", type=int, default=None, help="override the number of blocks (CPU: smaller)")
-    parser.add_argument("--embed-dim", type=int, default=None, help="override the width (with --num-heads)")
-    parser.add_argument("--num-heads", type=int, default=None)
-    parser.add_argument("--samples", type=int, default=96, help="number of encoded photo crops")
-    parser.add_argument("--min-size", type=int, default=64, help="smallest crop side (pixels)")
-    parser.add_argument("--max-size", type=int, default=224, help="largest crop side (pixels)")
-    parser.add_argument("--batch-size", type=int, default=16, help="samples per training step")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating packed/padded rounds (median reported)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per mode before the rounds")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--kernel-size", type=positive_int, default=32, help="token-reduction conv kernel")
+    parser.add_argument("--depth", type=positive_int, default=None, help="override the number of blocks (CPU: smaller)")
+    parser.add_argument("--embed-dim", type=positive_int, default=None, help="override the width (with --num-heads)")
+    parser.add_argument("--num-heads", type=positive_int, default=None)
+    parser.add_argument("--samples", type=positive_int, default=96, help="number of encoded photo crops")
+    parser.add_argument("--min-size", type=positive_int, default=64, help="smallest crop side (pixels)")
+    parser.add_argument("--max-size", type=positive_int, default=224, help="largest crop side (pixels)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="samples per training step")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="alternating packed/padded rounds (median)")
+    parser.add_argument("--warmup", type=positive_int, default=1, help="untimed steps per mode before the rounds")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast dtype on CUDA")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: leave as is)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     return parser
@@ -91,28 +93,34 @@ def bench(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run the benchmark; returns throughputs, their ratio, padding statistics and the environment."""
-    from bramley.core.registry import create_model
+    from bramley.core.recipe import build_model
+    from bramley.core.registry import list_models
     from bramley.core.report import environment
-    from bramley.core.train.distributed import synchronize
+    from bramley.core.train.distributed import resolve_device, synchronize
 
     from . import model as _model  # noqa: F401  (registers the variants)
     from .batching import collate_packed, collate_padded
     from .model import conv_output_lengths
 
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    variants = list_models(package="byteformer")
+    if model_name not in variants:
+        raise ConfigError(f"--model {model_name!r} is not a ByteFormer variant ({', '.join(variants)})")
+    if min_size > max_size:
+        raise ConfigError(f"--min-size {min_size} is larger than --max-size {max_size}")
+    if samples < batch_size:
+        raise ConfigError(f"--samples {samples} < --batch-size {batch_size}: not one whole batch")
+    dev = resolve_device(device)
     amp_dtype = torch.bfloat16 if amp == "bf16" and dev.type == "cuda" else None
     data = photo_crop_bytes(samples, min_size, max_size, seed=seed)
     lengths = torch.tensor([d.numel() for d in data])
     max_tokens = int(conv_output_lengths(lengths, kernel_size).max())
     torch.manual_seed(seed)
     kwargs = dict(model_kwargs or {}, conv_kernel_size=kernel_size, num_classes=10, max_num_tokens=max_tokens)
-    model = create_model(model_name, **kwargs).to(dev).train()
+    model = build_model(model_name, kwargs, where="--model").to(dev).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     labels = torch.randint(0, 10, (samples,)).tolist()
     order = torch.randperm(samples, generator=torch.Generator().manual_seed(seed)).tolist()
     groups = [order[i : i + batch_size] for i in range(0, samples - batch_size + 1, batch_size)]
-    if not groups:
-        raise ValueError(f"--samples {samples} < --batch-size {batch_size}")
     moved = {
         mode: [tuple(t.to(dev) for t in collate([(data[i], labels[i]) for i in g])) for g in groups]
         for mode, collate in (("packed", collate_packed), ("padded", collate_padded))
@@ -162,7 +170,9 @@ def bench(
 
 
 def main(args: argparse.Namespace) -> int:
-    """``bench`` entry point: run, print JSON, optionally write it."""
+    """``bench`` entry point: run, print the result as JSON and write it to ``--out``."""
+    from bramley.core.cli import write_json
+
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"depth": args.depth, "embed_dim": args.embed_dim, "num_heads": args.num_heads}
@@ -185,9 +195,5 @@ def main(args: argparse.Namespace) -> int:
         amp=args.amp,
         seed=args.seed,
     )
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_json(args.out, result)
     return 0

@@ -1,160 +1,131 @@
-"""Command line of bramley-byteformer (also available as `bramley byteformer`).
+"""Command line of bramley-byteformer (also available as ``bramley byteformer``).
 
-Subcommands: ``encode`` (files or bundled sets -> byte files), ``train`` (a recipe on packed batches), ``eval``
-(accuracy of a saved model on byte files or an encoded image / audio folder), ``bench`` (packed vs padded training
-throughput), ``info`` (variants and parameters), ``reproduce`` (the mini reproduction).
+Core's shared verbs (``info``, ``convert``, ``train``, ``eval``, ``reproduce``; see :class:`bramley.core.cli.MethodCLI`)
+and the package's own: ``encode`` (image / audio files or a bundled set -> byte files) and ``bench`` (packed vs
+padded training throughput).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from bramley.core.cli import add_config_arguments, config_from_args, run_method_cli
+from bramley.core.cli import MethodCLI, positive_int, unit_float
 
-RECIPES = Path(__file__).parent / "recipes"
+from .bench import add_bench_arguments
+from .bench import main as run_bench
+from .convert import convert_official
+from .encode import add_encode_arguments, run_encode
+from .train import SCHEMA, run_training
+
+cli = MethodCLI("byteformer", "Bytes Are All You Need: Transformers Operating Directly On File Bytes.")
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
+def _info_columns(name: str) -> Mapping[str, Any]:
+    """Width, depth and heads, and the parameters without the 50000-row position table (what the paper counts)."""
     import torch
 
-    from bramley.core.registry import create_model, list_models
-    from bramley.core.report import format_table
+    from bramley.core.registry import create_model
 
     from .model import BYTEFORMER_CONFIGS
 
-    rows = []
-    for name in [args.model] if args.model else list_models(package="byteformer"):
-        with torch.device("meta"):  # shapes only: no memory, no initialisation
-            model = create_model(name, num_classes=1000)
-        params = sum(p.numel() for p in model.parameters())
-        rows.append(
-            {
-                "model": name,
-                **BYTEFORMER_CONFIGS[name],
-                "params_M": round(params / 1e6, 2),
-                "params_M_without_pos_table": round((params - model.pos_embed.numel()) / 1e6, 2),
-            }
-        )
-    print(format_table(rows))
-    print("1000 classes, k=32, windows 128, max_num_tokens=50000 (the corenet ImageNet configs)")
-    return 0
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = create_model(name, num_classes=1000)
+    params = sum(p.numel() for p in model.parameters())
+    return {**BYTEFORMER_CONFIGS[name], "params_M_without_pos_table": (params - model.pos_embed.numel()) / 1e6}
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import DEFAULTS, run_training
+cli.add_info(
+    columns=_info_columns,
+    kwargs={"num_classes": 1000},
+    note="1000 classes, k=32, windows 128, max_num_tokens=50000 (the corenet ImageNet configs)",
+)
 
-    if args.config is not None and not args.config.exists() and (RECIPES / args.config.name).exists():
-        args.config = RECIPES / args.config.name
-    # model.kwargs are free-form factory arguments: whichever the recipe or the command line names
-    config = config_from_args(args, copy.deepcopy(DEFAULTS), open_sections=("model.kwargs",))
-    config["model"]["kwargs"] = {k: v for k, v in config["model"]["kwargs"].items() if v is not None}
-    result = run_training(config, out_dir=args.out)
-    print(json.dumps(result["metrics"], indent=2))
-    return 0
+
+def _convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--window-size",
+        type=positive_int,
+        default=128,
+        help="the corenet config's window_sizes (not stored in the weights): 128, or 32 for the w=32 configs",
+    )
+
+
+cli.add_convert(convert_official, "a corenet ByteFormer checkpoint -> a save_pretrained folder", _convert_arguments)
+cli.add_train(SCHEMA, run_training)
 
 
 def _eval_dataset(args: argparse.Namespace):
-    from . import datasets as ds
+    from bramley.core.errors import ConfigError
 
+    from . import datasets as ds
+    from .encodings import parse_encoding, parse_transforms
+
+    try:
+        if args.bytes:
+            parse_transforms(args.spec or "")
+        elif args.spec:
+            parse_encoding(args.spec)
+    except ValueError as err:
+        raise ConfigError(f"--spec {args.spec!r}: {err}") from None
     if args.bytes:
         return ds.ByteFolder(args.bytes, transforms=args.spec)
     if not args.spec:
-        raise SystemExit("--images / --audio need --spec (e.g. tiff, jpeg:quality=60, wav:float32)")
+        raise ConfigError("--images / --audio need --spec (e.g. tiff, jpeg:quality=60, wav:float32)")
     if args.images:
-        return ds.image_folder_bytes(args.images, args.spec, train=False, image_size=args.image_size)
+        return ds.image_folder_bytes(
+            args.images, args.spec, train=False, image_size=args.image_size, crop_pct=args.crop_pct
+        )
     return ds.EncodedDataset(ds.AudioFolder(args.audio), args.spec)
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
+def _evaluate(model, args: argparse.Namespace) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy of a ByteFormer on byte files or an encoded folder."""
     import torch
 
-    from bramley.core.checkpoint import from_pretrained
+    from bramley.core.classification import accuracy_eval
+    from bramley.core.errors import CheckpointError, DataError
+    from bramley.core.train.data import DeviceLoader
 
     from .batching import collate_packed
-    from .train import accuracy_eval
+    from .model import ByteFormer
+    from .train import packed_forward
 
-    model = from_pretrained(args.checkpoint).eval()
+    if not isinstance(model, ByteFormer):
+        raise CheckpointError(f"{args.checkpoint} holds a {type(model).__name__}, not a ByteFormer")
     data = _eval_dataset(args)
     classes = getattr(data, "classes", None)
     if classes is not None and model.num_classes != len(classes):
-        raise SystemExit(f"model has {model.num_classes} classes but the data has {len(classes)}")
+        raise DataError(f"the model has {model.num_classes} classes but the data has {len(classes)}")
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, collate_fn=collate_packed)
-    print(json.dumps(accuracy_eval(model, loader), indent=2))
-    return 0
+    return accuracy_eval(packed_forward)(model, DeviceLoader(loader, next(model.parameters()).device))
 
 
-def _cmd_encode(args: argparse.Namespace) -> int:
-    from .encode import run_encode
-
-    return run_encode(args)
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
-
-    return bench_main(args)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bramley-byteformer", description="Bytes Are All You Need: Transformers Operating Directly On File Bytes."
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    from .encode import add_encode_arguments
-
-    p = sub.add_parser("encode", help="images / WAV files or a bundled set -> byte files (any encoding spec)")
-    add_encode_arguments(p)
-    p.set_defaults(func=_cmd_encode)
-
-    p = sub.add_parser("info", help="variants: sizes and parameters")
-    p.add_argument("model", nargs="?", help="one variant (default: all)")
-    p.set_defaults(func=_cmd_info)
-
-    p = sub.add_parser("train", help="train with a recipe (recipes/*.yaml) on packed byte batches")
-    add_config_arguments(p)
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("eval", help="top-1/top-5 accuracy of a saved model")
-    p.add_argument("--checkpoint", required=True, help="save_pretrained folder (train writes <out>/model)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--bytes", help="folder of byte files <root>/<class>/<file> (what encode writes)")
-    src.add_argument("--images", help="ImageFolder root, encoded with --spec after resize + center crop")
-    src.add_argument("--audio", help="folder of .wav files <root>/<class>/<file>.wav, encoded with --spec")
-    p.add_argument("--spec", default=None, help="encoding spec (images/audio) or byte transforms (--bytes)")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=48)
-    p.set_defaults(func=_cmd_eval)
-
-    from .bench import add_bench_arguments
-
-    p = sub.add_parser("bench", help="training throughput: packed vs padded batches (same process)")
-    add_bench_arguments(p)
-    p.set_defaults(func=_cmd_bench)
-
-    sub.add_parser("reproduce", help="run the mini reproduction (options: reproduce --help)", add_help=False)
-    return parser
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bytes", type=Path, help="folder of byte files <root>/<class>/<file> (what encode writes)")
+    source.add_argument("--images", type=Path, help="ImageFolder root, encoded with --spec after resize + center crop")
+    source.add_argument("--audio", type=Path, help="WAV folder <root>/<class>/<file>.wav, encoded with --spec")
+    parser.add_argument("--spec", default=None, help="encoding spec (--images / --audio) or byte transforms (--bytes)")
+    parser.add_argument("--image-size", type=positive_int, default=224, help="--images: center-crop size")
+    parser.add_argument("--crop-pct", type=unit_float, default=0.875, help="--images: crop / resized shorter side")
+    parser.add_argument("--batch-size", type=positive_int, default=48)
 
 
-def _reproduce(argv: list[str]) -> int:
-    from .reproduce import main as reproduce_main
-
-    return reproduce_main(argv)
+cli.add_eval(_evaluate, "top-1 / top-5 accuracy of a trained ByteFormer", _eval_arguments)
+cli.add_command(
+    "encode", run_encode, "images / WAV files or a bundled set -> byte files (any encoding spec)", add_encode_arguments
+)
+cli.add_command("bench", run_bench, "training throughput: packed vs padded batches (same process)", add_bench_arguments)
+cli.add_reproduce("bramley.byteformer.reproduce")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bramley.core.checkpoint import CheckpointError
-
-    try:
-        return run_method_cli(build_parser(), argv, passthrough={"reproduce": _reproduce})
-    except (CheckpointError, FileNotFoundError, NotADirectoryError) as e:
-        print(f"bramley-byteformer: error: {e}", file=sys.stderr)
-        return 2
+    """Entry point of ``bramley-byteformer`` and ``bramley byteformer``."""
+    return cli.main(argv)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from bramley.core.config import ConfigError
+from bramley.core.cli import positive_int
 from bramley.core.data import sample_seed
 from bramley.core.data.splits import SPLITS
+from bramley.core.errors import ConfigError
 
 from .audio import clip_pcm_floor, read_wav
 from .encodings import AUDIO_FORMATS, IMAGE_FORMATS, TRANSFORMS, Encoding, describe, encode, parse_encoding
@@ -31,7 +32,7 @@ DATASETS = ("digits", "audio")
 
 
 def add_encode_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``encode`` options to ``parser`` and set ``func=run_encode``."""
+    """Add the ``encode`` options to ``parser`` (run with :func:`run_encode`)."""
     parser.add_argument(
         "inputs", nargs="*", type=Path, help="image / .wav files or folders (folder layouts are mirrored)"
     )
@@ -48,15 +49,16 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--seed", type=int, default=0, help="seed of per-sample random transforms and dataset splits")
     parser.add_argument(
         "--image-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="digits: side length (default 24); image files: resize the shorter side and center-crop to this",
     )
     parser.add_argument("--channels", type=int, choices=(1, 3), default=3, help="digits: 1 = gray, 3 = RGB")
     parser.add_argument("--split", choices=(*SPLITS, "all"), default="all", help="dataset split(s) to write")
-    parser.add_argument("--clips-per-class", type=int, default=None, help="audio dataset: clips per class and split")
-    parser.add_argument("--sample-rate", type=int, default=8000, help="audio dataset: samples per second")
-    parser.set_defaults(func=run_encode)
+    parser.add_argument(
+        "--clips-per-class", type=positive_int, default=None, help="audio dataset: clips per class and split"
+    )
+    parser.add_argument("--sample-rate", type=positive_int, default=8000, help="audio dataset: samples per second")
     return parser
 
 
@@ -168,8 +170,6 @@ def _load_image(path: Path, size: int | None) -> np.ndarray:
         if image.mode not in ("L", "RGB"):
             image = image.convert("RGB")
         if size is not None:
-            if size < 1:
-                raise ValueError(f"--image-size must be positive, got {size}")
             scale = size / min(image.size)
             resized = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
             image = image.resize(resized, Image.Resampling.BICUBIC)
