@@ -257,6 +257,7 @@ def test_eval_errors_are_one_line(capsys, tmp_path, byte_folder, image_folder, m
         ([*ok, "--images", image_folder, "--spec", "tif"], "--spec 'tif': unknown format"),
         ([*ok, "--bytes", tmp_path / "nope"], "does not exist"),
         ([*ok, "--bytes", byte_folder, "--device", "cuda:7"], "device 'cuda:7' requested but"),
+        ([*ok, "--bytes", byte_folder, "--out", tmp_path], f"--out {tmp_path} is a folder; give a file name"),
         (["eval", "--checkpoint", tmp_path / "missing", "--bytes", byte_folder], "missing does not exist"),
         (["eval", "--checkpoint", tmp_path / "bad.safetensors", "--bytes", byte_folder], "not a readable safetensors"),
         (
@@ -292,6 +293,7 @@ def test_bench_errors(tmp_path, capsys):
         (["--model", "mrl_mlp"], "--model 'mrl_mlp' is not a ByteFormer variant"),
         (["--device", "cuda:7"], "device 'cuda:7' requested but"),
         (["--kernel-size", "1"], "conv_kernel_size must be >= 2"),
+        (["--out", tmp_path], f"--out {tmp_path} is a folder; give a file name"),
         (["--embed-dim", "30", "--num-heads", "4"], "--model: byteformer_tiny("),
     ]
     for extra, message in cases:

@@ -171,8 +171,9 @@ def bench(
 
 def main(args: argparse.Namespace) -> int:
     """``bench`` entry point: run, print the result as JSON and write it to ``--out``."""
-    from bramley.core.cli import write_json
+    from bramley.core.cli import check_writable, write_json
 
+    check_writable(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"depth": args.depth, "embed_dim": args.embed_dim, "num_heads": args.num_heads}

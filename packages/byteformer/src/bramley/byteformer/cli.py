@@ -88,7 +88,6 @@ def _evaluate(model, args: argparse.Namespace) -> dict[str, float]:
 
     from bramley.core.classification import accuracy_eval
     from bramley.core.errors import CheckpointError, DataError
-    from bramley.core.train.data import DeviceLoader
 
     from .batching import collate_packed
     from .model import ByteFormer
@@ -101,7 +100,7 @@ def _evaluate(model, args: argparse.Namespace) -> dict[str, float]:
     if classes is not None and model.num_classes != len(classes):
         raise DataError(f"the model has {model.num_classes} classes but the data has {len(classes)}")
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, collate_fn=collate_packed)
-    return accuracy_eval(packed_forward)(model, DeviceLoader(loader, next(model.parameters()).device))
+    return accuracy_eval(packed_forward, device=next(model.parameters()).device)(model, loader)
 
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
