@@ -94,6 +94,12 @@ def make_cli(seen: list | None = None) -> MethodCLI:
         return {"params": sum(p.numel() for p in model.parameters()), "scale": args.scale}
 
     cli.add_eval(evaluate, "evaluate", lambda p: p.add_argument("--scale", type=float, default=1.0))
+
+    def train_stage(recipe, out, args):  # a second training command with options of its own (a chain's stage)
+        (seen if seen is not None else []).append((recipe.train.device, args.tag))
+        return {"tag": args.tag}
+
+    cli.add_train(schema, train_stage, "one stage", "train-stage", lambda p: p.add_argument("--tag", required=True))
     cli.add_reproduce("bramley_clitest_reproduce")
     return cli
 
@@ -218,6 +224,29 @@ def test_train_with_the_same_seed_is_bit_identical(capsys, tmp_path):
         weights.append((tmp_path / name / "model.safetensors").read_bytes())
     assert weights[0] == weights[1], "the seed is set before the model and the data are built"
     assert weights[0] != weights[2]
+
+
+def test_named_train_commands_get_their_options_and_device(capsys, tmp_path):
+    seen: list = []
+    assert make_cli(seen).main(["train-stage", "--tag", "a", "--out", str(tmp_path / "s"), "--device", "cpu"]) == 0
+    assert seen == [("cpu", "a")]
+    assert json.loads((tmp_path / "s" / "results.json").read_text()) == {"tag": "a"}
+    assert "device: cpu" in (tmp_path / "s" / "recipe.yaml").read_text(), "--device is the override train.device"
+    code, _, err = run(capsys, "train", "--out", tmp_path / "t", "--device", "tpu")
+    assert code == 2 and "train.device='tpu' is not one of auto, cpu, cuda" in err and not (tmp_path / "t").exists()
+
+
+def test_a_chain_of_runs_in_sub_folders_is_one_run(tmp_path):
+    from bramley.core.run import clear_run, run_state
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "checkpoint.pt").write_bytes(b"state")
+    (tmp_path / "notes.txt").write_text("kept")
+    assert run_state(tmp_path) == "finished" and run_state(tmp_path / "new") == "unfinished"
+    clear_run(tmp_path)
+    assert run_state(tmp_path) == "empty" and (tmp_path / "notes.txt").read_text() == "kept"
 
 
 def test_one_run_per_folder(capsys, tmp_path):

@@ -43,6 +43,7 @@ __all__ = [
     "main",
     "method_main",
     "positive_int",
+    "run_training",
     "unit_float",
     "write_json",
 ]
@@ -342,30 +343,40 @@ class MethodCLI:
     def add_train(
         self,
         schema: Any,
-        run: Callable[[Any, Path], Mapping[str, Any]],
+        run: Callable[..., Mapping[str, Any]],
         help: str = "train with a recipe (bundled name or YAML file); torchrun for many GPUs",
+        name: str = "train",
+        arguments: Callable[[argparse.ArgumentParser], None] | None = None,
     ) -> argparse.ArgumentParser:
-        """``train [--recipe NAME|FILE] --out DIR [key=value ...]``.
+        """``<name> [--recipe NAME|FILE] --out DIR [--device D] [--overwrite] [key=value ...]``.
 
-        The recipe is resolved against ``schema`` (a :class:`bramley.core.recipe.RecipeSchema`), seeded with
-        ``train.seed`` before anything is built, written to ``DIR/recipe.yaml``; ``run(recipe, out_dir)`` trains and
-        returns the results, written to ``DIR/results.json`` and printed.
+        The recipe is resolved against ``schema`` (a :class:`bramley.core.recipe.RecipeSchema`; ``--device D`` is
+        the override ``train.device=D``) and run by :func:`run_training`: ``run(recipe, out_dir)`` trains and returns
+        the results. A package with several training commands (stages of a chain) adds each under its own ``name``
+        with its own options (``arguments``); ``run`` then receives them too: ``run(recipe, out_dir, args)``.
         """
         from .recipe import load_recipe
+        from .train.distributed import resolve_device
 
         def command(args: argparse.Namespace) -> int:
-            recipe = load_recipe(schema, args.recipe, args.overrides)
-            run_training(recipe, args.out, run, overwrite=args.overwrite)
+            device = [f"train.device={args.device}"] if args.device is not None else []
+            recipe = load_recipe(schema, args.recipe, [*args.overrides, *device])
+            resolve_device(recipe.train.device)  # a device this machine lacks is an error before any data is read
+            runner = run if arguments is None else lambda recipe, out: run(recipe, out, args)
+            run_training(recipe, args.out, runner, overwrite=args.overwrite)
             return 0
 
-        def arguments(p: argparse.ArgumentParser) -> None:
+        def all_arguments(p: argparse.ArgumentParser) -> None:
+            if arguments is not None:
+                arguments(p)
             default = f" (default: {schema.default_recipe})" if schema.default_recipe else ""
             p.add_argument("--recipe", default=None, help=f"bundled recipe name or a .yaml file{default}")
             p.add_argument("--out", type=Path, required=True, help="run folder: model, metrics, checkpoints")
+            p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N, mps (default: the recipe's)")
             p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
             p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.lr=0.1 train.epochs=3")
 
-        return self.add_command("train", command, help, arguments)
+        return self.add_command(name, command, help, all_arguments)
 
     # --------------------------------------------------------------------------------------------------- eval
     def add_eval(

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError, DataError
+
 __all__ = ["METRICS", "distance_matrix", "ranking_metrics", "retrieval_metrics"]
 
 #: The distances :func:`distance_matrix` and :func:`retrieval_metrics` rank by.
@@ -44,7 +46,7 @@ def distance_matrix(queries: torch.Tensor, gallery: torch.Tensor, metric: str = 
         return torch.cdist(queries, gallery, p=2)
     if metric == "cosine":
         return 1.0 - F.normalize(queries, dim=-1) @ F.normalize(gallery, dim=-1).T
-    raise ValueError(f"unknown distance metric {metric!r}; choose one of {', '.join(METRICS)}")
+    raise ConfigError(f"unknown distance metric {metric!r}; choose one of {', '.join(METRICS)}")
 
 
 def ranking_metrics(
@@ -70,14 +72,14 @@ def ranking_metrics(
         topk: CMC ranks; default ``1`` and every cut-off in ``ks``. At most ``L`` unless the lists are complete.
     """
     if neighbors.ndim != 2:
-        raise ValueError(f"neighbors must be (Q, L), got shape {tuple(neighbors.shape)}")
+        raise DataError(f"neighbors must be (Q, L), got shape {tuple(neighbors.shape)}")
     if query_labels.shape != (neighbors.shape[0],):
-        raise ValueError(f"query_labels must have shape ({neighbors.shape[0]},), got {tuple(query_labels.shape)}")
+        raise DataError(f"query_labels must have shape ({neighbors.shape[0]},), got {tuple(query_labels.shape)}")
     if gallery_labels.ndim != 1 or gallery_labels.numel() == 0:
-        raise ValueError(f"gallery_labels must be 1-D and non-empty, got shape {tuple(gallery_labels.shape)}")
+        raise DataError(f"gallery_labels must be 1-D and non-empty, got shape {tuple(gallery_labels.shape)}")
     num_gallery = gallery_labels.shape[0]
     if neighbors.numel() and not 0 <= int(neighbors.min()) <= int(neighbors.max()) < num_gallery:
-        raise ValueError(f"neighbour indices must lie in [0, {num_gallery})")
+        raise DataError(f"neighbour indices must lie in [0, {num_gallery})")
     length = neighbors.shape[1]
     topk = (1, *ks) if topk is None else topk
     scorer = _Scorer(topk, ks, length, complete=length == num_gallery)
@@ -126,17 +128,17 @@ def retrieval_metrics(
     q = _check_embeddings("query embeddings", query_embeddings)
     g = _check_embeddings("gallery embeddings", gallery_embeddings).to(q.device)
     if q.shape[1] != g.shape[1]:
-        raise ValueError(f"query dim {q.shape[1]} != gallery dim {g.shape[1]}: embeddings are not in the same space")
+        raise DataError(f"query dim {q.shape[1]} != gallery dim {g.shape[1]}: embeddings are not in the same space")
     if leave_one_out and q.shape[0] != g.shape[0]:
-        raise ValueError(f"leave_one_out needs the gallery to be the query set, got {q.shape[0]} vs {g.shape[0]} items")
+        raise DataError(f"leave_one_out needs the gallery to be the query set, got {q.shape[0]} vs {g.shape[0]} items")
     q_lab = torch.as_tensor(query_labels).reshape(-1).to(q.device)
     g_lab = q_lab if gallery_labels is None else torch.as_tensor(gallery_labels).reshape(-1).to(q.device)
     if q_lab.numel() != q.shape[0]:
-        raise ValueError(f"{q_lab.numel()} query labels for {q.shape[0]} query embeddings")
+        raise DataError(f"{q_lab.numel()} query labels for {q.shape[0]} query embeddings")
     if g_lab.numel() != g.shape[0]:
-        raise ValueError(f"{g_lab.numel()} gallery labels for {g.shape[0]} gallery embeddings")
+        raise DataError(f"{g_lab.numel()} gallery labels for {g.shape[0]} gallery embeddings")
     if metric not in METRICS:
-        raise ValueError(f"unknown distance metric {metric!r}; choose one of {', '.join(METRICS)}")
+        raise ConfigError(f"unknown distance metric {metric!r}; choose one of {', '.join(METRICS)}")
     length = g.shape[0] - (1 if leave_one_out else 0)
     scorer = _Scorer(topk, ks, length, complete=True)
     for start in range(0, q.shape[0], chunk_size):
@@ -157,11 +159,11 @@ class _Scorer:
         self.topk = sorted({int(k) for k in topk})
         self.ks = sorted({int(k) for k in ks})
         if any(k < 1 or k > length for k in self.ks):
-            raise ValueError(f"cut-offs {self.ks} must be in [1, {length}] (the ranking length)")
+            raise DataError(f"cut-offs {self.ks} must be in [1, {length}] (the ranking length)")
         if any(k < 1 for k in self.topk):
-            raise ValueError(f"topk must hold positive ranks, got {self.topk}")
+            raise DataError(f"topk must hold positive ranks, got {self.topk}")
         if not complete and any(k > length for k in self.topk):
-            raise ValueError(f"topk ranks {self.topk} must be at most {length} (the neighbour list length)")
+            raise DataError(f"topk ranks {self.topk} must be at most {length} (the neighbour list length)")
         self.complete = complete
         self.names = [f"top{k}" for k in self.topk]
         self.names += [f"{name}@{k}" for k in self.ks for name in ("precision", "recall", "mAP")]
@@ -192,7 +194,7 @@ class _Scorer:
         """The averages in percent, ``num_queries`` and ``queries_without_relevant``."""
         evaluated, skipped = self.counts.tolist()
         if evaluated == 0:
-            raise ValueError(f"none of the {skipped} queries has a relevant gallery item (a label it shares)")
+            raise DataError(f"none of the {skipped} queries has a relevant gallery item (a label it shares)")
         out = {name: 100.0 * total / evaluated for name, total in zip(self.names, self.sums.tolist())}
         return {**out, "num_queries": evaluated, "queries_without_relevant": skipped}
 
@@ -200,9 +202,9 @@ class _Scorer:
 def _check_embeddings(name: str, emb: torch.Tensor) -> torch.Tensor:
     if not isinstance(emb, torch.Tensor) or emb.ndim != 2:
         shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
-        raise ValueError(f"{name} must be a 2-D (count, dim) tensor, got {shape}")
+        raise DataError(f"{name} must be a 2-D (count, dim) tensor, got {shape}")
     if not emb.is_floating_point():
-        raise ValueError(f"{name} must be floating point, got {emb.dtype}")
+        raise DataError(f"{name} must be floating point, got {emb.dtype}")
     if not torch.isfinite(emb).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise DataError(f"{name} contains NaN or infinite values")
     return emb.float()

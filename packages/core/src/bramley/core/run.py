@@ -98,8 +98,16 @@ def _acquire(folder: Path) -> int:
 
 
 def run_state(directory: str | os.PathLike) -> Literal["empty", "unfinished", "finished"]:
-    """``finished``: final weights are there; ``unfinished``: only a resume checkpoint; ``empty``: neither."""
+    """What ``directory`` holds: ``finished`` (final weights), ``unfinished`` (only a resume checkpoint) or
+    ``empty``; for a chain of runs in sub-folders (one per stage), the furthest state among them."""
     folder = Path(directory)
+    states = [_own_state(folder)]
+    if folder.is_dir():
+        states += [_own_state(sub) for sub in folder.iterdir() if sub.is_dir()]
+    return max(states, key=("empty", "unfinished", "finished").index)
+
+
+def _own_state(folder: Path) -> Literal["empty", "unfinished", "finished"]:
     if (folder / WEIGHTS_NAME).is_file():
         return "finished"
     if (folder / CHECKPOINT_NAME).is_file():
@@ -108,8 +116,10 @@ def run_state(directory: str | os.PathLike) -> Literal["empty", "unfinished", "f
 
 
 def clear_run(directory: str | os.PathLike) -> None:
-    """Remove an earlier run's outputs (and their temporary files) from ``directory``; nothing else in it."""
+    """Remove an earlier run's outputs (and their temporary files) from ``directory`` and from its sub-folders (the
+    stages of a chain); nothing else in them."""
     folder = Path(directory)
-    for name in RUN_OUTPUTS:
-        for path in (folder / name, *temp_files(folder / name)):
-            path.unlink(missing_ok=True)
+    for target in [folder, *(sub for sub in folder.iterdir() if sub.is_dir())] if folder.is_dir() else []:
+        for name in RUN_OUTPUTS:
+            for path in (target / name, *temp_files(target / name)):
+                path.unlink(missing_ok=True)

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bramley.core.cli import MethodCLI, check_writable, positive_int, run_training, write_json
+from bramley.core.cli import MethodCLI, check_writable, positive_int, write_json
 from bramley.core.errors import ConfigError
 
 from .models import convert_official
@@ -37,80 +37,50 @@ train.epochs=3, loss.side_info.train.epochs=5, eval.cases=[old_old,bct,fct,new_n
 
 
 # ------------------------------------------------------------------------------------------------------ stages
-def _recipe(args: argparse.Namespace):
-    """The recipe of a stage command: ``--recipe`` <- overrides <- ``--device`` (as ``train.device``)."""
-    from bramley.core.recipe import load_recipe
-    from bramley.core.train.distributed import resolve_device
-
-    overrides = [*args.overrides, *([f"train.device={args.device}"] if args.device is not None else [])]
-    recipe = load_recipe(SCHEMA, args.recipe, overrides)
-    resolve_device(recipe.train.device)  # a device this machine lacks is an error before any data is read
-    return recipe
-
-
 def _load(path: str):
     from bramley.core.checkpoint import load_model
 
     return load_model(path)
 
 
-def _train_stage(args: argparse.Namespace, stage: str, **paths: str | None) -> int:
+def _train_stage(recipe, out: Path, stage: str, **paths: str | None) -> dict:
+    """Train one stage of the chain into its own run folder (the models it needs given as paths)."""
     from .data import build_dataset
     from .pipeline import check_stages, train_stage
 
-    recipe = _recipe(args)
     models = {f"{name}_model": _load(path) for name, path in paths.items() if path is not None}
-
-    def run(recipe, out: Path) -> dict:
-        train, num_classes = build_dataset(recipe.data, "train")
-        check_stages(recipe, [stage], num_classes, out)
-        _, metrics = train_stage(recipe, stage, out, train, num_classes, **models)
-        return {"stage": stage, "metrics": metrics}
-
-    run_training(recipe, args.out, run, overwrite=args.overwrite)
-    return 0
+    train, num_classes = build_dataset(recipe.data, "train")
+    check_stages(recipe, [stage], num_classes, out)
+    _, metrics = train_stage(recipe, stage, out, train, num_classes, **models)
+    return {"stage": stage, "metrics": metrics}
 
 
-def _train_backbone(args: argparse.Namespace) -> int:
+def _train_backbone(recipe, out: Path, args: argparse.Namespace) -> dict:
     if args.role == "bct" and args.old is None:
         raise ConfigError("--role bct trains the new model with BCT against the old one: give --old OLD_RUN_FOLDER")
     if args.role != "bct" and args.old is not None:
         raise ConfigError(f"--old is the old model of BCT (--role bct); --role {args.role} trains without it")
-    return _train_stage(args, args.role, old=args.old)
+    return _train_stage(recipe, out, args.role, old=args.old)
 
 
-def _train_side_info(args: argparse.Namespace) -> int:
-    return _train_stage(args, "side_info")
+def _train_side_info(recipe, out: Path) -> dict:
+    return _train_stage(recipe, out, "side_info")
 
 
-def _train_transformation(args: argparse.Namespace) -> int:
+def _train_transformation(recipe, out: Path, args: argparse.Namespace) -> dict:
     stage = "transformation" if args.side is not None else "transformation_no_side_info"
-    return _train_stage(args, stage, old=args.old, new=args.new, side=args.side)
-
-
-def _stage_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--recipe", default=None, help=f"bundled recipe or a .yaml file (default: {SCHEMA.default_recipe})"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="the stage's run folder")
-    parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N, mps (default: the recipe's)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=3 data.root=/data/cifar100"
-    )
+    return _train_stage(recipe, out, stage, old=args.old, new=args.new, side=args.side)
 
 
 def _backbone_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--role", choices=["old", "new", "bct"], required=True, help="bct: the new model trained with BCT")
     p.add_argument("--old", default=None, help="--role bct: the old model (run folder or .safetensors)")
-    _stage_arguments(p)
 
 
 def _transformation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--old", required=True, help="the old model (run folder or .safetensors)")
     p.add_argument("--new", required=True, help="the new model")
     p.add_argument("--side", default=None, help="the side-information model (omit: FCT without side information)")
-    _stage_arguments(p)
 
 
 # ------------------------------------------------------------------------------------------------- galleries
@@ -230,16 +200,19 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
 cli = MethodCLI("fct", "FCT: forward compatible training for large-scale embedding retrieval.", EPILOG)
 cli.add_info()
 cli.add_train(SCHEMA, train_chain, "train the whole chain (old, new, side-info, transformation) and evaluate it")
-cli.add_command(
-    "train-backbone", _train_backbone, "train the old or the new model (or the BCT new model)", _backbone_arguments
+cli.add_train(
+    SCHEMA,
+    _train_backbone,
+    "train the old or the new model (or the BCT new model)",
+    "train-backbone",
+    _backbone_arguments,
 )
-cli.add_command(
-    "train-side-info", _train_side_info, "train the side-information model on the old classes", _stage_arguments
-)
-cli.add_command(
-    "train-transformation",
+cli.add_train(SCHEMA, _train_side_info, "train the side-information model on the old classes", "train-side-info")
+cli.add_train(
+    SCHEMA,
     _train_transformation,
     "train h(old, side) -> new, the others frozen",
+    "train-transformation",
     _transformation_arguments,
 )
 cli.add_command(
