@@ -294,6 +294,21 @@ def test_token_budget_sampler_shards_and_reshuffles(drop_last):
     samplers[0].set_epoch(1)
     assert [b for b in samplers[0]] != first
     assert samplers[0].fill_ratio > 0.9
+    samplers[0].set_epoch(0)
+    assert [b for b in samplers[0]] == first, "an epoch's batches depend on (seed, epoch) only: exact resume"
+
+
+def test_token_budget_sampler_mixes_equal_lengths():
+    """Files of one length in class order (a byte folder): each batch must mix the classes, every epoch anew."""
+    labels = np.repeat(np.arange(10), 20)  # 200 items, 20 per class, sorted by class
+    sampler = TokenBudgetBatchSampler(np.full(200, 7), 7 * 20, seed=0)
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert sorted(i for b in batches for i in b) == list(range(200))
+        assert all(len(set(labels[b])) > 3 for b in batches), "a batch of one class: packing followed input order"
+    ordered = TokenBudgetBatchSampler(np.full(200, 7), 7 * 20, shuffle=False)
+    assert [len(set(labels[b])) for b in ordered] == [1] * 10, "without shuffle the dataset order is kept"
 
 
 @pytest.mark.gpu

@@ -420,10 +420,13 @@ def sampler_replicas(num_replicas: int | None = None, rank: int | None = None) -
 class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Batches of dataset indices whose lengths sum to at most ``max_tokens`` (BFD bins), sharded for DDP.
 
-    The bins are computed once (best-fit decreasing, so batches are ~full); every epoch they are shuffled with
-    ``seed + epoch`` (call :meth:`set_epoch`, as with ``DistributedSampler``), and rank ``r`` of ``R`` takes bins
-    ``r, r + R, ...``. So every rank runs the same number of steps, the bin list is made divisible by ``R``: with
+    With ``shuffle``, each epoch packs the items in a fresh order seeded by ``(seed, epoch)`` (call :meth:`set_epoch`,
+    as with ``DistributedSampler``) and shuffles the bins: best-fit decreasing breaks ties between equal lengths in
+    input order, so packing a dataset sorted by class once would fill every batch of equal-length files with one
+    class. Without ``shuffle`` the bins are packed once, in dataset order. Rank ``r`` of ``R`` takes bins
+    ``r, r + R, ...``; so every rank runs the same number of steps, the bin list is made divisible by ``R``: with
     ``drop_last`` the last bins are dropped, otherwise the first bins are repeated (like ``DistributedSampler``).
+    The number of bins may differ by one or two between epochs (a different order packs a little differently).
     """
 
     def __init__(
@@ -438,12 +441,33 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
         rank: int | None = None,
     ) -> None:
         num_replicas, rank = sampler_replicas(num_replicas, rank)
-        self.packing = best_fit_decreasing(lengths, max_tokens)
+        self.lengths = np.array(lengths.cpu() if isinstance(lengths, torch.Tensor) else lengths)
+        self.max_tokens = max_tokens
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
+        self._packed: tuple[int, BinPacking] | None = None
+        self.packing  # noqa: B018  (packs epoch 0 now: bad lengths or budget fail at construction)
+
+    @property
+    def packing(self) -> BinPacking:
+        """The bins of the current epoch (packed once per epoch with ``shuffle``, once in all otherwise)."""
+        key = self.epoch if self.shuffle else 0
+        if self._packed is None or self._packed[0] != key:
+            if self.shuffle:
+                perm = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.lengths))
+                packed = best_fit_decreasing(self.lengths[perm], self.max_tokens)
+                bins = [perm[b].tolist() for b in packed.bins]
+                packed = BinPacking(bins, packed.budget, packed.tokens)
+            else:
+                packed = best_fit_decreasing(self.lengths, self.max_tokens)
+            self._packed = (key, packed)
+        return self._packed[1]
+
+    @property
+    def num_batches(self) -> int:
         n = len(self.packing.bins)
-        self.num_batches = n // num_replicas if drop_last else math.ceil(n / num_replicas)
+        return n // self.num_replicas if self.drop_last else math.ceil(n / self.num_replicas)
 
     @property
     def fill_ratio(self) -> float:
