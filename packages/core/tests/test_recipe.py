@@ -202,3 +202,21 @@ def test_build_model_turns_factory_errors_into_config_errors(tiny_registered):
 def test_build_model_refuses_a_model_larger_than_memory(tiny_registered):
     with pytest.raises(ConfigError, match=r"recipe_test_net\(num_classes=100000000000\) does not fit in memory \("):
         build_model("recipe_test_net", {"num_classes": 10**11})
+
+
+@dataclass
+class Range:
+    low: int = 0
+    high: int = 1
+
+    def __post_init__(self) -> None:
+        if self.low >= self.high:
+            raise ConfigError(f"data.low ({self.low}) must be below data.high ({self.high})")
+
+
+def test_checks_across_keys_see_the_final_values():
+    """Raising both bounds passes through low > high half-way: only the final recipe is checked."""
+    schema = RecipeSchema("x", data=Range)
+    assert load_recipe(schema, None, ["data.low=5", "data.high=10"]).data == Range(5, 10)
+    with pytest.raises(ConfigError, match=r"^override 'data.high=3': data.low \(5\) must be below data.high \(3\)"):
+        load_recipe(schema, None, ["data.low=5", "data.high=3"])

@@ -757,3 +757,11 @@ def test_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
     Trainer(make_model(), cfg, train_data=make_data(40), loss_fn=ce_loss).fit()
     err = capsys.readouterr().err
     assert re.search(r"train: 4/4 steps \(100%\), [0-9.e+]+ steps/s, loss=\d\.\d{4}, lr=", err), err
+
+
+def test_budget_errors_name_the_recipe_keys():
+    with pytest.raises(ConfigError, match=r"no batch of train\.batch_size=64 per rank .* use a smaller train\.batch"):
+        Trainer(make_model(), TrainConfig(steps=2, batch_size=64), train_data=make_data(40), loss_fn=ce_loss)
+    too_long = TrainConfig(steps=2, batch_size=8, warmup_epochs=3)
+    with pytest.raises(ConfigError, match=r"warmup \(15 steps: optim\.warmup_epochs=3 of 5 steps each\) is longer"):
+        Trainer(make_model(), too_long, train_data=make_data(40), loss_fn=ce_loss)

@@ -234,6 +234,7 @@ def load_recipe(schema: RecipeSchema, recipe: str | os.PathLike | None = None, o
             Recipe.build(schema, config)
         except ConfigError as e:
             raise ConfigError(f"recipe {path}: {e}") from None
+    overrides = list(overrides)
     for item in overrides:
         [(keys, value)] = parse_overrides([item])
         node = config
@@ -242,11 +243,20 @@ def load_recipe(schema: RecipeSchema, recipe: str | os.PathLike | None = None, o
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: config key {'.'.join(keys[: depth + 1])!r} is a value")
         node[keys[-1]] = value
-        try:
-            Recipe.build(schema, config)
-        except ConfigError as e:
-            raise ConfigError(f"override {item!r}: {e}") from None
-    return Recipe.build(schema, config, source)
+    try:  # checked once all overrides are in: checks across keys (a < b) see the final values, not a half-way state
+        return Recipe.build(schema, config, source)
+    except ConfigError as e:
+        culprit = _culprit(str(e), overrides)
+        raise ConfigError(f"override {culprit!r}: {e}" if culprit else str(e)) from None
+
+
+def _culprit(message: str, overrides: list[str]) -> str | None:
+    """The last override whose key (or section, for an unknown one) the error message names."""
+    for item in reversed(overrides):
+        key = item.partition("=")[0]
+        if key in message or f"'{key.split('.')[0]}'" in message:
+            return item
+    return None
 
 
 def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
+
 __all__ = ["ResumableBatchSampler", "ShardedBatchSampler", "move_to_device"]
 
 
@@ -45,9 +47,10 @@ class ShardedBatchSampler:
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         if self.per_rank == 0 or len(self) == 0:
-            raise ValueError(
-                f"dataset of {num_samples} samples gives no batch of {batch_size} per rank over {world_size} "
-                f"rank(s) with drop_last={drop_last}; use a smaller batch_size or drop_last=False"
+            raise ConfigError(
+                f"the training data ({num_samples} samples) gives no batch of train.batch_size={batch_size} per rank "
+                f"over {world_size} rank(s) with train.drop_last={drop_last}: use a smaller train.batch_size or "
+                "train.drop_last=false"
             )
 
     @property

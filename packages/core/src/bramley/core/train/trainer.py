@@ -208,9 +208,15 @@ class Trainer:
         else:
             self.total_steps = sum(self.steps_in_epoch(e) for e in range(cfg.epochs))
         if cfg.warmup_steps is not None:
-            warmup = cfg.warmup_steps
+            warmup, source = cfg.warmup_steps, f"optim.warmup_steps={cfg.warmup_steps}"
         else:
             warmup = round(cfg.warmup_epochs * self.steps_in_epoch(0))
+            source = f"optim.warmup_epochs={cfg.warmup_epochs:g} of {self.steps_in_epoch(0)} steps each"
+        if warmup > self.total_steps:
+            raise ConfigError(
+                f"the warmup ({warmup} steps: {source}) is longer than the whole run ({self.total_steps} steps): "
+                "shorten the warmup or train longer"
+            )
         self.schedule = LRSchedule(cfg.schedule, self.total_steps, warmup, cfg.min_lr_ratio, cfg.warmup_start_factor)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
