@@ -1,34 +1,42 @@
-"""Every CLI subcommand at tiny scale (these are the commands the README shows)."""
+"""Every CLI verb at tiny scale: the success path and the user errors (exit 2, one line naming the problem)."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
-from bramley.core.checkpoint import from_pretrained, save_checkpoint, save_pretrained
+from bramley.core.checkpoint import load_model, save_checkpoint, save_pretrained
 from bramley.core.registry import create_model
-from bramley.mobileone import reparameterize
 from bramley.mobileone.cli import main
 from bramley.mobileone.convert import bramley_to_official
 
+TINY_TRAIN = [
+    "train.batch_size=4",
+    "train.num_workers=0",
+    "train.amp=none",
+    "train.progress=false",
+    "train.checkpoint_every=0",
+    "train.device=cpu",
+]
 
-def test_help_runs(capsys):
+
+def fails(capsys, argv: list[str], message: str) -> None:
+    """``main(argv)`` exits 2 with one line ``bramley-mobileone: error: ...message...`` on stderr."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("bramley-mobileone: error: "), err
+    assert message in err, err
+
+
+def usage_error(capsys, argv: list[str], message: str) -> None:
+    """argparse refuses ``argv`` (exit 2) naming the problem."""
     with pytest.raises(SystemExit) as e:
-        main(["--help"])
-    assert e.value.code == 0
-    out = capsys.readouterr().out
-    for command in ("info", "reparam", "convert", "train", "eval", "export", "bench", "reproduce"):
-        assert command in out
-
-
-def test_info_json(capsys):
-    assert main(["info", "--variants", "s0", "--image-size", "64", "--json"]) == 0
-    (row,) = json.loads(capsys.readouterr().out)
-    assert row["model"] == "mobileone_s0"
-    assert round(row["params_fused_M"], 1) == 2.1 and row["params_train_M"] > 5
-    assert row["GMACs_fused"] < row["GMACs_train"]
+        main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -39,118 +47,209 @@ def s0_folder(tmp_path):
     return save_pretrained(model.eval(), tmp_path / "s0")
 
 
+def test_help_lists_every_verb(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("info", "reparam", "convert", "train", "eval", "export", "bench", "reproduce"):
+        assert command in out
+
+
+# ---------------------------------------------------------------------------------------------------------- info
+def test_info_paper_params_and_gmacs(capsys):
+    assert main(["info", "mobileone_s0", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["model"] == "mobileone_s0" and row["input"] == "3x224x224"
+    assert round(row["fused_params_M"], 2) == 2.08 and row["paper_params_M"] == 2.1 and row["params_M"] > 5
+    assert row["fused_GMACs"] == pytest.approx(0.275, abs=1e-3) and row["GMACs"] == pytest.approx(1.052, abs=1e-3)
+    assert main(["info"]) == 0
+    table = capsys.readouterr().out
+    assert all(f"mobileone_s{i}" in table for i in range(5)) and "paper_params_M" in table
+    fails(capsys, ["info", "mobileone_s9"], "unknown mobileone model 'mobileone_s9'")
+
+
+# --------------------------------------------------------------------------------------------- reparam and eval
 def test_reparam_then_eval_on_image_folder(tmp_path, s0_folder, image_folder, capsys):
     out = tmp_path / "s0_fused"
-    assert main(["reparam", str(s0_folder), "--out", str(out)]) == 0
-    fused = from_pretrained(out)
+    assert main(["reparam", "--checkpoint", str(s0_folder), "--out", str(out)]) == 0
+    fused = load_model(out)
     assert fused.stem.reparam_conv is not None
     x = torch.randn(1, 3, 32, 32)
-    torch.testing.assert_close(fused(x), from_pretrained(s0_folder).eval()(x), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fused(x), load_model(s0_folder)(x), rtol=1e-4, atol=1e-4)
     capsys.readouterr()
-    assert main(["eval", str(out), "--data", str(image_folder), "--image-size", "32", "--batch-size", "8"]) == 0
+    assert main(["eval", "--checkpoint", str(out), "--data", str(image_folder), "--image-size", "32"]) == 0
     fused_metrics = json.loads(capsys.readouterr().out)
-    assert main(["eval", str(s0_folder), "--data", str(image_folder), "--image-size", "32", "--fuse"]) == 0
-    assert json.loads(capsys.readouterr().out)["top1"] == fused_metrics["top1"]
+    report = tmp_path / "metrics.json"
+    argv = ["eval", "--checkpoint", str(s0_folder), "--data", str(image_folder), "--image-size", "32", "--fuse"]
+    assert main([*argv, "--batch-size", "5", "--out", str(report)]) == 0
+    assert json.loads(report.read_text())["top1"] == fused_metrics["top1"]
     assert 0 <= fused_metrics["top1"] <= 100 and fused_metrics["top5"] == 100.0  # 3 classes
 
 
+def test_reparam_and_eval_errors(tmp_path, s0_folder, image_folder, capsys):
+    fails(capsys, ["reparam", "--model", "mobileone_s9", "--out", str(tmp_path / "x")], "unknown model 'mobileone_s9'")
+    missing = str(tmp_path / "nowhere")
+    fails(capsys, ["reparam", "--checkpoint", missing, "--out", str(tmp_path / "x")], "does not exist")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"not safetensors at all")
+    eval_args = ["--data", str(image_folder), "--image-size", "32"]
+    fails(capsys, ["eval", "--checkpoint", str(corrupt), *eval_args], "not a readable safetensors file")
+    foreign = save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "foreign.safetensors", config={"name": "mlp"})
+    fails(capsys, ["eval", "--checkpoint", str(foreign), *eval_args], "mlp")
+    fails(capsys, ["eval", "--checkpoint", str(s0_folder), "--data", str(tmp_path / "nowhere")], "does not exist")
+    ten_classes = save_pretrained(create_model("mobileone_s0", num_classes=10), tmp_path / "s0_10")
+    fails(capsys, ["eval", "--checkpoint", str(ten_classes), *eval_args], "has 3 classes but the model predicts 10")
+    usage_error(capsys, ["eval", "--checkpoint", str(s0_folder), *eval_args, "--batch-size", "0"], "must be >= 1")
+    usage_error(capsys, ["eval", "--checkpoint", str(s0_folder), *eval_args, "--crop-pct", "1.5"], "(0, 1]")
+    if not torch.cuda.is_available():
+        argv = ["eval", "--checkpoint", str(s0_folder), *eval_args, "--device", "cuda"]
+        fails(capsys, argv, "CUDA is not available")
+
+
+# ------------------------------------------------------------------------------------------------------ convert
 def test_convert_official_checkpoint(tmp_path, capsys):
     model = create_model("mobileone_s1").eval()
     official = tmp_path / "mobileone_s1_unfused.pth.tar"
-    torch.save(bramley_to_official(model.state_dict()), official)
-    assert main(["convert", str(official), str(tmp_path / "out"), "--fuse"]) == 0
-    assert "MobileOne-S1 (unfused, fused on conversion, 1000 classes)" in capsys.readouterr().out
-    converted = from_pretrained(tmp_path / "out")
+    torch.save({"state_dict": bramley_to_official(model.state_dict())}, official)
+    assert main(["convert", str(official), "--out", str(tmp_path / "out"), "--fuse"]) == 0
+    out = capsys.readouterr().out
+    assert "mobileone_s1" in out and "'inference_mode': True" in out and "'num_classes': 1000" in out
+    converted = load_model(tmp_path / "out")
+    assert converted.stem.reparam_conv is not None
     x = torch.randn(1, 3, 32, 32)
-    torch.testing.assert_close(converted(x), model(x), rtol=1e-4, atol=1e-4 * float(model(x).abs().max()))
-
-    bad = tmp_path / "notes.txt"
-    bad.write_text("hello")
-    with pytest.raises(SystemExit) as e:
-        main(["convert", str(bad), str(tmp_path / "x")])
-    assert e.value.code == 2
-    assert "is not a PyTorch checkpoint" in capsys.readouterr().err
+    with torch.no_grad():
+        ref = model(x)
+        torch.testing.assert_close(converted(x), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    assert main(["convert", str(official), "--out", str(tmp_path / "same"), "--model", "mobileone_s1"]) == 0
 
 
-def test_checkpoint_of_another_variant_is_refused(tmp_path, capsys):
-    path = save_checkpoint(create_model("mobileone_s0", num_classes=3), tmp_path / "s0.safetensors")
-    with pytest.raises(SystemExit):
-        main(["eval", "mobileone_s1", "--checkpoint", str(path), "--data", str(tmp_path)])
-    assert "holds a mobileone_s0 model, not mobileone_s1" in capsys.readouterr().err
+def test_convert_errors(tmp_path, capsys):
+    official = tmp_path / "mobileone_s1_unfused.pth.tar"
+    torch.save(bramley_to_official(create_model("mobileone_s1").state_dict()), official)
+    out = ["--out", str(tmp_path / "x")]
+    fails(capsys, ["convert", str(official), *out, "--model", "mobileone_s0"], "holds mobileone_s1 (unfused), not")
+    fails(capsys, ["convert", str(official), *out, "--model", "resnet50"], "unknown MobileOne model 'resnet50'")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    fails(capsys, ["convert", str(notes), *out], "is not a readable PyTorch checkpoint")
+    fails(capsys, ["convert", str(tmp_path / "missing.pth.tar"), *out], "does not exist")
+    other = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, other)
+    fails(capsys, ["convert", str(other), *out], "unexpected key 'conv1.weight' in an official MobileOne checkpoint")
+    ours = save_checkpoint(create_model("mobileone_s0"), tmp_path / "s0.safetensors")
+    fails(capsys, ["convert", str(ours), *out], "has bramley's / timm's names, not the official ones")
 
 
-def test_export_onnx_checked_with_onnxruntime(tmp_path, capsys):
-    from bramley.mobileone.reproduce import mini_mobileone
-
-    model = mini_mobileone(2, True, True)
-    model.model_config = {"name": "mini", "kwargs": {}}
-    model.eval()
-    path = save_checkpoint(model, tmp_path / "mini.safetensors")
-    # a registered name + checkpoint: use mobileone_s0 for the CLI path, the mini model through the API
-    from bramley.mobileone.export import check_onnx, export_onnx
-
-    fused = reparameterize(model)
-    onnx_path = export_onnx(fused, tmp_path / "mini.onnx", image_size=32)
-    assert check_onnx(fused, onnx_path, torch.randn(3, 1, 32, 32)) < 1e-4  # dynamic batch: exported with 2
-    assert path.exists()
-
-    assert main(["export", "mobileone_s0", str(tmp_path / "s0.onnx"), "--image-size", "32"]) == 0
-    assert "onnxruntime relative max difference" in capsys.readouterr().out
+# ------------------------------------------------------------------------------------------------------- export
+def test_export_onnx_checked_with_onnxruntime(tmp_path, s0_folder, capsys):
+    assert main(["export", "--model", "mobileone_s0", "--out", str(tmp_path / "s0.onnx"), "--image-size", "32"]) == 0
+    difference = re.search(r"onnxruntime relative max difference ([0-9.e+-]+)", capsys.readouterr().out)
+    assert difference is not None and float(difference.group(1)) < 1e-4
+    out = tmp_path / "trained.onnx"
+    assert main(["export", "--checkpoint", str(s0_folder), "--out", str(out), "--image-size", "32", "--no-fuse"]) == 0
+    assert out.stat().st_size > 0
+    usage_error(capsys, ["export", "--model", "mobileone_s0", "--out", str(out), "--image-size", "0"], "must be >= 1")
 
 
+# -------------------------------------------------------------------------------------------------------- bench
 def test_bench_ratios(tmp_path):
-    args = [
-        "bench",
-        "--variants",
-        "s0",
-        "--batch-sizes",
-        "1",
-        "--image-size",
-        "32",
-        "--iters",
-        "1",
-        "--warmup",
-        "0",
-        "--rounds",
-        "1",
-    ]
-    assert main([*args, "--out", str(tmp_path)]) == 0
+    args = ["bench", "--model", "mobileone_s0", "--batch-sizes", "1", "--image-size", "32", "--iters", "1"]
+    assert main([*args, "--warmup", "0", "--rounds", "1", "--out", str(tmp_path)]) == 0
     (row,) = json.loads((tmp_path / "results.json").read_text())["table"]
     assert row["fused_vs_unfused"] > 0 and row["fused_vs_timm"] > 0
     assert {"unfused_ms", "fused_ms", "timm_fused_ms"} <= set(row)
 
 
-def test_train_recipe_smoke_on_image_folder(tmp_path, image_folder, capsys):
-    root = tmp_path / "data"
-    root.mkdir()
-    (root / "train").symlink_to(image_folder)
-    (root / "val").symlink_to(image_folder)
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch-sizes", "0"], "--batch-sizes: must be >= 1, got 0"),
+        (["--batch-sizes", "1", "-2"], "--batch-sizes: must be >= 1, got -2"),
+        (["--iters", "0"], "--iters: must be >= 1, got 0"),
+        (["--warmup", "-1"], "--warmup: must be >= 0, got -1"),
+        (["--image-size", "0"], "--image-size: must be >= 1, got 0"),
+        (["--model", "mobileone_s9"], "invalid choice: 'mobileone_s9'"),
+    ],
+)
+def test_bench_rejects_bad_counts(capsys, argv, message):
+    usage_error(capsys, ["bench", *argv], message)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_bench_device_without_cuda(capsys):
+    fails(capsys, ["bench", "--device", "cuda", "--no-timm"], "CUDA is not available")
+
+
+# -------------------------------------------------------------------------------------------------------- train
+def test_train_smoke_recipe_writes_the_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "smoke", "--out", str(out), "train.steps=2", "train.device=cpu"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results["num_classes"] == 10 and "eval_top1" in results["metrics"]
+    for name in ("recipe.yaml", "results.json", "config.json", "model.safetensors", "metrics.jsonl"):
+        assert (out / name).is_file(), name
+    trained = load_model(out)
+    assert trained(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    assert main(["train", "--recipe", str(out / "recipe.yaml"), "--out", str(tmp_path / "again")]) == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core: train_classifier cannot tell the classes of the multi-scale MultiScaleDataset (reported; "
+    "when this passes, drop data.multiscale.enabled=false from test_readme.py's SHRINK)",
+)
+def test_train_image_folder_multiscale_with_ema(tmp_path, image_folder, capsys):
+    """The paper's recipe (multi-scale sampler, EMA, weight-decay annealing) on a 3-class ImageFolder."""
     out = tmp_path / "run"
     overrides = [
-        f"data.root={root}",
-        "model.num_classes=3",
+        f"data.train={image_folder}",
+        f"data.val={image_folder}",
         "data.image_size=32",
         "data.multiscale.min_size=32",
         "data.multiscale.max_size=64",
         "data.multiscale.num_scales=2",
         "data.multiscale.curriculum_epochs=1",
         "train.epochs=1",
-        "train.batch_size=4",
-        "train.num_workers=0",
-        "train.amp=none",
-        "train.progress=false",
-        "train.checkpoint_every=0",
-        "train.device=cpu",
+        *TINY_TRAIN,
     ]
     assert main(["train", "--recipe", "imagenet", "--out", str(out), *overrides]) == 0
-    metrics = json.loads(capsys.readouterr().out)
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
     assert "ema_eval_top1" in metrics and "eval_top1" in metrics
-    assert (out / "config.yaml").exists()
-    trained = from_pretrained(out / "model").eval()
-    assert trained(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+    assert load_model(out / "ema.safetensors")(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+    assert "weight_decay_end: 1.0e-05" in (out / "recipe.yaml").read_text()
 
 
-def test_train_requires_data_root(tmp_path):
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["loss.weight_decay_end=1e-3"], "loss.weight_decay_end=0.001 exceeds optim.weight_decay=0.0001"),
+        (["loss.weight_decay_end=-1"], "loss.weight_decay_end must be >= 0, got -1"),
+        (["train.batch_size=0"], "train.batch_size must be >= 1, got 0"),
+        (["train.epochs=-1"], "train.epochs must be >= 1, got -1"),
+        (["data.image_size=0"], "data.image_size must be >= 1, got 0"),
+        (["data.root=/data"], "unknown config key 'data.root'"),
+        (["model.kwargs.widht=2"], "unexpected keyword argument 'widht'"),
+        (["model.name=mobileone_s9"], "mobileone_s9"),
+    ],
+)
+def test_train_errors(tmp_path, capsys, overrides, message):
+    fails(capsys, ["train", "--recipe", "smoke", "--out", str(tmp_path / "run"), *overrides], message)
+
+
+def test_train_needs_data_train_for_the_imagenet_recipe(tmp_path, capsys):
+    fails(capsys, ["train", "--out", str(tmp_path / "run"), *TINY_TRAIN], "data.train is not set")
+    fails(capsys, ["train", "--recipe", "imagenet", "--out", str(tmp_path), "data.train=/nowhere"], "does not exist")
+
+
+def test_train_unwritable_out(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the run folder should go")
+    fails(capsys, ["train", "--recipe", "smoke", "--out", str(blocker / "run"), "train.steps=1"], str(blocker))
+
+
+# ---------------------------------------------------------------------------------------------------- reproduce
+def test_reproduce_rejects_bad_counts(capsys):
     with pytest.raises(SystemExit) as e:
-        main(["train", "--out", str(tmp_path)])
-    assert e.value.code == 2
+        main(["reproduce", "--seeds", "0"])
+    assert e.value.code == 2 and "--seeds: must be >= 1, got 0" in capsys.readouterr().err

@@ -6,13 +6,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bramley.core.checkpoint import CheckpointError
+from bramley.core.convert import build_converted, load_official_file
+from bramley.core.errors import CheckpointError, ConfigError
 from bramley.mobileone import VARIANTS, build_mobileone, reparameterize
 from bramley.mobileone.convert import (
     bramley_to_official,
     bramley_to_timm,
+    convert_official,
     detect_variant,
-    load_official_checkpoint,
     official_to_bramley,
     timm_to_bramley,
 )
@@ -114,39 +115,40 @@ def test_official_key_names_round_trip(variant, fused):
 
 
 @pytest.mark.parametrize("fused", [False, True])
-def test_load_official_checkpoint_file(tmp_path, fused):
+def test_convert_official_file(tmp_path, fused):
     ours = randomize_bn(build_mobileone("s0", num_classes=1000))
     if fused:
         ours = reparameterize(ours)
     path = tmp_path / "mobileone_s0.pth.tar"
     torch.save({f"module.{k}": v for k, v in bramley_to_official(ours.state_dict()).items()}, path)  # DDP-saved
-    model, variant, is_fused, num_classes = load_official_checkpoint(path)
-    assert (variant, is_fused, num_classes) == ("s0", fused, 1000)
+    converted = convert_official(load_official_file(path))
+    assert converted.model_name == "mobileone_s0"
+    assert converted.model_kwargs == {"inference_mode": fused, "num_classes": 1000}
+    model = build_converted(converted)
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(model(x), ours(x), rtol=0, atol=0)
-    with pytest.raises(CheckpointError, match="is MobileOne-S0, not S1"):
-        load_official_checkpoint(path, variant="s1")
+    assert convert_official(load_official_file(path), "mobileone_s0").model_name == "mobileone_s0"
+    with pytest.raises(CheckpointError, match=r"holds mobileone_s0 \((un)?fused\), not mobileone_s1"):
+        convert_official(load_official_file(path), "mobileone_s1")
+    with pytest.raises(ConfigError, match="unknown MobileOne model 's1'"):
+        convert_official(load_official_file(path), "s1")
 
 
-def test_convert_errors(tmp_path):
-    junk = tmp_path / "junk.pth.tar"
-    junk.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
-        load_official_checkpoint(junk)
-    with pytest.raises(CheckpointError, match="does not exist"):
-        load_official_checkpoint(tmp_path / "missing.pth.tar")
-    wrong = tmp_path / "wrong.pth.tar"
-    torch.save({"features.0.weight": torch.zeros(1)}, wrong)
+def test_convert_official_headless_backbone():
+    with torch.device("meta"):
+        state = build_mobileone("s2", num_classes=0).state_dict()
+    converted = convert_official(bramley_to_official(state))
+    assert (converted.model_name, converted.model_kwargs["num_classes"]) == ("mobileone_s2", 0)
+
+
+def test_convert_errors():
     with pytest.raises(CheckpointError, match=r"unexpected key 'features\.0\.weight'"):
-        load_official_checkpoint(wrong)
-    partial = tmp_path / "partial.pth.tar"
+        convert_official({"features.0.weight": torch.zeros(1)})
     with torch.device("meta"):
         state = bramley_to_official(build_mobileone("s1").state_dict())
-    state = {k: torch.zeros(v.shape) for k, v in state.items() if not k.startswith("stage4.")}
-    torch.save(state, partial)
+    partial = {k: torch.zeros(v.shape) for k, v in state.items() if not k.startswith("stage4.")}
     with pytest.raises(CheckpointError, match="matches none of the MobileOne variants"):
-        load_official_checkpoint(partial)
-    not_dict = tmp_path / "tensor.pth.tar"
-    torch.save(torch.zeros(3), not_dict)
-    with pytest.raises(CheckpointError, match="not a state dict"):
-        load_official_checkpoint(not_dict)
+        convert_official(partial)
+    classifier = {k: torch.zeros(v.shape) for k, v in state.items() if k != "linear.weight"}
+    with pytest.raises(CheckpointError, match=r"classifier keys but no fc\.weight"):
+        convert_official(classifier)

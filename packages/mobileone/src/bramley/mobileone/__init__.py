@@ -5,6 +5,8 @@
 >>> fast = reparameterize(model)  # single-branch inference model, same outputs
 """
 
+from bramley.core.layers import reparameterize_model as reparameterize  # the README's name for core's fusion
+
 from .model import (
     VARIANTS,
     MobileOne,
@@ -15,7 +17,6 @@ from .model import (
     mobileone_s2,
     mobileone_s3,
     mobileone_s4,
-    reparameterize,
 )
 
 __version__ = "0.1.0"

@@ -14,26 +14,27 @@ official (apple/ml-mobileone)      timm (``mobileone_s*``)           bramley
 ``se.reduce`` / ``se.expand``      ``attn.fc1`` / ``attn.fc2``       ``se.reduce`` / ``se.expand``
 ``linear.``                        ``head.fc.``                      ``fc.``
 =================================  ===============================  ===================================
+
+:func:`convert_official` is the converter of the ``convert`` command (``bramley-mobileone convert SRC --out DIR``).
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 
-from bramley.core.checkpoint import CheckpointError
+from bramley.core.convert import Converted
+from bramley.core.errors import CheckpointError, ConfigError
 
-from .model import VARIANTS, MobileOne, build_mobileone
+from .model import VARIANTS, build_mobileone
 
 __all__ = [
     "bramley_to_official",
     "bramley_to_timm",
+    "convert_official",
     "detect_variant",
-    "load_official_checkpoint",
     "official_to_bramley",
     "timm_to_bramley",
 ]
@@ -90,17 +91,22 @@ _OUR_STAGE = re.compile(r"^stages\.(\d+)\.")
 def official_to_bramley(state: Mapping[str, torch.Tensor]) -> StateDict:
     """Rename an official apple/ml-mobileone state dict (fused or unfused) to bramley's names.
 
-    A ``module.`` prefix (DataParallel/DDP checkpoints) is removed. Unknown top-level keys are an error.
+    Unknown top-level keys are an error. (A DDP ``module.`` prefix and a ``{"state_dict": ...}`` wrapper are removed
+    when the file is read, by :func:`bramley.core.convert.load_official_file`.)
     """
 
     def fn(key: str) -> str:
-        key = key.removeprefix("module.")
         if key.startswith("stage0."):
             key = "stem." + key[len("stage0.") :]
         elif (m := _OFFICIAL_STAGE.match(key)) is not None:
             key = f"stages.{int(m.group(1)) - 1}." + key[m.end() :]
         elif key.startswith("linear."):
             return "fc." + key[len("linear.") :]
+        elif key.startswith(("stem.", "stages.")):
+            raise CheckpointError(
+                f"key {key!r} has bramley's / timm's names, not the official ones: a bramley checkpoint loads as it is "
+                "(--checkpoint), a timm one converts with bramley.mobileone.convert.timm_to_bramley"
+            )
         else:
             raise CheckpointError(f"unexpected key {key!r} in an official MobileOne checkpoint")
         return _swap(key, _OFFICIAL_BRANCHES)
@@ -149,48 +155,29 @@ def detect_variant(state: Mapping[str, torch.Tensor]) -> tuple[str, bool, int]:
     )
 
 
-def _read_torch_file(path: Path) -> Mapping:
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises many types on foreign bytes (UnpicklingError, IndexError, ...)
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.load failed: {e})") from e
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
-    for wrapper in ("state_dict", "model", "model_state_dict"):
-        if wrapper in obj and isinstance(obj[wrapper], Mapping):
-            obj = obj[wrapper]
-            break
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors or len(tensors) != len(obj):
-        bad = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))[:5]
-        raise CheckpointError(f"{path} is not a MobileOne state dict (non-tensor entries: {bad or 'none, but empty'})")
-    return tensors
-
-
-def load_official_checkpoint(path: str | os.PathLike, variant: str | None = None) -> tuple[MobileOne, str, bool, int]:
-    """Build the bramley model holding an official ``.pth.tar`` checkpoint (fused or unfused).
+def convert_official(state_dict: Mapping[str, torch.Tensor], model_name: str | None = None) -> Converted:
+    """An official apple/ml-mobileone state dict (fused or unfused, read with
+    :func:`bramley.core.convert.load_official_file`) in bramley's terms.
 
     Args:
-        path: the official checkpoint (a state dict, optionally wrapped in ``{"state_dict": ...}``).
-        variant: ``"s0"``..``"s4"``; detected from the tensor shapes when omitted, checked when given.
+        state_dict: the official tensors (``stage0.``, ``stage1.``, ..., ``linear.`` keys).
+        model_name: the expected model (``"mobileone_s1"``); by default the variant is detected.
 
     Returns:
-        ``(model, variant, fused, num_classes)``; the model is in eval mode.
+        The :class:`~bramley.core.convert.Converted` model: variant, fused or not (``inference_mode``) and
+        ``num_classes`` read from the tensor shapes.
+
+    Raises:
+        CheckpointError: a key outside the official layout, shapes of no MobileOne variant, or another variant than
+            ``model_name``.
+        ConfigError: ``model_name`` is not a MobileOne model.
     """
-    state = official_to_bramley(_read_torch_file(Path(path)))
-    detected, fused, num_classes = detect_variant(state)
-    if variant is not None:
-        variant = variant.removeprefix("mobileone_")
-        if variant not in VARIANTS:
-            raise CheckpointError(f"unknown MobileOne variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-        if variant != detected:
-            raise CheckpointError(f"checkpoint {path} is MobileOne-{detected.upper()}, not {variant.upper()}")
-    model = build_mobileone(detected, inference_mode=fused, num_classes=num_classes)
-    model.load_state_dict(state, strict=True)
-    model.model_config = {
-        "name": f"mobileone_{detected}",
-        "kwargs": {"inference_mode": fused, "num_classes": num_classes},
-    }
-    return model.eval(), detected, fused, num_classes
+    state = official_to_bramley(state_dict)
+    variant, fused, num_classes = detect_variant(state)
+    name = f"mobileone_{variant}"
+    if model_name is not None and model_name != name:
+        names = [f"mobileone_{v}" for v in VARIANTS]
+        if model_name not in names:
+            raise ConfigError(f"unknown MobileOne model {model_name!r}; choose one of {', '.join(names)}")
+        raise CheckpointError(f"the checkpoint holds {name} ({'fused' if fused else 'unfused'}), not {model_name}")
+    return Converted(name, {"inference_mode": fused, "num_classes": num_classes}, state)

@@ -2,8 +2,8 @@
 
 A plain feed-forward stack of MobileOne blocks: each stage repeats (3x3 depthwise block, 1x1 pointwise block) pairs,
 every block over-parameterized at train time (``num_conv_branches`` conv-BN branches + 1x1 scale branch + BN skip)
-and folded into one conv by :func:`reparameterize`. Architecture facts follow the official code
-(github.com/apple/ml-mobileone, ``mobileone.py``):
+and folded into one conv by :func:`bramley.core.layers.reparameterize_model`. Architecture facts follow the official
+code (github.com/apple/ml-mobileone, ``mobileone.py``):
 
 - depths (2, 8, 10, 1) block pairs at strides 4, 8, 16, 32; base widths (64, 128, 256, 512) x per-variant multipliers;
 - stem: one 3x3 stride-2 block, ``min(64, int(64 * w0))`` channels, a single conv branch in every variant;
@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from bramley.core.layers import MobileOneBlock, reparameterize_model
+from bramley.core.layers import MobileOneBlock
 from bramley.core.registry import register_model
 
-__all__ = ["VARIANTS", "MobileOne", "MobileOneConfig", "build_mobileone", "reparameterize"]
+__all__ = ["VARIANTS", "MobileOne", "MobileOneConfig", "build_mobileone"]
 
 
 @dataclass(frozen=True)
@@ -191,19 +191,6 @@ class MobileOne(nn.Module):
             if i in take:
                 features.append(x)
         return features if intermediates_only else (x, features)
-
-
-def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """The inference model: every MobileOne block fused into a single conv (a copy unless ``inplace``).
-
-    Idempotent; warns when ``model`` is in train mode (fusion uses BatchNorm running statistics). The fused model
-    keeps ``model_config`` with ``inference_mode=True`` so ``save_pretrained`` checkpoints rebuild it fused.
-    """
-    fused = reparameterize_model(model, inplace=inplace)
-    config = getattr(model, "model_config", None)
-    if config is not None:
-        fused.model_config = {"name": config["name"], "kwargs": {**config.get("kwargs", {}), "inference_mode": True}}
-    return fused
 
 
 # --- factories --------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Model size, compute and CPU latency: parameter counts, multiply-accumulates, fused-vs-unfused timing."""
+"""Model size, compute and latency: parameter counts, multiply-accumulates, fused-vs-unfused timing."""
 
 from __future__ import annotations
 
@@ -41,10 +41,13 @@ def count_macs(model: nn.Module, image_size: int | tuple[int, int] = 224, in_cha
 
 @torch.inference_mode()
 def measure_latency(model: nn.Module, x: torch.Tensor, warmup: int = 3, iters: int = 10) -> float:
-    """Median wall-clock seconds of ``model(x)`` (eval mode, inference mode) over ``iters`` runs after ``warmup``.
+    """Median wall-clock seconds of ``model(x)`` (eval mode, inference mode) over ``iters`` runs after ``warmup``,
+    on ``x``'s device (waiting for a GPU's queued work around each run).
 
     Only meaningful as a ratio against another model timed in the same process under the same load.
     """
+    from bramley.core.train.distributed import synchronize
+
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
     model.eval()
@@ -52,8 +55,10 @@ def measure_latency(model: nn.Module, x: torch.Tensor, warmup: int = 3, iters: i
         model(x)
     times = []
     for _ in range(iters):
+        synchronize(x.device)
         start = time.perf_counter()
         model(x)
+        synchronize(x.device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -67,20 +72,24 @@ def benchmark_variant(
     include_timm: bool = True,
     threads: int | None = None,
     rounds: int = 3,
+    device: str | torch.device = "cpu",
 ) -> list[dict]:
-    """CPU latency of the unfused, fused and (optionally) timm-fused model of one variant, timed in one process.
+    """Latency of the unfused, fused and (optionally) timm-fused model of one variant, timed in one process on
+    ``device``.
 
     Rows hold milliseconds and the ratios ``fused / unfused`` (< 1 means fusion helps) and ``fused / timm_fused``
     (<= 1 means bramley's fused model is no slower than timm's). The three models share the same random weights and
     are timed in ``rounds`` interleaved rounds; each keeps its best median.
     """
+    from bramley.core.layers import reparameterize_model
+
     from .convert import bramley_to_timm
-    from .model import build_mobileone, reparameterize
+    from .model import build_mobileone
 
     if threads is not None:
         torch.set_num_threads(threads)
     unfused = build_mobileone(variant).eval()
-    fused = reparameterize(unfused)
+    fused = reparameterize_model(unfused)
     models = {"unfused": unfused, "fused": fused}
     if include_timm:
         import timm
@@ -89,9 +98,10 @@ def benchmark_variant(
         theirs = timm.create_model(f"mobileone_{variant.removeprefix('mobileone_')}", pretrained=False)
         theirs.load_state_dict(bramley_to_timm(unfused.state_dict()))
         models["timm_fused"] = timm_reparameterize(theirs.eval())
+    models = {name: m.to(device) for name, m in models.items()}
     rows = []
     for batch in batch_sizes:
-        x = torch.randn(batch, 3, image_size, image_size)
+        x = torch.randn(batch, 3, image_size, image_size, device=device)
         best = dict.fromkeys(models, float("inf"))
         for _ in range(rounds):  # interleaved rounds, best median of each: robust to load from other processes
             for name, m in models.items():

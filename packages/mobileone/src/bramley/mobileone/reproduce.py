@@ -7,19 +7,24 @@
    batch-1 latency is lower (ratio measured in this process), on the trained mini model and on MobileOne-S0 at 224px.
 
 Data: scikit-learn digits (1797 8x8 images, stratified train/val/test 1259/179/359) upsampled to 32x32.
-Writes ``results.json``, ``table.md`` and ``reproduce.png`` to ``--out``.
+Writes ``results.json``, ``table.md`` and ``reproduce.png`` to ``--out`` and ends by printing each claim with its
+verdict, computed from the measured results (:func:`verdicts`).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
+
+from bramley.core.cli import check_writable, positive_int
 
 ARMS = {
     # name: (num_conv_branches, use_scale_branch, use_identity)
@@ -28,6 +33,17 @@ ARMS = {
     "MobileOne k=4": (4, True, True),
 }
 MINI_ARCH = dict(width_multipliers=(1.0, 1.0, 1.0, 1.0), base_channels=(16, 32, 64, 128), depths=(1, 2, 2, 1))
+BASELINE = "plain conv-BN"
+CLAIMS = {
+    "overparameterization": (
+        "training the same inference network with over-parameterized branches (k=1: conv + scale + skip; k=4 conv "
+        "branches) gives higher test accuracy than training it as plain conv-BN"
+    ),
+    "free_reparameterization": (
+        "the fused network has the unfused network's test accuracy and logits, and a lower CPU latency"
+    ),
+}
+LOGIT_TOLERANCE = 1e-4  # fused vs unfused, absolute (fp32 logits of order 10)
 
 
 def mini_mobileone(num_conv_branches: int, use_scale_branch: bool, use_identity: bool) -> nn.Module:
@@ -46,10 +62,11 @@ def mini_mobileone(num_conv_branches: int, use_scale_branch: bool, use_identity:
 
 def train_arm(arm: str, seed: int, epochs: int, steps: int | None, image_size: int) -> tuple[nn.Module, float]:
     """Train one arm with the bramley trainer; returns the model (eval mode) and its test top-1 (%)."""
+    from bramley.core.classification import ClassificationLoss, LossSection
     from bramley.core.data import DigitsDataset
     from bramley.core.train import TrainConfig, Trainer
 
-    from .train import WeightDecayCosine, make_loss_fn
+    from .train import WeightDecayCosine
 
     torch.manual_seed(seed)
     model = mini_mobileone(*ARMS[arm])
@@ -69,27 +86,28 @@ def train_arm(arm: str, seed: int, epochs: int, steps: int | None, image_size: i
         device="cpu",
     )
     train = DigitsDataset("train", image_size=image_size)
-    trainer = Trainer(model, cfg, train_data=train, loss_fn=make_loss_fn(0.1), callbacks=[WeightDecayCosine(1e-5)])
+    loss_fn = ClassificationLoss(10, LossSection(label_smoothing=0.1))
+    trainer = Trainer(model, cfg, train_data=train, loss_fn=loss_fn, callbacks=[WeightDecayCosine(1e-5)])
     trainer.fit()
     model = trainer.model.eval()
     return model, test_accuracy(model, image_size)
 
 
 def test_accuracy(model: nn.Module, image_size: int) -> float:
+    from bramley.core.classification import accuracy_eval
     from bramley.core.data import DigitsDataset
 
-    from .train import accuracy_eval_fn
-
     x, y = DigitsDataset("test", image_size=image_size).tensors()
-    return accuracy_eval_fn(model.eval(), [(x, y)])["top1"]
+    return accuracy_eval()(model.eval(), [(x, y)])["top1"]
 
 
 def latency_ratio(model: nn.Module, x: torch.Tensor, iters: int) -> dict[str, float]:
     """Median batch-1 CPU latency of ``model`` and of its fused copy, timed alternately in this process."""
-    from .model import reparameterize
+    from bramley.core.layers import reparameterize_model
+
     from .profile import measure_latency
 
-    fused = reparameterize(model.eval())
+    fused = reparameterize_model(model.eval())
     unfused_times, fused_times = [], []
     for _ in range(3):  # interleaved rounds, best of each: robust to load from other processes
         unfused_times.append(measure_latency(model, x, warmup=1, iters=iters))
@@ -109,9 +127,10 @@ def run(
 ) -> dict:
     """Train every arm for every epoch budget and seed, check fusion, time fused vs unfused; write the report."""
     from bramley.core.data import DigitsDataset
+    from bramley.core.layers import reparameterize_model
     from bramley.core.report import format_table, mean_std, write_results
 
-    from .model import build_mobileone, reparameterize
+    from .model import build_mobileone
     from .profile import count_params
 
     start = time.time()
@@ -121,7 +140,7 @@ def run(
         for seed in seeds:
             for arm in ARMS:
                 model, acc = train_arm(arm, seed, epochs, steps, image_size)
-                fused = reparameterize(model)
+                fused = reparameterize_model(model)
                 fused_acc = test_accuracy(fused, image_size)
                 with torch.no_grad():
                     diff = float((model(x_test) - fused(x_test)).abs().max())
@@ -170,12 +189,11 @@ def run(
 
     def delta(arm: str, epochs: int) -> float:
         means = {r["arm"]: r["test_top1_mean"] for r in rows if r["epochs"] == epochs}
-        return means[arm] - means["plain conv-BN"]
+        return means[arm] - means[BASELINE]
 
     summary = {
         "claim1_top1_gain_over_plain": {
-            f"{epochs}_epochs": {arm: delta(arm, epochs) for arm in ARMS if arm != "plain conv-BN"}
-            for epochs in budgets
+            f"{epochs}_epochs": {arm: delta(arm, epochs) for arm in ARMS if arm != BASELINE} for epochs in budgets
         },
         "claim2_all_fused_accuracies_equal": all(r["fused_test_top1"] == r["test_top1"] for r in runs),
         "claim2_max_abs_logit_diff": max(r["max_abs_logit_diff"] for r in runs),
@@ -197,10 +215,70 @@ def run(
         "summary": summary,
         "seconds": time.time() - start,
     }
+    results["verdicts"] = verdicts(results)
     write_results(out, results, rows, title="MobileOne mini reproduction: over-parameterization (digits, test top-1 %)")
     print(format_table(latency_rows))
     _plot(out / "reproduce.png", rows, latency_rows, budgets)
+    print_verdicts(results["verdicts"])
     return results
+
+
+def verdicts(results: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """Each claim of :data:`CLAIMS` with its verdict and evidence, computed from ``results["runs"]`` and
+    ``results["latency"]``.
+
+    Claim 1 is REPRODUCED when every over-parameterized arm beats the plain baseline at every budget by more than two
+    standard errors of the difference of means (seeds as samples), NOT REPRODUCED otherwise, INCONCLUSIVE with a
+    single seed (no spread to judge a difference by). Claim 2 is REPRODUCED when every fused model has exactly the
+    unfused test accuracy, logits within :data:`LOGIT_TOLERANCE` and a fused / unfused latency ratio below 1.
+    """
+    from bramley.core.report import mean_std
+
+    runs = results["runs"]
+    budgets = sorted({r["epochs"] for r in runs})
+    seeds = len({r["seed"] for r in runs})
+    gains, significant = [], True
+    for epochs in budgets:
+        base = [r["test_top1"] for r in runs if r["epochs"] == epochs and r["arm"] == BASELINE]
+        base_mean, base_std = mean_std(base)
+        for arm in (a for a in ARMS if a != BASELINE):
+            accs = [r["test_top1"] for r in runs if r["epochs"] == epochs and r["arm"] == arm]
+            mean, std = mean_std(accs)
+            gain, two_se = mean - base_mean, 2 * math.sqrt(std**2 / len(accs) + base_std**2 / len(base))
+            significant = significant and gain > two_se
+            gains.append(f"{epochs} epochs {arm} {gain:+.2f} (2 SE {two_se:.2f})")
+    if seeds < 2:
+        first = "INCONCLUSIVE"
+    else:
+        first = "REPRODUCED" if significant else "NOT REPRODUCED"
+
+    equal = sum(r["fused_test_top1"] == r["test_top1"] for r in runs)
+    max_diff = max(r["max_abs_logit_diff"] for r in runs)
+    ratios = {name: v["fused_vs_unfused"] for name, v in results["latency"].items()}
+    free = equal == len(runs) and max_diff <= LOGIT_TOLERANCE and all(r < 1 for r in ratios.values())
+    return {
+        "overparameterization": {
+            "claim": CLAIMS["overparameterization"],
+            "verdict": first,
+            "evidence": f"test top-1 gain over {BASELINE} in points, {seeds} seed(s): " + "; ".join(gains),
+        },
+        "free_reparameterization": {
+            "claim": CLAIMS["free_reparameterization"],
+            "verdict": "REPRODUCED" if free else "NOT REPRODUCED",
+            "evidence": (
+                f"{equal}/{len(runs)} fused accuracies identical, max |logit diff| {max_diff:.1e}, fused / unfused "
+                "latency " + ", ".join(f"{ratio:.3f} ({name})" for name, ratio in ratios.items())
+            ),
+        },
+    }
+
+
+def print_verdicts(claims: Mapping[str, Mapping[str, str]]) -> None:
+    """The claims and their verdicts, the last lines of a reproduction."""
+    for number, claim in enumerate(claims.values(), start=1):
+        print(f"Claim {number} (paper): {claim['claim']}.")
+        print(f"  measured: {claim['evidence']}")
+        print(f"  verdict: {claim['verdict']}")
 
 
 def _plot(path: Path, rows: list[dict], latency_rows: list[dict], budgets: Sequence[int]) -> None:
@@ -230,13 +308,12 @@ def _plot(path: Path, rows: list[dict], latency_rows: list[dict], budgets: Seque
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bramley reproduce mobileone", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/reproduce-mobileone"))
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per arm and budget")
-    parser.add_argument("--epochs", type=int, nargs="+", default=[4, 15], help="training budgets (epochs)")
+    parser.add_argument("--seeds", type=positive_int, default=5, help="seeds per arm and budget")
+    parser.add_argument("--epochs", type=positive_int, nargs="+", default=[4, 15], help="training budgets (epochs)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 3 optimizer steps, small latency check (tests)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: robust on shared machines)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (1: robust when shared)")
     args = parser.parse_args(argv)
-    if args.seeds < 1 or min(args.epochs) < 1 or args.threads < 1:
-        parser.error("--seeds, --epochs and --threads must be >= 1")
+    check_writable(args.out / "results.json", "--out")
     torch.set_num_threads(args.threads)
     if args.quick:
         run(args.out, seeds=[0], budgets=[1], steps=3, image_size=32, s0_size=64, iters=2)
@@ -245,5 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # through the CLI: user errors (an unwritable --out) become one line and exit 2
+    from .cli import main as cli_main
+
+    sys.exit(cli_main(["reproduce", *sys.argv[1:]]))
