@@ -50,6 +50,7 @@ def test_multiscale_datasets_shard_by_scale(image_folder):
     )
     train, val, sampler, collate = build_image_datasets(data, seed=0, batch_size=4)
     assert val is None and collate is not None
+    assert num_classes_of(train) == 3 and train.classes == ["cat", "dog", "fox"], "the wrapper shows the classes"
     sampler.set_epoch(0)
     batch = next(iter(sampler))
     images, labels = collate([train[key] for key in batch])

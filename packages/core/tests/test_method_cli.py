@@ -25,10 +25,10 @@ from bramley.core.recipe import RecipeSchema, build_model
 class RepNet(nn.Module):
     """A tiny reparameterizable image classifier taking ``inference_mode`` like every such bramley model."""
 
-    def __init__(self, num_classes: int = 3, width: int = 4, inference_mode: bool = False):
+    def __init__(self, num_classes: int = 3, width: int = 4, in_chans: int = 3, inference_mode: bool = False):
         super().__init__()
         self.num_classes = num_classes
-        self.block = MobileOneBlock(3, width, 3, stride=2, num_conv_branches=2, inference_mode=inference_mode)
+        self.block = MobileOneBlock(in_chans, width, 3, stride=2, num_conv_branches=2, inference_mode=inference_mode)
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,6 +127,9 @@ def test_reparam_fuses_checks_and_saves(capsys, tmp_path):
     assert code == 0 and "relative max difference to the unfused model" in out
     fused = load_model(tmp_path / "fused")
     assert fused.model_config["kwargs"]["inference_mode"] is True and fused.block.reparam_conv is not None
+    gray = build_model("clitest_repnet", {"in_chans": 1})  # built for other channels than registered
+    save_pretrained(gray, tmp_path / "gray")
+    assert run(capsys, "reparam", "--checkpoint", tmp_path / "gray", "--out", tmp_path / "g")[0] == 0
     trained = build_model("clitest_repnet")
     save_pretrained(trained, tmp_path / "trained")
     assert run(capsys, "reparam", "--checkpoint", tmp_path / "trained", "--out", tmp_path / "f2")[0] == 0

@@ -765,3 +765,34 @@ def test_budget_errors_name_the_recipe_keys():
     too_long = TrainConfig(steps=2, batch_size=8, warmup_epochs=3)
     with pytest.raises(ConfigError, match=r"warmup \(15 steps: optim\.warmup_epochs=3 of 5 steps each\) is longer"):
         Trainer(make_model(), too_long, train_data=make_data(40), loss_fn=ce_loss)
+
+
+def test_weight_decay_anneals_with_a_cosine_and_resumes_exactly(tmp_path):
+    def run(out, crash_at=None, resume=False):
+        decays = []
+
+        def record(trainer):
+            decays.append(trainer.optimizer.param_groups[0]["weight_decay"])
+            if trainer.step == crash_at:
+                raise KeyboardInterrupt
+
+        cfg = TrainConfig(
+            steps=10, batch_size=8, weight_decay=1e-2, weight_decay_end=1e-4, checkpoint_every=5,
+            out_dir=str(out), resume=resume, progress=False,
+        )  # fmt: skip
+        trainer = Trainer(make_model(), cfg, train_data=make_data(40), loss_fn=ce_loss, callbacks=[record])
+        trainer.fit()
+        return decays, trainer
+
+    decays, straight = run(tmp_path / "a")
+    expected = [1e-4 + (1e-2 - 1e-4) * 0.5 * (1 + math.cos(math.pi * s / 10)) for s in range(1, 11)]
+    assert decays == pytest.approx(expected, rel=1e-12), "the next step's decay, set after each step"
+    assert straight.optimizer.param_groups[1]["weight_decay"] == 0.0, "groups without decay keep none"
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", crash_at=7)
+    resumed_decays, resumed = run(tmp_path / "b", resume=True)
+    assert resumed_decays == decays[5:], "after a resume the decay continues from the configured start"
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match=r"weight_decay_end must be in \[0, weight_decay=0\.001\]"):
+        TrainConfig(weight_decay=1e-3, weight_decay_end=1e-2)

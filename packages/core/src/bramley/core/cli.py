@@ -42,6 +42,7 @@ __all__ = [
     "discover_methods",
     "main",
     "method_main",
+    "non_negative_int",
     "positive_int",
     "run_training",
     "unit_float",
@@ -49,6 +50,7 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "bramley.cli"
+ONNX_RTOL = 1e-4  # export: onnxruntime vs PyTorch, relative to the largest output
 MethodMain = Callable[[Sequence[str] | None], int | None]
 Command = Callable[[argparse.Namespace], int | None]
 
@@ -139,6 +141,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -312,19 +325,23 @@ class MethodCLI:
         def run(args: argparse.Namespace) -> int:
             from .export import check_onnx, export_onnx
             from .layers.reparam import reparameterize_model
-            from .registry import get_model_entry
 
             check_writable(args.out)
             model = _load(args)
             check_finite_weights(model, args.model or args.checkpoint)
             if not args.no_fuse and _reparameterizable(model):
                 model = reparameterize_model(model)
-            entry = get_model_entry(model.model_config["name"])
-            inputs = entry.make_example_inputs(None if entry.example_inputs is not None else args.image_size)
+            inputs = example_inputs(model, args.image_size)
             path = export_onnx(model, args.out, inputs, opset=args.opset)
             message = f"exported {model.model_config['name']} to {path}"
             if not args.no_check:
-                message += f" (onnxruntime relative max difference {check_onnx(model, path, inputs):.2e})"
+                error = check_onnx(model, path, inputs)
+                if not error <= ONNX_RTOL:
+                    raise RuntimeError(
+                        f"{path}: onnxruntime's outputs differ from PyTorch's by {error:.2e} relative (> {ONNX_RTOL}): "
+                        "the export is wrong; please report it"
+                    )
+                message += f" (onnxruntime relative max difference {error:.2e})"
             print(message)
             return 0
 
@@ -477,16 +494,30 @@ def output_difference(model, other, image_size: int | None = None) -> float:
     the largest output; a non-finite output is a :class:`DataError`."""
     import torch
 
-    from .registry import get_model_entry
-
-    entry = get_model_entry(model.model_config["name"])
-    args, kwargs = entry.make_example_inputs(None if entry.example_inputs is not None else image_size)
+    args, kwargs = example_inputs(model, image_size)
     with torch.no_grad():
         a, b = model.eval()(*args, **kwargs), other.eval()(*args, **kwargs)
     a, b = _first_tensor(a), _first_tensor(b)
     if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
         raise DataError("the model's outputs on random inputs are not finite")
     return float((a - b).abs().max()) / max(1.0, float(a.abs().max()))
+
+
+def example_inputs(model, image_size: int | None = None):
+    """Example inputs of a model built by ``create_model``: its registry entry's, at ``image_size`` (image models) and
+    with the channels it was built for (``in_chans``)."""
+    import torch
+
+    from .registry import get_model_entry
+
+    entry = get_model_entry(model.model_config["name"])
+    if entry.example_inputs is not None:
+        return entry.make_example_inputs()
+    (images,), kwargs = entry.make_example_inputs(image_size)
+    channels = model.model_config.get("kwargs", {}).get("in_chans")
+    if channels is not None and channels != images.shape[1]:
+        images = torch.randn(images.shape[0], channels, *images.shape[2:])
+    return (images,), kwargs
 
 
 def _first_tensor(out):

@@ -69,6 +69,7 @@ OPTIM_FIELDS = (
     "betas",
     "eps",
     "weight_decay",
+    "weight_decay_end",
     "decay_norm_and_bias",
     "clip_grad_norm",
     "schedule",

@@ -261,6 +261,16 @@ class MultiScaleDataset(Dataset):
         """Epoch used to seed per-sample augmentations (visible to already-started workers)."""
         self._epoch.set(epoch)
 
+    @property
+    def classes(self) -> Any:
+        """The wrapped dataset's class names (an ``AttributeError`` when it has none)."""
+        return self.dataset.classes
+
+    @property
+    def targets(self) -> Any:
+        """The wrapped dataset's labels (an ``AttributeError`` when it has none)."""
+        return self.dataset.targets
+
     def __len__(self) -> int:
         return len(self.dataset)
 

@@ -29,7 +29,8 @@ class TrainConfig:
     Budget: ``epochs`` full passes, or ``steps`` optimizer steps when set (``steps`` wins; the last epoch may then
     be partial). ``batch_size`` is per process and per micro-step: one optimizer step sees
     ``batch_size * grad_accum_steps * world_size`` samples. Schedules are per optimizer step; ``warmup_steps``
-    (when set) replaces ``warmup_epochs``.
+    (when set) replaces ``warmup_epochs``. ``weight_decay_end`` anneals the weight decay of every param group that
+    has one from ``weight_decay`` to this value with a cosine over all steps (MobileOne's "relaxed regularization").
     """
 
     # budget and data
@@ -49,6 +50,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 5e-5
+    weight_decay_end: float | None = None
     decay_norm_and_bias: bool = False
     clip_grad_norm: float | None = None
     # schedule
@@ -113,6 +115,11 @@ class TrainConfig:
         for name in ("min_lr_ratio", "warmup_start_factor"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.weight_decay_end is not None and not 0.0 <= self.weight_decay_end <= self.weight_decay:
+            raise ConfigError(
+                f"TrainConfig.weight_decay_end must be in [0, weight_decay={self.weight_decay}] (the decay anneals "
+                f"down to it), got {self.weight_decay_end}"
+            )
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"TrainConfig.momentum must be in [0, 1), got {self.momentum}")
         if len(self.betas) != 2:

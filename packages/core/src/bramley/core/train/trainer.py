@@ -200,6 +200,8 @@ class Trainer:
             raise TypeError(f"optimizer must be an Optimizer or a callable, got {type(optimizer).__name__}")
         # FSDP2 keeps DTensor gradients, which the plain GradScaler handles (ShardedGradScaler is for FSDP1)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        # the configured decays (a resumed optimizer holds annealed ones): weight_decay_end anneals from these
+        self._decay_start = [group.get("weight_decay", 0.0) for group in self.optimizer.param_groups]
 
         self.train_data = train_data
         self._build_data(train_data, eval_data, batch_sampler, collate_fn)
@@ -370,6 +372,17 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
 
+    def _anneal_weight_decay(self) -> None:
+        """Set the next step's weight decay: a cosine from each group's configured decay to ``weight_decay_end``."""
+        end = self.cfg.weight_decay_end
+        if end is None:
+            return
+        progress = min(1.0, self.step / max(1, self.total_steps))
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+        for group, start in zip(self.optimizer.param_groups, self._decay_start):
+            if start > 0:
+                group["weight_decay"] = end + (start - end) * factor
+
     def fit(self) -> dict[str, float]:
         """Train to the configured budget (resuming first if ``cfg.resume``); returns the final metrics.
 
@@ -427,6 +440,7 @@ class Trainer:
                     lr = self.scheduler.get_last_lr()[0]
                     self._optimizer_step()
                     self.step += 1
+                    self._anneal_weight_decay()
                     self.batch_in_epoch = i + 1
                     step_loss = torch.stack(group_losses).mean()
                     self._pending.append((self.step, step_loss, {"lr": lr, **group_extras}))
