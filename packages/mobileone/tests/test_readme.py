@@ -44,7 +44,6 @@ SHRINK = {
         "data.multiscale.max_size=32",
         "data.multiscale.num_scales=1",
         "data.multiscale.curriculum_epochs=0",
-        "data.multiscale.enabled=false",  # until core's multi-scale training finds the classes (see test_cli.py)
     ],
     "train-smoke": ["train.steps=2"],
 }

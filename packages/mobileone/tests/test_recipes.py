@@ -31,7 +31,7 @@ def test_paper_recipe_hyperparameters():
     config = recipe.train_config("out")
     assert (config.optimizer, config.lr, config.momentum, config.nesterov) == ("sgd", 0.1, 0.9, False)
     assert (config.schedule, config.warmup_epochs, config.warmup_steps, config.min_lr_ratio) == ("cosine", 0, None, 0)
-    assert (config.weight_decay, recipe.loss.weight_decay_end, config.decay_norm_and_bias) == (1e-4, 1e-5, False)
+    assert (config.weight_decay, config.weight_decay_end, config.decay_norm_and_bias) == (1e-4, 1e-5, False)
     assert (config.epochs, config.batch_size, config.ema_decay, recipe.loss.label_smoothing) == (300, 32, 0.9995, 0.1)
     data = recipe.data
     assert (data.source, data.image_size, data.crop_pct, data.interpolation) == ("folder", 224, 0.875, "bilinear")
@@ -47,6 +47,6 @@ def test_cvnets_recipe_hyperparameters():
     config = recipe.train_config("out")
     assert (config.optimizer, config.lr, config.momentum, config.nesterov) == ("sgd", 0.4, 0.9, True)
     assert (config.warmup_steps, config.warmup_start_factor, config.min_lr_ratio) == (7500, 0.125, 0.0005)
-    assert (config.weight_decay, recipe.loss.weight_decay_end, config.decay_norm_and_bias) == (4e-5, None, False)
+    assert (config.weight_decay, config.weight_decay_end, config.decay_norm_and_bias) == (4e-5, None, False)
     assert (config.epochs, config.batch_size, config.ema_decay, recipe.loss.label_smoothing) == (300, 256, 0.9995, 0.1)
     assert recipe.data.multiscale.enabled and recipe.data.multiscale.curriculum_epochs == 0

@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from bramley.core.cli import MethodCLI, check_writable, positive_int, unit_float
+from bramley.core.classification import train_image_classifier
+from bramley.core.cli import MethodCLI, check_writable, non_negative_int, positive_int, unit_float
 
 from .convert import convert_official
-from .train import RECIPES, evaluate, train
+from .train import RECIPES, evaluate
 
 #: Fused parameters (M) of each variant in the paper (Table 8).
 PAPER_PARAMS_M = {"s0": 2.1, "s1": 4.8, "s2": 7.8, "s3": 10.1, "s4": 14.8}
@@ -55,17 +56,6 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-pct", type=unit_float, default=0.875, help="center-crop fraction")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--fuse", action="store_true", help="evaluate the reparameterized model")
-
-
-def non_negative_int(text: str) -> int:
-    """An argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -116,7 +106,7 @@ cli.add_info(columns=info_columns)
 cli.add_reparam()
 cli.add_convert(convert_official, "convert an official apple/ml-mobileone .pth.tar checkpoint (fused or unfused)")
 cli.add_export()
-cli.add_train(RECIPES, train)
+cli.add_train(RECIPES, train_image_classifier)
 cli.add_eval(_evaluate, "top-1 / top-5 on an ImageFolder", _eval_arguments)
 cli.add_command(
     "bench", _bench, "latency: unfused vs fused vs timm's fused model on the same weights", _bench_arguments

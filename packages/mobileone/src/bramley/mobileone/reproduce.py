@@ -66,8 +66,6 @@ def train_arm(arm: str, seed: int, epochs: int, steps: int | None, image_size: i
     from bramley.core.data import DigitsDataset
     from bramley.core.train import TrainConfig, Trainer
 
-    from .train import WeightDecayCosine
-
     torch.manual_seed(seed)
     model = mini_mobileone(*ARMS[arm])
     cfg = TrainConfig(
@@ -79,6 +77,7 @@ def train_arm(arm: str, seed: int, epochs: int, steps: int | None, image_size: i
         momentum=0.9,
         nesterov=True,
         weight_decay=1e-4,
+        weight_decay_end=1e-5,
         schedule="cosine",
         warmup_epochs=0,
         seed=seed,
@@ -87,7 +86,7 @@ def train_arm(arm: str, seed: int, epochs: int, steps: int | None, image_size: i
     )
     train = DigitsDataset("train", image_size=image_size)
     loss_fn = ClassificationLoss(10, LossSection(label_smoothing=0.1))
-    trainer = Trainer(model, cfg, train_data=train, loss_fn=loss_fn, callbacks=[WeightDecayCosine(1e-5)])
+    trainer = Trainer(model, cfg, train_data=train, loss_fn=loss_fn)
     trainer.fit()
     model = trainer.model.eval()
     return model, test_accuracy(model, image_size)
