@@ -240,6 +240,28 @@ def test_retrieve_errors_are_one_line(capsys, tmp_path):
     assert_usage_error(capsys, ["retrieve", *index, "--ks", "0"], "argument --ks: must be >= 1, got 0")
 
 
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_retrieve_refuses_or_skips_non_finite_rows(capsys, tmp_path, backend):
+    """A NaN row scores NaN, which sorted first: it was every query's top-1 with the torch backend (issue 23)."""
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    db = torch.randn(6, 16)
+    db[0, 3], db[4, :] = float("nan"), float("inf")
+    queries = torch.cat([db[[3, 5]] + 0.01 * torch.randn(2, 16), torch.full((1, 16), float("nan"))])
+    index, query = tmp_path / "db.safetensors", tmp_path / "q.safetensors"
+    save_embeddings(index, db, torch.arange(6))
+    save_embeddings(query, queries, torch.tensor([3, 5, 1]))
+    argv = ["retrieve", "--index", index, "--queries", query, "--k", "2", "--backend", backend]
+    assert_one_line_error(capsys, argv, "2 of 6 database embeddings hold NaN or infinite values (the first is row 0)")
+    code, out, err = run(capsys, *argv, "--skip-non-finite", "--ks", "1", "--neighbors", tmp_path / "n.safetensors")
+    assert code == 0 and "skipping 2 index rows" in err and "skipping 1 queries rows" in err
+    from safetensors.torch import load_file
+
+    neighbors = load_file(tmp_path / "n.safetensors")["indices"]
+    assert neighbors[:, 0].tolist() == [3, 5], "neighbours are rows of the index file, skipped rows counted"
+    assert json.loads(out)["metrics"]["top1"] == 100.0
+
+
 def test_bench_prints_percent_and_refuses_bad_settings(capsys, tmp_path):
     tiny = ["bench", "--num-database", "3000", "--num-queries", "8", "--dim", "256", "--num-classes", "50"]
     code, out, _ = run(capsys, *tiny, "--out", tmp_path / "bench.json")

@@ -154,9 +154,11 @@ def _retrieve(args: argparse.Namespace) -> int:
             f"index {args.index} has {db.embeddings.shape[1]}-dim embeddings but queries {args.queries} have "
             f"{queries.embeddings.shape[1]}-dim ones"
         )
-    index = MatryoshkaIndex(db.embeddings, backend=args.backend)
+    db_rows, query_rows = _usable_rows(db, "index", args), _usable_rows(queries, "queries", args)
+    db_embeddings, query_embeddings = db.embeddings[db_rows], queries.embeddings[query_rows]
+    index = MatryoshkaIndex(db_embeddings, backend=args.backend)
     if funnel:
-        result = index.funnel(queries.embeddings, args.retrieval_dim, args.rerank_dims, args.shortlists)
+        result = index.funnel(query_embeddings, args.retrieval_dim, args.rerank_dims, args.shortlists)
         search = {
             "mode": "funnel" if len(args.rerank_dims) > 1 else "shortlist_rerank",
             "retrieval_dim": args.retrieval_dim,
@@ -164,8 +166,9 @@ def _retrieve(args: argparse.Namespace) -> int:
             "shortlists": args.shortlists,
         }
     else:
-        result = index.search(queries.embeddings, args.k, args.dim)
+        result = index.search(query_embeddings, args.k, args.dim)
         search = {"mode": "exact", "dim": args.dim or index.dim, "k": args.k}
+    neighbors = db_rows.nonzero().squeeze(1)[result.indices]  # rows of the index file, skipped ones included
     payload: dict[str, Any] = {
         "index": str(args.index),
         "queries": str(args.queries),
@@ -174,11 +177,11 @@ def _retrieve(args: argparse.Namespace) -> int:
         "mflops_per_query": result.mflops_per_query,
     }
     if db.labels is not None and queries.labels is not None:
-        ks = [k for k in args.ks if k <= result.indices.shape[1]]
+        ks = [k for k in args.ks if k <= neighbors.shape[1]]
         skipped = sorted(set(args.ks) - set(ks))
         if skipped:
-            print(f"note: cut-offs {skipped} exceed the {result.indices.shape[1]} neighbours returned; not computed")
-        payload["metrics"] = ranking_metrics(result.indices, queries.labels, db.labels, ks=ks or [1])
+            print(f"note: cut-offs {skipped} exceed the {neighbors.shape[1]} neighbours returned; not computed")
+        payload["metrics"] = ranking_metrics(neighbors, queries.labels[query_rows], db.labels, ks=ks or [1])
     else:
         print("note: no labels in the embedding files, so no metrics (neighbours only)")
     if args.neighbors is not None:
@@ -186,12 +189,26 @@ def _retrieve(args: argparse.Namespace) -> int:
 
         from bramley.core.checkpoint import atomic_write
 
-        tensors = {"indices": result.indices.contiguous(), "scores": result.scores.contiguous()}
+        tensors = {"indices": neighbors.contiguous(), "scores": result.scores.contiguous()}
         meta = {"search": json.dumps(search), "index": str(args.index), "queries": str(args.queries)}
         atomic_write(args.neighbors, lambda tmp: save_file(tensors, tmp, metadata=meta))
         payload["neighbors"] = str(args.neighbors)
     write_json(args.out, payload)
     return 0
+
+
+def _usable_rows(file, role: str, args: argparse.Namespace):
+    """The rows of an embeddings file to search with: all of them, or (``--skip-non-finite``) the finite ones."""
+    import torch
+
+    from .retrieval import finite_rows
+
+    rows = finite_rows(file.embeddings)
+    skipped = int((~rows).sum())
+    if skipped and args.skip_non_finite:
+        print(f"warning: skipping {skipped} {role} rows with NaN or infinite values", file=sys.stderr)
+        return rows
+    return torch.ones_like(rows)  # non-finite rows are refused by the index, naming their count
 
 
 def _retrieve_arguments(p: argparse.ArgumentParser) -> None:
@@ -205,6 +222,7 @@ def _retrieve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ks", type=positive_int, nargs="+", default=[1, 5, 10], help="metric cut-offs")
     p.add_argument("--backend", choices=["torch", "faiss"], default="torch")
     p.add_argument("--neighbors", type=Path, default=None, help="also save indices + scores to this .safetensors")
+    p.add_argument("--skip-non-finite", action="store_true", help="drop NaN / inf rows (with a warning) instead")
     p.add_argument("--out", type=Path, default=None, help="also write the results to this JSON file")
 
 

@@ -67,6 +67,21 @@ def neighbor_recall(approx: torch.Tensor, exact: torch.Tensor, k: int | None = N
     return float(hits) / e.numel()
 
 
+def finite_rows(embeddings: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` bool: the rows whose values are all finite."""
+    return torch.isfinite(embeddings).all(dim=1)
+
+
+def _refuse_non_finite(embeddings: torch.Tensor, what: str) -> None:
+    """A NaN row scores NaN, which sorts first: with the torch backend it became every query's top-1."""
+    bad = int((~finite_rows(embeddings)).sum())
+    if bad:
+        raise DataError(
+            f"{bad} of {embeddings.shape[0]} {what} embeddings hold NaN or infinite values (the first is row "
+            f"{int((~finite_rows(embeddings)).nonzero()[0])}); drop them first (retrieve --skip-non-finite does)"
+        )
+
+
 class MatryoshkaIndex:
     """A database of Matryoshka embeddings searchable at any prefix size.
 
@@ -90,6 +105,7 @@ class MatryoshkaIndex:
             raise DataError(f"database embeddings must be a non-empty (N, D) tensor, got {tuple(embeddings.shape)}")
         if not embeddings.is_floating_point():
             raise DataError(f"database embeddings must be floating point, got {embeddings.dtype}")
+        _refuse_non_finite(embeddings, "database")
         if backend not in ("torch", "faiss"):
             raise ConfigError(f"backend must be 'torch' or 'faiss', got {backend!r}")
         if backend == "faiss" and not faiss_available():
@@ -132,6 +148,7 @@ class MatryoshkaIndex:
             )
         if not queries.is_floating_point():
             raise DataError(f"queries must be floating point, got {queries.dtype}")
+        _refuse_non_finite(queries, "query")
         return queries.detach().float().cpu()
 
     def prefix(self, dim: int) -> torch.Tensor | None:
