@@ -25,6 +25,10 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        # the SIMD kernels torch runs: rounding differs between them, which moves trained results (a few points over
+        # a mini reproduction's epochs), so a number is only comparable on the same capability
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
@@ -35,6 +39,17 @@ def environment() -> dict[str, Any]:
     except Exception:
         pass
     return env
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
