@@ -317,10 +317,14 @@ def test_new_package_scaffold_is_complete_and_clean(tmp_path, monkeypatch, capsy
 
     # the scaffold's CLI is a core MethodCLI: it runs, and its reproduce verb reaches the package's module
     monkeypatch.syspath_prepend(str(pkg / "src"))
-    cli = importlib.import_module("bramley.demo_net.cli")
-    assert cli.main(["info"]) == 0 and "(no rows)" in capsys.readouterr().out
-    with pytest.raises(NotImplementedError, match="the demo-net mini reproduction is not written yet"):
-        cli.main(["reproduce"])
+    try:
+        cli = importlib.import_module("bramley.demo_net.cli")
+        assert cli.main(["info"]) == 0 and "(no rows)" in capsys.readouterr().out
+        with pytest.raises(NotImplementedError, match="the demo-net mini reproduction is not written yet"):
+            cli.main(["reproduce"])
+    finally:  # other tests make a package of this name in their own folder
+        for name in [m for m in sys.modules if m == "bramley.demo_net" or m.startswith("bramley.demo_net.")]:
+            del sys.modules[name]
 
     with pytest.raises(SystemExit, match="already exists"):
         new_package.scaffold("demo-net", "Again", tmp_path)
