@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from bramley.core import cli
-from bramley.core.cli import add_config_arguments, config_from_args, discover_methods, main, run_method_cli
-from bramley.core.config import ConfigError, load_config
+from bramley.core.cli import discover_methods, main, method_main
 
 ROOT = Path(__file__).resolve().parents[3]
 WORKSPACE_METHODS = sorted(p.parent.name for p in ROOT.glob("packages/*/pyproject.toml") if p.parent.name != "core")
@@ -114,42 +113,18 @@ def test_unknown_option_is_an_argparse_error(capsys):
     assert info.value.code == 2 and "unrecognized arguments: --nosuch" in capsys.readouterr().err
 
 
-def method_parser(tmp_path: Path) -> tuple[argparse.ArgumentParser, list]:
-    """A method CLI built the way method packages build theirs."""
+def method_parser() -> tuple[argparse.ArgumentParser, list]:
+    """A parser with a subcommand taking options and ``key=value`` overrides, as MethodCLI's ``train`` does."""
     seen = []
     parser = argparse.ArgumentParser(prog="bramley-demo")
     sub = parser.add_subparsers(dest="command")
     train = sub.add_parser("train")
-    add_config_arguments(train, default_out=str(tmp_path / "default-out"))
-    train.set_defaults(func=lambda args: seen.append(config_from_args(args, {"lr": 0.1, "model": {"depth": 2}})))
+    train.add_argument("--out", default=None)
+    train.add_argument("overrides", nargs="*")
+    train.set_defaults(func=lambda args: seen.append((args.out, args.overrides)))
+    other = sub.add_parser("info")
+    other.set_defaults(func=lambda args: 0)
     return parser, seen
-
-
-def test_method_cli_helpers(tmp_path, capsys):
-    parser, seen = method_parser(tmp_path)
-    config_file = tmp_path / "c.yaml"
-    config_file.write_text("model:\n  depth: 4\n")
-    out = tmp_path / "run"
-    argv = ["train", "--config", str(config_file), "--out", str(out), "lr=2e-3"]
-    assert run_method_cli(parser, argv) == 0
-    assert seen == [{"lr": 0.002, "model": {"depth": 4}}]
-    assert load_config(out / "config.yaml") == seen[0], "the resolved config is saved beside the outputs"
-
-    assert run_method_cli(parser, []) == 2, "no subcommand: help and a usage error code"
-    assert "usage: bramley-demo" in capsys.readouterr().out
-
-    assert run_method_cli(parser, ["train", "lr=fast"]) == 2
-    assert "bramley-demo: error: config key 'lr' expects float like its default 0.1" in capsys.readouterr().err
-    assert run_method_cli(parser, ["train", "--config", str(tmp_path / "missing.yaml")]) == 2
-    assert "missing.yaml does not exist" in capsys.readouterr().err
-
-
-def test_config_from_args_without_saving(tmp_path):
-    args = argparse.Namespace(config=None, overrides=["lr=1"], out=tmp_path / "o")
-    assert config_from_args(args, {"lr": 0.5}, save=False) == {"lr": 1.0}
-    assert not (tmp_path / "o").exists()
-    with pytest.raises(ConfigError):
-        config_from_args(argparse.Namespace(config=None, overrides=["nope=1"], out=None), {"lr": 0.5})
 
 
 def test_console_script_runs():
@@ -160,38 +135,23 @@ def test_console_script_runs():
     assert result.stdout.strip().startswith("bramley-core 0.")
 
 
-def test_run_method_cli_passthrough_hands_over_leading_options():
-    import argparse
-
-    from bramley.core.cli import run_method_cli
-
+def test_passthrough_hands_over_leading_options():
     seen = []
     parser = argparse.ArgumentParser(prog="bramley-x")
     parser.add_subparsers(dest="command").add_parser("reproduce", add_help=False)
-    code = run_method_cli(parser, ["reproduce", "--quick", "--out", "d"], passthrough={"reproduce": seen.append})
+    code = method_main(parser, ["reproduce", "--quick", "--out", "d"], passthrough={"reproduce": seen.append})
     assert code == 0 and seen == [["--quick", "--out", "d"]]
 
 
-def test_overrides_intermixed_with_options(tmp_path, capsys):
-    parser, seen = method_parser(tmp_path)
-    config_file = tmp_path / "c.yaml"
-    config_file.write_text("model:\n  depth: 4\n")
-    out = tmp_path / "run"
-    argv = ["train", "lr=1", "--out", str(out), "model.depth=8", "--config", str(config_file), "lr=3"]
-    assert run_method_cli(parser, argv) == 0
-    assert seen[-1] == {"lr": 3.0, "model": {"depth": 8}}, "overrides after options apply, in command-line order"
-    assert load_config(out / "config.yaml") == seen[-1]
-    assert run_method_cli(parser, ["train", "--out", str(out), "lr=5"]) == 0 and seen[-1]["lr"] == 5.0
-
-    for bad in (["train", "--out", str(out), "stray"], ["train", "lr=1", "--out", str(out), "stray"]):
-        assert run_method_cli(parser, bad) == 2
-        assert "bramley-demo: error: override 'stray' is not of the form key=value" in capsys.readouterr().err
+def test_overrides_intermixed_with_options(capsys):
+    parser, seen = method_parser()
+    assert method_main(parser, ["train", "lr=1", "--out", "d", "model.depth=8", "lr=3"]) == 0
+    assert seen[-1] == ("d", ["lr=1", "model.depth=8", "lr=3"]), "overrides after options, in command-line order"
+    assert method_main(parser, []) == 2, "no subcommand: help and a usage error code"
+    assert "usage: bramley-demo" in capsys.readouterr().out
     with pytest.raises(SystemExit) as info:
-        run_method_cli(parser, ["train", "lr=1", "--nope", "lr=2"])
+        method_main(parser, ["train", "lr=1", "--nope", "lr=2"])
     assert info.value.code == 2 and "error: unrecognized arguments: --nope lr=2" in capsys.readouterr().err
-    # a subcommand without overrides does not accept key=value strings
-    other = argparse.ArgumentParser(prog="bramley-demo")
-    other.add_subparsers(dest="command").add_parser("info").set_defaults(func=lambda args: 0)
-    with pytest.raises(SystemExit):
-        run_method_cli(other, ["info", "lr=1"])
+    with pytest.raises(SystemExit):  # a subcommand without overrides does not accept key=value strings
+        method_main(parser, ["info", "lr=1"])
     assert "unrecognized arguments: lr=1" in capsys.readouterr().err

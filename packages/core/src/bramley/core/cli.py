@@ -675,26 +675,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-# ------------------------------------------------------------------------------- until every package is migrated
-def add_config_arguments(parser: argparse.ArgumentParser, default_out: str | None = None) -> None:
-    """Deprecated: ``--config``, ``--out`` and ``key=value`` overrides (use :meth:`MethodCLI.add_train`)."""
-    parser.add_argument("--config", type=Path, default=None, help="YAML file with settings (merged over defaults)")
-    parser.add_argument("--out", type=Path, default=default_out, help="output directory (resolved config saved here)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override settings, e.g. train.lr=0.1")
-
-
-def config_from_args(
-    args: argparse.Namespace, defaults: dict[str, Any], save: bool = True, open_sections: Sequence[str] = ()
-) -> dict[str, Any]:
-    """Deprecated: defaults <- ``--config`` <- overrides, saved as ``<out>/config.yaml`` (use ``load_recipe``)."""
-    from .config import resolve_config, save_config
-
-    config = resolve_config(defaults, args.config, args.overrides, open_sections)
-    if save and getattr(args, "out", None) is not None:
-        save_config(config, args.out)
-    return config
-
-
-run_method_cli = method_main

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -22,12 +21,10 @@ T = TypeVar("T")
 
 __all__ = [
     "ConfigError",
-    "apply_overrides",
     "build_section",
     "load_config",
     "parse_overrides",
     "recipe_path",
-    "resolve_config",
     "save_config",
     "section_dict",
 ]
@@ -85,32 +82,6 @@ def _check_bounded(data: Any, source: str) -> None:
             stack.extend((v, depth + 1) for v in node)
 
 
-def _typed(key: str, default: Any, value: Any) -> Any:
-    """``value`` checked against the type of the ``default`` it replaces (numbers mix; None defaults take anything)."""
-    if default is None or value is None:
-        return value
-    if isinstance(default, bool) or isinstance(value, bool):
-        ok = isinstance(default, bool) and isinstance(value, bool)
-    elif isinstance(default, (int, float)):
-        ok = isinstance(value, (int, float))
-        value = float(value) if ok and isinstance(default, float) else value
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    elif isinstance(default, (list, tuple)):
-        ok = isinstance(value, (list, tuple))
-    elif isinstance(default, Mapping):
-        ok = isinstance(value, Mapping)
-    else:
-        ok = True
-    if not ok:
-        hint = " (quote it to pass a string: key='...')" if isinstance(default, str) else ""
-        raise ConfigError(
-            f"config key {key!r} expects {type(default).__name__} like its default {default!r}, "
-            f"got {type(value).__name__} {value!r}{hint}"
-        )
-    return value
-
-
 _RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -158,7 +129,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 def parse_overrides(items: Iterable[str]) -> list[tuple[list[str], Any]]:
     """Parse ``a.b=value`` strings; values are read as YAML scalars/lists (``lr=1e-3``, ``sizes=[8,16]``).
 
-    Types are checked where the value replaces a default (:func:`apply_overrides`): ``epochs=ten`` is an error.
+    Types are checked against the recipe's declared types (:func:`build_section`): ``epochs=ten`` is an error there.
     """
     parsed = []
     for item in items:
@@ -171,74 +142,6 @@ def parse_overrides(items: Iterable[str]) -> list[tuple[list[str], Any]]:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from e
         parsed.append((key.split("."), value))
     return parsed
-
-
-def apply_overrides(
-    config: Mapping[str, Any],
-    overrides: Iterable[str | tuple[list[str], Any]],
-    strict: bool = True,
-    open_sections: Iterable[str] = (),
-) -> dict[str, Any]:
-    """Return a copy of ``config`` with overrides applied; with ``strict``, unknown keys are errors.
-
-    ``open_sections`` (dotted paths such as ``"model.kwargs"``) are free-form: any key below them is accepted as given,
-    untyped (e.g. factory keyword arguments that only the chosen model knows).
-    """
-    out = copy.deepcopy(dict(config))
-    open_sections = set(open_sections)
-    overrides = list(overrides)
-    items = [o for o in overrides if not isinstance(o, str)]
-    items += parse_overrides(o for o in overrides if isinstance(o, str))
-    for path, value in items:
-        node, free = out, False
-        for depth, part in enumerate(path):
-            last = depth == len(path) - 1
-            free = free or ".".join(path[:depth]) in open_sections
-            if strict and not free and part not in node:
-                where = ".".join(path[:depth]) or "top level"
-                known = ", ".join(sorted(node))
-                raise ConfigError(f"unknown config key {'.'.join(path)!r}: {part!r} is not in {where} (known: {known})")
-            if last:
-                node[part] = _typed(".".join(path), node[part], value) if part in node and not free else value
-            else:
-                if not isinstance(node.setdefault(part, {}), dict):
-                    raise ConfigError(f"config key {'.'.join(path[: depth + 1])!r} is a value, not a section")
-                node = node[part]
-    return out
-
-
-def resolve_config(
-    defaults: Mapping[str, Any],
-    config_path: str | os.PathLike | None = None,
-    overrides: Iterable[str] = (),
-    open_sections: Iterable[str] = (),
-) -> dict[str, Any]:
-    """defaults <- config file <- command-line overrides; keys outside ``defaults`` are rejected, except below the
-    free-form ``open_sections`` (see :func:`apply_overrides`)."""
-    open_sections = tuple(open_sections)
-    config = copy.deepcopy(dict(defaults))
-    if config_path is not None:
-        config = _merge(config, load_config(config_path), str(config_path), "", open_sections)
-    return apply_overrides(config, list(overrides), open_sections=open_sections)
-
-
-def _merge(
-    base: dict[str, Any], update: Mapping[str, Any], source: str, prefix: str = "", open_sections: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    if prefix[:-1] in open_sections:  # free-form: taken as given
-        base.update(copy.deepcopy(dict(update)))
-        return base
-    for key, value in update.items():
-        if key not in base:
-            raise ConfigError(f"{source}: unknown config key {prefix + key!r} (known: {', '.join(sorted(base))})")
-        if isinstance(base[key], dict) and isinstance(value, Mapping):
-            base[key] = _merge(base[key], value, source, prefix + key + ".", open_sections)
-        else:
-            try:
-                base[key] = _typed(prefix + key, base[key], value)
-            except ConfigError as e:
-                raise ConfigError(f"{source}: {e}") from None
-    return base
 
 
 def save_config(config: Mapping[str, Any], directory: str | os.PathLike, name: str = "config.yaml") -> Path:
