@@ -273,6 +273,16 @@ def test_one_run_per_folder(capsys, tmp_path):
     assert not (out / ".lock").exists(), "the lock goes with the run"
 
 
+def test_resume_from_a_checkpoint_path(capsys, tmp_path):
+    """train.resume=PATH (documented, once refused by the CLI's typing) continues that checkpoint into --out."""
+    assert run(capsys, "train", "--out", tmp_path / "a", "train.checkpoint_every=2", "train.steps=3")[0] == 0
+    checkpoint = tmp_path / "a" / "checkpoint.pt"
+    assert run(capsys, "train", "--out", tmp_path / "b", f"train.resume={checkpoint}", "train.steps=3")[0] == 0
+    assert (tmp_path / "b" / "model.safetensors").read_bytes() == (tmp_path / "a" / "model.safetensors").read_bytes()
+    code, _, err = run(capsys, "train", "--out", tmp_path / "c", f"train.resume={tmp_path / 'nope.pt'}")
+    assert code == 2 and "resume checkpoint" in err and "nope.pt does not exist" in err
+
+
 def test_a_live_run_holds_its_folder(capsys, tmp_path):
     import subprocess
     import sys
