@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 from bramley.core.ops import attention, gather_rows
 from bramley.core.packing import (
     TokenBudgetBatchSampler,
+    _argsort_stable,
     _document_ids_static,
     best_fit_decreasing,
     bucket_by_length,
@@ -26,6 +29,8 @@ from bramley.core.packing import (
     position_ids,
     unpack,
 )
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_offsets_and_positions():
@@ -231,23 +236,64 @@ def test_best_fit_decreasing_properties(lengths, budget):
     assert sum(load <= budget / 2 for load in loads if load) <= 1
 
 
-def _naive_best_fit_loads(lengths, budget):
-    loads = []
-    for length in sorted(lengths, reverse=True):
-        fits = [i for i, load in enumerate(loads) if load + length <= budget]
+def _naive_best_fit(lengths, budget):
+    """Per-item BFD in O(items x bins): each item into the bin with the least room that fits; among bins with equal
+    room, the one that reached it last. Items of equal length in input order; zero-length items into the first bin."""
+    bins, rooms, reached = [], [], []
+    for step, item in enumerate(sorted(range(len(lengths)), key=lambda i: -lengths[i])):
+        length = lengths[item]
+        if length == 0:
+            if not bins:
+                bins.append([])
+                rooms.append(budget)
+                reached.append(step)
+            bins[0].append(item)
+            continue
+        fits = [b for b, room in enumerate(rooms) if room >= length]
         if fits:
-            best = max(fits, key=lambda i: loads[i])
-            loads[best] += length
+            b = min(fits, key=lambda b: (rooms[b], -reached[b]))
         else:
-            loads.append(length)
-    return sorted(loads)
+            b = len(bins)
+            bins.append([])
+            rooms.append(budget)
+            reached.append(step)
+        bins[b].append(item)
+        rooms[b] -= length
+        reached[b] = step
+    return bins
 
 
-@settings(max_examples=60, deadline=None)
-@given(lengths=st.lists(st.integers(1, 60), max_size=40), budget=st.integers(60, 150))
-def test_best_fit_matches_naive_quadratic_bfd(lengths, budget):
-    result = best_fit_decreasing(lengths, budget)
-    assert sorted(sum(lengths[i] for i in b) for b in result.bins) == _naive_best_fit_loads(lengths, budget)
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 60), max_size=50) | st.lists(st.sampled_from([0, 3, 5, 7, 20]), max_size=80),
+    budget=st.integers(60, 150),
+)
+def test_best_fit_equals_naive_per_item_bfd(lengths, budget):
+    """Same bins, in the same order, with the same items in the same order (ties included: many equal lengths)."""
+    assert best_fit_decreasing(lengths, budget).bins == _naive_best_fit(lengths, budget)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_best_fit_equals_naive_on_wider_random_instances(seed):
+    rng = np.random.default_rng(seed)
+    budget = int(rng.integers(1, 400))
+    lengths = rng.integers(0, int(rng.integers(1, budget + 1)) + 1, size=300).tolist()
+    assert best_fit_decreasing(lengths, budget).bins == _naive_best_fit(lengths, budget)
+
+
+def test_best_fit_decreasing_huge_budget_and_lengths():
+    """No per-token memory: a 10^12-token budget packs like any other (lengths beyond 32 bits sort exactly)."""
+    lengths = [6 * 10**11, 5 * 10**11, 4 * 10**11, 2**40 // 4, 3, 0]
+    result = best_fit_decreasing(lengths, 10**12)
+    assert result.bins == _naive_best_fit(lengths, 10**12)
+    assert len(result) == 2 and result.tokens == sum(lengths)
+
+
+@pytest.mark.parametrize("top", [10, 2**16 - 1, 2**16, 2**32 - 1, 2**40])
+def test_argsort_stable_matches_numpy(top):
+    keys = np.random.default_rng(0).integers(0, top + 1, size=5000)
+    keys[:50] = top  # ties at the largest key
+    assert np.array_equal(_argsort_stable(keys), np.argsort(keys, kind="stable"))
 
 
 def test_best_fit_decreasing_fills_log_uniform_lengths():
@@ -255,6 +301,26 @@ def test_best_fit_decreasing_fills_log_uniform_lengths():
     lengths = np.exp(rng.uniform(np.log(128), np.log(8192), 20_000)).astype(np.int64)
     result = best_fit_decreasing(lengths, 65_536)
     assert result.fill_ratio >= 0.99
+
+
+def test_bench_packing_smoke_prints_one_row_per_workload(tmp_path):
+    """tools/bench_packing.py in its tiny mode: every workload, the peer and a previous revision, markdown written."""
+    spec = importlib.util.spec_from_file_location("bench_packing", ROOT / "tools" / "bench_packing.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text(f"# t\n{bench.MARKERS[0]}\nold\n{bench.MARKERS[1]}\ntail\n")
+    results = bench.main(["--smoke", "--compare-rev", "HEAD", "--markdown", str(md)])
+    assert [row["workload"] for row in results["rows"]] == list(bench.WORKLOADS)
+    for row in results["rows"]:
+        assert row["same bins as HEAD"] == "yes" and row["bramley / peer speed"].startswith("**")
+        assert len(row["cpu_s"]["bramley"]) == len(row["cpu_s"]["peer"]) == 1
+    text = md.read_text()
+    assert "old" not in text and "tail" in text and "| workload" in text and "load average" in text
+    lengths = np.random.default_rng(0).integers(1, 50, 500).tolist()
+    bins = bench.first_fit_decreasing(lengths, 100)  # the peer is a valid packing
+    assert sorted(i for b in bins for i in b) == list(range(500))
+    assert max(sum(lengths[i] for i in b) for b in bins) <= 100
 
 
 def test_best_fit_decreasing_bad_input():

@@ -10,8 +10,11 @@ the first dimension, with int32 ``cu_seqlens`` (``batch + 1`` offsets). Typical 
 
 from __future__ import annotations
 
+import gc
+import heapq
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -296,9 +299,10 @@ class BinPacking:
 def best_fit_decreasing(lengths: Sequence[int] | np.ndarray | torch.Tensor, budget: int) -> BinPacking:
     """Pack items into bins of ``budget`` tokens: longest first, each into the fullest bin it still fits (BFD).
 
-    O(n log n) for the sort plus O(1) word operations per item (a two-level bitmap over the remaining capacities):
-    about 1.3 s of CPU time per million items. Zero-length items go into the first bin (or a bin of their own if
-    there is none).
+    Exact best-fit decreasing. Items of equal length are taken in input order; among bins with equal room, the one
+    that reached that room last is filled first. Zero-length items go into the first bin (or a bin of their own if
+    there is none). The work in Python is per distinct length and per bin touched, not per item (see
+    :func:`_best_fit_slots`); sorting and grouping the items are numpy passes.
 
     Raises:
         ValueError: an item is longer than the budget, or the budget is not positive.
@@ -314,59 +318,110 @@ def best_fit_decreasing(lengths: Sequence[int] | np.ndarray | torch.Tensor, budg
         raise ValueError(f"lengths must be >= 0, got {int(lens.min())}")
     if lens.size and lens.max() > budget:
         raise ValueError(f"item {int(lens.argmax())} has length {int(lens.max())} > budget {budget}")
-    order = np.argsort(-lens, kind="stable")
-    sorted_lens = lens[order].tolist()
-    order = order.tolist()
-    bins: list[list[int]] = []
-    # Free-space index (inlined: this loop is the hot path). by_room[r] lists the bins with exactly r tokens of room;
-    # bit r of the 64-bit word words[r >> 6] says by_room[r] is non-empty, and bit w of `summary` says words[w] != 0.
-    # "Smallest room >= x" is then a shift and a lowest-set-bit in one word, or in `summary` then one word: O(1).
-    words = [0] * (budget // 64 + 1)
-    summary = 0
-    by_room: dict[int, list[int]] = {}
-    for item, length in zip(order, sorted_lens):
-        if length == 0:
-            if not bins:
-                bins.append([])
-            bins[0].append(item)
-            continue
-        w = length >> 6
-        bits = words[w] >> (length & 63)
-        if bits:
-            room = length + (bits & -bits).bit_length() - 1
-        else:
-            higher = summary >> (w + 1)
-            if higher:
-                w += (higher & -higher).bit_length()
-                bits = words[w]
-                room = (w << 6) + (bits & -bits).bit_length() - 1
-            else:
-                room = -1
-        if room < 0:
-            bin_id, room = len(bins), budget
-            bins.append([item])
-        else:
-            bucket = by_room[room]
-            bin_id = bucket.pop()
-            if not bucket:
-                del by_room[room]
-                w = room >> 6
-                words[w] &= ~(1 << (room & 63))
-                if not words[w]:
-                    summary &= ~(1 << w)
-            bins[bin_id].append(item)
-        room -= length
-        if room > 0:
-            bucket = by_room.get(room)
-            if bucket:
-                bucket.append(bin_id)
-            else:
-                by_room[room] = [bin_id]
-                w = room >> 6
-                if not words[w]:
-                    summary |= 1 << w
-                words[w] |= 1 << (room & 63)
+    longest = int(lens.max()) if lens.size else 0
+    order = _argsort_stable(longest - lens)  # longest first, equal lengths in input order
+    sorted_lens = lens[order]
+    placed = int(np.count_nonzero(sorted_lens))
+    starts = np.flatnonzero(np.diff(sorted_lens[:placed], prepend=budget + 1))  # first item of each length
+    run_lengths, run_counts = sorted_lens[starts].tolist(), np.diff(starts, append=placed).tolist()
+    slot_bins, slot_items, num_bins = _best_fit_slots(run_lengths, run_counts, budget)
+    # Slot s takes the next slot_items[s] items of `order`; list each bin's items in placement order.
+    by_bin = _argsort_stable(slot_bins)
+    items = slot_items[by_bin]
+    first = (np.cumsum(slot_items) - slot_items)[by_bin]
+    flat = order[np.repeat(first - (np.cumsum(items) - items), items) + np.arange(placed)].tolist()
+    ends = np.cumsum(np.bincount(slot_bins, weights=slot_items, minlength=num_bins).astype(np.int64)).tolist()
+    with _gc_paused():  # a list per bin: the cyclic GC would otherwise rescan them all as they are made
+        bins = [flat[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+    if placed < lens.size:
+        if not bins:
+            bins.append([])
+        bins[0] += order[placed:].tolist()
     return BinPacking(bins=bins, budget=budget, tokens=int(lens.sum()))
+
+
+def _best_fit_slots(lengths: list[int], counts: list[int], budget: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Best-fit decreasing of ``counts[i]`` items of length ``lengths[i]`` (lengths decreasing, > 0), as slots.
+
+    A slot is a bin and how many consecutive items (in sorted order) it takes. A run of items of one length ``L``
+    fills the bins with room >= ``L`` in ascending room order, each taking ``room // L`` items (its room stays the
+    least that fits until it is below ``L``), then new bins: one step per bin touched, not per item. The bins with
+    equal room are a stack: the last to reach a room leaves it first.
+
+    Returns:
+        ``(slot_bins, slot_items, num_bins)``: int64 arrays in placement order, and the number of bins opened.
+    """
+    smallest = lengths[-1] if lengths else 1
+    fitting: list[tuple[int, list[int]]] = []  # rooms >= the current length and their bins, least room last
+    waiting: dict[int, list[int]] = {}  # rooms in [smallest, current length) and their bins
+    waiting_heap: list[int] = []  # -room for every room in `waiting`
+    slot_bins: list[int] = []
+    run_slots: list[int] = []  # the slots come in runs: run_slots[j] slots of run_items[j] items each
+    run_items: list[int] = []
+    num_bins = 0
+    for length, left in zip(lengths, counts):
+        while waiting_heap and -waiting_heap[0] >= length:
+            room = -heapq.heappop(waiting_heap)
+            fitting.append((room, waiting.pop(room)))
+        while left:
+            if not fitting:  # no bin fits: open as many as the rest of the run needs
+                opened = -(-left // (budget // length))
+                fitting.append((budget, list(range(num_bins + opened - 1, num_bins - 1, -1))))
+                num_bins += opened
+            room, stack = fitting[-1]
+            per_bin = room // length
+            full = min(len(stack), left // per_bin)
+            if full:
+                taken = stack[len(stack) - full :]
+                del stack[len(stack) - full :]
+                taken.reverse()
+                slot_bins += taken
+                run_slots.append(full)
+                run_items.append(per_bin)
+                left -= full * per_bin
+                rest = room - per_bin * length  # below `length`: waits for shorter items
+                if rest >= smallest:
+                    if rest in waiting:
+                        waiting[rest] += taken
+                    else:
+                        waiting[rest] = taken
+                        heapq.heappush(waiting_heap, -rest)
+            if left and stack:  # fewer than per_bin items left: all into the next bin of this room
+                bin_id = stack.pop()
+                slot_bins.append(bin_id)
+                run_slots.append(1)
+                run_items.append(left)
+                if not stack:
+                    fitting.pop()
+                fitting.append((room - left * length, [bin_id]))  # still fits `length`, below every other room
+                left = 0
+            elif not stack:
+                fitting.pop()
+    slot_items = np.repeat(np.asarray(run_items, dtype=np.int64), run_slots)
+    return np.asarray(slot_bins, dtype=np.int64), slot_items, num_bins
+
+
+def _argsort_stable(keys: np.ndarray) -> np.ndarray:
+    """Stable argsort of non-negative integer keys: numpy's radix sort on 16-bit digits (one or two passes)."""
+    top = int(keys.max()) if keys.size else 0
+    if top >= 1 << 32:
+        return np.argsort(keys, kind="stable")
+    low = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
+    if top < 1 << 16:
+        return low
+    return low[np.argsort((keys[low] >> 16).astype(np.uint16), kind="stable")]
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (if it was on) while many container objects are created."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # ----------------------------------------------------------------------------------------------- buckets / sampler
