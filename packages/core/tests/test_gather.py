@@ -166,3 +166,17 @@ def test_int32_index_and_non_contiguous_mask():
     padded = torch.randn(4, 6, 2)
     packed = pack(padded, mask=mask)[0]
     assert torch.equal(packed, padded[mask]) and torch.equal(unpack(packed, mask=mask)[mask], padded[mask])
+
+
+@pytest.mark.parametrize(
+    "dtype,fill",
+    [(torch.int32, 2**31 - 1), (torch.int64, 16_777_217), (torch.int64, 2**62 + 1), (torch.float64, 0.1)],
+)
+def test_triton_fill_is_exact_for_every_dtype(triton_interpret, dtype, fill):
+    """The fill reaches the kernel in the source dtype: integer fills above 2**24 and float64 fills stay exact."""
+    pytest.importorskip("triton")
+    src = torch.zeros(3, 2, dtype=dtype)
+    index = torch.tensor([2, -1, 0, -1])
+    out = gather_rows(src, index, fill=fill, backend="triton")
+    assert torch.equal(out, gather_rows(src, index, fill=fill, backend="torch"))
+    assert out[1, 0].item() == fill

@@ -23,7 +23,7 @@ __all__ = ["gather_rows", "scatter_rows"]
 
 
 def _gather_rows_kernel(
-    SRC, DST, INDEX, n_rows, width, stride_src, stride_dst, fill,
+    SRC, DST, INDEX, FILL, n_rows, width, stride_src, stride_dst,
     BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -32,7 +32,10 @@ def _gather_rows_kernel(
     src_rows = tl.load(INDEX + rows, mask=row_ok, other=-1).to(tl.int64)
     col_ok = cols < width
     take = (src_rows >= 0)[:, None] & col_ok[None, :]
-    values = tl.load(SRC + src_rows[:, None] * stride_src + cols[None, :], mask=take, other=fill)
+    values = tl.load(SRC + src_rows[:, None] * stride_src + cols[None, :], mask=take, other=0)
+    # The fill is read from memory in the source dtype: a scalar argument would be typed fp32 (or i32) by Triton and
+    # round integer fills above 2**24 and float64 fills.
+    values = tl.where(take, values, tl.load(FILL))
     tl.store(DST + rows.to(tl.int64)[:, None] * stride_dst + cols[None, :], values,
              mask=row_ok[:, None] & col_ok[None, :])  # fmt: skip
 
@@ -57,8 +60,9 @@ def _gather_triton(src: torch.Tensor, index: torch.Tensor, fill: float | int) ->
         block_w = min(1024, max(16, 1 << (width - 1).bit_length()))
         block_r = max(1, 4096 // block_w) if not _triton.interpreting() else 4
         grid = (math.ceil(rows / block_r), math.ceil(width / block_w))
+        fill_value = torch.full((1,), fill, dtype=src.dtype, device=src.device)
         jit(_gather_rows_kernel)[grid](
-            flat, out, index.contiguous(), rows, width, flat.stride(0), out.stride(0), float(fill),
+            flat, out, index.contiguous(), fill_value, rows, width, flat.stride(0), out.stride(0),
             BLOCK_R=block_r, BLOCK_W=block_w,
         )  # fmt: skip
     return out.view(rows, *src.shape[1:])
