@@ -225,10 +225,13 @@ def test_eval_errors_are_clean(buckets_dir, tmp_path, capsys, monkeypatch):
     assert "not a readable safetensors file" in user_error(
         capsys, [*base, "--checkpoint", tmp_path / "corrupt.safetensors"]
     )
-    save_checkpoint({"w": torch.zeros(1)}, tmp_path / "foreign.safetensors", config={"name": "mobileone_s0"})
-    assert "unknown model 'mobileone_s0'" in user_error(
+    # a model this process does not know (whether or not other method packages were imported before)
+    save_checkpoint({"w": torch.zeros(1)}, tmp_path / "foreign.safetensors", config={"name": "no_such_model_x"})
+    assert "unknown model 'no_such_model_x'" in user_error(
         capsys, [*base, "--checkpoint", tmp_path / "foreign.safetensors"]
     )
+    save_checkpoint({"w": torch.zeros(1)}, tmp_path / "other.safetensors", config={"name": "dd_gpt_tiny"})
+    assert "does not match DDGPT" in user_error(capsys, [*base, "--checkpoint", tmp_path / "other.safetensors"])
     assert "--rows-per-bucket: must be >= 1, got 0" in argparse_error(
         capsys, [*base, "--checkpoint", model, "--rows-per-bucket", "0"]
     )
