@@ -161,10 +161,10 @@ def _register_timm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     register_timm(names=[])
 
 
-def _feature_extractor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bramley.core.features import FeatureExtractor
+def _features_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bramley.core.features import features_only
 
-    FeatureExtractor(nn.Identity())
+    features_only(nn.Identity())
 
 
 def _digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,7 +184,7 @@ OPTIONAL_FEATURES: list[tuple[str, str, str, Callable[[Path, pytest.MonkeyPatch]
     ("plot", "matplotlib", "matplotlib", _figure),
     ("vision", "torchvision", "torchvision", _image_folder),
     ("vision", "timm", "timm", _register_timm),
-    ("vision", "timm", "timm", _feature_extractor),
+    ("vision", "timm", "timm", _features_only),
     ("bundled", "sklearn", "scikit-learn", _digits),
     ("bundled", "PIL", "pillow", _photos),
 ]

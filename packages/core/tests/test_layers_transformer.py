@@ -404,6 +404,22 @@ def test_layer_scale_shapes_names_and_timm_parity():
         ls(torch.randn(2, 8, 4))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_layer_scale_and_drop_path_script_and_fx_trace():
+    """Their input checks step aside in TorchScript and torch.fx (bramley.core.layers.checks); outputs are unchanged."""
+    block = nn.Sequential(LayerScale2d(8, 0.5), DropPath(0.3)).train()
+    x = torch.randn(4, 8, 3, 3)
+    for graph in (torch.jit.script(block), torch.fx.symbolic_trace(block)):
+        torch.manual_seed(0)
+        want = block(x)
+        torch.manual_seed(0)
+        assert torch.equal(graph(x), want)
+    scripted = torch.jit.script(DropPath(0.3).train())
+    with pytest.raises(Exception, match="not supported in TorchScript"):
+        scripted(torch.randn(6, 4), _cu([2, 4]))
+    assert torch.equal(torch.jit.script(LayerScale(8, 0.5))(torch.ones(2, 8)), torch.full((2, 8), 0.5))
+
+
 # --------------------------------------------------------------------------------------------------------- README
 def test_readme_transformer_layers_example_runs(capsys):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

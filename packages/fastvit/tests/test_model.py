@@ -3,16 +3,28 @@ compile."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
 import torch.nn as nn
+import yaml
 from timm.utils.model import reparameterize_model as timm_reparameterize
 
+import bramley.fastvit
 from bramley.core import create_model, from_pretrained, list_models, save_pretrained
 from bramley.fastvit import FASTVIT_CONFIGS, register_timm, reparameterize
 from bramley.fastvit.convert import bramley_to_timm, timm_to_bramley
-from bramley.fastvit.model import Attention, AttentionBlock, ConvMlp, RepConditionalPosEnc, RepMixer, RepMixerBlock
+from bramley.fastvit.model import (
+    DROP_PATH_RATES,
+    Attention,
+    AttentionBlock,
+    ConvMlp,
+    RepConditionalPosEnc,
+    RepMixer,
+    RepMixerBlock,
+)
 
 VARIANTS = sorted(FASTVIT_CONFIGS)
 TINY_SA = dict(layers=(1, 1, 1, 1), embed_dims=(16, 32, 64, 64), num_classes=5)
@@ -37,6 +49,16 @@ def test_timm_parity_and_reparameterization(name, randomize):
         ref = timm.create_model(name)
     ref.load_state_dict(bramley_to_timm(model.state_dict()), assign=True)  # strict: every key maps
     _check_parity(model, ref.eval(), torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("name", sorted(DROP_PATH_RATES))  # the variants with an ImageNet recipe
+def test_pretrained_cfg_is_the_recipe_preprocessing(name):
+    """timm's data config (``model.pretrained_cfg``) is how the variant's recipe evaluates."""
+    data = yaml.safe_load((Path(bramley.fastvit.__file__).parent / "recipes" / f"{name}.yaml").read_text())["data"]
+    with torch.device("meta"):
+        cfg = create_model(name).pretrained_cfg
+    assert cfg["input_size"] == (3, data["image_size"], data["image_size"])
+    assert (cfg["crop_pct"], cfg["interpolation"]) == (data["crop_pct"], data["interpolation"])
 
 
 def test_timm_registration_covers_every_variant():
@@ -121,11 +143,19 @@ def test_fused_save_pretrained_round_trip(tiny_sa, tmp_path):
         assert torch.equal(loaded(x), fused(x))
 
 
-def test_features_take_the_end_of_every_stage(tiny_sa):
-    """4 features for SA models too: stage 4 after its attention blocks (the official fork_feat taps RepCPE)."""
+@pytest.mark.parametrize("feature_cls", [None, "getter"])
+def test_features_take_the_end_of_every_stage(tiny_sa, tmp_path, feature_cls):
+    """4 features for SA models too: stage 4 after its attention blocks (the official fork_feat taps RepCPE); timm's
+    default feature class and the forward_intermediates getter agree."""
     register_timm()
-    extractor = timm.create_model("bramley_fastvit_sa12", features_only=True, **TINY_SA).eval()
-    extractor.model.load_state_dict(tiny_sa.state_dict())
+    save_pretrained(tiny_sa, tmp_path / "tiny")
+    extractor = timm.create_model(
+        "bramley_fastvit_sa12",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / "tiny")),
+        features_only=True,
+        feature_cls=feature_cls,
+    ).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         feats = extractor(x)

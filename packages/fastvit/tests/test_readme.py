@@ -43,8 +43,10 @@ TINY_TRAIN = [
 ]
 
 
-def test_readme_python_blocks_run():
-    run_python_blocks(README)
+def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the timm section writes a save_pretrained folder
+    assert run_python_blocks(README) == 2
+    assert capsys.readouterr().out.strip() == "[4, 8, 16, 32] [64, 128, 256, 512]"
 
 
 def test_readme_commands_run(image_folder, tmp_path, monkeypatch, capsys):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+import yaml
 
 from bramley.core.layers import MobileOneBlock
 from bramley.core.registry import create_model, list_models
@@ -174,6 +176,18 @@ def test_forward_intermediates_and_timm_features_only():
     assert classifier(torch.randn(1, 3, 32, 32)).shape == (1, 3)
 
 
+def test_pretrained_cfg_is_the_recipe_preprocessing():
+    """timm's data config of every variant (``model.pretrained_cfg``) is how the ImageNet recipe evaluates."""
+    import bramley.mobileone
+
+    recipe = yaml.safe_load((Path(bramley.mobileone.__file__).parent / "recipes" / "imagenet.yaml").read_text())
+    data = recipe["data"]
+    for name in list_models("mobileone_*"):
+        cfg = create_model(name).pretrained_cfg
+        assert cfg["input_size"] == (3, data["image_size"], data["image_size"])
+        assert (cfg["crop_pct"], cfg["interpolation"]) == (data["crop_pct"], data["interpolation"])
+
+
 def test_registry_lists_variants():
     assert list_models("mobileone_*") == [f"mobileone_s{i}" for i in range(5)]
     assert isinstance(create_model("mobileone_s2", num_classes=2), MobileOne)
@@ -184,7 +198,7 @@ def test_registry_lists_variants():
     [
         (torch.randn(1, 1, 32, 32), r"shape \(batch, 3, height, width\), got \(1, 1, 32, 32\)"),
         (torch.randn(3, 32, 32), r"got \(3, 32, 32\)"),
-        (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "floating point"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "floating-point"),
     ],
 )
 def test_bad_input_gives_clear_error(x, match):

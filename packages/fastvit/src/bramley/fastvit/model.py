@@ -24,12 +24,13 @@ the official ``se.reduce``/``se.expand`` names of the shared :class:`bramley.cor
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bramley.core.features import StagedBackbone
 from bramley.core.layers import (
     ConvNorm,
     DropPath,
@@ -40,10 +41,12 @@ from bramley.core.layers import (
     pad_kernel,
     reparameterize_model,
 )
-from bramley.core.registry import register_model
+from bramley.core.ops import attention
+from bramley.core.registry import IMAGENET_MEAN, IMAGENET_STD, register_model
 
 __all__ = [
     "FASTVIT_CONFIGS",
+    "PRETRAINED_CFGS",
     "AttentionBlock",
     "ConvMlp",
     "FastVit",
@@ -299,13 +302,17 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, core_op: bool 
     """Softmax attention on dense ``(batch, seq, heads, head_dim)`` tensors.
 
     ``bramley.core.ops.attention`` by default; PyTorch's ``scaled_dot_product_attention`` (the same function) when
-    ``core_op`` is off, which exporters such as ONNX understand while the core custom op is opaque to them.
+    ``core_op`` is off, which exporters such as ONNX understand while the core custom op is opaque to them, and in
+    TorchScript, which cannot compile the core op's Python dispatch. torch.fx keeps the call as one graph node.
     """
-    if core_op:
-        from bramley.core.ops import attention
+    if torch.jit.is_scripting() or not core_op:  # a static condition in TorchScript: the other branch is skipped
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    else:
+        out = attention(q, k, v)
+    return out
 
-        return attention(q, k, v)
-    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+torch.fx.wrap("_attention")
 
 
 class Attention(nn.Module):
@@ -315,13 +322,12 @@ class Attention(nn.Module):
     ``use_core_op = False`` computes the same attention with PyTorch's SDPA (used for ONNX export).
     """
 
-    use_core_op: bool = True
-
     def __init__(self, dim: int, head_dim: int = 32, qkv_bias: bool = False, proj_drop: float = 0.0):
         super().__init__()
         if dim % head_dim:
             raise ValueError(f"attention dim {dim} is not divisible by head_dim {head_dim}")
         self.head_dim, self.num_heads = head_dim, dim // head_dim
+        self.use_core_op = True
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -455,26 +461,26 @@ class FastVitStage(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Global average pool, dropout, linear (``fc`` is an identity when ``num_classes == 0``).
+    """Dropout, then the classifier ``fc`` (a linear layer, or ``nn.Identity`` without classes) on pooled features.
 
-    ``bias=False`` gives MobileCLIP's image projection: pooled features times a bias-free ``(in, out)`` matrix.
+    MCi's ``fc`` has no bias: MobileCLIP's image projection, pooled features times a bias-free ``(in, out)`` matrix.
     """
 
-    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0, bias: bool = True):
+    def __init__(self, fc: nn.Module, drop_rate: float = 0.0):
         super().__init__()
         self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(in_features, num_classes, bias=bias) if num_classes > 0 else nn.Identity()
+        self.fc = fc
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(x.mean((2, 3)))
+        x = self.drop(x)
         return x if pre_logits else self.fc(x)
 
 
 # ------------------------------------------------------------------------------------------------------------ model
 
 
-class FastVit(nn.Module):
-    """FastViT classifier / backbone.
+class FastVit(StagedBackbone):
+    """FastViT classifier / backbone, with timm's model interface (:class:`bramley.core.features.StagedBackbone`).
 
     Args:
         layers: blocks per stage.
@@ -488,6 +494,7 @@ class FastVit(nn.Module):
             :class:`ReparamLargeKernelConv`).
         in_chans: input channels.
         num_classes: classifier outputs; 0 for a pooled-feature model.
+        global_pool: ``"avg"``, or ``""`` (with ``num_classes=0``) for the unpooled feature map.
         head_bias: give the classifier a bias (MCi: no, MobileCLIP's image projection has none).
         repmixer_kernel_size: RepMixer kernel.
         cls_ratio: width multiplier of ``final_conv``.
@@ -497,6 +504,9 @@ class FastVit(nn.Module):
         layer_scale_init_value: initial layer scale (``None``: no layer scale).
         inference_mode: build the fused (reparameterized) structure directly, e.g. to load fused checkpoints.
     """
+
+    classifier_name = "head.fc"
+    __jit_unused_properties__: ClassVar[list[str]] = ["is_reparameterized"]  # Python-side, not compiled by TorchScript
 
     def __init__(
         self,
@@ -510,6 +520,7 @@ class FastVit(nn.Module):
         lkc_use_act: bool = False,
         in_chans: int = 3,
         num_classes: int = 1000,
+        global_pool: str = "avg",
         head_bias: bool = True,
         repmixer_kernel_size: int = 3,
         cls_ratio: float = 2.0,
@@ -535,7 +546,7 @@ class FastVit(nn.Module):
         if n < 1 or any(d < 1 for d in layers):
             raise ValueError(f"layers must be positive block counts, got {tuple(layers)}")
         act_layer = nn.GELU
-        self.in_chans, self.num_classes = in_chans, num_classes
+        self.in_chans = in_chans
         self.stem = nn.Sequential(
             MobileOneBlock(in_chans, embed_dims[0], 3, stride=2, act_layer=act_layer, inference_mode=inference_mode),
             MobileOneBlock(
@@ -550,8 +561,7 @@ class FastVit(nn.Module):
             MobileOneBlock(embed_dims[0], embed_dims[0], 1, act_layer=act_layer, inference_mode=inference_mode),
         )
         dpr = torch.linspace(0, drop_path_rate, sum(layers), device="cpu").tolist()  # also under torch.device("meta")
-        stages, prev_dim, reduction = [], embed_dims[0], 4
-        self.feature_info: list[dict[str, Any]] = []
+        stages, prev_dim, reduction, feature_info = [], embed_dims[0], 4, []
         for i in range(n):
             downsample = bool(downsamples[i]) or prev_dim != embed_dims[i]
             if downsample and embed_dims[i] % prev_dim:
@@ -580,99 +590,34 @@ class FastVit(nn.Module):
             )
             prev_dim = embed_dims[i]
             reduction *= 2 if downsample else 1
-            self.feature_info.append(dict(num_chs=prev_dim, reduction=reduction, module=f"stages.{i}"))
+            feature_info.append(dict(num_chs=prev_dim, reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        self.num_features = int(embed_dims[-1] * cls_ratio)
+        self.feature_info = feature_info
+        num_features = int(embed_dims[-1] * cls_ratio)
         self.final_conv = MobileOneBlock(
             embed_dims[-1],
-            self.num_features,
+            num_features,
             3,
             groups=embed_dims[-1],
             use_se=True,
             act_layer=act_layer,
             inference_mode=inference_mode,
         )
-        self.head = ClassifierHead(self.num_features, num_classes, drop_rate, bias=head_bias)
+        self.head = ClassifierHead(self.init_classifier(num_features, num_classes, global_pool, head_bias), drop_rate)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.ndim != 4:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"FastVit expects an image batch of shape (N, {self.in_chans}, H, W), got {shape}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"FastVit expects {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})"
-            )
-        if not x.is_floating_point():
-            raise ValueError(f"FastVit expects a floating-point image tensor, got {x.dtype}")
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Stem, stages and ``final_conv``: the (N, num_features, H/32, W/32) map before pooling."""
-        self._check_input(x)
-        return self.final_conv(self.stages(self.stem(x)))
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """timm's feature protocol: the outputs of the selected stages (every stage by default).
-
-        Feature ``i`` is the output of stage ``i`` after its last block, for every variant. (The official code's
-        ``fork_feat`` taps ``network`` indices 0/2/4/6, which for SA/MA models is the RepCPE output *before* the
-        stage-4 attention blocks; we take the real end of stage 4.) ``indices`` as in timm: an int ``n`` takes the
-        last ``n`` stages, a sequence takes those stage indices (negative allowed).
-        """
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        n = len(self.stages)
-        if indices is None:
-            take = list(range(n))
-        elif isinstance(indices, int):
-            if not 0 < indices <= n:
-                raise ValueError(f"indices={indices}: must take between 1 and {n} stages")
-            take = list(range(n - indices, n))
-        else:
-            take = []
-            for i in indices:
-                if not -n <= i < n:
-                    raise ValueError(f"feature index {i} out of range for {n} stages")
-                take.append(i % n)
-        self._check_input(x)
-        x = self.stem(x)
-        last = max(take)
-        feats = []
-        for i, stage in enumerate(self.stages):
-            if stop_early and i > last:
-                break
-            x = stage(x)
-            if i in take:
-                feats.append(x)
-        if intermediates_only:
-            return feats
-        return self.final_conv(x), feats
+        """Pool, dropout, classifier; ``pre_logits`` stops before the classifier."""
+        return self.head(self.pool(x), pre_logits=pre_logits)
 
     @property
     def is_reparameterized(self) -> bool:
         """True when no train-time branch is left (every fusable block holds its ``reparam_conv``)."""
-        for module in self.modules():  # noqa: SIM110  (a loop: TorchScript cannot compile a filtered generator)
-            if hasattr(module, "reparameterize") and module.reparam_conv is None:
-                return False
-        return True
+        return all(module.reparam_conv is not None for module in self.modules() if hasattr(module, "reparameterize"))
 
 
 #: The README's name for :func:`bramley.core.layers.reparameterize_model`: fuses every RepMixer, RepCPE, large-kernel
@@ -705,6 +650,46 @@ FASTVIT_CONFIGS: dict[str, dict[str, Any]] = {
     "fastvit_mci2": dict(_MCI, layers=(4, 12, 24, 4), embed_dims=(80, 160, 320, 640), num_classes=512),
 }
 
+
+def _cfg(**overrides: Any) -> dict[str, Any]:
+    """timm's data and head config of a FastViT variant (``register_model(pretrained_cfg=...)``)."""
+    cfg = dict(
+        pool_size=(8, 8),  # the 256 px input over the 32x reduction
+        crop_pct=0.9,
+        interpolation="bicubic",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        num_classes=1000,
+        first_conv=("stem.0.conv_kxk.0.conv", "stem.0.conv_scale.conv"),
+        classifier="head.fc",
+        license="apache-2.0",
+        paper_name="FastViT: A Fast Hybrid Vision Transformer using Structural Reparameterization",
+        paper_ids="arXiv:2303.14189",
+        origin_url="https://github.com/apple/ml-fastvit",
+    )
+    return {**cfg, **overrides}
+
+
+_MCI_CFG = dict(
+    crop_pct=1.0,  # MobileCLIP's eval transform: resize to 256 (bilinear), center crop 256, no normalization
+    interpolation="bilinear",
+    mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0),
+    num_classes=512,
+    paper_name="MobileCLIP: Fast Image-Text Models through Multi-Modal Reinforced Training",
+    paper_ids="arXiv:2311.17049",
+    origin_url="https://github.com/apple/ml-mobileclip",
+)
+
+#: Each variant's ``pretrained_cfg``: the eval preprocessing of its recipe (``recipes/<name>.yaml``: 256 px, bicubic,
+#: crop 0.9; 0.95 for SA36/MA36, as the official ``default_cfgs``) and, for MCi, MobileCLIP's own transform.
+PRETRAINED_CFGS: dict[str, dict[str, Any]] = {
+    **{name: _cfg() for name in ("fastvit_t8", "fastvit_t12", "fastvit_s12", "fastvit_sa12", "fastvit_sa24")},
+    "fastvit_sa36": _cfg(crop_pct=0.95),
+    "fastvit_ma36": _cfg(crop_pct=0.95),
+    **{f"fastvit_mci{i}": _cfg(**_MCI_CFG) for i in range(3)},
+}
+
 #: Full-scale training drop-path rate per variant (official README commands, ImageNet-1k without distillation /
 #: with hard distillation). MCi towers were trained by MobileCLIP's own recipe: not listed.
 DROP_PATH_RATES: dict[str, tuple[float, float]] = {
@@ -725,61 +710,61 @@ def _create(variant: str, **kwargs: Any) -> FastVit:
     return FastVit(**{**FASTVIT_CONFIGS[variant], **kwargs})
 
 
-@register_model(tags=("fastvit",), input_size=256)
+@register_model(tags=("fastvit",), input_size=256, pretrained_cfg=PRETRAINED_CFGS["fastvit_t8"])
 def fastvit_t8(**kwargs: Any) -> FastVit:
     """FastViT-T8: 4 RepMixer stages, widths 48-384, MLP ratio 3."""
     return _create("fastvit_t8", **kwargs)
 
 
-@register_model(tags=("fastvit",), input_size=256)
+@register_model(tags=("fastvit",), input_size=256, pretrained_cfg=PRETRAINED_CFGS["fastvit_t12"])
 def fastvit_t12(**kwargs: Any) -> FastVit:
     """FastViT-T12: 4 RepMixer stages, widths 64-512, MLP ratio 3."""
     return _create("fastvit_t12", **kwargs)
 
 
-@register_model(tags=("fastvit",), input_size=256)
+@register_model(tags=("fastvit",), input_size=256, pretrained_cfg=PRETRAINED_CFGS["fastvit_s12"])
 def fastvit_s12(**kwargs: Any) -> FastVit:
     """FastViT-S12: 4 RepMixer stages, widths 64-512, MLP ratio 4."""
     return _create("fastvit_s12", **kwargs)
 
 
-@register_model(tags=("fastvit",), input_size=256)
+@register_model(tags=("fastvit",), input_size=256, pretrained_cfg=PRETRAINED_CFGS["fastvit_sa12"])
 def fastvit_sa12(**kwargs: Any) -> FastVit:
     """FastViT-SA12: RepMixer stages 1-3, RepCPE + attention stage 4."""
     return _create("fastvit_sa12", **kwargs)
 
 
-@register_model(tags=("fastvit",), input_size=256)
+@register_model(tags=("fastvit",), input_size=256, pretrained_cfg=PRETRAINED_CFGS["fastvit_sa24"])
 def fastvit_sa24(**kwargs: Any) -> FastVit:
     """FastViT-SA24: layers 4-4-12-4, attention stage 4."""
     return _create("fastvit_sa24", **kwargs)
 
 
-@register_model(tags=("fastvit",), input_size=256)
+@register_model(tags=("fastvit",), input_size=256, pretrained_cfg=PRETRAINED_CFGS["fastvit_sa36"])
 def fastvit_sa36(**kwargs: Any) -> FastVit:
     """FastViT-SA36: layers 6-6-18-6, attention stage 4."""
     return _create("fastvit_sa36", **kwargs)
 
 
-@register_model(tags=("fastvit",), input_size=256)
+@register_model(tags=("fastvit",), input_size=256, pretrained_cfg=PRETRAINED_CFGS["fastvit_ma36"])
 def fastvit_ma36(**kwargs: Any) -> FastVit:
     """FastViT-MA36: layers 6-6-18-6, widths 76-608, attention stage 4."""
     return _create("fastvit_ma36", **kwargs)
 
 
-@register_model(tags=("fastvit", "mobileclip"), input_size=256)
+@register_model(tags=("fastvit", "mobileclip"), input_size=256, pretrained_cfg=PRETRAINED_CFGS["fastvit_mci0"])
 def fastvit_mci0(**kwargs: Any) -> FastVit:
     """MobileCLIP-S0 image tower MCi0: layers 2-6-10-2, SE downsampling, 512-d projection."""
     return _create("fastvit_mci0", **kwargs)
 
 
-@register_model(tags=("fastvit", "mobileclip"), input_size=256)
+@register_model(tags=("fastvit", "mobileclip"), input_size=256, pretrained_cfg=PRETRAINED_CFGS["fastvit_mci1"])
 def fastvit_mci1(**kwargs: Any) -> FastVit:
     """MobileCLIP-S1 image tower MCi1: layers 4-12-20-4, SE downsampling, 512-d projection."""
     return _create("fastvit_mci1", **kwargs)
 
 
-@register_model(tags=("fastvit", "mobileclip"), input_size=256)
+@register_model(tags=("fastvit", "mobileclip"), input_size=256, pretrained_cfg=PRETRAINED_CFGS["fastvit_mci2"])
 def fastvit_mci2(**kwargs: Any) -> FastVit:
     """MobileCLIP-S2 image tower MCi2: layers 4-12-24-4, widths 80-640, SE downsampling, 512-d projection."""
     return _create("fastvit_mci2", **kwargs)

@@ -11,21 +11,24 @@ code (github.com/apple/ml-mobileone, ``mobileone.py``):
 - ReLU everywhere, global average pool, linear classifier.
 
 Module names match timm's ``byobnet`` MobileOne (``stem``, ``stages.{i}.{j}``) so state dicts map by renaming only
-the SE and head keys (see :mod:`bramley.mobileone.convert`).
+the SE and head keys (see :mod:`bramley.mobileone.convert`). timm's model interface comes from
+:class:`bramley.core.features.StagedBackbone`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from bramley.core.features import StagedBackbone
 from bramley.core.layers import MobileOneBlock
-from bramley.core.registry import register_model
+from bramley.core.registry import IMAGENET_MEAN, IMAGENET_STD, register_model
 
-__all__ = ["VARIANTS", "MobileOne", "MobileOneConfig", "build_mobileone"]
+__all__ = ["PRETRAINED_CFG", "VARIANTS", "MobileOne", "MobileOneConfig", "build_mobileone"]
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,8 @@ VARIANTS: dict[str, MobileOneConfig] = {
 }
 
 
-class MobileOne(nn.Module):
-    """MobileOne classifier / backbone.
+class MobileOne(StagedBackbone):
+    """MobileOne classifier / backbone, with timm's model interface.
 
     Args:
         width_multipliers: per-stage multipliers of ``base_channels``.
@@ -59,11 +62,14 @@ class MobileOne(nn.Module):
         base_channels: stage widths before the multipliers.
         num_classes: classifier outputs; 0 gives a backbone returning pooled features.
         in_chans: input channels.
+        global_pool: ``"avg"``, or ``""`` (with ``num_classes=0``) for the unpooled feature map.
         inference_mode: build the fused architecture directly (to load fused checkpoints).
         drop_rate: dropout before the classifier (0 in the paper).
         use_scale_branch: train-time 1x1 scale branches (ablation switch; on in the paper).
         use_identity: train-time BatchNorm skip branches (ablation switch; on in the paper).
     """
+
+    classifier_name = "fc"
 
     def __init__(
         self,
@@ -74,6 +80,7 @@ class MobileOne(nn.Module):
         base_channels: Sequence[int] = (64, 128, 256, 512),
         num_classes: int = 1000,
         in_chans: int = 3,
+        global_pool: str = "avg",
         inference_mode: bool = False,
         drop_rate: float = 0.0,
         use_scale_branch: bool = True,
@@ -84,9 +91,8 @@ class MobileOne(nn.Module):
             raise ValueError("width_multipliers, depths, se_blocks and base_channels need one entry per stage")
         if any(se > d for se, d in zip(se_blocks, depths)):
             raise ValueError(f"se_blocks {tuple(se_blocks)} exceed the stage depths {tuple(depths)}")
-        if in_chans < 1 or num_classes < 0:
-            raise ValueError(f"need in_chans >= 1 and num_classes >= 0, got {in_chans} and {num_classes}")
-        self.num_classes = num_classes
+        if in_chans < 1:
+            raise ValueError(f"need in_chans >= 1, got {in_chans}")
         self.in_chans = in_chans
         branch_kwargs = dict(
             inference_mode=inference_mode, use_scale_branch=use_scale_branch, use_identity=use_identity
@@ -94,8 +100,7 @@ class MobileOne(nn.Module):
 
         stem_chs = min(base_channels[0], int(base_channels[0] * width_multipliers[0]))
         self.stem = MobileOneBlock(in_chans, stem_chs, 3, stride=2, **branch_kwargs)
-        self.feature_info: list[dict] = []
-        stages, in_chs, reduction = [], stem_chs, 2
+        stages, in_chs, reduction, feature_info = [], stem_chs, 2, []
         for i, (base, mult, depth, n_se) in enumerate(zip(base_channels, width_multipliers, depths, se_blocks)):
             out_chs = int(base * mult)
             blocks = []
@@ -107,90 +112,36 @@ class MobileOne(nn.Module):
                 in_chs = out_chs
             stages.append(nn.Sequential(*blocks))
             reduction *= 2
-            self.feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f"stages.{i}"))
+            feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        self.num_features = in_chs
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.feature_info = feature_info
+        self.final_conv = nn.Identity()  # the last stage ends the trunk
         self.head_drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
-
-    # --- timm-style interface -------------------------------------------------------------------------------------
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier (e.g. for fine-tuning); 0 removes it."""
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if torch.jit.is_tracing() or torch.jit.is_scripting():
-            return
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"MobileOne expects images of shape (batch, {self.in_chans}, height, width), got {tuple(x.shape)}"
-            )
-        if not x.is_floating_point():
-            raise ValueError(f"MobileOne expects a floating point image tensor, got {x.dtype}")
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last feature map, ``(batch, num_features, H/32, W/32)``."""
-        self._check_input(x)
-        return self.stages(self.stem(x))
+        self.fc = self.init_classifier(in_chs, num_classes, global_pool)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(self.global_pool(x).flatten(1))
+        """Pool, dropout, classifier; ``pre_logits`` stops before the classifier."""
+        x = self.head_drop(self.pool(x))
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs (strides 4, 8, 16, 32), timm's protocol.
-
-        Args:
-            x: input images.
-            indices: stages to return: ``None`` all, an int ``n`` the last ``n``, or a list of (negative ok) indices.
-            norm: unused (MobileOne has no final norm); accepted for timm compatibility.
-            stop_early: stop after the deepest requested stage (only with ``intermediates_only``).
-            output_fmt: only ``"NCHW"``.
-            intermediates_only: return only the list of feature maps.
-
-        Returns:
-            The feature maps, or ``(final_features, feature_maps)``.
-        """
-        if output_fmt != "NCHW":
-            raise ValueError(f"MobileOne only produces NCHW features, got output_fmt={output_fmt!r}")
-        n = len(self.stages)
-        if indices is None:
-            take = list(range(n))
-        elif isinstance(indices, int):
-            if not 0 < indices <= n:
-                raise ValueError(f"indices={indices}: MobileOne has {n} feature stages")
-            take = list(range(n - indices, n))
-        else:
-            if any(not -n <= i < n for i in indices):
-                raise ValueError(f"indices {list(indices)} out of range for {n} feature stages")
-            take = sorted({i % n for i in indices})
-        self._check_input(x)
-        x = self.stem(x)
-        last = max(take) if (stop_early or intermediates_only) else n - 1
-        features = []
-        for i, stage in enumerate(self.stages):
-            if i > last:
-                break
-            x = stage(x)
-            if i in take:
-                features.append(x)
-        return features if intermediates_only else (x, features)
+# --- configs --------------------------------------------------------------------------------------------------------
+#: ``register_model(pretrained_cfg=...)`` of every variant: the eval preprocessing of ``recipes/imagenet.yaml``
+#: (224 px, bilinear, crop 0.875) and timm's head / first-conv names for this layout.
+PRETRAINED_CFG: dict[str, Any] = dict(
+    pool_size=(7, 7),  # the 224 px input over the 32x reduction
+    crop_pct=0.875,
+    interpolation="bilinear",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    num_classes=1000,
+    first_conv=("stem.conv_kxk.0.conv", "stem.conv_scale.conv"),
+    classifier="fc",
+    license="apache-2.0",
+    paper_name="MobileOne: An Improved One millisecond Mobile Backbone",
+    paper_ids="arXiv:2206.04040",
+    origin_url="https://github.com/apple/ml-mobileone",
+)
 
 
 # --- factories --------------------------------------------------------------------------------------------------------
@@ -208,31 +159,31 @@ def build_mobileone(variant: str, **kwargs) -> MobileOne:
     return MobileOne(**arch, **kwargs)
 
 
-@register_model(tags=("mobileone", "image-classification"))
+@register_model(tags=("mobileone", "image-classification"), pretrained_cfg=PRETRAINED_CFG)
 def mobileone_s0(**kwargs) -> MobileOne:
     """MobileOne-S0 (k=4 branches, 2.1M fused params, 71.4% ImageNet top-1 in the paper)."""
     return build_mobileone("s0", **kwargs)
 
 
-@register_model(tags=("mobileone", "image-classification"))
+@register_model(tags=("mobileone", "image-classification"), pretrained_cfg=PRETRAINED_CFG)
 def mobileone_s1(**kwargs) -> MobileOne:
     """MobileOne-S1 (4.8M fused params, 75.9% ImageNet top-1 in the paper)."""
     return build_mobileone("s1", **kwargs)
 
 
-@register_model(tags=("mobileone", "image-classification"))
+@register_model(tags=("mobileone", "image-classification"), pretrained_cfg=PRETRAINED_CFG)
 def mobileone_s2(**kwargs) -> MobileOne:
     """MobileOne-S2 (7.8M fused params, 77.4% ImageNet top-1 in the paper)."""
     return build_mobileone("s2", **kwargs)
 
 
-@register_model(tags=("mobileone", "image-classification"))
+@register_model(tags=("mobileone", "image-classification"), pretrained_cfg=PRETRAINED_CFG)
 def mobileone_s3(**kwargs) -> MobileOne:
     """MobileOne-S3 (10.1M fused params, 78.1% ImageNet top-1 in the paper)."""
     return build_mobileone("s3", **kwargs)
 
 
-@register_model(tags=("mobileone", "image-classification"))
+@register_model(tags=("mobileone", "image-classification"), pretrained_cfg=PRETRAINED_CFG)
 def mobileone_s4(**kwargs) -> MobileOne:
     """MobileOne-S4 (SE in the last stages, 14.8M fused params, 79.4% ImageNet top-1 in the paper)."""
     return build_mobileone("s4", **kwargs)

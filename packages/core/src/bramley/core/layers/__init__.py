@@ -1,5 +1,6 @@
 """Shared building blocks of bramley models: reparameterizable conv blocks and transformer layers."""
 
+from .checks import check_image_batch, is_traced
 from .drop import DropPath
 from .layer_scale import LayerScale, LayerScale2d
 from .reparam import (
@@ -26,8 +27,10 @@ __all__ = [
     "SqueezeExcite",
     "SwiGLU",
     "apply_rotary",
+    "check_image_batch",
     "fuse_conv_bn",
     "identity_kernel",
+    "is_traced",
     "pad_kernel",
     "reparameterize_model",
     "rotate_half",

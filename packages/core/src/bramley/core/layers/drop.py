@@ -33,16 +33,18 @@ class DropPath(nn.Module):
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         """Apply stochastic depth to ``x`` (dense ``(batch, ...)``, or packed ``(total, ...)`` with ``cu_seqlens``)."""
-        if cu_seqlens is not None:
+        if cu_seqlens is not None and not torch.jit.is_scripting():  # static False in TorchScript: not compiled
             _check_cu_seqlens(x, cu_seqlens)
         if not self.training or self.drop_prob == 0.0:
             return x
         keep = 1.0 - self.drop_prob
         if cu_seqlens is None:
-            mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        else:
+            mask = x.new_empty([x.shape[0]] + [1] * (x.ndim - 1)).bernoulli_(keep)
+        elif not torch.jit.is_scripting():  # TorchScript compiles only the dense path (a static condition)
             per_doc = x.new_empty(cu_seqlens.shape[0] - 1).bernoulli_(keep)
-            mask = per_doc[document_ids(cu_seqlens, x.shape[0])].view((x.shape[0],) + (1,) * (x.ndim - 1))
+            mask = per_doc[document_ids(cu_seqlens, x.shape[0])].view([x.shape[0]] + [1] * (x.ndim - 1))
+        else:
+            raise RuntimeError("DropPath: packed documents (cu_seqlens) are not supported in TorchScript")
         if self.scale_by_keep:
             mask = mask.div_(keep)
         return x * mask

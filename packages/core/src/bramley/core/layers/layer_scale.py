@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .checks import is_traced
+
 __all__ = ["LayerScale", "LayerScale2d"]
 
 
@@ -23,8 +25,9 @@ class LayerScale(nn.Module):
         self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.gamma.shape[0]:
-            raise ValueError(f"LayerScale expects (..., {self.gamma.shape[0]}) inputs, got shape {tuple(x.shape)}")
+        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript compiles both sides of an `and`)
+            if not is_traced(x) and x.shape[-1] != self.gamma.shape[0]:
+                raise ValueError(f"LayerScale expects (..., {self.gamma.shape[0]}) inputs, got shape {tuple(x.shape)}")
         return x * self.gamma
 
     def extra_repr(self) -> str:
@@ -48,10 +51,11 @@ class LayerScale2d(nn.Module):
         self.gamma = nn.Parameter(torch.full((dim, 1, 1), float(init_values)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.gamma.shape[0]:
-            raise ValueError(
-                f"LayerScale2d expects (B, {self.gamma.shape[0]}, H, W) inputs, got shape {tuple(x.shape)}"
-            )
+        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript compiles both sides of an `and`)
+            if not is_traced(x) and (x.dim() != 4 or x.shape[1] != self.gamma.shape[0]):
+                raise ValueError(
+                    f"LayerScale2d expects (B, {self.gamma.shape[0]}, H, W) inputs, got shape {tuple(x.shape)}"
+                )
         return x * self.gamma
 
     def extra_repr(self) -> str:
