@@ -26,8 +26,9 @@ Checks (the interface is :class:`bramley.core.features.StagedBackbone`, the brid
   (``pretrained=True, pretrained_cfg_overlay=dict(file=...)``), so that path is checked on every model too.
 - **fx**: ``torch.fx.symbolic_trace`` of the eval model gives identical outputs; of the train model, the gradients of
   eager mode.
-- **TorchScript**: ``torch.jit.script`` of the train-time structure (timm's test) agrees with eager (1e-5 of the
-  output scale: the scripted attention is PyTorch's SDPA, eager mode runs ``bramley.core.ops.attention``).
+- **TorchScript**: ``torch.jit.script`` of the train-time structure and of its fx graph (timm's tests) agree with
+  eager (1e-5 of the output scale: the scripted attention is PyTorch's SDPA, eager mode runs
+  ``bramley.core.ops.attention``).
 - **reparameterize**: timm's ``reparameterize_model`` gives bramley's fused outputs (1e-5), and the fused model saved
   with ``save_pretrained`` loads through timm's ``pretrained=True`` as the fused structure, with identical outputs.
 
@@ -322,9 +323,10 @@ def test_fx_trace_forward_and_backward(case: Case):
 def test_torchscript(case: Case):
     case.skip_if_sibling_covers()
     model, x = case.fresh(), case.inputs()
-    scripted = torch.jit.script(model)
     with torch.no_grad():
-        _close(scripted(x), model(x), RTOL, "scripted vs eager")
+        expected = model(x)
+        _close(torch.jit.script(model)(x), expected, RTOL, "scripted vs eager")
+        _close(torch.jit.script(torch.fx.symbolic_trace(model))(x), expected, RTOL, "scripted fx graph vs eager")
 
 
 def test_reparameterize_with_timm_and_load_fused(case: Case, tmp_path):

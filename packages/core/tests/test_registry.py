@@ -460,8 +460,8 @@ def test_input_checks_step_aside_when_traced():
     traced = torch.fx.symbolic_trace(model)  # the check sees a Proxy and steps aside
     x = torch.randn(2, 3, 16, 16)
     assert torch.equal(traced(x), model(x)) and not is_traced(x)
-    scripted = torch.jit.script(model)
-    assert torch.equal(scripted(x), model(x))
+    for scripted in (torch.jit.script(model), torch.jit.script(traced)):  # timm scripts fx graphs too
+        assert torch.equal(scripted(x), model(x))
 
 
 def test_features_only_without_timm_create_model():

@@ -12,10 +12,10 @@
   ``feature_cls="getter"``, ...), which ``timm.create_model(name, features_only=True)`` returns for models
   registered with :func:`bramley.core.registry.register_timm`.
 
-Only :func:`features_only` needs timm (the ``vision`` extra); the interface classes are plain PyTorch.
+Only :func:`features_only` needs timm (the ``vision`` extra); the interface classes are plain PyTorch. (No
+``from __future__ import annotations`` here: torch.fx copies ``forward``'s annotations into the code of its graph
+modules, which TorchScript must then read as types, not strings.)
 """
-
-from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any

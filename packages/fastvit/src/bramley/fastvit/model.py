@@ -482,6 +482,9 @@ class ClassifierHead(nn.Module):
 class FastVit(StagedBackbone):
     """FastViT classifier / backbone, with timm's model interface (:class:`bramley.core.features.StagedBackbone`).
 
+    Feature ``i`` (``forward_intermediates``, ``features_only``) is the end of stage ``i`` for every variant: for
+    SA/MA/MCi models the 4th comes after the attention blocks (the official ``fork_feat`` taps the RepCPE before them).
+
     Args:
         layers: blocks per stage.
         embed_dims: widths per stage.
