@@ -16,10 +16,10 @@ def _data_blocks() -> list[str]:
 
 
 def test_data_section_has_examples():
-    assert len(_data_blocks()) == 4
+    assert len(_data_blocks()) == 5
 
 
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(5))
 def test_readme_data_example_runs(index, capsys):
     exec(compile(_data_blocks()[index], f"README.md:data[{index}]", "exec"), {})
     assert capsys.readouterr().out.strip()

@@ -7,6 +7,8 @@
 - :class:`TextDocuments`, :func:`python_stdlib_documents`, :class:`ByteTokenizer`: local text corpora.
 - :class:`VariableBatchSampler`, :class:`MultiScaleDataset`, :func:`multiscale_collate`: multi-scale training.
 - :func:`seeded_rng`, :class:`SeededTransformDataset`: augmentations reproducible per (seed, epoch, sample).
+- :class:`SyntheticDataset` / :func:`synthetic_tensors`: procedural shape x color x texture x count images with
+  difficulty knobs; :class:`SceneDataset`: composed scenes with objects, boxes and relations (numpy only).
 """
 
 from __future__ import annotations
@@ -19,6 +21,17 @@ from .photos import SamplePhotosDataset, split_regions
 from .sampler import MultiScaleDataset, VariableBatchSampler, make_scales, multiscale_collate
 from .seeded import SeededTransformDataset, SharedEpoch, sample_seed, seeded_rng
 from .splits import stratified_split
+from .synthetic import COLORS, SHAPES, TEXTURES, SyntheticConfig, SyntheticDataset, synthetic_splits, synthetic_tensors
+from .synthetic_scenes import (
+    PREDICATES,
+    Relation,
+    Scene,
+    SceneConfig,
+    SceneDataset,
+    SceneObject,
+    collate_scenes,
+    scene_relations,
+)
 from .text import ByteTokenizer, ReadStats, TextDocuments, python_stdlib_documents
 
 if TYPE_CHECKING:
@@ -43,18 +56,30 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "COLORS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "PREDICATES",
+    "SHAPES",
+    "TEXTURES",
     "ByteTokenizer",
     "DigitsDataset",
     "ImageFolder",
     "MultiScaleDataset",
     "ReadStats",
+    "Relation",
     "SamplePhotosDataset",
+    "Scene",
+    "SceneConfig",
+    "SceneDataset",
+    "SceneObject",
     "SeededTransformDataset",
     "SharedEpoch",
+    "SyntheticConfig",
+    "SyntheticDataset",
     "TextDocuments",
     "VariableBatchSampler",
+    "collate_scenes",
     "digits_splits",
     "digits_tensors",
     "eval_transform",
@@ -63,8 +88,11 @@ __all__ = [
     "multiscale_collate",
     "python_stdlib_documents",
     "sample_seed",
+    "scene_relations",
     "seeded_rng",
     "split_regions",
     "stratified_split",
+    "synthetic_splits",
+    "synthetic_tensors",
     "train_transform",
 ]
