@@ -13,62 +13,27 @@ from bramley.byteformer.train import SCHEMA
 from bramley.core import registry
 from bramley.core.checkpoint import load_model, save_pretrained
 from bramley.core.recipe import load_recipe
+from shared.cli_testing import CLI
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "bramley" / "byteformer" / "recipes"
 
-# a two-block BF-Ti (corenet's per-block pattern cut to depth 2) and one short epoch, so a recipe runs in a second
-TINY = [
-    "model.kwargs.depth=2",
-    "model.kwargs.embed_dim=32",
-    "model.kwargs.num_heads=2",
-    "model.kwargs.window_shifts=[0,4]",
-    "model.kwargs.window_sizes=[8]",
-    "model.kwargs.downsample=[true,false]",
-    "model.kwargs.max_num_tokens=1024",
-    "train.epochs=1",
-    "train.batch_size=4",
-    "train.grad_accum_steps=1",
-    "train.num_workers=0",
-    "train.amp=none",
-    "train.ema_decay=null",
-    "train.progress=false",
-    "train.checkpoint_every=0",
-    "optim.warmup_steps=0",
-    "eval.batch_size=64",
-]
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_user_error(capsys, argv, message: str) -> None:
-    """The command exits 2 with one line ``bramley-byteformer: error: ...`` holding ``message``."""
-    code, _, err = run(capsys, *argv)
-    assert code == 2, err
-    assert err.startswith("bramley-byteformer: error: ") and err.count("\n") == 1, err
-    assert message in err, err
+cli = CLI(main, "bramley-byteformer")
 
 
 def test_help_lists_every_verb(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
+    out = cli.help(capsys)
     assert "usage: bramley-byteformer" in out
     assert all(cmd in out for cmd in ("info", "convert", "train", "eval", "encode", "bench", "reproduce"))
 
 
 def test_info(capsys):
-    code, out, _ = run(capsys, "info")
+    code, out, _ = cli.run(capsys, "info")
     assert code == 0 and "| byteformer_base" in out and "| params_M_without_pos_table" in out and "50000" in out
-    code, out, _ = run(capsys, "info", "byteformer_tiny", "--json")
+    code, out, _ = cli.run(capsys, "info", "byteformer_tiny", "--json")
     [row] = json.loads(out)
     assert row["embed_dim"] == 192 and row["num_heads"] == 3 and round(row["params_M"], 2) == 16.81
     assert round(row["params_M_without_pos_table"], 2) == 7.21
-    assert_user_error(capsys, ["info", "byteformer_tiy"], "unknown byteformer model 'byteformer_tiy'; did you mean")
+    cli.user_error(capsys, ["info", "byteformer_tiy"], "unknown byteformer model 'byteformer_tiy'; did you mean")
 
 
 # ---------------------------------------------------------------------------------------------------- recipes
@@ -96,7 +61,7 @@ def test_default_recipe_is_the_paper_tiff_one():
 
 def test_smoke_recipe_trains_and_the_run_folder_loads(capsys, tmp_path):
     out = tmp_path / "run"
-    code, stdout, _ = run(capsys, "train", "--recipe", "smoke", "--out", out)
+    code, stdout, _ = cli.run(capsys, "train", "--recipe", "smoke", "--out", out)
     assert code == 0 and '"num_classes": 10' in stdout
     assert {"model.safetensors", "config.json", "recipe.yaml", "results.json", "metrics.jsonl"} <= {
         p.name for p in out.iterdir()
@@ -124,7 +89,7 @@ def audio_files(tmp_path_factory) -> Path:
         ("speech_commands_wav", []),
     ],
 )
-def test_paper_recipes_run_at_toy_scale(recipe, extra, image_folder, audio_files, tmp_path, capsys):
+def test_paper_recipes_run_at_toy_scale(recipe, extra, image_folder, audio_files, tmp_path, capsys, tiny_recipe):
     if recipe.startswith("speech"):
         data = tmp_path / "sc"
         shutil.copytree(audio_files / "train", data / "train")
@@ -134,23 +99,23 @@ def test_paper_recipes_run_at_toy_scale(recipe, extra, image_folder, audio_files
         for split in ("train", "val"):
             shutil.copytree(image_folder, data / split)
     argv = ["train", "--recipe", recipe, "--out", tmp_path / "run", f"data.train={data / 'train'}"]
-    code, _, err = run(capsys, *argv, f"data.val={data / 'val'}", *TINY, *extra)
+    code, _, err = cli.run(capsys, *argv, f"data.val={data / 'val'}", *tiny_recipe, *extra)
     assert code == 0, err
     assert isinstance(load_model(tmp_path / "run"), ByteFormer)
 
 
-def test_encode_train_eval_on_byte_files(audio_files, tmp_path, capsys):
+def test_encode_train_eval_on_byte_files(audio_files, tmp_path, capsys, tiny_recipe):
     run_dir = tmp_path / "run"
     argv = ["train", "--out", run_dir, "data.source=byte_folder", f"data.train={audio_files / 'train'}"]
-    argv += [f"data.val={audio_files / 'val'}", "data.spec=", "data.batch_tokens=4000", *TINY]
-    assert run(capsys, *argv)[0] == 0
-    code, out, _ = run(
+    argv += [f"data.val={audio_files / 'val'}", "data.spec=", "data.batch_tokens=4000", *tiny_recipe]
+    assert cli.run(capsys, *argv)[0] == 0
+    code, out, _ = cli.run(
         capsys, "eval", "--checkpoint", run_dir, "--bytes", audio_files / "test", "--out", tmp_path / "m"
     )
     result = json.loads(out)
     assert code == 0 and set(result) == {"checkpoint", "top1", "top5", "loss"} and 0 <= result["top1"] <= 100
     assert json.loads((tmp_path / "m").read_text()) == result
-    code, _, _ = run(capsys, "eval", "--checkpoint", run_dir / "model.safetensors", "--bytes", audio_files / "test")
+    code, _, _ = cli.run(capsys, "eval", "--checkpoint", run_dir / "model.safetensors", "--bytes", audio_files / "test")
     assert code == 0
 
 
@@ -164,7 +129,7 @@ def test_train_on_bundled_sets(source, spec, tmp_path, capsys):
         "optim.warmup_epochs=0",
         "data.image_size=12",
     ]
-    assert run(capsys, *argv, *extra)[0] == 0
+    assert cli.run(capsys, *argv, *extra)[0] == 0
     assert (tmp_path / "model.safetensors").is_file()
 
 
@@ -174,10 +139,10 @@ TOY = {"embed_dim": 32, "depth": 2, "num_heads": 2, "window_sizes": [8], "window
 
 def test_images_eval(image_folder, tmp_path, capsys):
     save_pretrained(registry.create_model("byteformer_tiny", num_classes=3, **TOY), tmp_path / "m")
-    code, out, _ = run(capsys, "eval", "--checkpoint", tmp_path / "m", "--images", image_folder, "--spec", "png")
+    code, out, _ = cli.run(capsys, "eval", "--checkpoint", tmp_path / "m", "--images", image_folder, "--spec", "png")
     assert code == 0 and json.loads(out)["top1"] >= 0
     argv = ["eval", "--checkpoint", tmp_path / "m", "--images", image_folder, "--spec", "tiff", "--image-size", "16"]
-    assert run(capsys, *argv)[0] == 0
+    assert cli.run(capsys, *argv)[0] == 0
 
 
 # ---------------------------------------------------------------------------------------------------- errors
@@ -219,22 +184,22 @@ def test_train_errors_are_one_line(capsys, tmp_path, byte_folder, image_folder):
         ([*folder, f"data.val={image_folder}"], "have different classes"),
     ]
     for overrides, message in cases:
-        assert_user_error(capsys, train(*overrides), message)
+        cli.user_error(capsys, train(*overrides), message)
     crops = train(f"data.train={image_folder}", "data.batch_tokens=9000", recipe="imagenet_tiff")
-    assert_user_error(capsys, crops, "data.batch_tokens needs static byte lengths")
+    cli.user_error(capsys, crops, "data.batch_tokens needs static byte lengths")
     (tmp_path / "file").write_text("")
-    assert_user_error(capsys, ["train", "--recipe", "smoke", "--out", tmp_path / "file" / "run"], "file/run")
+    cli.user_error(capsys, ["train", "--recipe", "smoke", "--out", tmp_path / "file" / "run"], "file/run")
 
 
 def test_bad_files_are_refused_before_training(capsys, tmp_path, byte_folder):
     argv = ["train", "--recipe", "smoke", "data.source=byte_folder", "data.spec=", f"data.train={byte_folder}"]
     empty = byte_folder / "a" / "empty.bin"
     empty.write_bytes(b"")
-    assert_user_error(capsys, [*argv, "--out", tmp_path / "run1"], f"{empty} is empty")
+    cli.user_error(capsys, [*argv, "--out", tmp_path / "run1"], f"{empty} is empty")
     empty.unlink()
     broken = byte_folder / "b" / "gone.bin"
     broken.symlink_to(byte_folder / "nowhere")
-    assert_user_error(capsys, [*argv, "--out", tmp_path / "run2"], f"{broken} cannot be read")
+    cli.user_error(capsys, [*argv, "--out", tmp_path / "run2"], f"{broken} cannot be read")
     assert not any(tmp_path.glob("run*/metrics.jsonl")), "no training step ran"
 
 
@@ -266,10 +231,8 @@ def test_eval_errors_are_one_line(capsys, tmp_path, byte_folder, image_folder, m
         ),
     ]
     for argv, message in cases:
-        assert_user_error(capsys, argv, message)
-    with pytest.raises(SystemExit) as exit_info:  # argparse: a count of 0
-        main(["eval", "--checkpoint", str(tmp_path / "m"), "--bytes", str(byte_folder), "--batch-size", "0"])
-    assert exit_info.value.code == 2 and "must be >= 1, got 0" in capsys.readouterr().err
+        cli.user_error(capsys, argv, message)
+    cli.usage_error(capsys, [*ok, "--bytes", byte_folder, "--batch-size", "0"], "must be >= 1, got 0")  # argparse
 
 
 # ---------------------------------------------------------------------------------------------------- bench
@@ -279,7 +242,7 @@ BENCH += ["--min-size", "24", "--max-size", "40", "--rounds", "1", "--device", "
 
 def test_bench_code_path(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert run(capsys, *BENCH, "--out", out)[0] == 0
+    assert cli.run(capsys, *BENCH, "--out", out)[0] == 0
     result = json.loads(out.read_text())
     assert result["packed_samples_per_s"] > 0 and result["padded_samples_per_s"] > 0
     assert result["max_abs_logit_diff_packed_vs_padded"] < 1e-4
@@ -297,16 +260,14 @@ def test_bench_errors(tmp_path, capsys):
         (["--embed-dim", "30", "--num-heads", "4"], "--model: byteformer_tiny("),
     ]
     for extra, message in cases:
-        assert_user_error(capsys, [*BENCH, *extra], message)
+        cli.user_error(capsys, [*BENCH, *extra], message)
     for option in ("--samples", "--rounds", "--batch-size", "--threads"):
-        with pytest.raises(SystemExit) as exit_info:
-            main([*BENCH, option, "0"])
-        assert exit_info.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+        cli.usage_error(capsys, [*BENCH, option, "0"], "must be >= 1")
 
 
 # ---------------------------------------------------------------------------------------------------- reproduce
 def test_reproduce_quick_prints_claim_and_verdict(tmp_path, capsys):
-    code, out, _ = run(capsys, "reproduce", "--quick", "--seeds", "0", "--out", tmp_path)
+    code, out, _ = cli.run(capsys, "reproduce", "--quick", "--seeds", "0", "--out", tmp_path)
     lines = out.strip().splitlines()
     assert code == 0 and lines[-1].startswith("verdict: ") and "of 5 checks hold" in lines[-1]
     assert any(line.startswith("claim: a transformer classifies files from their raw bytes") for line in lines)

@@ -1,42 +1,18 @@
 """Every command and Python block of the package README runs (heavy arguments shrunk to toy scale, listed here)."""
 
 import json
-import shlex
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from shared.markdown import run_python_blocks, shell_commands
+from shared.markdown import bramley_command, run_python_blocks, shell_commands
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
-# a two-block model and one short epoch for every training command (later overrides win)
-TINY = [
-    "model.kwargs.depth=2",
-    "model.kwargs.embed_dim=32",
-    "model.kwargs.num_heads=2",
-    "model.kwargs.window_shifts=[0,4]",
-    "model.kwargs.window_sizes=[8]",
-    "model.kwargs.downsample=[true,false]",
-    "model.kwargs.max_num_tokens=1024",
-    "train.epochs=1",
-    "train.steps=2",
-    "train.batch_size=4",
-    "train.grad_accum_steps=1",
-    "train.num_workers=0",
-    "train.amp=none",
-    "train.ema_decay=null",
-    "train.progress=false",
-    "train.checkpoint_every=0",
-    "optim.warmup_steps=0",
-    "optim.warmup_epochs=0",
-    "eval.batch_size=64",
-]
 EXTRA = {
-    "reproduce": ["--quick"],
-    "train": TINY,
+    "reproduce": ["--quick", "--out", "reproduce"],
     "eval": ["--image-size", "24"],
     "bench": [
         "--depth",
@@ -63,7 +39,7 @@ def test_readme_python_blocks_run():
     run_python_blocks(README)
 
 
-def test_readme_commands_run(image_folder, tmp_path, monkeypatch):
+def test_readme_commands_run(image_folder, tmp_path, monkeypatch, tiny_recipe):
     from bramley.byteformer.convert import bramley_to_official
     from bramley.core.cli import main as bramley_main
     from bramley.core.registry import create_model
@@ -73,20 +49,15 @@ def test_readme_commands_run(image_folder, tmp_path, monkeypatch):
     corenet = bramley_to_official(create_model("byteformer_tiny", num_classes=3, max_num_tokens=128).state_dict())
     torch.save(corenet, tmp_path / "imagenet_tiff.pt")  # a corenet-layout checkpoint for `convert`
     monkeypatch.chdir(tmp_path)
+    # a two-block model and two steps for every training command (later overrides win)
+    extra = {**EXTRA, "train": [*tiny_recipe, "train.steps=2", "optim.warmup_epochs=0"]}
     ran = []
-    for line in shell_commands(README):
-        if line.startswith("pip install"):
-            continue
-        line = line.replace("/path/to/imagenet", str(tmp_path / "imagenet"))
+    for line in shell_commands(README, skip=("pip install",), rewrite=[("/path/to/imagenet", "imagenet")]):
         if line.startswith("torchrun "):  # the same CLI in one process
             line = "bramley byteformer " + line.split("-m bramley.byteformer.cli ", 1)[1]
             line += " data.image_size=24 data.rand_augment=false"
-        assert line.startswith("bramley "), f"README command not covered by this test: {line}"
-        argv = shlex.split(line)[1:]
-        sub = argv[0] if argv[0] == "reproduce" else argv[1]
-        argv += EXTRA.get(sub, [])
-        if sub == "reproduce":
-            argv += ["--out", str(tmp_path / "reproduce")]
+        argv, sub = bramley_command(line)
+        argv += extra.get(sub, [])
         assert bramley_main(argv) == 0, line
         ran.append(sub)
     assert {"reproduce", "train", "eval", "bench", "encode", "info", "convert"} <= set(ran)

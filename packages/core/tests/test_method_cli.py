@@ -20,6 +20,7 @@ from bramley.core.convert import Converted
 from bramley.core.errors import CheckpointError
 from bramley.core.layers.reparam import MobileOneBlock
 from bramley.core.recipe import RecipeSchema, build_model
+from shared.cli_testing import CLI
 
 
 class RepNet(nn.Module):
@@ -104,35 +105,32 @@ def make_cli(seen: list | None = None) -> MethodCLI:
     return cli
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = make_cli().main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+cli = CLI(lambda argv: make_cli().main(argv), "bramley-clitest")
 
 
 def test_info_lists_the_package_models(capsys):
-    code, out, _ = run(capsys, "info")
+    code, out, _ = cli.run(capsys, "info")
     assert code == 0
     assert "| clitest_plain" in out and "| clitest_repnet" in out and "| family" in out
-    code, out, _ = run(capsys, "info", "clitest_repnet", "--json")
+    code, out, _ = cli.run(capsys, "info", "clitest_repnet", "--json")
     [row] = json.loads(out)
     assert row["model"] == "clitest_repnet" and row["input"] == "3x16x16" and row["family"] == "repnet"
     assert row["fused_params_M"] < row["params_M"], "fusion removes the branches"
-    code, _, err = run(capsys, "info", "clitest_repnett")
-    assert code == 2 and err.startswith("bramley-clitest: error: unknown clitest model 'clitest_repnett'; did you mean")
+    line = cli.user_error(capsys, ["info", "clitest_repnett"], "unknown clitest model 'clitest_repnett'; did you mean")
+    assert line.startswith("bramley-clitest: error: unknown clitest model")
 
 
 def test_reparam_fuses_checks_and_saves(capsys, tmp_path):
-    code, out, _ = run(capsys, "reparam", "--model", "clitest_repnet", "--out", tmp_path / "fused")
+    code, out, _ = cli.run(capsys, "reparam", "--model", "clitest_repnet", "--out", tmp_path / "fused")
     assert code == 0 and "relative max difference to the unfused model" in out
     fused = load_model(tmp_path / "fused")
     assert fused.model_config["kwargs"]["inference_mode"] is True and fused.block.reparam_conv is not None
     gray = build_model("clitest_repnet", {"in_chans": 1})  # built for other channels than registered
     save_pretrained(gray, tmp_path / "gray")
-    assert run(capsys, "reparam", "--checkpoint", tmp_path / "gray", "--out", tmp_path / "g")[0] == 0
+    assert cli.run(capsys, "reparam", "--checkpoint", tmp_path / "gray", "--out", tmp_path / "g")[0] == 0
     trained = build_model("clitest_repnet")
     save_pretrained(trained, tmp_path / "trained")
-    assert run(capsys, "reparam", "--checkpoint", tmp_path / "trained", "--out", tmp_path / "f2")[0] == 0
+    assert cli.run(capsys, "reparam", "--checkpoint", tmp_path / "trained", "--out", tmp_path / "f2")[0] == 0
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(load_model(tmp_path / "f2")(x), trained.eval()(x), atol=1e-5, rtol=1e-5)
 
@@ -150,25 +148,23 @@ def test_reparam_refusals(capsys, tmp_path):
         (["--checkpoint", tmp_path / "missing"], "missing does not exist"),
     ]
     for source, message in cases:
-        code, _, err = run(capsys, "reparam", *source, "--out", tmp_path / "out")
-        assert code == 2 and message in err and err.count("\n") == 1, err
+        cli.user_error(capsys, ["reparam", *source, "--out", tmp_path / "out"], message)
     assert not (tmp_path / "out").exists(), "nothing is written for a refused model"
-    with pytest.raises(SystemExit) as info:  # exactly one source: argparse's usage error (exit 2)
-        make_cli().main(["reparam", "--model", "clitest_repnet", "--checkpoint", "x", "--out", "o"])
-    assert info.value.code == 2
+    argv = ["reparam", "--model", "clitest_repnet", "--checkpoint", "x", "--out", "o"]  # exactly one source
+    cli.usage_error(capsys, argv, "argument --checkpoint: not allowed with argument --model")
 
 
 def test_convert_reads_safely_converts_and_fuses(capsys, tmp_path):
     reference = build_model("clitest_repnet", {"num_classes": 5})
     official = {k.replace("head.", "fc."): v for k, v in reference.state_dict().items()}
     torch.save({"state_dict": official, "epoch": 3}, tmp_path / "official.pth.tar")
-    code, out, _ = run(capsys, "convert", tmp_path / "official.pth.tar", "--out", tmp_path / "conv", "--fuse")
+    code, out, _ = cli.run(capsys, "convert", tmp_path / "official.pth.tar", "--out", tmp_path / "conv", "--fuse")
     assert code == 0 and "clitest_repnet" in out and "(official layout)" in out
     converted = load_model(tmp_path / "conv")
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(converted(x), reference.eval()(x), atol=1e-5, rtol=1e-5)
     assert converted.model_config["kwargs"] == {"num_classes": 5, "inference_mode": True}
-    code, _, _ = run(capsys, "convert", tmp_path / "official.pth.tar", "--out", tmp_path / "c2", "--scale", "0")
+    code, _, _ = cli.run(capsys, "convert", tmp_path / "official.pth.tar", "--out", tmp_path / "c2", "--scale", "0")
     assert code == 0 and not load_model(tmp_path / "c2").head.weight.any(), "package options reach the converter"
 
     class Payload:
@@ -185,20 +181,20 @@ def test_convert_reads_safely_converts_and_fuses(capsys, tmp_path):
         (tmp_path / "absent.pth", "absent.pth does not exist"),
     ]
     for source, message in cases:
-        code, out, err = run(capsys, "convert", source, "--out", tmp_path / "bad")
+        code, out, err = cli.run(capsys, "convert", source, "--out", tmp_path / "bad")
         assert code == 2 and message in err and "pwned" not in out, err
 
 
 def test_export_onnx_matches_pytorch(capsys, tmp_path):
     pytest.importorskip("onnxruntime")
-    code, out, _ = run(capsys, "export", "--model", "clitest_repnet", "--out", tmp_path / "m.onnx")
+    code, out, _ = cli.run(capsys, "export", "--model", "clitest_repnet", "--out", tmp_path / "m.onnx")
     assert code == 0 and "onnxruntime relative max difference" in out
     assert (tmp_path / "m.onnx").stat().st_size > 0
 
 
 def test_train_writes_the_run_folder_and_eval_reads_it(capsys, tmp_path):
     out = tmp_path / "run"
-    code, stdout, _ = run(capsys, "train", "--out", out, "train.seed=3")
+    code, stdout, _ = cli.run(capsys, "train", "--out", out, "train.seed=3")
     assert code == 0 and '"num_classes": 10' in stdout
     names = sorted(p.name for p in out.iterdir())
     assert names == [
@@ -223,7 +219,7 @@ def test_train_with_the_same_seed_is_bit_identical(capsys, tmp_path):
     weights = []
     for name in ("a", "b", "c"):
         seed = "1" if name != "c" else "2"
-        assert run(capsys, "train", "--out", tmp_path / name, f"train.seed={seed}")[0] == 0
+        assert cli.run(capsys, "train", "--out", tmp_path / name, f"train.seed={seed}")[0] == 0
         weights.append((tmp_path / name / "model.safetensors").read_bytes())
     assert weights[0] == weights[1], "the seed is set before the model and the data are built"
     assert weights[0] != weights[2]
@@ -235,8 +231,12 @@ def test_named_train_commands_get_their_options_and_device(capsys, tmp_path):
     assert seen == [("cpu", "a")]
     assert json.loads((tmp_path / "s" / "results.json").read_text()) == {"tag": "a"}
     assert "device: cpu" in (tmp_path / "s" / "recipe.yaml").read_text(), "--device is the override train.device"
-    code, _, err = run(capsys, "train", "--out", tmp_path / "t", "--device", "tpu")
-    assert code == 2 and "train.device='tpu' is not one of auto, cpu, cuda" in err and not (tmp_path / "t").exists()
+    cli.user_error(
+        capsys,
+        ["train", "--out", tmp_path / "t", "--device", "tpu"],
+        "train.device='tpu' is not one of auto, cpu, cuda",
+    )
+    assert not (tmp_path / "t").exists()
 
 
 def test_a_chain_of_runs_in_sub_folders_is_one_run(tmp_path):
@@ -254,33 +254,33 @@ def test_a_chain_of_runs_in_sub_folders_is_one_run(tmp_path):
 
 def test_one_run_per_folder(capsys, tmp_path):
     out = tmp_path / "run"
-    assert run(capsys, "train", "--out", out)[0] == 0
+    assert cli.run(capsys, "train", "--out", out)[0] == 0
     first = (out / "model.safetensors").read_bytes()
-    code, _, err = run(capsys, "train", "--out", out, "train.seed=5")
-    assert (
-        code == 2 and "already holds a finished run: resume it (train.resume=true), write to another --out, or" in err
-    )
+    message = "already holds a finished run: resume it (train.resume=true), write to another --out, or"
+    cli.user_error(capsys, ["train", "--out", out, "train.seed=5"], message)
     assert (out / "model.safetensors").read_bytes() == first, "the refused run changed nothing"
-    code, _, err = run(capsys, "train", "--out", out, "train.resume=true", "train.steps=5")
-    assert code == 2 and "is a finished run of 3 steps but this run asks for 5" in err
-    assert run(capsys, "train", "--out", out, "train.resume=true")[0] == 0, "resuming a finished run re-exports it"
+    message = "is a finished run of 3 steps but this run asks for 5"
+    cli.user_error(capsys, ["train", "--out", out, "train.resume=true", "train.steps=5"], message)
+    assert cli.run(capsys, "train", "--out", out, "train.resume=true")[0] == 0, "resuming a finished run re-exports it"
     assert (out / "model.safetensors").read_bytes() == first
-    assert run(capsys, "train", "--out", out, "train.seed=5", "--overwrite")[0] == 0
+    assert cli.run(capsys, "train", "--out", out, "train.seed=5", "--overwrite")[0] == 0
     assert (out / "model.safetensors").read_bytes() != first, "--overwrite replaces the run"
-    code, _, err = run(capsys, "train", "--out", tmp_path / "fresh", "train.resume=true")
-    assert code == 2 and "train.resume=true but" in err and "has no checkpoint.pt to resume" in err
-    assert run(capsys, "train", "--out", tmp_path / "auto", "train.resume=auto")[0] == 0, "auto starts fresh"
+    line = cli.user_error(capsys, ["train", "--out", tmp_path / "fresh", "train.resume=true"], "train.resume=true but")
+    assert "has no checkpoint.pt to resume" in line
+    assert cli.run(capsys, "train", "--out", tmp_path / "auto", "train.resume=auto")[0] == 0, "auto starts fresh"
     assert not (out / ".lock").exists(), "the lock goes with the run"
 
 
 def test_resume_from_a_checkpoint_path(capsys, tmp_path):
     """train.resume=PATH (documented, once refused by the CLI's typing) continues that checkpoint into --out."""
-    assert run(capsys, "train", "--out", tmp_path / "a", "train.checkpoint_every=2", "train.steps=3")[0] == 0
+    assert cli.run(capsys, "train", "--out", tmp_path / "a", "train.checkpoint_every=2", "train.steps=3")[0] == 0
     checkpoint = tmp_path / "a" / "checkpoint.pt"
-    assert run(capsys, "train", "--out", tmp_path / "b", f"train.resume={checkpoint}", "train.steps=3")[0] == 0
+    assert cli.run(capsys, "train", "--out", tmp_path / "b", f"train.resume={checkpoint}", "train.steps=3")[0] == 0
     assert (tmp_path / "b" / "model.safetensors").read_bytes() == (tmp_path / "a" / "model.safetensors").read_bytes()
-    code, _, err = run(capsys, "train", "--out", tmp_path / "c", f"train.resume={tmp_path / 'nope.pt'}")
-    assert code == 2 and "resume checkpoint" in err and "nope.pt does not exist" in err
+    line = cli.user_error(
+        capsys, ["train", "--out", tmp_path / "c", f"train.resume={tmp_path / 'nope.pt'}"], "nope.pt does not exist"
+    )
+    assert "resume checkpoint" in line
 
 
 def test_a_live_run_holds_its_folder(capsys, tmp_path):
@@ -295,13 +295,12 @@ def test_a_live_run_holds_its_folder(capsys, tmp_path):
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "held"
-        code, _, err = run(capsys, "train", "--out", out)
-        assert code == 2 and f"another run (pid {holder.pid}) is writing to" in err
+        cli.user_error(capsys, ["train", "--out", out], f"another run (pid {holder.pid}) is writing to")
         assert not (out / "recipe.yaml").exists(), "the refused run wrote nothing"
     finally:
         holder.kill()
         holder.wait()
-    assert run(capsys, "train", "--out", out)[0] == 0, "a killed holder does not block the folder"
+    assert cli.run(capsys, "train", "--out", out)[0] == 0, "a killed holder does not block the folder"
 
 
 def test_train_errors_are_one_line(capsys, tmp_path):
@@ -316,8 +315,7 @@ def test_train_errors_are_one_line(capsys, tmp_path):
         (["data.image_size=0"], "data.image_size must be >= 1, got 0"),
     ]
     for extra, message in cases:
-        code, _, err = run(capsys, "train", "--out", tmp_path / "bad", *extra)
-        assert code == 2 and message in err and err.count("\n") == 1, (extra, err)
+        cli.user_error(capsys, ["train", "--out", tmp_path / "bad", *extra], message)
 
 
 def test_eval_errors(capsys, tmp_path):
@@ -329,8 +327,7 @@ def test_eval_errors(capsys, tmp_path):
         (["--checkpoint", "clitest_repnet", "--device", "tpu"], "unknown device 'tpu'"),
     ]
     for argv, message in cases:
-        code, _, err = run(capsys, "eval", *argv)
-        assert code == 2 and message in err, err
+        cli.user_error(capsys, ["eval", *argv], message)
 
 
 def test_reproduce_hands_over_every_argument(capsys, monkeypatch):
@@ -341,15 +338,14 @@ def test_reproduce_hands_over_every_argument(capsys, monkeypatch):
     module = types.ModuleType("bramley_clitest_reproduce")
     module.main = lambda argv: calls.append(argv) or 0
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    assert run(capsys, "reproduce", "--quick", "--out", "d")[0] == 0
+    assert cli.run(capsys, "reproduce", "--quick", "--out", "d")[0] == 0
     assert calls == [["--quick", "--out", "d"]]
 
 
 def test_unwritable_out_is_one_line(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    code, _, err = run(capsys, "reparam", "--model", "clitest_repnet", "--out", blocker / "sub")
-    assert code == 2 and "cannot write to" in err and err.count("\n") == 1
+    cli.user_error(capsys, ["reparam", "--model", "clitest_repnet", "--out", blocker / "sub"], "cannot write to")
 
 
 def test_debug_shows_the_traceback(monkeypatch, tmp_path):

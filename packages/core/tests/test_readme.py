@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+
+from shared.markdown import code_blocks, run_python
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def code_blocks(title: str, language: str) -> list[str]:
-    """The ```language blocks of the README section ``## title``."""
-    section = README.read_text(encoding="utf-8").split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
-
-
 def test_recipe_example_runs_and_refuses_the_bad_overrides(capsys):
-    [block] = code_blocks("Recipes and the command line", "python")
-    exec(compile(block, "README.md:recipes", "exec"), {})
+    [block] = code_blocks(README, "python", "Recipes and the command line")
+    run_python(README, block)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("0.001 Data(root=None, image_size=160) 0.001")
     assert lines[1] == "override 'optim.lr=.nan': config key 'optim.lr' must be a finite number, got nan"
@@ -27,7 +22,7 @@ def test_recipe_yaml_example_is_a_valid_recipe(tmp_path):
     from bramley.core.classification import ImageData, LossSection
     from bramley.core.recipe import RecipeSchema, load_recipe
 
-    [block] = code_blocks("Recipes and the command line", "yaml")
+    [block] = code_blocks(README, "yaml", "Recipes and the command line")
     (tmp_path / "r.yaml").write_text(block)
     recipe = load_recipe(RecipeSchema("demo", data=ImageData, loss=LossSection), str(tmp_path / "r.yaml"))
     assert recipe.model.name == "mobileone_s0" and recipe.optim.weight_decay == 1e-4 and recipe.train.epochs == 300

@@ -7,35 +7,16 @@ import torch
 
 from bramley.dataset_decomposition.buckets import Buckets
 from bramley.dataset_decomposition.cli import main
+from shared.cli_testing import CLI
 
-PROG = "bramley-dataset-decomposition"
+cli = CLI(main, "bramley-dataset-decomposition")
 TINY = ["model.name=dd_gpt_tiny", "model.kwargs.dim=16", "model.kwargs.depth=1", "model.kwargs.num_heads=2",
         "model.kwargs.max_seq_len=8", "data.tokens_per_step=8"]  # fmt: skip
 
 
-def user_error(capsys, argv: list[str]) -> str:
-    """Run the CLI expecting a user error: exit 2 and exactly one stderr line ``<prog>: error: ...``; its message."""
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{PROG}: error: "), err
-    return lines[0]
-
-
-def argparse_error(capsys, argv: list[str]) -> str:
-    """Run the CLI expecting argparse's refusal of an option (exit 2: usage and one error line); the error line."""
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err.strip().splitlines()[-1]
-
-
 def test_help_lists_subcommands(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
-    assert f"usage: {PROG}" in out
+    out = cli.help(capsys)
+    assert f"usage: {cli.prog}" in out
     for sub in ("make-buckets", "train", "eval", "bench", "info", "reproduce"):
         assert sub in out
 
@@ -45,7 +26,7 @@ def test_info_lists_the_models(capsys):
     rows = {row["model"]: row for row in json.loads(capsys.readouterr().out)}
     assert set(rows) == {"dd_gpt_tiny", "dd_gpt_410m", "dd_gpt_1b"}
     assert rows["dd_gpt_1b"]["dim"] == 2048 and rows["dd_gpt_1b"]["context"] == 8192
-    assert "unknown dataset-decomposition model 'dd_gpt_2b'" in user_error(capsys, ["info", "dd_gpt_2b"])
+    cli.user_error(capsys, ["info", "dd_gpt_2b"], "unknown dataset-decomposition model 'dd_gpt_2b'")
 
 
 @pytest.fixture
@@ -88,18 +69,19 @@ def test_make_buckets_train_eval(docs, tmp_path, capsys):
 
 def test_make_buckets_errors(docs, tmp_path, capsys):
     out = tmp_path / "b"
-    assert "missing does not exist" in user_error(capsys, ["make-buckets", tmp_path / "missing", "--out", out])
-    assert "need 0 <= min_log2 <= max_log2" in user_error(
-        capsys, ["make-buckets", docs, "--out", out, "--min-log2", "6", "--max-log2", "5"]
+    cli.user_error(capsys, ["make-buckets", tmp_path / "missing", "--out", out], "missing does not exist")
+    cli.user_error(
+        capsys,
+        ["make-buckets", docs, "--out", out, "--min-log2", "6", "--max-log2", "5"],
+        "need 0 <= min_log2 <= max_log2",
     )
-    assert "unknown text encoding 'utf-9'" in user_error(capsys, ["make-buckets", docs, "--out", out, "--encoding",
-                                                                  "utf-9"])  # fmt: skip
+    cli.user_error(capsys, ["make-buckets", docs, "--out", out, "--encoding", "utf-9"], "unknown text encoding 'utf-9'")
     (tmp_path / "file").write_text("")
-    assert "is a file, not a folder" in user_error(capsys, ["make-buckets", docs, "--out", tmp_path / "file"])
+    cli.user_error(capsys, ["make-buckets", docs, "--out", tmp_path / "file"], "is a file, not a folder")
     argv = ["make-buckets", docs, "--out", out, "--min-log2", "2", "--max-log2", "5", "--no-progress"]
     assert main([str(a) for a in argv]) == 0
-    assert "pass --overwrite" in user_error(capsys, argv)
-    assert "tokenizer nowhere.json does not exist" in user_error(capsys, [*argv, "--tokenizer", "nowhere.json"])
+    cli.user_error(capsys, argv, "pass --overwrite")
+    cli.user_error(capsys, [*argv, "--tokenizer", "nowhere.json"], "tokenizer nowhere.json does not exist")
 
 
 def test_make_buckets_without_decodable_text_is_an_error(tmp_path, capsys):
@@ -108,15 +90,15 @@ def test_make_buckets_without_decodable_text_is_an_error(tmp_path, capsys):
     for i in range(3):
         (tmp_path / "latin1" / f"{i}.txt").write_bytes("caf\xe9 na\xefve ".encode("latin-1") * 40)
     out = tmp_path / "buckets"
-    message = user_error(capsys, ["make-buckets", tmp_path / "latin1", "--out", out, "--no-progress"])
-    assert "no decodable text in the 3 input file(s): 3 file(s) are not valid utf-8" in message
+    argv = ["make-buckets", tmp_path / "latin1", "--out", out, "--no-progress"]
+    message = cli.user_error(capsys, argv, "no decodable text in the 3 input file(s): 3 file(s) are not valid utf-8")
     assert "--encoding" in message and not out.exists()
     argv = ["make-buckets", tmp_path / "latin1", "--out", out, "--no-progress", "--encoding", "latin-1"]
     assert main([str(a) for a in [*argv, "--min-log2", "2", "--max-log2", "4"]]) == 0  # the hint works
     (tmp_path / "short").mkdir()
     (tmp_path / "short" / "a.txt").write_text("tiny")
-    message = user_error(capsys, ["make-buckets", tmp_path / "short", "--out", tmp_path / "s", "--no-progress"])
-    assert "the 1 document(s) of the 1 input file(s) (5 tokens) are all too short" in message
+    argv = ["make-buckets", tmp_path / "short", "--out", tmp_path / "s", "--no-progress"]
+    message = cli.user_error(capsys, argv, "the 1 document(s) of the 1 input file(s) (5 tokens) are all too short")
     assert "(257 tokens a row): lower min_log2" in message
 
 
@@ -172,7 +154,7 @@ def test_train_errors_are_clean(buckets_dir, tmp_path, monkeypatch, capsys, over
     monkeypatch.chdir(tmp_path)
     (tmp_path / "x.txt").write_text("abc")
     argv = ["train", "--out", tmp_path / "run", f"data.buckets={buckets_dir}", *TINY, *overrides]
-    assert message in user_error(capsys, argv)
+    cli.user_error(capsys, argv, message)
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
@@ -189,22 +171,24 @@ def test_train_errors_are_clean(buckets_dir, tmp_path, monkeypatch, capsys, over
 def test_train_refuses_non_finite_settings(buckets_dir, tmp_path, capsys, override, message):
     """Issue 23: `train.momentum=.nan` trained to all-NaN weights and exited 0; the typed recipe refuses it."""
     argv = ["train", "--out", tmp_path / "run", f"data.buckets={buckets_dir}", *TINY, override]
-    assert message in user_error(capsys, argv)
+    cli.user_error(capsys, argv, message)
     assert not (tmp_path / "run").exists()
 
 
 def test_train_output_and_device_errors(buckets_dir, tmp_path, capsys):
     base = ["train", f"data.buckets={buckets_dir}", *TINY]
     (tmp_path / "file").write_text("")
-    assert "cannot write" in user_error(capsys, [*base, "--out", tmp_path / "file" / "run"])
+    cli.user_error(capsys, [*base, "--out", tmp_path / "file" / "run"], "cannot write")
     if not torch.cuda.is_available():
-        assert "cuda" in user_error(capsys, [*base, "--out", tmp_path / "run", "train.device=cuda"])
-    assert "unknown recipe 'nope'; bundled recipes: openlm_1b_baseline" in user_error(
-        capsys, ["train", "--recipe", "nope", "--out", tmp_path / "run"]
+        cli.user_error(capsys, [*base, "--out", tmp_path / "run", "train.device=cuda"], "cuda")
+    cli.user_error(
+        capsys,
+        ["train", "--recipe", "nope", "--out", tmp_path / "run"],
+        "unknown recipe 'nope'; bundled recipes: openlm_1b_baseline",
     )
-    assert "data.method=dd needs data.buckets=DIR" in user_error(capsys, ["train", "--out", tmp_path / "run"])
+    cli.user_error(capsys, ["train", "--out", tmp_path / "run"], "data.method=dd needs data.buckets=DIR")
     no_model = ["train", "--out", tmp_path / "run", f"data.buckets={buckets_dir}", "data.tokens_per_step=8"]
-    assert "model.name is not set" in user_error(capsys, no_model)
+    cli.user_error(capsys, no_model, "model.name is not set")
 
 
 @pytest.mark.filterwarnings("ignore:train.steps=.* passes over the buckets")
@@ -217,37 +201,33 @@ def test_eval_errors_are_clean(buckets_dir, tmp_path, capsys, monkeypatch):
     model = run / "model.safetensors"
     base = ["eval", "--buckets", buckets_dir]
     save_checkpoint({"w": torch.zeros(1)}, tmp_path / "w.safetensors")
-    assert "carries no bramley model config" in user_error(capsys, [*base, "--checkpoint", tmp_path / "w.safetensors"])
-    assert "missing.safetensors does not exist" in user_error(
-        capsys, [*base, "--checkpoint", tmp_path / "missing.safetensors"]
+    cli.user_error(capsys, [*base, "--checkpoint", tmp_path / "w.safetensors"], "carries no bramley model config")
+    cli.user_error(
+        capsys, [*base, "--checkpoint", tmp_path / "missing.safetensors"], "missing.safetensors does not exist"
     )
     (tmp_path / "corrupt.safetensors").write_bytes(b"\x00" * 20)
-    assert "not a readable safetensors file" in user_error(
-        capsys, [*base, "--checkpoint", tmp_path / "corrupt.safetensors"]
-    )
+    cli.user_error(capsys, [*base, "--checkpoint", tmp_path / "corrupt.safetensors"], "not a readable safetensors file")
     # a model this process does not know (whether or not other method packages were imported before)
     save_checkpoint({"w": torch.zeros(1)}, tmp_path / "foreign.safetensors", config={"name": "no_such_model_x"})
-    assert "unknown model 'no_such_model_x'" in user_error(
-        capsys, [*base, "--checkpoint", tmp_path / "foreign.safetensors"]
-    )
+    cli.user_error(capsys, [*base, "--checkpoint", tmp_path / "foreign.safetensors"], "unknown model 'no_such_model_x'")
     save_checkpoint({"w": torch.zeros(1)}, tmp_path / "other.safetensors", config={"name": "dd_gpt_tiny"})
-    assert "does not match DDGPT" in user_error(capsys, [*base, "--checkpoint", tmp_path / "other.safetensors"])
-    assert "--rows-per-bucket: must be >= 1, got 0" in argparse_error(
-        capsys, [*base, "--checkpoint", model, "--rows-per-bucket", "0"]
+    cli.user_error(capsys, [*base, "--checkpoint", tmp_path / "other.safetensors"], "does not match DDGPT")
+    cli.usage_error(
+        capsys, [*base, "--checkpoint", model, "--rows-per-bucket", "0"], "--rows-per-bucket: must be >= 1, got 0"
     )
-    assert "nowhere/manifest.json not found" in user_error(
-        capsys, ["eval", "--checkpoint", model, "--buckets", tmp_path / "nowhere"]
+    cli.user_error(
+        capsys, ["eval", "--checkpoint", model, "--buckets", tmp_path / "nowhere"], "nowhere/manifest.json not found"
     )
     if not torch.cuda.is_available():
-        assert "cuda" in user_error(capsys, [*base, "--checkpoint", model, "--device", "cuda"])
+        cli.user_error(capsys, [*base, "--checkpoint", model, "--device", "cuda"], "cuda")
     # a registered model of another method is refused by name, not run on tokens
     import bramley.core.checkpoint as checkpoint
 
     foreign = torch.nn.Linear(2, 2)
     foreign.model_config = {"name": "mobileone_s0", "kwargs": {}}
     monkeypatch.setattr(checkpoint, "load_model", lambda spec, device="cpu": foreign)
-    assert "holds mobileone_s0, not a Dataset Decomposition language model" in user_error(
-        capsys, [*base, "--checkpoint", model]
+    cli.user_error(
+        capsys, [*base, "--checkpoint", model], "holds mobileone_s0, not a Dataset Decomposition language model"
     )
 
 
@@ -257,8 +237,9 @@ def test_eval_refuses_buckets_beyond_the_model(buckets_dir, tmp_path, capsys):
 
     small = create_model("dd_gpt_tiny", vocab_size=100, dim=16, depth=1, num_heads=2, max_seq_len=8)
     save_checkpoint(small, tmp_path / "small.safetensors")
-    message = user_error(capsys, ["eval", "--checkpoint", tmp_path / "small.safetensors", "--buckets", buckets_dir])
-    assert "--buckets" in message and "token ids up to 256 but the model's vocab_size is 100" in message
+    argv = ["eval", "--checkpoint", tmp_path / "small.safetensors", "--buckets", buckets_dir]
+    message = cli.user_error(capsys, argv, "token ids up to 256 but the model's vocab_size is 100")
+    assert "--buckets" in message
 
 
 def test_concat_chunk_reads_documents_as_make_buckets_does(tmp_path):
@@ -329,13 +310,11 @@ def test_cycle_coverage_note():
 def test_bench_errors_are_clean(capsys, args, message):
     argv = ["bench", "--dim", "16", "--depth", "1", "--num-heads", "2", "--device", "cpu", *args]
     if args[-1] in ("0", "-3"):  # refused by argparse (positive_int)
-        assert message in argparse_error(capsys, argv)
+        cli.usage_error(capsys, argv, message)
     else:
-        assert message in user_error(capsys, argv)
+        cli.user_error(capsys, argv, message)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
 def test_bench_without_cuda_is_clean(capsys):
-    assert "cuda" in user_error(
-        capsys, ["bench", "--dim", "16", "--depth", "1", "--num-heads", "2", "--device", "cuda"]
-    )
+    cli.user_error(capsys, ["bench", "--dim", "16", "--depth", "1", "--num-heads", "2", "--device", "cuda"], "cuda")

@@ -5,7 +5,6 @@ The ``torchrun`` line runs on 2 CPU processes with FSDP2 over gloo: the recipes'
 
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import torch.distributed as dist
 
-from shared.markdown import run_python_blocks, shell_commands
+from shared.markdown import bramley_command, run_python_blocks, shell_commands
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -37,7 +36,7 @@ EXTRA = {
     "make-buckets": ["--no-progress"],
     "train": TINY_TRAIN,
     "eval": ["--rows-per-bucket", "4"],
-    "reproduce": ["--quick"],
+    "reproduce": ["--quick", "--out", "reproduce"],
 }
 
 
@@ -71,23 +70,15 @@ def test_readme_commands_run(tmp_path, monkeypatch):
     _write_corpus(tmp_path)
     monkeypatch.chdir(tmp_path)
     ran = []
-    for line in shell_commands(README):
-        if line.startswith("pip install"):
-            continue
-        for pattern, replacement in SHRINK:
-            line = re.sub(pattern, replacement, line)
+    for line in shell_commands(README, skip=("pip install",), rewrite=SHRINK):
         if line.startswith("torchrun "):
             _torchrun(line, tmp_path)
             ran.append("torchrun")
             continue
-        assert line.startswith("bramley "), f"README command not covered by this test: {line}"
-        argv = shlex.split(line)[1:]
-        sub = argv[0] if argv[0] == "reproduce" else argv[1]
+        argv, sub = bramley_command(line)
         if "smoke" in argv:  # the smoke recipe runs as it is (seconds)
             sub = "smoke"
         argv += EXTRA.get(sub, [])
-        if sub == "reproduce":
-            argv += ["--out", str(tmp_path / "reproduce")]
         assert bramley_main(argv) == 0, line
         ran.append(sub)
     assert {"smoke", "make-buckets", "train", "eval", "bench", "reproduce", "torchrun"} <= set(ran)
@@ -187,15 +178,12 @@ def test_benchmarks_commands_run(tmp_path, monkeypatch):
     from bramley.core.cli import main as bramley_main
 
     monkeypatch.chdir(tmp_path)
-    lines = [line for block in re.findall(r"```bash\n(.*?)```", BENCHMARKS.read_text(), flags=re.S)
-             for line in block.strip().splitlines()]  # fmt: skip
+    cpu_lines = ("4096 --steps 12 --warmup 2", "1024 --steps 1 --warmup 0")  # the CPU lines: one step of 1024 tokens
+    lines = shell_commands(BENCHMARKS, rewrite=[*SHRINK, cpu_lines])
     assert len(lines) == 3
     threads = torch.get_num_threads()
     for line in lines:
-        for pattern, replacement in SHRINK:
-            line = re.sub(pattern, replacement, line)
-        line = line.replace("4096 --steps 12 --warmup 2", "1024 --steps 1 --warmup 0")  # the CPU lines
-        argv = shlex.split(line)[1:]
+        argv, _ = bramley_command(line)
         if "--model" not in argv:  # the CPU lines use the default dd_gpt_tiny: shrink it too
             argv += ["--dim", "16", "--depth", "1", "--num-heads", "2"]
         assert bramley_main(argv) == 0, line

@@ -11,8 +11,10 @@ import torch
 from bramley.core import create_model, save_pretrained
 from bramley.core.checkpoint import load_model
 from bramley.fastvit.cli import main
+from shared.cli_testing import CLI
 
 TINY = dict(layers=(1, 1, 1, 1), embed_dims=(16, 32, 64, 64))  # RepMixer stages + an attention stage
+cli = CLI(main, "bramley-fastvit")
 
 
 @pytest.fixture
@@ -22,23 +24,8 @@ def tiny(tmp_path, randomize) -> Path:
     return save_pretrained(model, tmp_path / "tiny")
 
 
-def _error(capsys, argv: list[str]) -> str:
-    """Run ``argv``; it must fail with exit status 2 and one line ``bramley-fastvit...: error: ...``."""
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse's own errors (usage line + error line)
-        code = e.code
-    assert code == 2, argv
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("bramley") and ": error: " in err, err
-    return err
-
-
 def test_help_lists_the_verbs(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["--help"])
-    assert e.value.code == 0
-    out = capsys.readouterr().out
+    out = cli.help(capsys)
     for verb in ("info", "reparam", "convert", "export", "train", "eval", "bench", "reproduce"):
         assert verb in out
 
@@ -101,48 +88,47 @@ def test_checkpoint_errors(tmp_path, capsys):
 
     save_file({"w": torch.ones(2)}, foreign)  # no bramley config inside
     out = ["--out", str(tmp_path / "o")]
-    assert "not a readable PyTorch checkpoint" in _error(capsys, ["convert", str(tmp_path / "junk.pth"), *out])
-    assert "does not exist" in _error(capsys, ["convert", str(tmp_path / "missing.pth"), *out])
+    cli.user_error(capsys, ["convert", str(tmp_path / "junk.pth"), *out], "not a readable PyTorch checkpoint")
+    cli.user_error(capsys, ["convert", str(tmp_path / "missing.pth"), *out], "does not exist")
     official = {"fc.weight": torch.ones(2, 2)}
     torch.save(official, tmp_path / "other.pth")
-    assert "no FastViT stem" in _error(capsys, ["convert", str(tmp_path / "other.pth"), *out])
-    assert "neither a model folder" in _error(capsys, ["reparam", "--checkpoint", "missing", *out])
-    assert "not a readable safetensors" in _error(
-        capsys, ["reparam", "--checkpoint", str(tmp_path / "junk.safetensors"), *out]
-    )
-    assert "no bramley model config" in _error(capsys, ["export", "--checkpoint", str(foreign), *out])
-    assert "unknown model 'fastvit_t99'" in _error(capsys, ["reparam", "--model", "fastvit_t99", *out])
-    assert "unknown fastvit model" in _error(capsys, ["info", "fastvit_t99"])
+    cli.user_error(capsys, ["convert", str(tmp_path / "other.pth"), *out], "no FastViT stem")
+    cli.user_error(capsys, ["reparam", "--checkpoint", "missing", *out], "neither a model folder")
+    junk = ["reparam", "--checkpoint", tmp_path / "junk.safetensors", *out]
+    cli.user_error(capsys, junk, "not a readable safetensors")
+    cli.user_error(capsys, ["export", "--checkpoint", str(foreign), *out], "no bramley model config")
+    cli.user_error(capsys, ["reparam", "--model", "fastvit_t99", *out], "unknown model 'fastvit_t99'")
+    cli.user_error(capsys, ["info", "fastvit_t99"], "unknown fastvit model")
 
 
 def test_convert_to_the_wrong_variant(tmp_path, capsys):
     from bramley.fastvit.convert import bramley_to_official
 
     torch.save(bramley_to_official(create_model("fastvit_t8").state_dict()), tmp_path / "t8.pth")
-    err = _error(capsys, ["convert", str(tmp_path / "t8.pth"), "--out", str(tmp_path / "o"), "--model", "fastvit_t12"])
-    assert "fastvit_t8 architecture, not fastvit_t12" in err
+    argv = ["convert", tmp_path / "t8.pth", "--out", tmp_path / "o", "--model", "fastvit_t12"]
+    cli.user_error(capsys, argv, "fastvit_t8 architecture, not fastvit_t12")
 
 
 def test_eval_errors(tiny, image_folder, tmp_path, capsys):
     base = ["eval", "--checkpoint", str(tiny), "--image-size", "32"]
-    assert "does not exist" in _error(capsys, [*base, "--data", str(tmp_path / "nowhere")])
+    cli.user_error(capsys, [*base, "--data", str(tmp_path / "nowhere")], "does not exist")
     five = save_pretrained(create_model("fastvit_sa12", num_classes=5, **TINY), tmp_path / "five")
-    err = _error(capsys, ["eval", "--checkpoint", str(five), "--data", str(image_folder), "--image-size", "32"])
-    assert "the model has 5 classes" in err
-    assert "must be >= 1" in _error(capsys, [*base, "--data", str(image_folder), "--batch-size", "0"])
-    assert "must be in (0, 1]" in _error(capsys, [*base, "--data", str(image_folder), "--crop-pct", "0"])
-    assert "must be >= 1" in _error(capsys, [*base, "--data", str(image_folder), "--image-size", "0"])
+    argv = ["eval", "--checkpoint", five, "--data", image_folder, "--image-size", "32"]
+    cli.user_error(capsys, argv, "the model has 5 classes")
+    cli.usage_error(capsys, [*base, "--data", str(image_folder), "--batch-size", "0"], "must be >= 1")
+    cli.usage_error(capsys, [*base, "--data", str(image_folder), "--crop-pct", "0"], "must be in (0, 1]")
+    cli.usage_error(capsys, [*base, "--data", str(image_folder), "--image-size", "0"], "must be >= 1")
     if not torch.cuda.is_available():
-        assert "CUDA is not available" in _error(capsys, [*base, "--data", str(image_folder), "--device", "cuda"])
+        cli.user_error(capsys, [*base, "--data", str(image_folder), "--device", "cuda"], "CUDA is not available")
 
 
 def test_bench_and_export_errors(capsys, tmp_path):
-    assert "unknown FastViT model 'nope'" in _error(capsys, ["bench", "--model", "nope"])
-    assert "must be >= 1" in _error(capsys, ["bench", "--iters", "0"])
-    assert "must be >= 1" in _error(capsys, ["bench", "--batch-size", "0"])
-    assert "must be >= 1" in _error(capsys, ["bench", "--threads", "-1"])
-    assert "must be >= 1" in _error(capsys, ["export", "--model", "fastvit_t8", "--out", "x.onnx", "--image-size", "0"])
-    assert "must be >= 1" in _error(capsys, ["reproduce", "--threads", "0"])
+    cli.user_error(capsys, ["bench", "--model", "nope"], "unknown FastViT model 'nope'")
+    cli.usage_error(capsys, ["bench", "--iters", "0"], "must be >= 1")
+    cli.usage_error(capsys, ["bench", "--batch-size", "0"], "must be >= 1")
+    cli.usage_error(capsys, ["bench", "--threads", "-1"], "must be >= 1")
+    cli.usage_error(capsys, ["export", "--model", "fastvit_t8", "--out", "x.onnx", "--image-size", "0"], "must be >= 1")
+    cli.usage_error(capsys, ["reproduce", "--threads", "0"], "must be >= 1")
 
 
 @pytest.mark.parametrize(
@@ -160,17 +146,17 @@ def test_bench_and_export_errors(capsys, tmp_path):
     ],
 )
 def test_train_errors(overrides, message, tmp_path, capsys):
-    assert message in _error(capsys, ["train", "--recipe", "smoke", "--out", str(tmp_path / "run"), *overrides])
+    cli.user_error(capsys, ["train", "--recipe", "smoke", "--out", str(tmp_path / "run"), *overrides], message)
 
 
 def test_train_path_errors(tmp_path, capsys):
-    assert "unknown recipe 'nope'" in _error(capsys, ["train", "--recipe", "nope", "--out", str(tmp_path / "r")])
-    assert "data.train is not set" in _error(capsys, ["train", "--out", str(tmp_path / "r")])  # fastvit_t8 default
+    cli.user_error(capsys, ["train", "--recipe", "nope", "--out", str(tmp_path / "r")], "unknown recipe 'nope'")
+    cli.user_error(capsys, ["train", "--out", str(tmp_path / "r")], "data.train is not set")  # fastvit_t8 default
     missing = ["train", "--out", str(tmp_path / "r"), f"data.train={tmp_path / 'nowhere'}"]
-    assert "does not exist" in _error(capsys, missing)
+    cli.user_error(capsys, missing, "does not exist")
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert "cannot write" in _error(capsys, ["train", "--recipe", "smoke", "--out", str(blocker / "run")])
+    cli.user_error(capsys, ["train", "--recipe", "smoke", "--out", str(blocker / "run")], "cannot write")
     if not torch.cuda.is_available():
-        err = _error(capsys, ["train", "--recipe", "smoke", "--out", str(tmp_path / "c"), "train.device=cuda"])
-        assert "CUDA is not available" in err
+        argv = ["train", "--recipe", "smoke", "--out", tmp_path / "c", "train.device=cuda"]
+        cli.user_error(capsys, argv, "CUDA is not available")

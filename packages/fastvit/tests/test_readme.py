@@ -16,6 +16,7 @@ from bramley.core.cli import main as bramley_main
 from bramley.fastvit.cli import main
 from bramley.fastvit.convert import bramley_to_official
 from bramley.fastvit.reproduce import verdict_lines, verdicts
+from shared.cli_testing import QUICK_CPU_TRAIN
 from shared.markdown import code_blocks, run_python_blocks, shell_commands
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -32,14 +33,9 @@ TINY_TRAIN = [
     "model.kwargs={layers: [1, 1, 1, 1], embed_dims: [8, 16, 32, 64]}",
     "data.image_size=32",
     "train.epochs=1",
-    "train.batch_size=4",
-    "train.num_workers=0",
-    "train.amp=none",
-    "train.progress=false",
-    "train.checkpoint_every=0",
+    *QUICK_CPU_TRAIN,
     "optim.warmup_epochs=0",
     "train.ema_decay=0.9",
-    "train.device=cpu",
 ]
 
 

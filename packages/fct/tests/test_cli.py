@@ -15,9 +15,11 @@ from bramley.core.recipe import load_recipe
 from bramley.fct.backfill import load_gallery, save_gallery
 from bramley.fct.cli import EPILOG, main
 from bramley.fct.recipe import CASES, SCHEMA
+from shared.cli_testing import CLI
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "bramley" / "fct" / "recipes"
 STAGE_FOLDERS = ("old", "new", "bct", "side_info", "transformation", "transformation_no_side_info")
+cli = CLI(main, "bramley-fct")
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +41,7 @@ def _same_weights(a: Path, b: Path) -> bool:
 
 
 def test_help_names_every_command_and_only_bundled_recipes(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["--help"])
-    assert e.value.code == 0
-    out = capsys.readouterr().out
+    out = cli.help(capsys)
     for command in ("info", "train", "train-backbone", "train-side-info", "train-transformation", "embed"):
         assert command in out
     for command in ("transform-gallery", "eval", "convert", "reproduce"):
@@ -141,13 +140,6 @@ def test_info_and_convert(tmp_path, capsys):
     torch.testing.assert_close(converted(x, s), h(x, s))
 
 
-def _error(argv: list[str], capsys) -> str:
-    assert main(argv) == 2, argv
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("bramley-fct: error: "), err
-    return err
-
-
 def test_chain_errors(tmp_path, capsys):
     out = ["--out", str(tmp_path / "run")]
     cases = {
@@ -177,16 +169,14 @@ def test_chain_errors(tmp_path, capsys):
     for extra, message in cases.items():
         if "cuda:7" in extra[0] and torch.cuda.device_count() > 7:
             continue
-        assert message in _error(["train", "--recipe", "smoke", *out, *extra], capsys), extra
+        cli.user_error(capsys, ["train", "--recipe", "smoke", *out, *extra], message)
     assert not (tmp_path / "run" / "old").exists()  # every setting is checked before the first stage trains
     assert main(["train", "--recipe", "smoke", *out, "eval.cases=[old_old]"]) == 0
     capsys.readouterr()
-    assert "already holds a finished run" in _error(
-        ["train", "--recipe", "smoke", *out, "eval.cases=[old_old]"], capsys
-    )
+    cli.user_error(capsys, ["train", "--recipe", "smoke", *out, "eval.cases=[old_old]"], "already holds a finished run")
     unwritable = tmp_path / "file"
     unwritable.write_text("")
-    assert "cannot write" in _error(["train", "--recipe", "smoke", "--out", str(unwritable / "run")], capsys)
+    cli.user_error(capsys, ["train", "--recipe", "smoke", "--out", unwritable / "run"], "cannot write")
 
 
 def test_stage_and_gallery_errors(chain, tmp_path, capsys):
@@ -197,6 +187,7 @@ def test_stage_and_gallery_errors(chain, tmp_path, capsys):
     save_gallery(t / "dim.safetensors", embeddings=torch.randn(629, 3), labels=load_gallery(gallery)["labels"])
     (t / "junk.safetensors").write_bytes(b"not a safetensors file")
     out, gout = ["--out", str(t / "x")], ["--out", str(t / "t.safetensors")]
+    transform = ["transform-gallery", "--checkpoint", chain / "transformation", "--gallery"]
     cases = [
         (["train-backbone", "--role", "bct", *smoke, *out], "--role bct trains the new model with BCT"),
         (
@@ -254,29 +245,8 @@ def test_stage_and_gallery_errors(chain, tmp_path, capsys):
             ["transform-gallery", "--checkpoint", str(chain / "old"), "--gallery", str(gallery), *gout],
             "holds fct_convnet, not an fct_transformation",
         ),
-        (
-            [
-                "transform-gallery",
-                "--checkpoint",
-                str(chain / "transformation"),
-                "--gallery",
-                str(t / "nope.st"),
-                *gout,
-            ],
-            "gallery file",
-        ),
-        (
-            [
-                "transform-gallery",
-                "--checkpoint",
-                str(chain / "transformation"),
-                "--gallery",
-                str(gallery),
-                "--out",
-                str(gallery),
-            ],
-            "would replace its input",
-        ),
+        ([*transform, t / "nope.st", *gout], "gallery file"),
+        ([*transform, gallery, "--out", gallery], "would replace its input"),
         (
             [
                 "transform-gallery",
@@ -304,18 +274,7 @@ def test_stage_and_gallery_errors(chain, tmp_path, capsys):
         (["convert", str(gallery), "--out", str(t / "c")], "key 'p1.0.conv.weight' is missing"),
         (["embed", "--checkpoint", str(chain / "old"), "--out", str(t)], "is a folder; give a file name"),
         (["embed", "--checkpoint", str(chain / "old"), "--out", str(gallery / "e.st")], "is not a writable folder"),
-        (
-            [
-                "transform-gallery",
-                "--checkpoint",
-                str(chain / "transformation"),
-                "--gallery",
-                str(gallery),
-                "--out",
-                str(gallery / "t.st"),
-            ],
-            "is not a writable folder",
-        ),
+        ([*transform, gallery, "--out", gallery / "t.st"], "is not a writable folder"),
         (
             ["eval", "--query", str(query), "--gallery", str(gallery), "--out", str(gallery / "m.json")],
             "is not a writable folder",
@@ -324,8 +283,7 @@ def test_stage_and_gallery_errors(chain, tmp_path, capsys):
     for argv, message in cases:
         if "cuda:7" in argv and torch.cuda.device_count() > 7:
             continue
-        assert message in _error(argv, capsys), argv
-    for argv in (["transform-gallery", "--batch-size", "0"], ["transform-gallery", "--max-batches", "-1"]):
-        with pytest.raises(SystemExit) as e:
-            main([*argv, "--checkpoint", "x", "--gallery", "y", "--out", "z"])
-        assert e.value.code == 2
+        cli.user_error(capsys, argv, message)
+    for option, value in (("--batch-size", "0"), ("--max-batches", "-1")):
+        argv = ["transform-gallery", option, value, "--checkpoint", "x", "--gallery", "y", "--out", "z"]
+        cli.usage_error(capsys, argv, f"argument {option}: must be >= 1, got {value}")

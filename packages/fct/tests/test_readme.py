@@ -1,7 +1,8 @@
 """Every command of the package README runs here.
 
-Adjustments, all visible below: the full-scale CIFAR-100 command runs on the `image_folder` fixture (as data.root)
-with every stage shrunk to two steps at 32 px (its ResNet-50s kept); the test suite's own command is not run again.
+Adjustments, all visible below and in conftest.py: the full-scale CIFAR-100 command runs on the `image_folder` fixture
+(as data.root) with every stage shrunk to two steps at 32 px (its ResNet-50s kept); the test suite's own command is not
+run again.
 """
 
 import shlex
@@ -13,20 +14,6 @@ from bramley.fct.cli import main as fct_main
 from shared.markdown import run_python_blocks, shell_commands
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-FULL_SCALE_SHRUNK = [
-    "data.image_size=32",
-    "data.old_classes=2",
-    "train.steps=2",
-    "train.batch_size=4",
-    "train.num_workers=0",
-    "train.device=cpu",
-    "train.progress=false",
-    "optim.warmup_epochs=0",
-    "loss.side_info.optim.warmup_epochs=0",
-    "loss.side_info.train.batch_size=4",
-    "loss.transformation.inner_dim=32",
-    "eval.batch_size=4",
-]
 
 
 def run(line: str, extra: list[str] = ()) -> int:
@@ -42,7 +29,7 @@ def test_python_quickstart(capsys):
     assert "mAP@R" in capsys.readouterr().out
 
 
-def test_bash_blocks(tmp_path, monkeypatch, image_folder):
+def test_bash_blocks(tmp_path, monkeypatch, image_folder, tiny_chain):
     monkeypatch.chdir(tmp_path)
     root = image_folder.parent
     (root / "training").symlink_to(image_folder)
@@ -53,7 +40,7 @@ def test_bash_blocks(tmp_path, monkeypatch, image_folder):
         if line.startswith("uv run pytest"):
             continue  # this very suite
         if "/path/to/cifar-100-python" in line:
-            assert run(line.replace("/path/to/cifar-100-python", str(root)), FULL_SCALE_SHRUNK) == 0, line
+            assert run(line.replace("/path/to/cifar-100-python", str(root)), tiny_chain) == 0, line
         else:
             assert run(line) == 0, line
     assert (tmp_path / "runs" / "reproduce-fct" / "results.json").is_file()

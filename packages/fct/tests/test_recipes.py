@@ -73,30 +73,15 @@ def test_stage_overrides_are_checked_by_key():
     assert stage_train_config(recipe, "new").epochs == recipe.train.epochs
 
 
-def test_imagenet_recipe_trains_on_an_image_folder(image_folder, tmp_path):
+def test_imagenet_recipe_trains_on_an_image_folder(image_folder, tmp_path, tiny_chain):
     """The ImageNet recipe's chain, shrunk (2 steps, 32 px, 2 old classes) on the 3-class image_folder fixture, with
     ResNet-18s swapped in to keep the suite fast (the README test runs the CIFAR-100 recipe with its ResNet-50s)."""
     root = image_folder.parent
     (root / "training").symlink_to(image_folder)
     (root / "validation").symlink_to(image_folder)
     resnet18 = ["model.name=fct_resnet18", "loss.old.model.name=fct_resnet18", "loss.side_info.model.name=fct_resnet18"]
-    shrink = [
-        f"data.root={root}",
-        "data.image_size=32",
-        "data.old_classes=2",
-        "train.steps=2",
-        "train.batch_size=4",
-        "train.num_workers=0",
-        "train.device=cpu",
-        "train.progress=false",
-        "optim.warmup_epochs=0",
-        "loss.side_info.optim.warmup_epochs=0",
-        "loss.side_info.train.batch_size=4",
-        "loss.transformation.inner_dim=32",
-        "eval.batch_size=4",
-    ]
     out = tmp_path / "run"
-    assert main(["train", "--recipe", "imagenet", "--out", str(out), *resnet18, *shrink]) == 0
+    assert main(["train", "--recipe", "imagenet", "--out", str(out), *resnet18, f"data.root={root}", *tiny_chain]) == 0
     saved = (out / "recipe.yaml").read_text()
     assert "lr: 0.0005" in saved and "inner_dim: 32" in saved
     assert load_model(out / "old").num_classes == 2 and load_model(out / "new").num_classes == 3

@@ -12,31 +12,9 @@ from bramley.core.checkpoint import load_model, save_checkpoint, save_pretrained
 from bramley.core.registry import create_model
 from bramley.mobileone.cli import main
 from bramley.mobileone.convert import bramley_to_official
+from shared.cli_testing import CLI, QUICK_CPU_TRAIN
 
-TINY_TRAIN = [
-    "train.batch_size=4",
-    "train.num_workers=0",
-    "train.amp=none",
-    "train.progress=false",
-    "train.checkpoint_every=0",
-    "train.device=cpu",
-]
-
-
-def fails(capsys, argv: list[str], message: str) -> None:
-    """``main(argv)`` exits 2 with one line ``bramley-mobileone: error: ...message...`` on stderr."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("bramley-mobileone: error: "), err
-    assert message in err, err
-
-
-def usage_error(capsys, argv: list[str], message: str) -> None:
-    """argparse refuses ``argv`` (exit 2) naming the problem."""
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    assert message in capsys.readouterr().err
+cli = CLI(main, "bramley-mobileone")
 
 
 @pytest.fixture
@@ -48,10 +26,7 @@ def s0_folder(tmp_path):
 
 
 def test_help_lists_every_verb(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["--help"])
-    assert e.value.code == 0
-    out = capsys.readouterr().out
+    out = cli.help(capsys)
     for command in ("info", "reparam", "convert", "train", "eval", "export", "bench", "reproduce"):
         assert command in out
 
@@ -66,7 +41,7 @@ def test_info_paper_params_and_gmacs(capsys):
     assert main(["info"]) == 0
     table = capsys.readouterr().out
     assert all(f"mobileone_s{i}" in table for i in range(5)) and "paper_params_M" in table
-    fails(capsys, ["info", "mobileone_s9"], "unknown mobileone model 'mobileone_s9'")
+    cli.user_error(capsys, ["info", "mobileone_s9"], "unknown mobileone model 'mobileone_s9'")
 
 
 # --------------------------------------------------------------------------------------------- reparam and eval
@@ -88,23 +63,29 @@ def test_reparam_then_eval_on_image_folder(tmp_path, s0_folder, image_folder, ca
 
 
 def test_reparam_and_eval_errors(tmp_path, s0_folder, image_folder, capsys):
-    fails(capsys, ["reparam", "--model", "mobileone_s9", "--out", str(tmp_path / "x")], "unknown model 'mobileone_s9'")
+    cli.user_error(
+        capsys, ["reparam", "--model", "mobileone_s9", "--out", str(tmp_path / "x")], "unknown model 'mobileone_s9'"
+    )
     missing = str(tmp_path / "nowhere")
-    fails(capsys, ["reparam", "--checkpoint", missing, "--out", str(tmp_path / "x")], "does not exist")
+    cli.user_error(capsys, ["reparam", "--checkpoint", missing, "--out", str(tmp_path / "x")], "does not exist")
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"not safetensors at all")
     eval_args = ["--data", str(image_folder), "--image-size", "32"]
-    fails(capsys, ["eval", "--checkpoint", str(corrupt), *eval_args], "not a readable safetensors file")
+    cli.user_error(capsys, ["eval", "--checkpoint", str(corrupt), *eval_args], "not a readable safetensors file")
     foreign = save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "foreign.safetensors", config={"name": "mlp"})
-    fails(capsys, ["eval", "--checkpoint", str(foreign), *eval_args], "mlp")
-    fails(capsys, ["eval", "--checkpoint", str(s0_folder), "--data", str(tmp_path / "nowhere")], "does not exist")
+    cli.user_error(capsys, ["eval", "--checkpoint", str(foreign), *eval_args], "mlp")
+    cli.user_error(
+        capsys, ["eval", "--checkpoint", str(s0_folder), "--data", str(tmp_path / "nowhere")], "does not exist"
+    )
     ten_classes = save_pretrained(create_model("mobileone_s0", num_classes=10), tmp_path / "s0_10")
-    fails(capsys, ["eval", "--checkpoint", str(ten_classes), *eval_args], "has 3 classes but the model predicts 10")
-    usage_error(capsys, ["eval", "--checkpoint", str(s0_folder), *eval_args, "--batch-size", "0"], "must be >= 1")
-    usage_error(capsys, ["eval", "--checkpoint", str(s0_folder), *eval_args, "--crop-pct", "1.5"], "(0, 1]")
+    cli.user_error(
+        capsys, ["eval", "--checkpoint", str(ten_classes), *eval_args], "has 3 classes but the model predicts 10"
+    )
+    cli.usage_error(capsys, ["eval", "--checkpoint", str(s0_folder), *eval_args, "--batch-size", "0"], "must be >= 1")
+    cli.usage_error(capsys, ["eval", "--checkpoint", str(s0_folder), *eval_args, "--crop-pct", "1.5"], "(0, 1]")
     if not torch.cuda.is_available():
         argv = ["eval", "--checkpoint", str(s0_folder), *eval_args, "--device", "cuda"]
-        fails(capsys, argv, "CUDA is not available")
+        cli.user_error(capsys, argv, "CUDA is not available")
 
 
 # ------------------------------------------------------------------------------------------------------ convert
@@ -128,17 +109,23 @@ def test_convert_errors(tmp_path, capsys):
     official = tmp_path / "mobileone_s1_unfused.pth.tar"
     torch.save(bramley_to_official(create_model("mobileone_s1").state_dict()), official)
     out = ["--out", str(tmp_path / "x")]
-    fails(capsys, ["convert", str(official), *out, "--model", "mobileone_s0"], "holds mobileone_s1 (unfused), not")
-    fails(capsys, ["convert", str(official), *out, "--model", "resnet50"], "unknown MobileOne model 'resnet50'")
+    cli.user_error(
+        capsys, ["convert", str(official), *out, "--model", "mobileone_s0"], "holds mobileone_s1 (unfused), not"
+    )
+    cli.user_error(
+        capsys, ["convert", str(official), *out, "--model", "resnet50"], "unknown MobileOne model 'resnet50'"
+    )
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
-    fails(capsys, ["convert", str(notes), *out], "is not a readable PyTorch checkpoint")
-    fails(capsys, ["convert", str(tmp_path / "missing.pth.tar"), *out], "does not exist")
+    cli.user_error(capsys, ["convert", str(notes), *out], "is not a readable PyTorch checkpoint")
+    cli.user_error(capsys, ["convert", str(tmp_path / "missing.pth.tar"), *out], "does not exist")
     other = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, other)
-    fails(capsys, ["convert", str(other), *out], "unexpected key 'conv1.weight' in an official MobileOne checkpoint")
+    cli.user_error(
+        capsys, ["convert", str(other), *out], "unexpected key 'conv1.weight' in an official MobileOne checkpoint"
+    )
     ours = save_checkpoint(create_model("mobileone_s0"), tmp_path / "s0.safetensors")
-    fails(capsys, ["convert", str(ours), *out], "has bramley's / timm's names, not the official ones")
+    cli.user_error(capsys, ["convert", str(ours), *out], "has bramley's / timm's names, not the official ones")
 
 
 # ------------------------------------------------------------------------------------------------------- export
@@ -149,7 +136,9 @@ def test_export_onnx_checked_with_onnxruntime(tmp_path, s0_folder, capsys):
     out = tmp_path / "trained.onnx"
     assert main(["export", "--checkpoint", str(s0_folder), "--out", str(out), "--image-size", "32", "--no-fuse"]) == 0
     assert out.stat().st_size > 0
-    usage_error(capsys, ["export", "--model", "mobileone_s0", "--out", str(out), "--image-size", "0"], "must be >= 1")
+    cli.usage_error(
+        capsys, ["export", "--model", "mobileone_s0", "--out", str(out), "--image-size", "0"], "must be >= 1"
+    )
 
 
 # -------------------------------------------------------------------------------------------------------- bench
@@ -173,12 +162,12 @@ def test_bench_ratios(tmp_path):
     ],
 )
 def test_bench_rejects_bad_counts(capsys, argv, message):
-    usage_error(capsys, ["bench", *argv], message)
+    cli.usage_error(capsys, ["bench", *argv], message)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_bench_device_without_cuda(capsys):
-    fails(capsys, ["bench", "--device", "cuda", "--no-timm"], "CUDA is not available")
+    cli.user_error(capsys, ["bench", "--device", "cuda", "--no-timm"], "CUDA is not available")
 
 
 # -------------------------------------------------------------------------------------------------------- train
@@ -206,7 +195,7 @@ def test_train_image_folder_multiscale_with_ema(tmp_path, image_folder, capsys):
         "data.multiscale.num_scales=2",
         "data.multiscale.curriculum_epochs=1",
         "train.epochs=1",
-        *TINY_TRAIN,
+        *QUICK_CPU_TRAIN,
     ]
     assert main(["train", "--recipe", "imagenet", "--out", str(out), *overrides]) == 0
     metrics = json.loads(capsys.readouterr().out)["metrics"]
@@ -229,22 +218,22 @@ def test_train_image_folder_multiscale_with_ema(tmp_path, image_folder, capsys):
     ],
 )
 def test_train_errors(tmp_path, capsys, overrides, message):
-    fails(capsys, ["train", "--recipe", "smoke", "--out", str(tmp_path / "run"), *overrides], message)
+    cli.user_error(capsys, ["train", "--recipe", "smoke", "--out", str(tmp_path / "run"), *overrides], message)
 
 
 def test_train_needs_data_train_for_the_imagenet_recipe(tmp_path, capsys):
-    fails(capsys, ["train", "--out", str(tmp_path / "run"), *TINY_TRAIN], "data.train is not set")
-    fails(capsys, ["train", "--recipe", "imagenet", "--out", str(tmp_path), "data.train=/nowhere"], "does not exist")
+    cli.user_error(capsys, ["train", "--out", str(tmp_path / "run"), *QUICK_CPU_TRAIN], "data.train is not set")
+    cli.user_error(
+        capsys, ["train", "--recipe", "imagenet", "--out", str(tmp_path), "data.train=/nowhere"], "does not exist"
+    )
 
 
 def test_train_unwritable_out(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the run folder should go")
-    fails(capsys, ["train", "--recipe", "smoke", "--out", str(blocker / "run"), "train.steps=1"], str(blocker))
+    cli.user_error(capsys, ["train", "--recipe", "smoke", "--out", str(blocker / "run"), "train.steps=1"], str(blocker))
 
 
 # ---------------------------------------------------------------------------------------------------- reproduce
 def test_reproduce_rejects_bad_counts(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["reproduce", "--seeds", "0"])
-    assert e.value.code == 2 and "--seeds: must be >= 1, got 0" in capsys.readouterr().err
+    cli.usage_error(capsys, ["reproduce", "--seeds", "0"], "--seeds: must be >= 1, got 0")

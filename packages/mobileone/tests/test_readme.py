@@ -17,7 +17,7 @@ from bramley.mobileone import build_mobileone
 from bramley.mobileone.cli import main as mobileone_main
 from bramley.mobileone.convert import bramley_to_official
 from bramley.mobileone.reproduce import verdicts
-from shared.markdown import code_blocks, shell_commands
+from shared.markdown import code_blocks, run_python, shell_commands
 
 PACKAGE = Path(__file__).resolve().parents[1]
 README = PACKAGE / "README.md"
@@ -50,9 +50,7 @@ SHRINK = {
 
 
 def test_readme_python_quickstart():
-    code = code_blocks(README, "python")[0]
-    namespace: dict = {}
-    exec(compile(code, str(README), "exec"), namespace)
+    namespace = run_python(README, code_blocks(README, "python")[0])
     x = torch.randn(1, 3, 32, 32)
     ref = namespace["model"](x)  # untrained: default BN statistics give logits of a few hundred
     torch.testing.assert_close(namespace["fast"](x), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
@@ -61,8 +59,7 @@ def test_readme_python_quickstart():
 def test_readme_timm_section(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # it writes a save_pretrained folder
     (code,) = code_blocks(README, "python")[1:]
-    namespace: dict = {}
-    exec(compile(code, str(README), "exec"), namespace)
+    namespace = run_python(README, code)
     assert capsys.readouterr().out.strip() == "[128, 256, 1024] [28, 14, 7]"
     assert namespace["local"].model_config == {"name": "mobileone_s0", "kwargs": {"num_classes": 10}}
     assert namespace["transform"].transforms[1].size == (224, 224)  # resize 256, crop 224
