@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 
 from bramley.core.packing import best_fit_decreasing
-from bramley.core.report import environment, format_table
+from bramley.core.report import environment, format_table, replace_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "packages" / "core" / "BENCHMARKS.md"
-MARKERS = ("<!-- bench_packing:bfd:start -->", "<!-- bench_packing:bfd:end -->")
+MARKER = "bench_packing:bfd"  # the table's block in BENCHMARKS.md (core.report.replace_marked)
 # name -> (distribution, low, high, budget): log-uniform lengths as in bench_attention, short documents, and many
 # distinct lengths (bramley's work grows with distinct lengths, the peer's with items)
 WORKLOADS = {
@@ -135,16 +135,6 @@ def bench_workload(name: str, args: argparse.Namespace, old: Callable | None) ->
     return {**row, "cpu_s": cpu, "wall_s": wall}
 
 
-def write_markdown(path: Path, body: str) -> None:
-    text = path.read_text()
-    start, end = MARKERS
-    if start in text and end in text:
-        text = text[: text.index(start)] + f"{start}\n{body}\n{end}" + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + f"\n\n{start}\n{body}\n{end}\n"
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=1_000_000)
@@ -174,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     markdown = args.markdown if args.markdown is not None else (None if args.smoke else BENCHMARKS_MD)
     if markdown is not None:
         table = format_table([{k: v for k, v in row.items() if not k.endswith("_s")} for row in rows])
-        write_markdown(markdown, header + "\n\n" + table)
+        replace_marked(markdown, MARKER, header + "\n\n" + table)
     return results
 
 

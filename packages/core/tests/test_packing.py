@@ -309,7 +309,7 @@ def test_bench_packing_smoke_prints_one_row_per_workload(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     md = tmp_path / "BENCHMARKS.md"
-    md.write_text(f"# t\n{bench.MARKERS[0]}\nold\n{bench.MARKERS[1]}\ntail\n")
+    md.write_text(f"# t\n<!-- {bench.MARKER}:start -->\nold\n<!-- {bench.MARKER}:end -->\ntail\n")
     results = bench.main(["--smoke", "--compare-rev", "HEAD", "--markdown", str(md)])
     assert [row["workload"] for row in results["rows"]] == list(bench.WORKLOADS)
     for row in results["rows"]:

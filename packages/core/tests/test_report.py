@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from bramley.core.report import environment, figure, format_table, mean_std, write_results
+from bramley.core.report import environment, figure, format_table, mean_std, replace_marked, write_results
 
 
 def test_format_table():
@@ -79,3 +79,16 @@ def test_figure_saves_atomically_without_touching_the_session(tmp_path):
         raise RuntimeError("drawing failed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.svg", "plots"]  # no partial or temporary file
     assert [p.name for p in path.parent.iterdir()] == ["claim.png"]
+
+
+def test_replace_marked_rewrites_only_its_block(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    replace_marked(path, "bench:a", "| x |\n")
+    assert path.read_text() == "<!-- bench:a:start -->\n| x |\n<!-- bench:a:end -->\n"
+    path.write_text("# Title\n\nprose before\n" + path.read_text() + "prose after\n")
+    replace_marked(path, "bench:a", "| y |")
+    replace_marked(path, "bench:b", "| z |")
+    assert path.read_text() == (
+        "# Title\n\nprose before\n<!-- bench:a:start -->\n| y |\n<!-- bench:a:end -->\nprose after\n\n"
+        "<!-- bench:b:start -->\n| z |\n<!-- bench:b:end -->\n"
+    )

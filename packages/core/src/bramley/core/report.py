@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["environment", "figure", "format_table", "mean_std", "write_results"]
+__all__ = ["cpu_model", "environment", "figure", "format_table", "mean_std", "replace_marked", "write_results"]
 
 
 def environment() -> dict[str, Any]:
@@ -25,7 +25,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         # the SIMD kernels torch runs: rounding differs between them, which moves trained results (a few points over
         # a mini reproduction's epochs), so a number is only comparable on the same capability
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -41,7 +41,7 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -50,6 +50,21 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def replace_marked(path: str | os.PathLike, tag: str, body: str) -> None:
+    """Put ``body`` between the markers ``<!-- TAG:start -->`` and ``<!-- TAG:end -->`` of the markdown file ``path``
+    (appended with its markers if the file has none; the file is created if missing): how a benchmark regenerates its
+    table in BENCHMARKS.md or a README and leaves the prose around it alone."""
+    path = Path(path)
+    start, end = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    block = f"{start}\n{body.strip()}\n{end}"
+    if start in text and end in text and text.index(start) < text.index(end):
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
+    path.write_text(text, encoding="utf-8")
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
