@@ -15,43 +15,12 @@ from bramley.core.registry import create_model
 from bramley.mrl import MatryoshkaModel, load_embeddings, save_embeddings
 from bramley.mrl.cli import main
 from bramley.mrl.train import RECIPES
+from shared.cli_testing import CLI
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "src" / "bramley" / "mrl" / "recipes"
 
-# the ImageNet recipe at toy scale: a tiny timm backbone (96 features) on the 3-class image folder
-TINY = [
-    "model.name=mrl_backbone",
-    "model.kwargs.backbone=test_resnet",
-    "data.image_size=32",
-    "data.val_image_size=32",
-    "train.epochs=1",
-    "train.batch_size=4",
-    "train.num_workers=0",
-    "train.amp=none",
-    "train.progress=false",
-    "train.checkpoint_every=0",
-    "train.device=cpu",
-    "optim.warmup_epochs=0",
-]
 SIZES = [8, 16, 32, 64, 96]
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_one_line_error(capsys, argv, message: str) -> None:
-    code, _, err = run(capsys, *argv)
-    assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
-
-
-def assert_usage_error(capsys, argv, message: str) -> None:
-    """argparse's own refusals (a value of the wrong type or range): its usage line, then the error; exit 2."""
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in argv])
-    assert info.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1], argv
+cli = CLI(main, "bramley-mrl")
 
 
 @pytest.fixture
@@ -70,10 +39,8 @@ def foreign_model(monkeypatch, tmp_path) -> Path:
 
 
 def test_help_lists_every_verb(capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["--help"])
-    out = capsys.readouterr().out
-    assert info.value.code == 0 and "bramley-mrl" in out
+    out = cli.help(capsys)
+    assert "bramley-mrl" in out
     for verb in ("info", "convert", "train", "export", "eval", "embed", "retrieve", "bench", "reproduce"):
         assert f"    {verb}" in out
 
@@ -97,7 +64,7 @@ def test_every_bundled_recipe_loads():
 
 def test_smoke_recipe_trains_in_seconds(capsys, tmp_path):
     out = tmp_path / "smoke"
-    code, _, _ = run(capsys, "train", "--recipe", "smoke", "--out", out)
+    code, _, _ = cli.run(capsys, "train", "--recipe", "smoke", "--out", out)
     assert code == 0
     metrics = json.loads((out / "results.json").read_text())["metrics"]
     assert {f"eval_top1_{m}" for m in (4, 16, 64)} <= set(metrics) and metrics["eval_top1_64"] > 50  # percent
@@ -106,10 +73,10 @@ def test_smoke_recipe_trains_in_seconds(capsys, tmp_path):
     assert "relative_importance: null" in (out / "recipe.yaml").read_text()
 
 
-def test_train_recipe_then_eval_embed_retrieve(capsys, image_folder, tmp_path):
+def test_train_recipe_then_eval_embed_retrieve(capsys, image_folder, tmp_path, tiny_paper_recipe):
     """The paper's recipe shrunk to a tiny timm model on the 3-class image folder, then every downstream command."""
     images, out = image_folder, tmp_path / "run"
-    code, _, _ = run(capsys, "train", "--recipe", "imagenet_resnet50", "--out", out, *TINY,
+    code, _, _ = cli.run(capsys, "train", "--recipe", "imagenet_resnet50", "--out", out, *tiny_paper_recipe,
                      f"data.train={images}", f"data.val={images}")  # fmt: skip
     assert code == 0
     results = json.loads((out / "results.json").read_text())
@@ -119,14 +86,15 @@ def test_train_recipe_then_eval_embed_retrieve(capsys, image_folder, tmp_path):
     assert "lr: 0.425" in recipe and "label_smoothing: 0.1" in recipe  # the paper's recipe, resolved and saved
 
     data = ["--data", images, "--image-size", "32"]
-    assert run(capsys, "eval", "--checkpoint", out, *data, "--out", tmp_path / "eval.json")[0] == 0
+    assert cli.run(capsys, "eval", "--checkpoint", out, *data, "--out", tmp_path / "eval.json")[0] == 0
     evaluation = json.loads((tmp_path / "eval.json").read_text())
     assert evaluation["images"] == 12 and set(evaluation["metrics"]) == {f"top{k}_{m}" for m in SIZES for k in (1, 5)}
     assert all(0 <= v <= 100 for v in evaluation["metrics"].values())
 
     emb = tmp_path / "emb.safetensors"
     assert (
-        run(capsys, "embed", "--checkpoint", out / "model.safetensors", *data, "--out", emb, "--device", "cpu")[0] == 0
+        cli.run(capsys, "embed", "--checkpoint", out / "model.safetensors", *data, "--out", emb, "--device", "cpu")[0]
+        == 0
     )
     f = load_embeddings(emb)
     assert f.embeddings.shape == (12, 96) and f.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
@@ -135,47 +103,48 @@ def test_train_recipe_then_eval_embed_retrieve(capsys, image_folder, tmp_path):
 
     result, neighbors = tmp_path / "r.json", tmp_path / "nn.safetensors"
     args = ["retrieve", "--index", emb, "--queries", emb, "--out", result]
-    assert run(capsys, *args, "--dim", "16", "--k", "5", "--ks", "1", "5", "--neighbors", neighbors)[0] == 0
+    assert cli.run(capsys, *args, "--dim", "16", "--k", "5", "--ks", "1", "5", "--neighbors", neighbors)[0] == 0
     exact = json.loads(result.read_text())
     assert exact["metrics"]["top1"] == 100.0  # every query finds itself
     assert exact["mflops_per_query"] == pytest.approx(12 * 16 / 1e6)
     from safetensors.torch import load_file
 
     assert torch.equal(load_file(str(neighbors))["indices"][:, 0], torch.arange(12))
-    assert run(capsys, *args, "--retrieval-dim", "8", "--rerank-dims", "32", "96", "--shortlists", "10", "5")[0] == 0
+    assert (
+        cli.run(capsys, *args, "--retrieval-dim", "8", "--rerank-dims", "32", "96", "--shortlists", "10", "5")[0] == 0
+    )
     funnel = json.loads(result.read_text())
     assert funnel["search"]["mode"] == "funnel" and "mAP@5" in funnel["metrics"]
     pytest.importorskip("faiss")
-    assert run(capsys, *args, "--backend", "faiss", "--dim", "96", "--k", "3", "--ks", "1")[0] == 0
+    assert cli.run(capsys, *args, "--backend", "faiss", "--dim", "96", "--k", "3", "--ks", "1")[0] == 0
 
 
-def test_train_errors_are_one_line(capsys, image_folder, tmp_path, foreign_model):
+def test_train_errors_are_one_line(capsys, image_folder, tmp_path, foreign_model, tiny_paper_recipe):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    data = [f"data.train={image_folder}"]
+    tiny, toy = tiny_paper_recipe, [*tiny_paper_recipe, f"data.train={image_folder}"]
     cases = [
         ([], "data.train is not set"),
         (["--recipe", "nope"], "unknown recipe 'nope'; bundled recipes: imagenet_resnet50, smoke"),
-        ([*TINY, *data, "model.kwargs.nesting=[8, 4096]"], "nesting sizes [4096] are larger than the feature dim 96"),
-        ([*TINY, *data, "model.kwargs.nesting=eight"], "nesting sizes must be a list of positive integers"),
-        ([*TINY, *data, "model.kwargs.backbone=no_such_net"], "unknown backbone 'no_such_net'"),
-        ([*TINY, *data, "model.name=not_mrl_toy"], "model.name=not_mrl_toy is not an MRL model"),
-        ([*TINY, *data, "loss.relative_importance=[1, 2]"], "loss.relative_importance has 2 weights for the nesting"),
-        ([*TINY, *data, "loss.relative_importance=[-1]"], "loss.relative_importance must be non-negative weights"),
-        ([*TINY, *data, "loss.label_smoothing=1.5"], "loss.label_smoothing must be in [0, 1), got 1.5"),
-        ([*TINY, *data, "train.batch_size=0"], "train.batch_size"),
-        ([*TINY, *data, "train.epochs=-1"], "train.epochs"),
-        ([*TINY, *data, "data.image_size=0"], "data.image_size must be >= 1, got 0"),
-        ([*TINY, "data.train=/no/such/folder"], "/no/such/folder does not exist"),
+        ([*toy, "model.kwargs.nesting=[8, 4096]"], "nesting sizes [4096] are larger than the feature dim 96"),
+        ([*toy, "model.kwargs.nesting=eight"], "nesting sizes must be a list of positive integers"),
+        ([*toy, "model.kwargs.backbone=no_such_net"], "unknown backbone 'no_such_net'"),
+        ([*toy, "model.name=not_mrl_toy"], "model.name=not_mrl_toy is not an MRL model"),
+        ([*toy, "loss.relative_importance=[1, 2]"], "loss.relative_importance has 2 weights for the nesting"),
+        ([*toy, "loss.relative_importance=[-1]"], "loss.relative_importance must be non-negative weights"),
+        ([*toy, "loss.label_smoothing=1.5"], "loss.label_smoothing must be in [0, 1), got 1.5"),
+        ([*toy, "train.batch_size=0"], "train.batch_size"),
+        ([*toy, "train.epochs=-1"], "train.epochs"),
+        ([*toy, "data.image_size=0"], "data.image_size must be >= 1, got 0"),
+        ([*tiny, "data.train=/no/such/folder"], "/no/such/folder does not exist"),
         # the model is checked (on the meta device) before the data is read
-        ([*TINY, "data.train=/no/such/folder", "model.kwargs.nesting=[8, 4096]"], "larger than the feature dim 96"),
+        ([*tiny, "data.train=/no/such/folder", "model.kwargs.nesting=[8, 4096]"], "larger than the feature dim 96"),
     ]
     if not torch.cuda.is_available():
-        cases.append(([*TINY, *data, "train.device=cuda"], "CUDA is not available"))
+        cases.append(([*toy, "train.device=cuda"], "CUDA is not available"))
     for i, (extra, message) in enumerate(cases):
-        assert_one_line_error(capsys, ["train", "--out", tmp_path / f"bad{i}", *extra], message)
-    code, _, err = run(capsys, "train", "--recipe", "smoke", "--out", blocker / "run")
-    assert code == 2 and err.count("\n") == 1 and str(blocker) in err, err
+        cli.user_error(capsys, ["train", "--out", tmp_path / f"bad{i}", *extra], message)
+    cli.user_error(capsys, ["train", "--recipe", "smoke", "--out", blocker / "run"], str(blocker))
 
 
 def test_eval_and_embed_errors_are_one_line(capsys, image_folder, tiny_checkpoint, foreign_model, tmp_path):
@@ -201,17 +170,17 @@ def test_eval_and_embed_errors_are_one_line(capsys, image_folder, tiny_checkpoin
     if not torch.cuda.is_available():
         cases.append((["--checkpoint", tiny_checkpoint, *data, "--device", "cuda"], "CUDA is not available"))
     for argv, message in cases:
-        assert_one_line_error(capsys, ["eval", *argv], message)
-        assert_one_line_error(capsys, ["embed", *argv, "--out", tmp_path / "e.safetensors"], message)
+        cli.user_error(capsys, ["eval", *argv], message)
+        cli.user_error(capsys, ["embed", *argv, "--out", tmp_path / "e.safetensors"], message)
     assert not (tmp_path / "e.safetensors").exists()
     for verb, out in (("eval", tmp_path / "m.json"), ("embed", tmp_path / "e.safetensors")):
-        assert_usage_error(capsys, [verb, "--checkpoint", tiny_checkpoint, *data, "--batch-size", "0", "--out", out],
+        cli.usage_error(capsys, [verb, "--checkpoint", tiny_checkpoint, *data, "--batch-size", "0", "--out", out],
                            "argument --batch-size: must be >= 1, got 0")  # fmt: skip
-        assert_usage_error(capsys, [verb, "--checkpoint", tiny_checkpoint, *data, "--crop-pct", "1.5", "--out", out],
+        cli.usage_error(capsys, [verb, "--checkpoint", tiny_checkpoint, *data, "--crop-pct", "1.5", "--out", out],
                            "argument --crop-pct: must be in (0, 1], got 1.5")  # fmt: skip
     embed = ["embed", "--checkpoint", tiny_checkpoint, *data]
-    assert_one_line_error(capsys, [*embed, "--out", blocker / "e.safetensors"], "is not a writable folder")
-    assert_one_line_error(capsys, [*embed, "--out", tmp_path], "is a folder; give a file name")
+    cli.user_error(capsys, [*embed, "--out", blocker / "e.safetensors"], "is not a writable folder")
+    cli.user_error(capsys, [*embed, "--out", tmp_path], "is a folder; give a file name")
 
 
 def test_retrieve_errors_are_one_line(capsys, tmp_path):
@@ -236,8 +205,8 @@ def test_retrieve_errors_are_one_line(capsys, tmp_path):
         ([*index, "--neighbors", blocker / "n.safetensors"], "--neighbors"),
     ]
     for argv, message in cases:
-        assert_one_line_error(capsys, ["retrieve", *argv], message)
-    assert_usage_error(capsys, ["retrieve", *index, "--ks", "0"], "argument --ks: must be >= 1, got 0")
+        cli.user_error(capsys, ["retrieve", *argv], message)
+    cli.usage_error(capsys, ["retrieve", *index, "--ks", "0"], "argument --ks: must be >= 1, got 0")
 
 
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
@@ -252,8 +221,8 @@ def test_retrieve_refuses_or_skips_non_finite_rows(capsys, tmp_path, backend):
     save_embeddings(index, db, torch.arange(6))
     save_embeddings(query, queries, torch.tensor([3, 5, 1]))
     argv = ["retrieve", "--index", index, "--queries", query, "--k", "2", "--backend", backend]
-    assert_one_line_error(capsys, argv, "2 of 6 database embeddings hold NaN or infinite values (the first is row 0)")
-    code, out, err = run(capsys, *argv, "--skip-non-finite", "--ks", "1", "--neighbors", tmp_path / "n.safetensors")
+    cli.user_error(capsys, argv, "2 of 6 database embeddings hold NaN or infinite values (the first is row 0)")
+    code, out, err = cli.run(capsys, *argv, "--skip-non-finite", "--ks", "1", "--neighbors", tmp_path / "n.safetensors")
     assert code == 0 and "skipping 2 index rows" in err and "skipping 1 queries rows" in err
     from safetensors.torch import load_file
 
@@ -264,7 +233,7 @@ def test_retrieve_refuses_or_skips_non_finite_rows(capsys, tmp_path, backend):
 
 def test_bench_prints_percent_and_refuses_bad_settings(capsys, tmp_path):
     tiny = ["bench", "--num-database", "3000", "--num-queries", "8", "--dim", "256", "--num-classes", "50"]
-    code, out, _ = run(capsys, *tiny, "--out", tmp_path / "bench.json")
+    code, out, _ = cli.run(capsys, *tiny, "--out", tmp_path / "bench.json")
     assert code == 0
     exact_line = out.splitlines()[0]
     result = json.loads((tmp_path / "bench.json").read_text())
@@ -272,14 +241,14 @@ def test_bench_prints_percent_and_refuses_bad_settings(capsys, tmp_path):
     assert " pt), recall@10 vs exact" in out
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    assert_one_line_error(capsys, [*tiny, "--retrieval-dim", "8"], "a custom funnel needs --retrieval-dim")
-    assert_one_line_error(capsys, [*tiny[:-4], "--dim", "16"], "funnel retrieval_dim 32 must be below the data dim 16")
-    assert_one_line_error(capsys, [*tiny, "--out", blocker / "b.json"], "is not a writable folder")
-    assert_usage_error(capsys, ["bench", "--num-database", "0"], "argument --num-database: must be >= 1, got 0")
+    cli.user_error(capsys, [*tiny, "--retrieval-dim", "8"], "a custom funnel needs --retrieval-dim")
+    cli.user_error(capsys, [*tiny[:-4], "--dim", "16"], "funnel retrieval_dim 32 must be below the data dim 16")
+    cli.user_error(capsys, [*tiny, "--out", blocker / "b.json"], "is not a writable folder")
+    cli.usage_error(capsys, ["bench", "--num-database", "0"], "argument --num-database: must be >= 1, got 0")
 
 
 def test_info_lists_the_models(capsys):
-    code, out, _ = run(capsys, "info")
+    code, out, _ = cli.run(capsys, "info")
     assert code == 0 and "| mrl_resnet50" in out and "8..2048 (9 sizes)" in out and "| mrl_mlp" in out
 
 

@@ -2,14 +2,13 @@
 
 import json
 import re
-import shlex
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from shared.markdown import run_python_blocks, shell_commands
+from shared.markdown import bramley_command, run_python_blocks, shell_commands
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -23,22 +22,8 @@ SHRINK = [
     ),
     (r"--k 100", "--k 10"),
 ]
-TINY_PAPER_RECIPE = [
-    "model.name=mrl_backbone",
-    "model.kwargs.backbone=test_resnet",
-    "data.image_size=32",
-    "data.val_image_size=32",
-    "train.epochs=1",
-    "train.batch_size=4",
-    "train.num_workers=0",
-    "train.amp=none",
-    "train.progress=false",
-    "train.checkpoint_every=0",
-    "train.device=cpu",
-    "optim.warmup_epochs=0",
-]
 EXTRA = {
-    "reproduce": ["--quick"],
+    "reproduce": ["--quick", "--out", "reproduce"],
     "eval": ["--image-size", "32"],
     "embed": ["--image-size", "32"],
     "bench": ["--num-database", "3000", "--num-queries", "8", "--dim", "256"],
@@ -58,7 +43,7 @@ def test_readme_python_blocks_run():
     run_python_blocks(README)
 
 
-def test_readme_commands_run(image_folder, tmp_path, monkeypatch):
+def test_readme_commands_run(image_folder, tmp_path, monkeypatch, tiny_paper_recipe):
     from bramley.core.cli import main as bramley_main
 
     for split in ("train", "val"):
@@ -66,19 +51,11 @@ def test_readme_commands_run(image_folder, tmp_path, monkeypatch):
     official_checkpoint(tmp_path / "final_weights.pt")
     monkeypatch.chdir(tmp_path)
     ran = []
-    for line in shell_commands(README):
-        if line.startswith("pip install"):
-            continue
-        assert line.startswith("bramley "), f"README command not covered by this test: {line}"
-        for pattern, replacement in SHRINK:
-            line = re.sub(pattern, replacement, line)
-        argv = shlex.split(line)[1:]
-        sub = argv[0] if argv[0] == "reproduce" else argv[1]
+    for line in shell_commands(README, skip=("pip install",), rewrite=SHRINK):
+        argv, sub = bramley_command(line)
         argv += EXTRA.get(sub, [])
         if sub == "train" and "imagenet_resnet50" in argv:
-            argv += TINY_PAPER_RECIPE
-        if sub == "reproduce":
-            argv += ["--out", str(tmp_path / "reproduce")]
+            argv += tiny_paper_recipe
         assert bramley_main(argv) == 0, line
         ran.append(sub)
     assert {"reproduce", "train", "eval", "embed", "retrieve", "bench", "convert"} <= set(ran)

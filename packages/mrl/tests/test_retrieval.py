@@ -7,7 +7,10 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bramley.core.errors import DataError
 from bramley.mrl import MatryoshkaIndex, exact_search, funnel_mflops, neighbor_recall, retrieval_metrics
+from bramley.mrl.bench import faiss_funnel
+from bramley.mrl.retrieval import _row_topk, faiss_available
 
 
 def brute_force(db, q, k, dim):
@@ -97,6 +100,62 @@ def test_funnel_matches_the_official_cascade():
     rr = index.shortlist_rerank(q, 8, 64, 2000, k=10)
     assert torch.equal(rr.indices, exact.indices)
     assert neighbor_recall(rr.indices, exact.indices) == 1.0
+
+
+@pytest.mark.parametrize("n", [131_072, 68_928, 3200, 20_001])
+def test_row_topk_ranks_only_the_columns_that_can_win(n):
+    """The grouped top-k (wide blocks) and its plain fallback (short or odd rows) return a top-k of every row."""
+    gen = torch.Generator().manual_seed(n)
+    for scores in (torch.randn(16, n, generator=gen), torch.randint(0, 7, (16, n), generator=gen).float()):  # + ties
+        values, columns = _row_topk(scores, 200)
+        assert torch.equal(values.sort(dim=1, descending=True).values, scores.topk(200, dim=1).values)
+        assert torch.equal(scores.gather(1, columns), values)
+        assert all(len(set(row)) == 200 for row in columns.tolist())
+
+
+def test_search_and_funnel_on_wide_blocks_match_the_references():
+    """Large enough for the grouped top-k: exact search = float64 brute force, funnel = the official cascade."""
+    gen = torch.Generator().manual_seed(3)
+    db, q = torch.randn(24_000, 64, generator=gen), torch.randn(12, 64, generator=gen)
+    index = MatryoshkaIndex(db)
+    result = index.search(q, 300, 16)
+    ref_s, ref_i = brute_force(db, q, 300, 16)
+    torch.testing.assert_close(result.scores.double(), ref_s, atol=1e-5, rtol=0)
+    assert bool(((result.indices == ref_i) | ((result.scores.double() - ref_s).abs() < 1e-5)).all())
+    dims, lengths = [32, 64], [300, 10]
+    funnel = index.funnel(q, 16, dims, lengths).indices.numpy()
+    official = official_rerank(
+        db.numpy().astype(np.float64), q.numpy().astype(np.float64), ref_i.numpy(), dims, lengths
+    )
+    assert np.array_equal(funnel, official)
+    if faiss_available():  # the benchmark's FAISS peer returns the same lists
+        assert np.array_equal(funnel, faiss_funnel(index.data.numpy(), 16, dims, lengths)(q.numpy()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rerank_scores_are_the_normalised_cosines(dtype):
+    db, q = torch.randn(500, 48).to(dtype), torch.randn(6, 48)
+    index = MatryoshkaIndex(db)
+    candidates = torch.randint(0, 500, (6, 40))
+    for dim in (12, 48):
+        result = index.rerank(q, candidates, dim)
+
+        def cosines(ids, dim=dim):
+            rows = F.normalize(index.data[ids, :dim].float(), dim=-1)
+            return torch.einsum("qld,qd->ql", rows, F.normalize(q[:, :dim], dim=1))
+
+        torch.testing.assert_close(result.scores, cosines(result.indices), atol=2e-6, rtol=0)
+        torch.testing.assert_close(result.scores, cosines(candidates).sort(dim=1, descending=True).values)
+
+
+def test_non_finite_queries_are_refused_and_huge_finite_ones_are_not():
+    index = MatryoshkaIndex(torch.randn(50, 8))
+    bad = torch.randn(3, 8)
+    bad[1, 2] = float("inf")
+    with pytest.raises(DataError, match="1 of 3 query embeddings"):
+        index.funnel(bad, 2, [8], [5])
+    huge = torch.full((2, 8), 3e38)  # finite; a float32 sum of it would overflow
+    assert index.search(huge, 3).indices.shape == (2, 3)
 
 
 def test_bad_search_input_is_a_clear_error():

@@ -6,22 +6,34 @@ class means ``mu`` and noise ``eps``. The class signal decays faster than the no
 best signal-to-noise ratio: with the defaults 1-NN top-1 on 1000 classes grows from ~30 % at 8 dims to ~70 % at 16
 and saturates near ~99 % from 256 dims on, the same shape as MRL-ResNet-50's retrieval curve on ImageNet (steep
 below 32 dims, flat above). Generation is chunked; the database is stored in ``dtype``.
+
+With FAISS installed, each funnel also runs against its **peer**: the same cascade written in 15 lines on FAISS and
+numpy (:func:`faiss_funnel`), the shortlist from an exact ``faiss.IndexFlatIP`` and each rerank in numpy. All
+contenders run once per round in a rotating order, so they share the machine's load; ratios are medians over rounds.
+
+    python -m bramley.mrl.bench --num-database 1000000 --rounds 3 --threads 1 --markdown BENCHMARKS.md
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import statistics
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from bramley.core.errors import ConfigError
 from bramley.core.retrieval import ranking_metrics
 
-from .retrieval import MatryoshkaIndex, funnel_mflops, neighbor_recall
+from .retrieval import MatryoshkaIndex, faiss_available, funnel_mflops, neighbor_recall
 
-__all__ = ["DEFAULT_FUNNEL", "PAPER_FUNNEL", "run_benchmark", "synthetic_mrl_data"]
+__all__ = ["DEFAULT_FUNNEL", "PAPER_FUNNEL", "faiss_funnel", "run_benchmark", "synthetic_mrl_data"]
 
 # The paper's funnel (Sec. 5.3 / official reranking notebook): retrieve at 8, rerank cascade with shrinking shortlists.
 PAPER_FUNNEL = {"retrieval_dim": 8, "rerank_dims": [16, 32, 64, 128, 2048], "shortlists": [200, 100, 50, 25, 10]}
@@ -67,13 +79,48 @@ def synthetic_mrl_data(
     return _Generator(dim, num_classes, signal, signal_decay, noise_decay, seed).draw(num, dtype)
 
 
-def _timed(fn, repeats: int) -> tuple[Any, float]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return result, best
+def faiss_funnel(
+    database: np.ndarray, retrieval_dim: int, rerank_dims: Sequence[int], shortlists: Sequence[int]
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The funnel a user writes on FAISS instead of bramley (issue 14's peer): neighbours of numpy queries.
+
+    Shortlist at ``retrieval_dim`` with an exact ``faiss.IndexFlatIP`` over the normalised prefixes, then the same
+    cascade as :meth:`MatryoshkaIndex.funnel` in numpy: cosine at each rerank size, stable descending sort, cut.
+    """
+    import faiss
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    index = faiss.IndexFlatIP(retrieval_dim)
+    index.add(np.ascontiguousarray(unit(database[:, :retrieval_dim])))
+
+    def funnel(queries: np.ndarray) -> np.ndarray:
+        _, neighbors = index.search(np.ascontiguousarray(unit(queries[:, :retrieval_dim])), shortlists[0])
+        for dim, length in zip(rerank_dims, shortlists):
+            neighbors = neighbors[:, :length]
+            scores = np.einsum("qld,qd->ql", unit(database[neighbors, :dim]), unit(queries[:, :dim]))
+            neighbors = np.take_along_axis(neighbors, np.argsort(-scores, axis=1, kind="stable"), axis=1)
+        return neighbors
+
+    return funnel
+
+
+def _interleaved(contenders: Mapping[str, Callable[[], Any]], rounds: int) -> tuple[dict[str, Any], dict[str, list]]:
+    """Run every contender once per round, in an order rotated each round; the last results and all wall times."""
+    names, results, seconds = list(contenders), {}, {name: [] for name in contenders}
+    for step in range(rounds):
+        for name in names[step % len(names) :] + names[: step % len(names)]:
+            t0 = time.perf_counter()
+            results[name] = contenders[name]()
+            seconds[name].append(time.perf_counter() - t0)
+    return results, seconds
+
+
+def _ratio(numerator: list[float], denominator: list[float]) -> dict[str, float]:
+    """Median and range over rounds of the per-round ratio ``numerator / denominator`` (a speed-up of times)."""
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
 
 def run_benchmark(
@@ -87,14 +134,19 @@ def run_benchmark(
     seed: int = 0,
     backend: str = "torch",
     signal: float = 2.5,
+    peer: bool = True,
 ) -> dict[str, Any]:
-    """Time full-size exact search and each funnel on the same generated data; report speed-up, top-1, recall.
+    """Time full-size exact search, each funnel and its FAISS peer on the same generated data, interleaved.
 
-    ``recall@k`` is the share of the exact full-size top-``k`` (``k`` = the funnel's last shortlist) that the funnel
-    returns (a fraction); ``top1`` is the label accuracy (%) of the first neighbour and ``top1_minus_exact`` its
-    difference to exact search in points. Timings are the best of ``repeats`` and cover all
-    per-query work (normalising queries, scoring, top-k, reranking). Building the index (normalising the database,
-    caching the funnels' small prefixes) is timed separately. A funnel's last rerank size is clamped to ``dim``.
+    ``repeats`` rounds each time every contender once, in a rotating order; times are medians over rounds and each
+    ratio is the median of the per-round ratios, with its range (``speedup`` over exact search; ``vs_peer``, the
+    peer's time over the funnel's). ``recall@k`` is the share of the exact full-size top-``k`` (``k`` = the funnel's
+    last shortlist) that the funnel returns (a fraction); ``top1`` is the label accuracy (%) of the first neighbour
+    and ``top1_minus_exact`` its difference to exact search in points; ``same_as_peer`` is the share of queries whose
+    neighbour list equals the peer's. Timings cover all per-query work (checking and normalising queries, scoring,
+    top-k, reranking). Building the index (normalising the database, caching the funnels' small prefixes, the
+    peer's FAISS index) is timed separately. The peer runs when FAISS is installed and ``peer`` is set. A funnel's
+    last rerank size is clamped to ``dim``.
     """
     if dtype not in _DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -111,28 +163,52 @@ def run_benchmark(
     for f in funnels:
         index.prefix(f["retrieval_dim"])
     build_s = time.perf_counter() - t0
+    peers: dict[int, Callable[[np.ndarray], np.ndarray]] = {}
+    t0 = time.perf_counter()
+    if peer and faiss_available() and index.data.dtype == torch.float32:
+        peers = {i: faiss_funnel(index.data.numpy(), **f) for i, f in enumerate(funnels)}
+    peer_build_s = time.perf_counter() - t0
 
     k_max = max(f["shortlists"][-1] for f in funnels)
-    exact, exact_s = _timed(lambda: index.search(queries, k_max, dim), repeats)
-    exact_top1 = ranking_metrics(exact.indices, query_labels, db_labels)["top1"]
+    queries_np = queries.numpy()
+    contenders: dict[str, Callable[[], Any]] = {"exact": lambda: index.search(queries, k_max, dim).indices}
+    for i, f in enumerate(funnels):
+        contenders[f"funnel {i}"] = lambda f=f: index.funnel(queries, **f).indices
+        if i in peers:
+            contenders[f"peer {i}"] = lambda i=i: torch.from_numpy(peers[i](queries_np))
+    found, seconds = _interleaved(contenders, repeats)
+    exact, exact_s = found["exact"], statistics.median(seconds["exact"])
+    exact_top1 = ranking_metrics(exact, query_labels, db_labels)["top1"]
     results = []
-    for f in funnels:
+    for i, f in enumerate(funnels):
         k = f["shortlists"][-1]
-        out, seconds = _timed(lambda f=f: index.funnel(queries, **f), repeats)
-        top1 = ranking_metrics(out.indices, query_labels, db_labels)["top1"]
-        results.append(
-            {
-                **f,
-                "queries_per_s": num_queries / seconds,
-                "seconds": seconds,
-                "mflops_per_query": funnel_mflops(num_database, **f),
-                "top1": top1,
-                "top1_minus_exact": top1 - exact_top1,
-                f"recall@{k}_vs_exact": neighbor_recall(out.indices, exact.indices[:, :k], k),
-                "recall@1_vs_exact": neighbor_recall(out.indices, exact.indices, 1),
-                "speedup": exact_s / seconds,
+        out, times = found[f"funnel {i}"], seconds[f"funnel {i}"]
+        top1 = ranking_metrics(out, query_labels, db_labels)["top1"]
+        row = {
+            **f,
+            "queries_per_s": num_queries / statistics.median(times),
+            "seconds": statistics.median(times),
+            "mflops_per_query": funnel_mflops(num_database, **f),
+            "top1": top1,
+            "top1_minus_exact": top1 - exact_top1,
+            f"recall@{k}_vs_exact": neighbor_recall(out, exact[:, :k], k),
+            "recall@1_vs_exact": neighbor_recall(out, exact, 1),
+            "speedup": statistics.median(seconds["exact"]) / statistics.median(times),
+            "speedup_rounds": _ratio(seconds["exact"], times),
+        }
+        if i in peers:
+            peer_out, peer_times = found[f"peer {i}"], seconds[f"peer {i}"]
+            row["peer"] = {
+                "name": "faiss funnel (15 lines: faiss.IndexFlatIP shortlist, numpy rerank)",
+                "queries_per_s": num_queries / statistics.median(peer_times),
+                "seconds": statistics.median(peer_times),
+                "speedup": _ratio(seconds["exact"], peer_times),
+                "top1": ranking_metrics(peer_out, query_labels, db_labels)["top1"],
+                f"recall@{k}_vs_exact": neighbor_recall(peer_out, exact[:, :k], k),
             }
-        )
+            row["vs_peer"] = _ratio(peer_times, times)
+            row["same_as_peer"] = float((peer_out == out).all(dim=1).float().mean())
+        results.append(row)
     return {
         "config": {
             "num_database": num_database,
@@ -146,16 +222,28 @@ def run_benchmark(
             "seed": seed,
             "threads": torch.get_num_threads(),
         },
+        "versions": _versions(),
         "generate_s": generate_s,
         "index_build_s": build_s,
+        "peer_build_s": peer_build_s,
         "exact": {
             "queries_per_s": num_queries / exact_s,
             "seconds": exact_s,
-            "mflops_per_query": exact.mflops_per_query,
+            "mflops_per_query": num_database * dim / 1e6,
             "top1": exact_top1,
         },
         "funnels": results,
+        "seconds_per_round": seconds,
     }
+
+
+def _versions() -> dict[str, str]:
+    versions = {"numpy": np.__version__, "torch": torch.__version__}
+    if faiss_available():
+        import faiss
+
+        versions["faiss"] = faiss.__version__
+    return versions
 
 
 def _fit_funnel(funnel: Mapping[str, Any], dim: int) -> dict[str, Any]:
@@ -165,3 +253,84 @@ def _fit_funnel(funnel: Mapping[str, Any], dim: int) -> dict[str, Any]:
     if funnel["retrieval_dim"] >= dim:
         raise ConfigError(f"funnel retrieval_dim {funnel['retrieval_dim']} must be below the data dim {dim}")
     return {"retrieval_dim": funnel["retrieval_dim"], "rerank_dims": [*rerank, dim], "shortlists": shortlists}
+
+
+# ------------------------------------------------------------------------------------------------ BENCHMARKS.md
+def markdown_table(result: Mapping[str, Any]) -> str:
+    """The BENCHMARKS.md table of one :func:`run_benchmark` result: exact search, each funnel and its peer."""
+
+    def ratio(r: Mapping[str, float]) -> str:
+        return f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
+
+    exact = result["exact"]
+    lines = [
+        "| search | queries/s | speed-up vs exact | vs its FAISS peer | top-1 % | recall@k vs exact | same as peer |",
+        "|---|---|---|---|---|---|---|",
+        f"| exact {result['config']['dim']}-d | {exact['queries_per_s']:.2f} | 1x | | {exact['top1']:.1f} | 1 | |",
+    ]
+    for f in result["funnels"]:
+        name = f"funnel {f['retrieval_dim']} -> {f['rerank_dims']} x {f['shortlists']}"
+        recall = f"recall@{f['shortlists'][-1]}_vs_exact"
+        vs_peer, same = (ratio(f["vs_peer"]), f"{100 * f['same_as_peer']:.1f}%") if "peer" in f else ("no FAISS", "")
+        lines.append(
+            f"| bramley {name} | {f['queries_per_s']:.2f} | **{ratio(f['speedup_rounds'])}** | **{vs_peer}** "
+            f"| {f['top1']:.1f} | {f[recall]:.3f} | {same} |"
+        )
+        if "peer" in f:
+            p = f["peer"]
+            lines.append(
+                f"| FAISS peer {name} | {p['queries_per_s']:.2f} | {ratio(p['speedup'])} | 1x | {p['top1']:.1f} "
+                f"| {p[recall]:.3f} | |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run :func:`run_benchmark` with the given threads and write its table into BENCHMARKS.md (``--markdown``)."""
+    from bramley.core.report import environment, replace_marked
+
+    parser = argparse.ArgumentParser(description="funnel vs exact search vs the FAISS peer, interleaved")
+    parser.add_argument("--num-database", type=int, default=1_000_000)
+    parser.add_argument("--num-queries", type=int, default=256)
+    parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch and FAISS threads (default: torch's)")
+    parser.add_argument("--backend", choices=["torch", "faiss"], default="torch")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the table into this file")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        if faiss_available():
+            import faiss
+
+            faiss.omp_set_num_threads(args.threads)
+    load = os.getloadavg()[0]
+    result = run_benchmark(
+        num_database=args.num_database,
+        num_queries=args.num_queries,
+        dim=args.dim,
+        num_classes=args.num_classes,
+        repeats=args.rounds,
+        backend=args.backend,
+    )
+    env = result["environment"] = environment()
+    result["load_average"] = [load, os.getloadavg()[0]]
+    command = " ".join(["python -m bramley.mrl.bench", *(sys.argv[1:] if argv is None else argv)])
+    versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
+    threads = result["config"]["threads"]
+    header = (
+        f"Measured {env['date']} on {env['cpu']} ({os.cpu_count()} cores, load average {load:.1f} before and "
+        f"{result['load_average'][1]:.1f} after), {threads} thread{'s' if threads > 1 else ''}, {versions}, "
+        f"{args.num_database:,} x {args.dim} float32, {args.num_queries} queries, {args.backend} backend, "
+        f"{args.rounds} interleaved rounds (ratios: median and range over rounds), `{command}`."
+    )
+    body = header + "\n\n" + markdown_table(result)
+    print(body)
+    if args.markdown is not None:
+        replace_marked(args.markdown, f"bench_mrl:{args.backend}-{args.num_database}-{threads}t", body)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,8 @@
 """Mini reproduction of Matryoshka Representation Learning (`bramley reproduce mrl`).
 
-On scikit-learn's bundled digits, for several seeds, train with :class:`~bramley.core.train.Trainer`:
+On scikit-learn's bundled digits (``--data digits``, the default) or on core's procedural images (``--data
+synthetic``: 64 classes of shape x color x texture x count where digits saturate), for several seeds, train with
+:class:`~bramley.core.train.Trainer`:
 
 - one MRL model (and one MRL-E model) with a 64-d representation and nesting sizes 2, 4, ..., 64;
 - independently trained fixed-feature (FF) models, one per size, each with a d-dim representation;
@@ -31,11 +33,60 @@ from .retrieval import MatryoshkaIndex
 from .train import MatryoshkaTrainLoss
 
 FEATURE_DIM = 64
+DATA = ("digits", "synthetic")
+DEFAULT_EPOCHS = {"digits": 30, "synthetic": 10}
+DATA_SEED = 0  # the split / image seed; the training seeds vary, the data stays the same (as the digits split)
 
 
-def make_model(feature_dim: int, nesting: Sequence[int], efficient: bool = False) -> MatryoshkaModel:
-    """The registered ``mrl_mlp`` every model here shares: 8x8 digits -> MLP -> ``feature_dim`` features -> heads."""
-    return create_model("mrl_mlp", num_classes=10, feature_dim=feature_dim, nesting=list(nesting), efficient=efficient)
+def make_model(
+    feature_dim: int,
+    nesting: Sequence[int],
+    efficient: bool = False,
+    num_classes: int = 10,
+    in_features: int = 64,
+) -> MatryoshkaModel:
+    """The registered ``mrl_mlp`` every model here shares: pixels -> MLP -> ``feature_dim`` features -> heads."""
+    return create_model(
+        "mrl_mlp",
+        num_classes=num_classes,
+        feature_dim=feature_dim,
+        nesting=list(nesting),
+        efficient=efficient,
+        in_features=in_features,
+    )
+
+
+def load_data(name: str, quick: bool = False) -> dict[str, Any]:
+    """Train and test tensors of ``name`` (``"digits"`` or ``"synthetic"``), the class count and a description.
+
+    ``quick`` shrinks the synthetic splits (640 train / 256 test images) so tests take seconds; digits stay whole.
+    """
+    if name == "digits":
+        from bramley.core.data import DigitsDataset
+
+        train, test = DigitsDataset("train", seed=DATA_SEED), DigitsDataset("test", seed=DATA_SEED)
+        about = "scikit-learn digits, 8x8 gray, standardised with train statistics"
+    elif name == "synthetic":
+        from bramley.core.data import SyntheticConfig, SyntheticDataset
+
+        config = SyntheticConfig(**({"train_size": 640, "val_size": 0, "test_size": 256} if quick else {}))
+        train = SyntheticDataset("train", config=config, seed=DATA_SEED, normalize=True)
+        test = SyntheticDataset("test", config=config, seed=DATA_SEED, normalize=True)
+        about = (
+            f"bramley.core.data.SyntheticDataset defaults ({config.num_classes} classes, {config.image_size}x"
+            f"{config.image_size} RGB, long-tailed train split, balanced test), standardised with train statistics"
+        )
+    else:
+        raise ValueError(f"data must be one of {DATA}, got {name!r}")
+    (xtr, ytr), (xte, yte) = train.tensors(), test.tensors()
+    return {
+        "name": name,
+        "train": (xtr, ytr),
+        "test": (xte, yte),
+        "num_classes": int(train.num_classes),
+        "in_features": int(xtr[0].numel()),
+        "description": f"{about}; data seed {DATA_SEED}; {len(ytr)} train / {len(yte)} test images",
+    }
 
 
 def train_model(model: MatryoshkaModel, data, epochs: int, seed: int, label_smoothing: float) -> MatryoshkaModel:
@@ -111,14 +162,20 @@ def _point(result, top1) -> dict[str, float]:
     return {"mflops": result.mflops_per_query, "top1": top1(result)}
 
 
-def run(seeds: Sequence[int], epochs: int, sizes: Sequence[int], label_smoothing: float = 0.1) -> dict[str, Any]:
+def run(
+    seeds: Sequence[int],
+    epochs: int,
+    sizes: Sequence[int],
+    label_smoothing: float = 0.1,
+    data_name: str = "digits",
+    quick: bool = False,
+) -> dict[str, Any]:
     from torch.utils.data import TensorDataset
 
-    from bramley.core.data import DigitsDataset
-
-    xtr, ytr = DigitsDataset("train").tensors()
-    xte, yte = DigitsDataset("test").tensors()
+    dataset = load_data(data_name, quick)
+    (xtr, ytr), (xte, yte) = dataset["train"], dataset["test"]
     data = TensorDataset(xtr, ytr)
+    shape = {"num_classes": dataset["num_classes"], "in_features": dataset["in_features"]}
     methods = ("MRL", "MRL-E", "FF", "FF-trunc")
     per_seed: list[dict[str, Any]] = []
     for seed in seeds:
@@ -126,11 +183,12 @@ def run(seeds: Sequence[int], epochs: int, sizes: Sequence[int], label_smoothing
         torch.manual_seed(seed)
         embeddings: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {m: {} for m in methods}
         for name, efficient in (("MRL", False), ("MRL-E", True)):
-            model = train_model(make_model(FEATURE_DIM, sizes, efficient), data, epochs, seed, label_smoothing)
+            model = make_model(FEATURE_DIM, sizes, efficient, **shape)
+            model = train_model(model, data, epochs, seed, label_smoothing)
             ftr, fte = features(model, xtr), features(model, xte)
             embeddings[name] = {d: (ftr, fte) for d in sizes}
         for d in sizes:
-            model = train_model(make_model(d, [d]), data, epochs, seed, label_smoothing)
+            model = train_model(make_model(d, [d], **shape), data, epochs, seed, label_smoothing)
             embeddings["FF"][d] = (features(model, xtr), features(model, xte))
         largest = embeddings["FF"][sizes[-1]]
         embeddings["FF-trunc"] = {d: largest for d in sizes}
@@ -148,7 +206,8 @@ def run(seeds: Sequence[int], epochs: int, sizes: Sequence[int], label_smoothing
         ]
         per_seed.append({"seed": seed, "scores": scores, "retrieval": curve, "seconds": time.perf_counter() - t0})
         print(f"seed {seed}: {time.perf_counter() - t0:.1f}s", flush=True)
-    return {"sizes": list(sizes), "seeds": list(seeds), "epochs": epochs, "per_seed": per_seed}
+    about = {"data": data_name, "data_description": dataset["description"], "num_classes": dataset["num_classes"]}
+    return {"sizes": list(sizes), "seeds": list(seeds), "epochs": epochs, **about, "per_seed": per_seed}
 
 
 def summarize(results: dict[str, Any], tolerance: float = 1.0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -215,7 +274,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
             values = np.array([[s["scores"][m]["knn"][d] for d in sizes] for s in results["per_seed"]])
             axes[0].errorbar(sizes, values.mean(0), yerr=values.std(0), fmt=style, capsize=3, label=m)
         axes[0].set_xscale("log", base=2)
-        axes[0].set(xlabel="representation size", ylabel="1-NN top-1 (%)", title="digits: 1-NN top-1 (mean ± std)")
+        title = f"{results.get('data', 'digits')}: 1-NN top-1 (mean ± std)"
+        axes[0].set(xlabel="representation size", ylabel="1-NN top-1 (%)", title=title)
         axes[0].set_xticks(sizes, [str(d) for d in sizes])
         axes[0].minorticks_off()
         axes[0].legend()
@@ -243,13 +303,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bramley.core.report import write_results
 
     parser = argparse.ArgumentParser(prog="bramley reproduce mrl", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/reproduce-mrl"), help="output directory")
+    parser.add_argument("--data", choices=DATA, default="digits", help="digits, or core's procedural images")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (runs/reproduce-mrl[-synthetic])")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
-    parser.add_argument("--epochs", type=int, default=30, help="epochs per model")
+    parser.add_argument("--epochs", type=int, default=None, help=f"epochs per model (default {DEFAULT_EPOCHS})")
     parser.add_argument("--quick", action="store_true", help="one seed, 2 epochs, sizes 4 and 64 (for tests)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = Path("runs/reproduce-mrl" + ("" if args.data == "digits" else f"-{args.data}"))
     sizes = default_nesting(FEATURE_DIM, start=2)
-    seeds, epochs = args.seeds, args.epochs
+    seeds, epochs = args.seeds, args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.data]
     if args.quick:
         seeds, epochs, sizes = seeds[:1], 2, [4, 64]
     if epochs < 1 or not seeds:
@@ -258,18 +321,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # models this small train fastest on one thread (more threads only spin-wait)
     try:
-        results = run(seeds, epochs, sizes)
+        results = run(seeds, epochs, sizes, data_name=args.data, quick=args.quick)
     finally:
         torch.set_num_threads(threads)
     rows, claims = summarize(results)
     results.update({"claims": claims, "seconds": time.perf_counter() - t0, "quick": args.quick})
-    title = f"MRL vs FF on digits: top-1 (%) by representation size, mean ± std over seeds {list(seeds)}"
+    title = f"MRL vs FF on {args.data}: top-1 (%) by representation size, mean ± std over seeds {list(seeds)}"
     retrieval = retrieval_rows(results)
     results["retrieval_table"] = retrieval
     write_results(args.out, results, rows, title=title)
     from bramley.core.report import format_table
 
-    print("## Retrieval on digits (database = train split, queries = test split)\n")
+    print(f"## Retrieval on {args.data} (database = train split, queries = test split)\n")
     print(format_table(retrieval) + "\n")
     plot(results, args.out / "mrl.png")
     verdict = "HOLDS" if claims["holds"] else "DOES NOT HOLD"

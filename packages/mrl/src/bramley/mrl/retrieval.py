@@ -14,9 +14,11 @@ multiply-add per dimension, so a funnel costs ``N * d_0 + sum_i L_i * d_i``.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -74,12 +76,35 @@ def finite_rows(embeddings: torch.Tensor) -> torch.Tensor:
 
 def _refuse_non_finite(embeddings: torch.Tensor, what: str) -> None:
     """A NaN row scores NaN, which sorts first: with the torch backend it became every query's top-1."""
+    # A sum is finite only if every entry is (NaN and inf propagate): one pass, no copy. A sum of finite values that
+    # overflows falls through to the exact check. (sum(dtype=float64) converted the whole matrix first: 16 GB at 1M.)
+    if math.isfinite(embeddings.detach().sum()):
+        return
     bad = int((~finite_rows(embeddings)).sum())
     if bad:
         raise DataError(
             f"{bad} of {embeddings.shape[0]} {what} embeddings hold NaN or infinite values (the first is row "
             f"{int((~finite_rows(embeddings)).nonzero()[0])}); drop them first (retrieve --skip-non-finite does)"
         )
+
+
+def _row_topk(scores: torch.Tensor, k: int, groups: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scores.topk(k, dim=1, sorted=False)`` of a wide block of scores, ranking only the columns that can win.
+
+    The ``n`` columns of a row fall into ``m = n / groups`` groups of columns ``j, j + m, j + 2m, ...``. The ``k``
+    groups with the largest maxima hold ``k`` values at least as large as the ``k``-th largest maximum, so they hold a
+    top ``k`` of the row: the same values (ties at the boundary may pick other columns, as ``topk`` may). One max over
+    strided groups, a top-``k`` of the ``m`` maxima and one of ``k * groups`` values replace the top-``k`` of all ``n``
+    columns, with as few passes as possible (each is a parallel region that waits for its threads on a busy machine).
+    """
+    rows, n = scores.shape
+    m = n // groups
+    if m < 4 * k or n % groups:
+        return scores.topk(k, dim=1, sorted=False)
+    grouped = scores.unflatten(1, (groups, m))  # grouped[r, i, j] = scores[r, i * m + j]
+    _, best = grouped.amax(1).topk(k, dim=1, sorted=False)  # (rows, k) groups j
+    values, pick = grouped.gather(2, best.unsqueeze(1).expand(rows, groups, k)).flatten(1).topk(k, dim=1, sorted=False)
+    return values, (pick // k) * m + best.gather(1, pick % k)
 
 
 class MatryoshkaIndex:
@@ -169,24 +194,25 @@ class MatryoshkaIndex:
                 continue
             yield start, self._as_unit(self.data[start : start + self.chunk_size, :dim])
 
-    def _rows(self, indices: torch.Tensor, dim: int) -> torch.Tensor:
-        cached = self._prefix_cache.get(dim)
-        if cached is not None:
-            return cached[indices]
-        return self._as_unit(self.data[indices, :dim])
-
     def _as_unit(self, rows: torch.Tensor) -> torch.Tensor:
         # Stored float32 full-size rows are unit already; prefixes and rounded (16-bit) rows are renormalised.
         if rows.shape[-1] == self.dim and rows.dtype == torch.float32:
             return rows
         return F.normalize(rows.float(), dim=-1)
 
+    def _check_k(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.size:
+            raise ConfigError(f"k must be an int in [1, {self.size}] (the database size), got {k!r}")
+
     def search(self, queries: torch.Tensor, k: int, dim: int | None = None) -> SearchResult:
         """Exact top-``k`` neighbours of each query over the whole database at size ``dim`` (default full)."""
         dim = self._check_dim(dim)
-        q = F.normalize(self._check_queries(queries)[:, :dim], dim=1)
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.size:
-            raise ConfigError(f"k must be an int in [1, {self.size}] (the database size), got {k!r}")
+        queries = self._check_queries(queries)
+        self._check_k(k)
+        return self._search(queries, k, dim)
+
+    def _search(self, queries: torch.Tensor, k: int, dim: int) -> SearchResult:
+        q = F.normalize(queries[:, :dim], dim=1)
         if self.backend == "faiss":
             scores, indices = self._faiss_search(q, k, dim)
         else:
@@ -195,14 +221,18 @@ class MatryoshkaIndex:
 
     def _torch_search(self, q: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Database blocks outside, query batches inside: each (possibly 16-bit) block is converted once. Every
-        # block keeps its own top-k candidates; one final top-k per query merges them.
+        # block keeps its own top-k candidates; one final top-k per query merges them. All score blocks are written
+        # into one buffer: a fresh one per block (tens of MB) cost more in page faults than the product itself.
         batches = range(0, q.shape[0], self.query_batch)
         cand_s: list[list[torch.Tensor]] = [[] for _ in batches]
         cand_i: list[list[torch.Tensor]] = [[] for _ in batches]
+        buffer = torch.empty(min(self.query_batch, q.shape[0]) * min(self.chunk_size, self.size))
         for start, block in self._blocks(dim):
             kk = min(k, block.shape[0])
             for b, qs in enumerate(batches):
-                s, i = (q[qs : qs + self.query_batch] @ block.T).topk(kk, dim=1, sorted=False)
+                qb = q[qs : qs + self.query_batch]
+                scores = torch.mm(qb, block.T, out=buffer[: qb.shape[0] * block.shape[0]].view(qb.shape[0], -1))
+                s, i = _row_topk(scores, kk)
                 cand_s[b].append(s)
                 cand_i[b].append(i + start)
         scores, indices = [], []
@@ -214,7 +244,6 @@ class MatryoshkaIndex:
 
     def _faiss_search(self, q: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         import faiss
-        import numpy as np
 
         if dim not in self._faiss_cache:
             index = faiss.IndexFlatIP(dim)
@@ -227,15 +256,32 @@ class MatryoshkaIndex:
     def rerank(self, queries: torch.Tensor, candidates: torch.Tensor, dim: int | None = None) -> SearchResult:
         """Reorder each query's ``candidates`` (``(Q, L)`` database indices) by cosine at size ``dim``."""
         dim = self._check_dim(dim)
-        q = F.normalize(self._check_queries(queries)[:, :dim], dim=1)
-        if candidates.ndim != 2 or candidates.shape[0] != q.shape[0]:
-            raise ConfigError(f"candidates must be (Q={q.shape[0]}, L), got shape {tuple(candidates.shape)}")
+        queries = self._check_queries(queries)
+        if candidates.ndim != 2 or candidates.shape[0] != queries.shape[0]:
+            shape = tuple(candidates.shape)
+            raise ConfigError(f"candidates must be (Q={queries.shape[0]}, L), got shape {shape}")
         if candidates.numel() and not 0 <= int(candidates.min()) <= int(candidates.max()) < self.size:
             raise ConfigError(f"candidate indices must lie in [0, {self.size})")
-        candidates = candidates.long()
-        scores = torch.einsum("qld,qd->ql", self._rows(candidates, dim), q)
-        scores, order = scores.sort(dim=1, descending=True, stable=True)
-        return SearchResult(scores, candidates.gather(1, order), candidates.shape[1] * dim / 1e6)
+        return self._rerank(queries, candidates.long(), dim)
+
+    def _rerank(self, queries: torch.Tensor, candidates: torch.Tensor, dim: int) -> SearchResult:
+        # A few thousand rows per query: numpy, on one thread, is several times faster than the same torch ops on a
+        # busy machine, where each torch op is a parallel region that waits for its threads. Cosine = (row . unit
+        # query) / |row|: the gathered rows are read (product, norm), never rewritten. bfloat16 has no numpy type.
+        cached = self._prefix_cache.get(dim)
+        source = self.data[:, :dim] if cached is None else cached
+        unit = cached is not None or (dim == self.dim and self.data.dtype == torch.float32)
+        q = F.normalize(queries[:, :dim], dim=1)
+        if source.dtype == torch.bfloat16:
+            rows = source[candidates].float().numpy()
+        else:
+            rows = source.numpy()[candidates.numpy()].astype(np.float32, copy=False)  # (Q, L, dim)
+        scores_np = np.matmul(rows, q.numpy()[:, :, None])[:, :, 0]
+        if not unit:
+            scores_np /= np.maximum(np.sqrt(np.einsum("qld,qld->ql", rows, rows)), 1e-12)  # F.normalize's eps
+        order = np.argsort(-scores_np, axis=1, kind="stable")
+        scores = torch.from_numpy(np.take_along_axis(scores_np, order, axis=1))
+        return SearchResult(scores, candidates.gather(1, torch.from_numpy(order)), candidates.shape[1] * dim / 1e6)
 
     def funnel(
         self, queries: torch.Tensor, retrieval_dim: int, rerank_dims: Sequence[int], shortlists: Sequence[int]
@@ -244,7 +290,7 @@ class MatryoshkaIndex:
 
         Stage ``i`` keeps the first ``shortlists[i]`` neighbours of the previous ranking and reorders them at size
         ``rerank_dims[i]``; the result has ``shortlists[-1]`` neighbours. Sizes must increase, shortlists must not.
-        Shortlist-then-rerank (adaptive retrieval) is the one-stage funnel.
+        Shortlist-then-rerank (adaptive retrieval) is the one-stage funnel. The queries are checked once.
         """
         rerank_dims, shortlists = list(rerank_dims), list(shortlists)
         check_nesting([retrieval_dim, *rerank_dims], self.dim, name="funnel sizes (retrieval_dim, *rerank_dims)")
@@ -254,10 +300,12 @@ class MatryoshkaIndex:
             raise ConfigError(f"shortlist lengths must be positive ints, got {shortlists}")
         if any(b > a for a, b in itertools.pairwise(shortlists)):
             raise ConfigError(f"funnel shortlists must not grow, got {shortlists}")
-        result = self.search(queries, shortlists[0], retrieval_dim)
+        queries = self._check_queries(queries)
+        self._check_k(shortlists[0])
+        result = self._search(queries, shortlists[0], retrieval_dim)
         mflops = result.mflops_per_query
         for dim, length in zip(rerank_dims, shortlists):
-            result = self.rerank(queries, result.indices[:, :length], dim)
+            result = self._rerank(queries, result.indices[:, :length], dim)
             mflops += result.mflops_per_query
         return SearchResult(result.scores, result.indices, mflops)
 
