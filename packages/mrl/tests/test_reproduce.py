@@ -1,4 +1,4 @@
-"""The mini reproduction's data option, and the README's synthetic-data table traced to its committed results."""
+"""The mini reproduction's data option, and the README's tables traced to the committed runs."""
 
 import json
 import re
@@ -10,6 +10,7 @@ from bramley.mrl import reproduce
 
 PACKAGE = Path(__file__).resolve().parents[1]
 SYNTHETIC = PACKAGE / "results" / "reproduce-synthetic"
+DIGITS = PACKAGE / "results" / "reproduce-digits"
 
 
 def test_digits_stay_the_default():
@@ -77,3 +78,16 @@ def test_readme_synthetic_numbers_are_the_committed_run():
     )
     cnn = [s["cnn@15ep"] for s in calibration["datasets"]["synthetic"]["per_seed"]]
     assert f"reaches ~{sum(cnn) / len(cnn):.0f} % on the same defaults in 15 epochs" in readme
+
+
+def test_readme_digits_table_is_the_committed_run():
+    """The README's digits table (the main command's output) is the committed default run's, row by row."""
+    results = json.loads((DIGITS / "results.json").read_text())
+    readme = (PACKAGE / "README.md").read_text(encoding="utf-8")
+    assert (
+        results["data"] == "digits" and not results["quick"] and results["epochs"] == reproduce.DEFAULT_EPOCHS["digits"]
+    )
+    for row in results["table"]:
+        cells = [str(row["dim"]), *(v for k, v in row.items() if k != "dim")]
+        assert re.search(r"\|\s*" + r"\s*\|\s*".join(map(re.escape, cells)) + r"\s*\|", readme), row
+    assert f"{results['seconds']:.0f} s wall" in readme and results["claims"]["holds"]

@@ -306,7 +306,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", choices=DATA, default="digits", help="digits, or core's procedural images")
     parser.add_argument("--out", type=Path, default=None, help="output directory (runs/reproduce-mrl[-synthetic])")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
-    parser.add_argument("--epochs", type=int, default=None, help=f"epochs per model (default {DEFAULT_EPOCHS})")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs per model (default: " + ", ".join(f"{n} for {d}" for d, n in DEFAULT_EPOCHS.items()) + ")",
+    )
     parser.add_argument("--quick", action="store_true", help="one seed, 2 epochs, sizes 4 and 64 (for tests)")
     args = parser.parse_args(argv)
     if args.out is None:
