@@ -1,29 +1,86 @@
-"""CPU latency benchmark (pytest-benchmark): fused bramley vs unfused vs timm's fused model of the same variant.
+"""The latency benchmark: interleaved rounds, per-round ratios, and the pytest-benchmark timing of the fused model.
 
 ``uv run pytest packages/mobileone/tests/test_benchmark.py --benchmark-enable`` times MobileOne-S0 at 224 px, batch 1
-and 32, and stores the same-process ratios ``fused / unfused`` and ``fused / timm_fused`` in ``extra_info``. With
-benchmarks disabled (the default in this repo) the same code runs once at a tiny size, as a smoke test.
+and 16, and stores the per-round ratios ``speed_vs_timm`` and ``fusion_speedup`` in ``extra_info``. With benchmarks
+disabled (the default in this repo) the same code runs once at a tiny size, as a smoke test. No test asserts a speed.
 """
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 import torch
 
-from bramley.mobileone.profile import benchmark_variant
+from bramley.mobileone.profile import CONTENDERS, benchmark_variant, interleaved_rounds, ratio_stats, table_rows
 
 
-@pytest.mark.parametrize("batch", [1, 32])
+def test_interleaved_rounds_alternate_the_order():
+    calls = []
+    contenders = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    seconds, orders = interleaved_rounds(contenders, rounds=4, iters=2, warmup=1)
+    assert orders == [["a", "b", "c"], ["c", "b", "a"]] * 2
+    # warmup once each, then every round runs each contender `iters` times back to back, in the round's order
+    expected = ["a", "b", "c"] + [name for order in orders for name in order for _ in range(2)]
+    assert calls == expected
+    assert {name: len(times) for name, times in seconds.items()} == {"a": 4, "b": 4, "c": 4}
+    assert all(t >= 0 for times in seconds.values() for t in times)
+
+
+@pytest.mark.parametrize("rounds, iters, warmup", [(0, 1, 0), (1, 0, 0), (1, 1, -1)])
+def test_interleaved_rounds_refuse_bad_counts(rounds, iters, warmup):
+    with pytest.raises(ValueError, match="rounds >= 1"):
+        interleaved_rounds({"a": lambda: None}, rounds, iters, warmup)
+
+
+def test_ratio_stats_are_per_round():
+    slow, fast = [2.0, 4.0, 3.0, 10.0, 6.0], [1.0, 1.0, 3.0, 5.0, 2.0]
+    stats = ratio_stats(slow, fast)
+    assert stats["rounds"] == [2.0, 4.0, 1.0, 2.0, 3.0]  # round by round, not median(slow) / median(fast) = 2.0
+    assert stats["median"] == 2.0 and (stats["min"], stats["max"]) == (1.0, 4.0)
+    assert (stats["q1"], stats["q3"]) == (2.0, 3.0)
+    assert ratio_stats([3.0], [2.0])["q1"] == ratio_stats([3.0], [2.0])["q3"] == 1.5
+    with pytest.raises(ValueError, match="one time per round"):
+        ratio_stats([1.0, 2.0], [1.0])
+
+
+def test_benchmark_variant_rows_come_from_the_rounds():
+    threads_before = torch.get_num_threads()
+    rows = benchmark_variant("mobileone_s0", (1, 2), image_size=32, rounds=3, iters=1, warmup=0, threads=1)
+    assert [(r["model"], r["batch"], r["threads"]) for r in rows] == [("mobileone_s0", 1, 1), ("mobileone_s0", 2, 1)]
+    for row in rows:
+        ms = row["rounds_ms"]
+        assert list(ms) == list(CONTENDERS) and all(len(times) == 3 for times in ms.values())
+        assert row["fused_ms"] == statistics.median(ms["fused"])
+        assert row["speed_vs_timm"]["rounds"] == [t / f for t, f in zip(ms["timm_fused"], ms["fused"])]
+        assert row["fusion_speedup"]["rounds"] == [u / f for u, f in zip(ms["unfused"], ms["fused"])]
+        assert row["speed_vs_timm"]["min"] <= row["speed_vs_timm"]["median"] <= row["speed_vs_timm"]["max"]
+        assert row["max_abs_diff_vs_timm"] < 1e-3  # the two fused models compute the same function
+        assert row["layout"] == "NCHW"
+    (line,) = table_rows(rows[:1])
+    assert line["fused speed vs timm fused"].startswith(f"{rows[0]['speed_vs_timm']['median']:.2f} (IQR ")
+    assert torch.get_num_threads() == threads_before  # the run's thread count is restored
+
+
+def test_benchmark_variant_without_timm():
+    (row,) = benchmark_variant("s0", (1,), image_size=32, rounds=2, iters=1, warmup=0, include_timm=False)
+    assert "speed_vs_timm" not in row and list(row["rounds_ms"]) == ["fused", "unfused"]
+    assert "fused speed vs timm fused" not in table_rows([row])[0]
+
+
+def test_benchmark_variant_channels_last():
+    (row,) = benchmark_variant("s0", (2,), image_size=32, rounds=1, iters=1, warmup=0, channels_last=True)
+    assert row["layout"] == "channels_last" and row["max_abs_diff_vs_timm"] < 1e-3
+
+
+@pytest.mark.parametrize("batch", [1, 16])
 def test_fused_latency_vs_unfused_and_timm(benchmark, batch):
     from bramley.mobileone import build_mobileone, reparameterize
 
     full = not benchmark.disabled
     size, batch = (224, batch) if full else (32, min(batch, 2))
-    (row,) = benchmark_variant(
-        "s0", (batch,), size, iters=10 if full else 1, warmup=2 if full else 0, rounds=3 if full else 1
-    )
-    benchmark.extra_info.update({k: v for k, v in row.items() if k != "variant"})
-    assert row["fused_vs_unfused"] > 0 and row["fused_vs_timm"] > 0
+    (row,) = benchmark_variant("s0", (batch,), size, iters=1, warmup=1 if full else 0, rounds=15 if full else 1)
+    benchmark.extra_info.update({k: row[k] for k in ("batch", "threads", "speed_vs_timm", "fusion_speedup")})
 
     fused = reparameterize(build_mobileone("s0").eval())
     x = torch.randn(batch, 3, size, size)

@@ -142,12 +142,43 @@ def test_export_onnx_checked_with_onnxruntime(tmp_path, s0_folder, capsys):
 
 
 # -------------------------------------------------------------------------------------------------------- bench
-def test_bench_ratios(tmp_path):
+def test_bench_interleaved_ratios(tmp_path, capsys):
+    from importlib.metadata import version
+
+    markdown = tmp_path / "BENCHMARKS.md"
+    marked = "<!-- bench_mobileone:cpu:start -->\nold\n<!-- bench_mobileone:cpu:end -->"
+    markdown.write_text(f"# prose before\n\n{marked}\nafter\n")
     args = ["bench", "--model", "mobileone_s0", "--batch-sizes", "1", "--image-size", "32", "--iters", "1"]
-    assert main([*args, "--warmup", "0", "--rounds", "1", "--out", str(tmp_path)]) == 0
-    (row,) = json.loads((tmp_path / "results.json").read_text())["table"]
-    assert row["fused_vs_unfused"] > 0 and row["fused_vs_timm"] > 0
-    assert {"unfused_ms", "fused_ms", "timm_fused_ms"} <= set(row)
+    args += ["--warmup", "0", "--rounds", "3", "--threads", "1", "2"]
+    args += ["--out", str(tmp_path), "--markdown", str(markdown)]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["peer"] == {"timm": version("timm")}
+    assert results["command"].startswith("bramley-mobileone bench --model mobileone_s0 --batch-sizes 1 ")
+    assert "--rounds 3 --iters 1 --warmup 0 --threads 1 2" in results["command"]
+    assert [(row["batch"], row["threads"]) for row in results["table"]] == [(1, 1), (1, 2)]
+    for row in results["table"]:
+        ms = row["rounds_ms"]
+        assert {"unfused", "fused", "timm_fused"} == set(ms) and all(len(t) == 3 for t in ms.values())
+        assert row["speed_vs_timm"]["rounds"] == [t / f for t, f in zip(ms["timm_fused"], ms["fused"])]
+        assert set(row["fusion_speedup"]) == {"median", "q1", "q3", "min", "max", "rounds"}
+    header = results["header"]
+    assert f"timm {version('timm')}" in header and f"torch {torch.__version__}" in header and "load average" in header
+    assert results["command"] in header
+    table = (tmp_path / "table.md").read_text()
+    assert table.startswith(header) and "fused speed vs timm fused" in table
+    text = markdown.read_text()
+    assert text.startswith("# prose before") and text.endswith("after\n") and "old" not in text
+    assert header in text and "| mobileone_s0 | 1     | 2       |" in text
+    assert header in capsys.readouterr().out
+
+
+def test_bench_prints_without_out(capsys):
+    args = ["bench", "--batch-sizes", "2", "--image-size", "32", "--rounds", "2", "--warmup", "0", "--no-timm"]
+    assert main([*args, "--channels-last"]) == 0
+    out = capsys.readouterr().out
+    assert "no timm" in out and "fusion speed-up" in out and "timm fused ms" not in out
+    assert "channels_last weights and input for every contender" in out and "--channels-last" in out
 
 
 @pytest.mark.parametrize(
@@ -159,6 +190,8 @@ def test_bench_ratios(tmp_path):
         (["--warmup", "-1"], "--warmup: must be >= 0, got -1"),
         (["--image-size", "0"], "--image-size: must be >= 1, got 0"),
         (["--model", "mobileone_s9"], "invalid choice: 'mobileone_s9'"),
+        (["--rounds", "0"], "--rounds: must be >= 1, got 0"),
+        (["--threads", "1", "0"], "--threads: must be >= 1, got 0"),
     ],
 )
 def test_bench_rejects_bad_counts(capsys, argv, message):

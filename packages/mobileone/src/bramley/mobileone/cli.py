@@ -59,46 +59,104 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from bramley.core.report import format_table, write_results
+    import os
+
+    from bramley.core.report import environment, format_table, replace_marked, write_results
     from bramley.core.train.distributed import resolve_device
 
-    from .profile import benchmark_variant
+    from .profile import benchmark_variant, table_rows
 
     device = resolve_device(args.device)
     if args.out is not None:
         check_writable(args.out / "results.json", "--out")
+    check_writable(args.markdown, "--markdown")
+    load_before = os.getloadavg()[0]
     rows = []
-    for name in args.model:
-        rows += benchmark_variant(
-            name.removeprefix("mobileone_"),
-            tuple(args.batch_sizes),
-            args.image_size,
-            iters=args.iters,
-            warmup=args.warmup,
-            include_timm=not args.no_timm,
-            threads=args.threads,
-            rounds=args.rounds,
-            device=device,
-        )
+    for threads in args.threads or [None]:
+        for name in args.model:
+            rows += benchmark_variant(
+                name,
+                tuple(args.batch_sizes),
+                args.image_size,
+                iters=args.iters,
+                warmup=args.warmup,
+                include_timm=not args.no_timm,
+                threads=threads,
+                rounds=args.rounds,
+                device=device,
+                channels_last=args.channels_last,
+            )
+    env = environment()
+    peer = {} if args.no_timm else {"timm": _version("timm")}
+    results = {
+        "benchmark": f"MobileOne {device.type} latency: fused vs timm's fused vs unfused, interleaved rounds",
+        "command": _bench_command(args),
+        "peer": peer,
+        "bramley-mobileone": _version("bramley-mobileone"),
+        "load_average": [load_before, os.getloadavg()[0]],
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    }
+    header = (
+        f"Measured {env['date']} on {env['cpu']} ({results['cpus']} cores, load average "
+        f"{results['load_average'][0]:.1f} before, {results['load_average'][1]:.1f} after), device {device.type}, "
+        f"torch {env['torch']}, {'timm ' + peer['timm'] if peer else 'no timm'}, {args.image_size} px, "
+        f"{'channels_last weights and input for every contender, ' if args.channels_last else ''}"
+        f"{args.rounds} interleaved rounds (order reversed every other round; a round's time is the median of "
+        f"{args.iters} call{'s' if args.iters > 1 else ''}), ratios computed per round: median (IQR; range). "
+        f"`{results['command']}`"
+    )
+    table = format_table(table_rows(rows))
+    print(header + "\n")
     if args.out is not None:
-        title = f"MobileOne latency ({device.type})"
-        write_results(args.out, {"benchmark": f"{device.type} latency, median ms"}, rows, title=title)
+        write_results(args.out, {**results, "header": header, "table": rows}, table_rows(rows))
+        (args.out / "table.md").write_text(header + "\n\n" + table + "\n")
     else:
-        print(format_table(rows))
+        print(table)
+    if args.markdown is not None:
+        tag = f"bench_mobileone:{device.type}{'-channels_last' if args.channels_last else ''}"
+        replace_marked(args.markdown, tag, header + "\n\n" + table)
     return 0
+
+
+def _bench_command(args: argparse.Namespace) -> str:
+    """The command line that repeats this run, every setting spelled out (``--out`` / ``--markdown`` as given)."""
+    words = ["bramley-mobileone bench", "--model", *args.model, "--batch-sizes", *map(str, args.batch_sizes)]
+    words += ["--image-size", str(args.image_size), "--rounds", str(args.rounds), "--iters", str(args.iters)]
+    words += ["--warmup", str(args.warmup)]
+    words += ["--threads", *map(str, args.threads)] if args.threads else []
+    words += ["--no-timm"] if args.no_timm else []
+    words += ["--channels-last"] if args.channels_last else []
+    words += ["--device", args.device] if args.device != "cpu" else []
+    words += [f"--{name} {getattr(args, name)}" for name in ("out", "markdown") if getattr(args, name) is not None]
+    return " ".join(words)
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", nargs="+", choices=MODELS, default=["mobileone_s0"], metavar="NAME", help="models")
-    p.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[1, 32])
+    p.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[1, 16])
     p.add_argument("--image-size", type=positive_int, default=224)
-    p.add_argument("--iters", type=positive_int, default=10, help="timed runs per round (the median is kept)")
-    p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed runs before each round")
-    p.add_argument("--rounds", type=positive_int, default=3, help="interleaved timing rounds (the best is kept)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--rounds", type=positive_int, default=15, help="interleaved rounds, one ratio each")
+    p.add_argument("--iters", type=positive_int, default=1, help="timed calls per contender and round (median kept)")
+    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed calls per contender before the rounds")
+    p.add_argument(
+        "--threads", nargs="+", type=positive_int, default=None, help="torch CPU thread counts, each measured in turn"
+    )
     p.add_argument("--no-timm", action="store_true", help="skip timm's model")
+    p.add_argument("--channels-last", action="store_true", help="every contender in channels_last memory format")
     p.add_argument("--device", default="cpu", help="cpu (the paper's setting is a phone CPU), cuda, cuda:N, mps")
-    p.add_argument("--out", type=Path, default=None, help="write results.json + table.md here")
+    p.add_argument("--out", type=Path, default=None, help="write results.json (every round) + table.md here")
+    p.add_argument(
+        "--markdown", type=Path, default=None, help="put the table between bench_mobileone markers in this file"
+    )
 
 
 cli = MethodCLI("mobileone", "MobileOne: an improved one millisecond mobile backbone.")

@@ -1,14 +1,25 @@
-"""Model size, compute and latency: parameter counts, multiply-accumulates, fused-vs-unfused timing."""
+"""Model size, compute and latency: parameter counts, multiply-accumulates, and the latency benchmark (fused vs
+timm's fused vs unfused, interleaved rounds, per-round ratios)."""
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-__all__ = ["count_macs", "count_params", "measure_latency"]
+__all__ = [
+    "benchmark_variant",
+    "count_macs",
+    "count_params",
+    "interleaved_rounds",
+    "measure_latency",
+    "ratio_stats",
+]
 
 
 def count_params(model: nn.Module) -> int:
@@ -63,54 +74,169 @@ def measure_latency(model: nn.Module, x: torch.Tensor, warmup: int = 3, iters: i
     return statistics.median(times)
 
 
+#: The contenders of :func:`benchmark_variant`, in the order of even rounds (odd rounds run them in reverse).
+CONTENDERS = ("fused", "timm_fused", "unfused")
+
+
+def interleaved_rounds(
+    contenders: Mapping[str, Callable[[], Any]],
+    rounds: int,
+    iters: int = 1,
+    warmup: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[dict[str, list[float]], list[list[str]]]:
+    """Time every contender once per round, the order reversed every other round, so that load from other processes
+    and the cost of running first or second hit all contenders alike.
+
+    Each contender runs ``warmup`` untimed calls first (in the same alternating order); a round's time of a
+    contender is the median of its ``iters`` consecutive calls. Ratios of two contenders should be taken round by
+    round (:func:`ratio_stats`), never across rounds.
+
+    Returns:
+        ``(seconds, orders)``: per contender its ``rounds`` times in seconds, and the order each round ran in.
+    """
+    from bramley.core.train.distributed import synchronize
+
+    if rounds < 1 or iters < 1 or warmup < 0:
+        raise ValueError(f"need rounds >= 1, iters >= 1, warmup >= 0; got {rounds}, {iters}, {warmup}")
+    device = torch.device(device)
+    names = list(contenders)
+    for step in range(warmup):
+        for name in names if step % 2 == 0 else names[::-1]:
+            contenders[name]()
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    orders = []
+    for step in range(rounds):
+        order = names if step % 2 == 0 else names[::-1]
+        orders.append(list(order))
+        for name in order:
+            times = []
+            for _ in range(iters):
+                synchronize(device)
+                start = time.perf_counter()
+                contenders[name]()
+                synchronize(device)
+                times.append(time.perf_counter() - start)
+            seconds[name].append(statistics.median(times))
+    return seconds, orders
+
+
+def ratio_stats(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, float]:
+    """Median, quartiles and range over rounds of the per-round ratio ``numerator[r] / denominator[r]``.
+
+    With times as arguments, ``ratio_stats(baseline, ours)`` is our speed relative to the baseline (> 1: faster).
+    """
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError(f"need one time per round on both sides, got {len(numerator)} and {len(denominator)}")
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else (ratios[0],) * 3
+    return {
+        "median": statistics.median(ratios),
+        "q1": q1,
+        "q3": q3,
+        "min": min(ratios),
+        "max": max(ratios),
+        "rounds": ratios,
+    }
+
+
 def benchmark_variant(
     variant: str,
-    batch_sizes: tuple[int, ...] = (1, 32),
+    batch_sizes: Sequence[int] = (1, 16),
     image_size: int = 224,
-    iters: int = 10,
-    warmup: int = 3,
+    iters: int = 1,
+    warmup: int = 1,
     include_timm: bool = True,
     threads: int | None = None,
-    rounds: int = 3,
+    rounds: int = 15,
     device: str | torch.device = "cpu",
-) -> list[dict]:
-    """Latency of the unfused, fused and (optionally) timm-fused model of one variant, timed in one process on
-    ``device``.
+    channels_last: bool = False,
+) -> list[dict[str, Any]]:
+    """Latency of one variant's fused model against timm's fused model and its own unfused form, on the same random
+    weights, in interleaved rounds (:func:`interleaved_rounds`) on ``device``.
 
-    Rows hold milliseconds and the ratios ``fused / unfused`` (< 1 means fusion helps) and ``fused / timm_fused``
-    (<= 1 means bramley's fused model is no slower than timm's). The three models share the same random weights and
-    are timed in ``rounds`` interleaved rounds; each keeps its best median.
+    One row per batch size: the median per-round milliseconds of each contender, and two speed ratios computed round
+    by round, each as median, quartiles and range: ``speed_vs_timm`` = timm's fused time / bramley's fused time
+    (>= 1: bramley's fused model is no slower than timm's) and ``fusion_speedup`` = unfused time / fused time. Also
+    ``max_abs_diff_vs_timm``, the largest logit difference between the two fused models (they compute the same
+    function), and the per-round milliseconds under ``rounds_ms``. ``threads`` sets torch's CPU threads for the run
+    and restores them afterwards. ``channels_last`` puts every contender's weights and the input in that memory
+    format (all contenders alike: a layout comparison against timm's model in another layout would not be fair).
     """
     from bramley.core.layers import reparameterize_model
 
     from .convert import bramley_to_timm
     from .model import build_mobileone
 
+    variant = variant.removeprefix("mobileone_")
+    previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    unfused = build_mobileone(variant).eval()
-    fused = reparameterize_model(unfused)
-    models = {"unfused": unfused, "fused": fused}
-    if include_timm:
-        import timm
-        from timm.utils import reparameterize_model as timm_reparameterize
+    try:
+        unfused = build_mobileone(variant).eval()
+        models = {"fused": reparameterize_model(unfused)}
+        if include_timm:
+            import timm
+            from timm.utils import reparameterize_model as timm_reparameterize
 
-        theirs = timm.create_model(f"mobileone_{variant.removeprefix('mobileone_')}", pretrained=False)
-        theirs.load_state_dict(bramley_to_timm(unfused.state_dict()))
-        models["timm_fused"] = timm_reparameterize(theirs.eval())
-    models = {name: m.to(device) for name, m in models.items()}
-    rows = []
-    for batch in batch_sizes:
-        x = torch.randn(batch, 3, image_size, image_size, device=device)
-        best = dict.fromkeys(models, float("inf"))
-        for _ in range(rounds):  # interleaved rounds, best median of each: robust to load from other processes
-            for name, m in models.items():
-                best[name] = min(best[name], measure_latency(m, x, warmup=warmup, iters=iters))
-        ms = {name: 1e3 * t for name, t in best.items()}
-        row = {"variant": variant, "batch": batch, "image_size": image_size}
-        row.update({f"{k}_ms": v for k, v in ms.items()})
-        row["fused_vs_unfused"] = ms["fused"] / ms["unfused"]
-        if "timm_fused" in ms:
-            row["fused_vs_timm"] = ms["fused"] / ms["timm_fused"]
-        rows.append(row)
-    return rows
+            theirs = timm.create_model(f"mobileone_{variant}", pretrained=False)
+            theirs.load_state_dict(bramley_to_timm(unfused.state_dict()))
+            models["timm_fused"] = timm_reparameterize(theirs.eval())
+        models["unfused"] = unfused
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        models = {name: models[name].to(device, memory_format=layout) for name in CONTENDERS if name in models}
+        rows = []
+        for batch in batch_sizes:
+            x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=layout)
+            with torch.inference_mode():
+                outputs = {name: m(x) for name, m in models.items()}
+                seconds, _ = interleaved_rounds(
+                    {name: partial(m, x) for name, m in models.items()}, rounds, iters, warmup, device
+                )
+            ms = {name: [1e3 * t for t in times] for name, times in seconds.items()}
+            row: dict[str, Any] = {
+                "model": f"mobileone_{variant}",
+                "batch": batch,
+                "threads": torch.get_num_threads(),
+                "layout": "channels_last" if channels_last else "NCHW",
+                "image_size": image_size,
+                "rounds": rounds,
+                "iters": iters,
+                **{f"{name}_ms": statistics.median(times) for name, times in ms.items()},
+            }
+            if include_timm:
+                row["speed_vs_timm"] = ratio_stats(ms["timm_fused"], ms["fused"])
+                row["max_abs_diff_vs_timm"] = float((outputs["fused"] - outputs["timm_fused"]).abs().max())
+            row["fusion_speedup"] = ratio_stats(ms["unfused"], ms["fused"])
+            row["rounds_ms"] = ms
+            rows.append(row)
+        return rows
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def format_ratio(stats: Mapping[str, float]) -> str:
+    """``median (IQR q1-q3; range min-max)`` of :func:`ratio_stats`, for tables."""
+    return (
+        f"{stats['median']:.2f} (IQR {stats['q1']:.2f}-{stats['q3']:.2f}; range {stats['min']:.2f}-{stats['max']:.2f})"
+    )
+
+
+def table_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The printed / markdown columns of :func:`benchmark_variant` rows (milliseconds are per-round medians)."""
+    out = []
+    for row in rows:
+        line = {
+            "model": row["model"],
+            "batch": row["batch"],
+            "threads": row["threads"],
+            "unfused ms": f"{row['unfused_ms']:.1f}",
+            "fused ms": f"{row['fused_ms']:.1f}",
+        }
+        if "speed_vs_timm" in row:
+            line["timm fused ms"] = f"{row['timm_fused_ms']:.1f}"
+            line["fused speed vs timm fused"] = format_ratio(row["speed_vs_timm"])
+            line["max logit diff vs timm"] = f"{row['max_abs_diff_vs_timm']:.1e}"
+        line["fusion speed-up"] = format_ratio(row["fusion_speedup"])
+        out.append(line)
+    return out
