@@ -395,7 +395,9 @@ def test_classifier_interface():
     model.reset_classifier(0, "")
     assert model(x).shape == (2, 32, 2, 2) and model.model_config["kwargs"] == {"num_classes": 0, "global_pool": ""}
     with pytest.raises(ValueError, match="global_pool='' \\(no pooling\\) needs num_classes=0"):
-        model.reset_classifier(3)
+        model.reset_classifier(3, "")
+    model.reset_classifier(3)  # timm's cfg test: a classifier on the unpooled model brings average pooling back
+    assert model(x).shape == (2, 3) and model.model_config["kwargs"] == {"num_classes": 3, "global_pool": "avg"}
     with pytest.raises(ValueError, match="global_pool must be one of"):
         TinyNet(global_pool="max")
     with pytest.raises(ValueError, match="num_classes must be an int >= 0"):

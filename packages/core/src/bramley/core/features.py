@@ -94,12 +94,16 @@ class ClassifierInterface(nn.Module):
 
         Args:
             num_classes: new number of outputs.
-            global_pool: new pooling (:data:`GLOBAL_POOLS`); ``None`` keeps the current one. timm's
-                ``reset_classifier(0, "")`` makes ``forward`` return the unpooled feature map.
+            global_pool: new pooling (:data:`GLOBAL_POOLS`); ``None`` keeps the current one, except that a classifier
+                on a model without pooling brings average pooling back (the classifier is a linear layer on pooled
+                features; timm's tests give a model built with ``global_pool=""`` a new classifier this way).
+                timm's ``reset_classifier(0, "")`` makes ``forward`` return the unpooled feature map.
 
         The model's ``model_config`` (its build recipe) follows, so ``save_pretrained`` rebuilds the new head.
         """
         pool = self.global_pool if global_pool is None else global_pool
+        if global_pool is None and num_classes > 0 and not pool:
+            pool = "avg"
         _check_head(type(self).__name__, num_classes, pool)
         if num_classes > 0:
             ref = next(self.parameters())
@@ -108,10 +112,11 @@ class ClassifierInterface(nn.Module):
             fc = nn.Identity()
         parent, _, attr = self.classifier_name.rpartition(".")
         setattr(self.get_submodule(parent), attr, fc.train(self.training))
+        pool_changed = global_pool is not None or pool != self.global_pool
         self.num_classes, self.global_pool = num_classes, pool
         config = getattr(self, "model_config", None)
         if isinstance(config, dict):
-            changed = {"num_classes": num_classes, **({"global_pool": pool} if global_pool is not None else {})}
+            changed = {"num_classes": num_classes, **({"global_pool": pool} if pool_changed else {})}
             self.model_config = {**config, "kwargs": {**config.get("kwargs", {}), **changed}}
 
     @torch.jit.ignore

@@ -11,6 +11,7 @@ config (``register_model(pretrained_cfg=...)``): it becomes ``model.pretrained_c
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import sys
@@ -303,6 +304,8 @@ def register_timm(names: list[str] | None = None, package: str | None = None) ->
 
     - passes model arguments to the bramley factory (``num_classes=0`` pooled features, ``global_pool=""`` with
       it unpooled ones) and sets ``model.pretrained_cfg`` / ``default_cfg`` (with any ``pretrained_cfg_overlay``);
+      timm's ``device`` / ``dtype`` place every parameter and buffer (built under ``torch.device(device)``, so
+      ``device="meta"`` allocates nothing);
     - ``features_only=True`` returns timm's feature wrapper (``out_indices``, ``feature_cls``: ``FeatureListNet``
       by default, ``"getter"``, ``"hook"``, ``"dict"``, ``"fx"``; see :func:`bramley.core.features.features_only`);
     - ``pretrained=True`` loads local weights named the timm way, ``pretrained_cfg_overlay=dict(file=PATH)``: a
@@ -384,10 +387,15 @@ def _timm_entrypoint(model_name: str, timm_name: str) -> Callable[..., nn.Module
         if output_stride is not None:
             raise ValueError(f"{timm_name}: output_stride is not supported (the stage strides are fixed)")
         cfg = resolve_pretrained_cfg(timm_name, pretrained_cfg, pretrained_cfg_overlay).to_dict()
+        # timm's factory arguments for where the weights live (timm's own models take them in __init__)
+        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
         if pretrained:
             model = _load_timm_file(model_name, timm_name, cfg.get("file"), kwargs)
         else:
-            model = create_model(model_name, **kwargs)
+            with torch.device(device) if device is not None else contextlib.nullcontext():
+                model = create_model(model_name, **kwargs)
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)
         model.pretrained_cfg = model.default_cfg = cfg
         if not features_only:
             return model
