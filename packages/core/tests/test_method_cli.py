@@ -352,3 +352,25 @@ def test_debug_shows_the_traceback(monkeypatch, tmp_path):
     monkeypatch.setenv("BRAMLEY_DEBUG", "1")
     with pytest.raises(CheckpointError):
         make_cli().main(["reparam", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+
+
+def test_image_eval_scores_an_image_folder_fused_or_not(capsys, tmp_path, image_folder):
+    image_cli = MethodCLI("clitest", "a test method")
+    image_cli.add_image_eval("top-1 on an ImageFolder", image_size=16, crop_pct=0.875)
+    run = CLI(image_cli.main, "bramley-clitest")
+    model = build_model("clitest_repnet", {"num_classes": 3})
+    save_pretrained(model, tmp_path / "m")
+    results = []
+    for extra in ([], ["--fuse"]):
+        code, out, _ = run.run(capsys, "eval", "--checkpoint", tmp_path / "m", "--data", image_folder, *extra)
+        assert code == 0
+        results.append(json.loads(out))
+    assert set(results[0]) >= {"top1", "top5", "loss"}
+    assert results[0]["top1"] == results[1]["top1"], "the fused model predicts the same classes"
+    assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-4)
+    save_pretrained(build_model("clitest_repnet", {"num_classes": 10}), tmp_path / "ten")
+    run.user_error(
+        capsys,
+        ["eval", "--checkpoint", tmp_path / "ten", "--data", image_folder],
+        "has 3 classes but the model predicts 10",
+    )

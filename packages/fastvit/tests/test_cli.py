@@ -114,7 +114,7 @@ def test_eval_errors(tiny, image_folder, tmp_path, capsys):
     cli.user_error(capsys, [*base, "--data", str(tmp_path / "nowhere")], "does not exist")
     five = save_pretrained(create_model("fastvit_sa12", num_classes=5, **TINY), tmp_path / "five")
     argv = ["eval", "--checkpoint", five, "--data", image_folder, "--image-size", "32"]
-    cli.user_error(capsys, argv, "the model has 5 classes")
+    cli.user_error(capsys, argv, "has 3 classes but the model predicts 5")
     cli.usage_error(capsys, [*base, "--data", str(image_folder), "--batch-size", "0"], "must be >= 1")
     cli.usage_error(capsys, [*base, "--data", str(image_folder), "--crop-pct", "0"], "must be in (0, 1]")
     cli.usage_error(capsys, [*base, "--data", str(image_folder), "--image-size", "0"], "must be >= 1")

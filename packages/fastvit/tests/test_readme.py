@@ -81,7 +81,8 @@ def test_readme_commands_run(image_folder, tmp_path, monkeypatch, capsys):
     assert not results["repmixer"]["fused_has_skip"]
     assert [c["claim"] for c in results["claims"]] == [c["claim"] for c in verdicts(results)]
     assert Path("repro/fastvit_reproduction.png").stat().st_size > 0
-    assert "FastViT's claims" in out and "HOLDS" in out
+    printed = out.split("FastViT's claims", 1)[1]  # every claim gets a verdict; a quick run's verdicts mean nothing
+    assert printed.count(": HOLDS (") + printed.count(": DOES NOT HOLD (") == len(results["claims"])
 
 
 def test_readme_verdicts_are_computed_from_the_committed_results():

@@ -261,6 +261,27 @@ def accuracy_eval(
     return eval_fn
 
 
+def evaluate_image_folder(
+    model: nn.Module,
+    root: str | os.PathLike,
+    image_size: int = 224,
+    crop_pct: float = 0.875,
+    batch_size: int = 64,
+    interpolation: str = "bilinear",
+) -> dict[str, float]:
+    """Top-1 / top-5 (%) and mean cross-entropy of ``model`` on the ImageFolder at ``root`` under the eval transform
+    (resize to ``image_size / crop_pct``, center crop ``image_size``), on the model's device. A folder whose class
+    count differs from the model's is a :class:`DataError`."""
+    from .data import ImageFolder
+
+    data = ImageFolder(root, image_size=image_size, crop_pct=crop_pct, interpolation=interpolation)
+    num_classes = getattr(model, "num_classes", len(data.classes))
+    if len(data.classes) != num_classes:
+        raise DataError(f"{root} has {len(data.classes)} classes but the model predicts {num_classes}")
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size)
+    return accuracy_eval(device=next(model.parameters()).device)(model.eval(), loader)
+
+
 # ---------------------------------------------------------------------------------------------------------- run
 def train_classifier(
     recipe: Any,

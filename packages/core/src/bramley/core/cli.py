@@ -423,6 +423,31 @@ class MethodCLI:
 
         return self.add_command("eval", run, help, all_arguments)
 
+    def add_image_eval(
+        self, help: str, image_size: int, crop_pct: float, interpolation: str = "bilinear"
+    ) -> argparse.ArgumentParser:
+        """:meth:`add_eval` for an image classifier on an ImageFolder: ``--data``, ``--image-size``, ``--crop-pct``,
+        ``--batch-size`` (defaults: the package's eval preprocessing) and ``--fuse`` (evaluate the reparameterized
+        model); metrics from :func:`bramley.core.classification.evaluate_image_folder`."""
+
+        def evaluate(model: Any, args: argparse.Namespace) -> Mapping[str, Any]:
+            from .classification import evaluate_image_folder
+            from .layers import reparameterize_model
+
+            if args.fuse:
+                model = reparameterize_model(model)
+            size, crop, batch = args.image_size, args.crop_pct, args.batch_size
+            return evaluate_image_folder(model, args.data, size, crop, batch, interpolation)
+
+        def arguments(p: argparse.ArgumentParser) -> None:
+            p.add_argument("--data", type=Path, required=True, help="ImageFolder root: one sub-folder per class")
+            p.add_argument("--image-size", type=positive_int, default=image_size)
+            p.add_argument("--crop-pct", type=unit_float, default=crop_pct, help="center-crop fraction")
+            p.add_argument("--batch-size", type=positive_int, default=64)
+            p.add_argument("--fuse", action="store_true", help="evaluate the reparameterized model")
+
+        return self.add_eval(evaluate, help, arguments)
+
     # ---------------------------------------------------------------------------------------------- reproduce
     def add_reproduce(self, module: str) -> None:
         """``reproduce ...``: hand every argument to ``<module>.main(argv)`` (the mini reproduction parses its own)."""

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bramley.core.cli import MethodCLI, positive_int, unit_float, write_json
+from bramley.core.cli import MethodCLI, positive_int, write_json
 
 from .convert import convert_official
 from .model import FASTVIT_CONFIGS
@@ -24,32 +24,6 @@ def _columns(name: str) -> dict[str, Any]:
         "mlp": "-".join(str(r) for r in cfg["mlp_ratios"]),
         "mixers": "".join("A" if t == "attention" else "R" for t in cfg.get("token_mixers", ("repmixer",) * 4)),
     }
-
-
-def _evaluate(model, args: argparse.Namespace) -> dict[str, Any]:
-    """Top-1 / top-5 accuracy of ``model`` on the ImageFolder ``--data`` (optionally fused first)."""
-    import torch
-
-    from bramley.core.classification import accuracy_eval
-    from bramley.core.data import ImageFolder
-    from bramley.core.errors import DataError
-    from bramley.core.layers import reparameterize_model
-
-    if args.fuse:
-        model = reparameterize_model(model)
-    data = ImageFolder(args.data, image_size=args.image_size, crop_pct=args.crop_pct, interpolation="bicubic")
-    if model.num_classes != len(data.classes):
-        raise DataError(f"the model has {model.num_classes} classes but {args.data} has {len(data.classes)}")
-    loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size)
-    return accuracy_eval(device=next(model.parameters()).device)(model, loader)
-
-
-def _eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, required=True, help="ImageFolder root (<data>/<class>/<image>)")
-    p.add_argument("--image-size", type=positive_int, default=256)
-    p.add_argument("--crop-pct", type=unit_float, default=0.9, help="center-crop fraction (official default 0.9)")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--fuse", action="store_true", help="evaluate the reparameterized model")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -85,7 +59,7 @@ cli.add_reparam()
 cli.add_convert(convert_official, "official FastViT / MobileCLIP / timm / open_clip checkpoint -> bramley folder")
 cli.add_export()
 cli.add_train(SCHEMA, run_training)
-cli.add_eval(_evaluate, "top-1 / top-5 accuracy on an ImageFolder", _eval_arguments)
+cli.add_image_eval("top-1 / top-5 accuracy on an ImageFolder", image_size=256, crop_pct=0.9, interpolation="bicubic")
 cli.add_command("bench", _bench, "CPU latency: unfused vs fused vs timm's fused model", _bench_arguments)
 cli.add_reproduce("bramley.fastvit.reproduce")
 main = cli.main

@@ -11,15 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from bramley.core.classification import train_image_classifier
-from bramley.core.cli import MethodCLI, check_writable, non_negative_int, positive_int, unit_float
+from bramley.core.cli import MethodCLI, check_writable, non_negative_int, positive_int
 
 from .convert import convert_official
-from .train import RECIPES, evaluate
+from .train import RECIPES
 
 #: Fused parameters (M) of each variant in the paper (Table 8).
 PAPER_PARAMS_M = {"s0": 2.1, "s1": 4.8, "s2": 7.8, "s3": 10.1, "s4": 14.8}
@@ -40,22 +39,6 @@ def info_columns(name: str) -> dict[str, float]:
         "GMACs": count_macs(unfused, 224) / 1e9,
         "fused_GMACs": count_macs(fused, 224) / 1e9,
     }
-
-
-def _evaluate(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Any]:
-    if args.fuse:
-        from bramley.core.layers import reparameterize_model
-
-        model = reparameterize_model(model)
-    return evaluate(model, args.data, image_size=args.image_size, crop_pct=args.crop_pct, batch_size=args.batch_size)
-
-
-def _eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, required=True, help="ImageFolder root: one sub-folder per class")
-    p.add_argument("--image-size", type=positive_int, default=224)
-    p.add_argument("--crop-pct", type=unit_float, default=0.875, help="center-crop fraction")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--fuse", action="store_true", help="evaluate the reparameterized model")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -165,7 +148,7 @@ cli.add_reparam()
 cli.add_convert(convert_official, "convert an official apple/ml-mobileone .pth.tar checkpoint (fused or unfused)")
 cli.add_export()
 cli.add_train(RECIPES, train_image_classifier)
-cli.add_eval(_evaluate, "top-1 / top-5 on an ImageFolder", _eval_arguments)
+cli.add_image_eval("top-1 / top-5 on an ImageFolder", image_size=224, crop_pct=0.875)
 cli.add_command(
     "bench", _bench, "latency: unfused vs fused vs timm's fused model on the same weights", _bench_arguments
 )
