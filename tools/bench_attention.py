@@ -1,11 +1,20 @@
-"""Benchmark bramley.core.ops.attention (varlen flash attention) and the packing helpers.
+"""Benchmark bramley.core.ops.attention (every backend, against the attention a user would write instead) and packing.
 
-Attention (GPU): one packed batch of 65,536 tokens, document lengths log-uniform in [128, 8192] (the last document is
-cut to fill the batch exactly), bf16, model width 2048, head_dim 64 and 128, causal and not, forward and
-forward+backward. Useful TFLOP/s = sum over documents of 4 * l^2 * heads * head_dim, halved for causal, x3.5 for
-forward+backward, divided by the time. Baselines in the same run: torch SDPA dense (cuDNN and flash backends) on
-equal-length batches of the same token count, ``torch.nn.attention.varlen.varlen_attn`` and FlexAttention with a
-document mask on the same packed batch.
+Attention, GPU (default on a CUDA machine): one packed batch of 65,536 tokens, document lengths log-uniform in
+[128, 8192] (the last document is cut to fill the batch exactly), bf16, model width 2048, head_dim 64 and 128, causal
+and not, forward and forward+backward. Useful TFLOP/s = sum over documents of 4 * l^2 * heads * head_dim, halved for
+causal, x3.5 for forward+backward, divided by the time. Contenders, interleaved round by round: every bramley backend
+(``triton``, ``flash``, ``flex``, ``sdpa``, ``reference``), ``torch.nn.attention.varlen.varlen_attn`` and compiled
+FlexAttention with a document mask called directly, and torch SDPA dense (cuDNN, flash) on equal-length batches of
+the same token count. ``--auto-table PATH`` writes the fastest bramley backend per case (the table of
+``backend="auto"``); ``--short`` is the few-iterations run of tools/gpu_check.sh.
+
+Attention, CPU (``--cpu``): 8,192 tokens at several length spreads (equal lengths to log-uniform [16, 4096]), d64,
+8 heads, causal and not, forward and forward+backward: ``attention`` (``backend="auto"``, i.e. ``sdpa`` on CPU)
+against the two things a user would write with torch alone: a loop of ``F.scaled_dot_product_attention`` over the
+documents (outputs concatenated) and one SDPA call on the zero-padded batch (causal: no mask, the padded keys are
+invisible to real queries; otherwise a key-padding mask; the padding is done outside the timing). Same-run ratios,
+contenders interleaved round by round, median over rounds and its range.
 
 Packing (CPU): best-fit-decreasing of 1M log-uniform lengths into 65,536-token bins (docs/s, fill ratio); pack/unpack
 (gather/scatter) bandwidth against a plain copy of the same bytes (into a preallocated and into a new tensor), on the
@@ -13,14 +22,16 @@ device in use.
 
 Results go to a JSON file and, between markers, into packages/core/BENCHMARKS.md.
 
-    python tools/bench_attention.py                 # everything (attention needs CUDA)
-    python tools/bench_attention.py --packing-only  # the CPU part
-    python tools/bench_attention.py --cpu-smoke     # tiny sizes, reference path, writes nothing unless asked
+    python tools/bench_attention.py                 # GPU attention + packing (attention needs CUDA)
+    python tools/bench_attention.py --cpu           # CPU attention against the per-document loop and padded SDPA
+    python tools/bench_attention.py --packing-only  # the packing part
+    python tools/bench_attention.py --cpu-smoke     # tiny sizes of the CPU parts, writes nothing unless asked
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -33,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from bramley.core.ops import attention
 from bramley.core.packing import best_fit_decreasing, cu_seqlens_from_lengths, pack, unpack
@@ -59,33 +71,34 @@ def useful_flops(lengths: list[int], heads: int, head_dim: int, causal: bool, ba
     return flops * (3.5 if backward else 1.0)
 
 
-def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> float:
-    """Median wall time of ``fn`` in milliseconds (CUDA events on GPU)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
+def round_times(fns: list[Callable[[], Any]], device: torch.device, warmup: int, rounds: int) -> list[list[float]]:
+    """Wall time (ms) of each function in each round, the functions timed round-robin so that all of them see the
+    same machine load, each round starting one function later (no function always runs right after the same other
+    one: allocator and cache state carry over); ``warmup`` rounds first are not kept."""
+    times: list[list[float]] = [[] for _ in fns]
+    for step in range(warmup + rounds):
+        first = step % len(fns)
+        for fn, row in [*zip(fns, times)][first:] + [*zip(fns, times)][:first]:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             t0 = time.perf_counter()
             fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if step >= warmup:
+                row.append((time.perf_counter() - t0) * 1e3)
+    return times
 
 
-def fwd_bwd(run: Callable[[], torch.Tensor], inputs: list[torch.Tensor], backward: bool) -> Callable[[], None]:
+def step_fn(run: Callable[[], torch.Tensor], inputs: list[torch.Tensor], backward: bool, grad=None) -> Callable:
+    """One forward (no autograd graph) or forward+backward (with ``grad``, ones by default) of ``run``."""
+
     def step() -> None:
         for t in inputs:
             t.grad = None
         if backward:
             out = run()
-            out.backward(torch.ones_like(out))
+            out.backward(torch.ones_like(out) if grad is None else grad)
         else:
             with torch.no_grad():
                 run()
@@ -93,14 +106,28 @@ def fwd_bwd(run: Callable[[], torch.Tensor], inputs: list[torch.Tensor], backwar
     return step
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     env = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average": round(os.getloadavg()[0], 2),
     }
+    if device.type == "cuda":
+        env["capability"] = "sm{}{}".format(*torch.cuda.get_device_capability(device))
     try:
         import triton
 
@@ -110,9 +137,16 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-# ------------------------------------------------------------------------------------------------------ attention
-def attention_methods(lengths, heads, head_dim, causal, device, dtype, backend, dense_seqs):
-    """Yield ``(name, lengths_used, run_factory)``; run_factory(requires_grad) -> (run, inputs) or a skip reason."""
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} [{min(values):.2f}, {max(values):.2f}]"
+
+
+# -------------------------------------------------------------------------------------------------- attention (GPU)
+BRAMLEY_BACKENDS = ("triton", "flash", "flex", "sdpa", "reference")
+
+
+def attention_methods(lengths, heads, head_dim, causal, device, dtype, backends, dense_seqs):
+    """Yield ``(name, lengths_used, factory)``; ``factory(requires_grad)`` -> ``(run, inputs)`` or a skip reason."""
     total = sum(lengths)
     cu = cu_seqlens_from_lengths(lengths, device)
     max_len = max(lengths)
@@ -123,23 +157,21 @@ def attention_methods(lengths, heads, head_dim, causal, device, dtype, backend, 
             for _ in range(3)
         ]
 
-    def ours(requires_grad):
-        q, k, v = packed(requires_grad)
-        return (lambda: attention(q, k, v, cu_seqlens=cu, max_seqlen=max_len, causal=causal, backend=backend)), [
-            q,
-            k,
-            v,
-        ]
+    for backend in backends:
 
-    yield f"bramley ({backend})", lengths, ours
+        def ours(requires_grad, backend=backend):
+            q, k, v = packed(requires_grad)
+            return (lambda: attention(q, k, v, cu_seqlens=cu, max_seqlen=max_len, causal=causal, backend=backend)), [
+                q, k, v,
+            ]  # fmt: skip
+
+        yield f"bramley ({backend})", lengths, ours
 
     def varlen(requires_grad):
         try:
             from torch.nn.attention.varlen import varlen_attn
         except ImportError:
             return "torch.nn.attention.varlen not in this torch"
-        if device.type != "cuda":
-            return "needs CUDA"
         q, k, v = packed(requires_grad)
         window = (-1, 0) if causal else (-1, -1)
         return (lambda: varlen_attn(q, k, v, cu, cu, max_len, max_len, window_size=window)), [q, k, v]
@@ -147,8 +179,6 @@ def attention_methods(lengths, heads, head_dim, causal, device, dtype, backend, 
     yield "varlen_attn", lengths, varlen
 
     def flex(requires_grad):
-        if device.type != "cuda":
-            return "needs CUDA (compiled FlexAttention)"
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
         doc = torch.repeat_interleave(torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device))
@@ -169,29 +199,21 @@ def attention_methods(lengths, heads, head_dim, causal, device, dtype, backend, 
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    sdp_backends = (
-        (("cuDNN", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION))
-        if device.type == "cuda"
-        else (("default", None),)
-    )
     for seq in dense_seqs:
         if seq > total or total % seq:
             continue
-        for name, sdp_backend in sdp_backends:
+        for name, sdp_backend in (("cuDNN", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
 
             def dense(requires_grad, seq=seq, sdp_backend=sdp_backend):
                 q, k, v = (
-                    torch.randn(
-                        total // seq, heads, seq, head_dim, device=device, dtype=dtype, requires_grad=requires_grad
-                    )
+                    torch.randn(total // seq, heads, seq, head_dim, device=device, dtype=dtype,
+                                requires_grad=requires_grad)
                     for _ in range(3)
-                )
+                )  # fmt: skip
 
                 def run():
-                    if sdp_backend is None:
-                        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
                     with sdpa_kernel(sdp_backend):
-                        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
                 return run, [q, k, v]
 
@@ -199,51 +221,134 @@ def attention_methods(lengths, heads, head_dim, causal, device, dtype, backend, 
 
 
 def bench_attention(args, device: torch.device) -> list[dict[str, Any]]:
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    backend = "triton" if device.type == "cuda" else "reference"
+    """The GPU table: every contender, interleaved round by round per (head dim, causal, fwd or fwd+bwd)."""
+    dtype = torch.bfloat16
     lengths = doc_lengths(args.tokens, args.min_len, args.max_len, args.seed)
     rows = []
-    for head_dim in args.head_dims:
+    for head_dim, causal in itertools.product(args.head_dims, (False, True)):
         heads = args.width // head_dim
-        for causal in (False, True):
-            methods = attention_methods(lengths, heads, head_dim, causal, device, dtype, backend, args.dense_seqs)
+        methods = list(attention_methods(lengths, heads, head_dim, causal, device, dtype, args.backends,
+                                         args.dense_seqs))  # fmt: skip
+        table = {name: {"method": name, "head_dim": head_dim, "causal": causal} for name, _, _ in methods}
+        for backward in (False, True):
+            key = "fwd+bwd" if backward else "fwd"
+            names, steps, used = [], [], []
             for name, used_lengths, factory in methods:
-                row: dict[str, Any] = {"method": name, "head_dim": head_dim, "causal": causal}
-                for backward in (False, True):
-                    key = "fwd+bwd" if backward else "fwd"
-                    try:
-                        made = factory(backward)
-                        if isinstance(made, str):
-                            row[f"{key} TFLOP/s"] = f"skipped: {made}"
-                            continue
-                        run, inputs = made
-                        ms = time_ms(fwd_bwd(run, inputs, backward), device, args.warmup, args.iters)
-                    except Exception as exc:  # a baseline this torch/GPU cannot run is recorded, not fatal
-                        row[f"{key} TFLOP/s"] = f"failed: {type(exc).__name__}: {str(exc)[:80]}"
+                try:
+                    made = factory(backward)
+                    if isinstance(made, str):
+                        table[name][f"{key} TFLOP/s"] = f"skipped: {made}"
                         continue
-                    flops = useful_flops(used_lengths, heads, head_dim, causal, backward)
-                    row[f"{key} ms"] = round(ms, 3)
-                    row[f"{key} TFLOP/s"] = float(f"{flops / ms / 1e9:.4g}")
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                    step = step_fn(*made, backward)
+                    step()  # compile / autotune outside the timing
+                except Exception as exc:  # a contender this torch/GPU cannot run is recorded, not fatal
+                    table[name][f"{key} TFLOP/s"] = f"failed: {type(exc).__name__}: {str(exc)[:80]}"
+                    continue
+                names.append(name)
+                steps.append(step)
+                used.append(used_lengths)
+            for name, used_lengths, times in zip(names, used, round_times(steps, device, args.warmup, args.iters)):
+                ms = statistics.median(times)
+                flops = useful_flops(used_lengths, heads, head_dim, causal, backward)
+                table[name][f"{key} ms"] = round(ms, 3)
+                table[name][f"{key} TFLOP/s"] = float(f"{flops / ms / 1e9:.4g}")
+        for row in table.values():
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def auto_table(rows: list[dict[str, Any]], capability: str) -> dict[str, str]:
+    """``backend="auto"``'s table from a GPU run: the fastest bramley backend (fwd+bwd) per head dim and mask."""
+    from bramley.core.ops._auto import feature_of
+
+    best: dict[str, tuple[float, str]] = {}
+    for row in rows:
+        if not row["method"].startswith("bramley (") or not isinstance(row.get("fwd+bwd ms"), float):
+            continue
+        feature = feature_of(-1, 0 if row["causal"] else -1, gqa=False)
+        key = f"{capability} bfloat16 d{row['head_dim']} {feature}"
+        candidate = (row["fwd+bwd ms"], row["method"][len("bramley (") : -1])
+        best[key] = min(best.get(key, candidate), candidate)
+    return {key: backend for key, (_, backend) in sorted(best.items())}
+
+
+# -------------------------------------------------------------------------------------------------- attention (CPU)
+CPU_SPREADS = {  # name -> (low, high) of log-uniform lengths; equal lengths when low == high
+    "none (32 x 256)": (256, 256),
+    "narrow [192, 384]": (192, 384),
+    "medium [64, 1024]": (64, 1024),
+    "wide [16, 4096]": (16, 4096),
+}
+
+
+def cpu_contenders(lengths: list[int], heads: int, head_dim: int, causal: bool, backward: bool):
+    """``{name: step}`` for bramley's ``attention`` and the two torch-only peers, on the same random batch."""
+    total, batch, longest = sum(lengths), len(lengths), max(lengths)
+    cu = cu_seqlens_from_lengths(lengths)
+    bounds = list(itertools.pairwise(cu.tolist()))
+    q, k, v = (torch.randn(total, heads, head_dim, requires_grad=backward) for _ in range(3))
+
+    def ours():
+        return attention(q, k, v, cu_seqlens=cu, max_seqlen=longest, causal=causal)
+
+    def loop():
+        docs = [[t[s:e].transpose(0, 1) for t in (q, k, v)] for s, e in bounds]
+        return torch.cat([F.scaled_dot_product_attention(*doc, is_causal=causal).transpose(0, 1) for doc in docs])
+
+    # Padded peer: the same documents zero-padded to the longest, padded outside the timing.
+    padded = [torch.zeros(batch, heads, longest, head_dim) for _ in range(3)]
+    for i, (s, e) in enumerate(bounds):
+        for dst, src in zip(padded, (q, k, v)):
+            dst[i, :, : e - s] = src[s:e].detach().transpose(0, 1)
+    padded = [t.requires_grad_(backward) for t in padded]
+    valid = torch.arange(longest)[None, :] < torch.tensor(lengths)[:, None]  # (batch, longest)
+    key_mask = None if causal else valid[:, None, None, :]
+
+    def pad():
+        return F.scaled_dot_product_attention(*padded, attn_mask=key_mask, is_causal=causal)
+
+    pad_grad = valid[:, None, :, None].expand(batch, heads, longest, head_dim).float()  # no gradient into padding
+    with torch.no_grad():  # the three compute one function: checked once, outside the timing
+        expected = ours()
+        torch.testing.assert_close(loop(), expected, atol=1e-4, rtol=1e-4)
+        unpadded = torch.cat([doc[:, :n].transpose(0, 1) for doc, n in zip(pad(), lengths)])
+        torch.testing.assert_close(unpadded, expected, atol=1e-4, rtol=1e-4)
+    return {
+        "bramley": step_fn(ours, [q, k, v], backward),
+        "SDPA loop": step_fn(loop, [q, k, v], backward),
+        "SDPA padded": step_fn(pad, padded, backward, grad=pad_grad),
+    }
+
+
+def bench_cpu_attention(args) -> list[dict[str, Any]]:
+    """The CPU table: ratios peer time / bramley time per round (> 1: bramley faster), median [min, max]."""
+    rows = []
+    for (name, (low, high)), causal in itertools.product(args.cpu_spreads.items(), (True, False)):
+        lengths = (
+            [low] * (args.cpu_tokens // low) if low == high else doc_lengths(args.cpu_tokens, low, high, args.seed)
+        )
+        longest = max(lengths)
+        row: dict[str, Any] = {
+            "spread": name, "docs": len(lengths), "longest": longest,
+            "padding": f"{1 - sum(lengths) / (len(lengths) * longest):.0%}", "causal": causal,
+        }  # fmt: skip
+        for backward in (False, True):
+            key = "fwd+bwd" if backward else "fwd"
+            steps = cpu_contenders(lengths, args.cpu_heads, args.cpu_head_dim, causal, backward)
+            times = dict(zip(steps, round_times(list(steps.values()), torch.device("cpu"), 1, args.cpu_rounds)))
+            row[f"{key} bramley ms"] = round(statistics.median(times["bramley"]), 2)
+            for peer in ("SDPA loop", "SDPA padded"):
+                row[f"{key} {peer} / bramley"] = spread([p / o for p, o in zip(times[peer], times["bramley"])])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     return rows
 
 
 # ------------------------------------------------------------------------------------------------------ packing
 def time_interleaved_ms(fns: list[Callable[[], Any]], device: torch.device, warmup: int, iters: int) -> list[float]:
-    """Median wall time (ms) of each function, timed round-robin so that all of them see the same machine load."""
-    times: list[list[float]] = [[] for _ in fns]
-    for step in range(warmup + iters):
-        for fn, row in zip(fns, times):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if step >= warmup:
-                row.append((time.perf_counter() - t0) * 1e3)
-    return [statistics.median(row) for row in times]
+    """Median wall time (ms) of each function, timed round-robin (:func:`round_times`)."""
+    return [statistics.median(row) for row in round_times(fns, device, warmup, iters)]
 
 
 def bench_packing(args, device: torch.device) -> dict[str, Any]:
@@ -324,11 +429,18 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
     env = results["environment"]
     header = (
         f"Measured {env['date']} on {env['device']} (torch {env['torch']}, triton {env['triton']}, "
-        f"Python {env['python']}, {env['cpu_threads']} CPU threads), `{results['command']}`."
+        f"Python {env['python']}, {env['cpu_threads']} torch threads on {env['cpu_count']} CPUs, load average "
+        f"{env['load_average']} at the start), `{results['command']}`."
     )
     if "attention" in results:
-        body = header + "\n\n" + markdown_table(results["attention"])
-        text = replace_section(text, "attention", body)
+        text = replace_section(text, "attention", header + "\n\n" + markdown_table(results["attention"]))
+    if "auto_table" in results:
+        body = header + "\n\n" + markdown_table([{"case": k, "backend": v} for k, v in results["auto_table"].items()])
+        text = replace_section(text, "auto-table", body)
+    if "cpu_attention" in results:
+        threads = env["cpu_threads"]
+        name = f"cpu-attention-{threads}-thread{'s' if threads > 1 else ''}"
+        text = replace_section(text, name, header + "\n\n" + markdown_table(results["cpu_attention"]))
     if "packing" in results:
         body = header + "\n\n" + markdown_table([results["packing"]])
         reused = os.environ.get("MALLOC_MMAP_MAX_") == "0"
@@ -338,43 +450,65 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on CPU, reference path")
+    parser.add_argument("--cpu", action="store_true", help="CPU attention against the per-document loop and padding")
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes of the CPU parts (tests)")
+    parser.add_argument("--short", action="store_true", help="GPU: few rounds, one dense baseline (gpu_check.sh)")
     parser.add_argument("--packing-only", action="store_true", help="only the packing benchmarks")
     parser.add_argument("--attention-only", action="store_true", help="only the attention benchmarks")
+    parser.add_argument("--backends", nargs="+", default=list(BRAMLEY_BACKENDS), choices=BRAMLEY_BACKENDS)
     parser.add_argument("--tokens", type=int, default=65_536)
     parser.add_argument("--min-len", type=int, default=128)
     parser.add_argument("--max-len", type=int, default=8192)
     parser.add_argument("--width", type=int, default=2048)
-    parser.add_argument("--head-dims", type=int, nargs="+", default=None, help="default 64 128 (16 32 smoke)")
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--dense-seqs", type=int, nargs="+", default=[1024, 4096, 16384])
+    parser.add_argument("--cpu-tokens", type=int, default=8192)
+    parser.add_argument("--cpu-heads", type=int, default=8)
+    parser.add_argument("--cpu-head-dim", type=int, default=64)
+    parser.add_argument("--cpu-rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--bfd-items", type=int, default=1_000_000)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--iters", type=int, default=10, help="timed rounds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--auto-table", type=Path, default=None, help="write backend='auto''s table here (GPU run)")
     parser.add_argument("--markdown", type=Path, default=None, help=f"default {BENCHMARKS_MD} (not with --cpu-smoke)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    args.cpu_spreads = CPU_SPREADS
     if args.cpu_smoke:
+        args.cpu = True
         args.tokens, args.min_len, args.max_len, args.width = 256, 8, 64, 64
-        args.head_dims = args.head_dims or [16, 32]
+        args.cpu_tokens, args.cpu_heads, args.cpu_head_dim, args.cpu_rounds = 256, 2, 16, 1
+        args.cpu_spreads = {"none (8 x 32)": (32, 32), "wide [4, 128]": (4, 128)}
         args.bfd_items, args.warmup, args.iters = 5_000, 0, 1
-        args.dense_seqs = [64]
-    args.head_dims = args.head_dims or [64, 128]
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu_smoke else "cpu")
+    if args.short:
+        args.warmup, args.iters, args.dense_seqs = 1, 5, [4096]
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     results: dict[str, Any] = {
         "command": " ".join(["python tools/bench_attention.py", *(argv if argv is not None else sys.argv[1:])]),
         "environment": environment(device),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
     if not args.packing_only:
-        if device.type != "cuda" and not args.cpu_smoke:
-            print("attention benchmark needs CUDA: skipped (use --cpu-smoke for the CPU reference path)")
+        if args.cpu:
+            results["cpu_attention"] = bench_cpu_attention(args)
+        elif device.type != "cuda":
+            print("the GPU attention benchmark needs CUDA: skipped (--cpu runs the CPU one)")
         else:
             results["attention"] = bench_attention(args, device)
+            results["auto_table"] = auto_table(results["attention"], results["environment"]["capability"])
+            if args.auto_table is not None:
+                about = f"Written by `{results['command']}` on {results['environment']['device']}."
+                measured = {k: results["environment"][k] for k in ("date", "device", "torch", "triton")}
+                payload = {"about": about, "measured": measured, "choices": results["auto_table"]}
+                args.auto_table.write_text(json.dumps(payload, indent=2) + "\n")
     if not args.attention_only:
         results["packing"] = bench_packing(args, device)
     if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps(results, indent=2, default=str))
     markdown = args.markdown if args.markdown is not None else (None if args.cpu_smoke else BENCHMARKS_MD)
     if markdown is not None:
         write_markdown(markdown, results)

@@ -1,18 +1,29 @@
-"""Public API and reference path of bramley.core.ops.attention (CPU, fast)."""
+"""Public API of bramley.core.ops.attention and its CPU backends (sdpa, reference; flex forward) against float64."""
 
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bramley.core.ops import attention, normalize_window, reference_attention
+from bramley.core.ops import BACKENDS, _attention, _sdpa, attention, normalize_window, reference_attention, set_debug
+
+CPU_BACKENDS = ["sdpa", "reference"]
+
+
+@pytest.fixture(autouse=True)
+def _debug_checks():
+    """Value checks of cu_seqlens on (they are off by default: on CUDA each costs a device sync)."""
+    previous = set_debug(True)
+    yield
+    set_debug(previous)
 
 
 def _cu(lengths: list[int]) -> torch.Tensor:
-    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    return torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
 
 
 def _packed(lengths, heads=4, kv_heads=2, dim=16, dtype=torch.float64, requires_grad=False):
@@ -24,8 +35,7 @@ def _packed(lengths, heads=4, kv_heads=2, dim=16, dtype=torch.float64, requires_
 def _sdpa_per_doc(q, k, v, cu, causal=False, mask_fn=None):
     """Independent oracle: torch SDPA per document (float64 math backend)."""
     outs = []
-    bounds = cu.tolist()
-    for s, e in itertools.pairwise(bounds):
+    for s, e in itertools.pairwise(cu.tolist()):
         if e == s:
             continue
         mask = None if mask_fn is None else mask_fn(e - s)
@@ -41,84 +51,113 @@ def _sdpa_per_doc(q, k, v, cu, causal=False, mask_fn=None):
     return torch.cat(outs) if outs else torch.zeros_like(q)
 
 
+def _band(left, right):
+    def mask_fn(n):
+        i = torch.arange(n)
+        off = i[None, :] - i[:, None]
+        return (off >= -left) & (off <= right)
+
+    return mask_fn
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("causal", [False, True])
-def test_packed_matches_sdpa_per_document(causal):
+def test_packed_matches_sdpa_per_document(backend, causal):
     (q, k, v), cu = _packed([1, 5, 0, 17, 2])
-    out = attention(q, k, v, cu_seqlens=cu, causal=causal)
+    out = attention(q, k, v, cu_seqlens=cu, causal=causal, backend=backend)
     torch.testing.assert_close(out, _sdpa_per_doc(q, k, v, cu, causal=causal))
 
 
-def test_dense_matches_sdpa_and_packed():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_dense_matches_sdpa_and_packed(backend):
     q = torch.randn(3, 9, 4, 32, dtype=torch.float64)
     k, v = torch.randn(2, 3, 9, 1, 32, dtype=torch.float64)  # MQA
-    out, lse = attention(q, k, v, causal=True, return_lse=True)
+    out, lse = attention(q, k, v, causal=True, return_lse=True, backend=backend)
     expected = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True
     ).transpose(1, 2)
     torch.testing.assert_close(out, expected)
     assert out.shape == q.shape and lse.shape == (3, 4, 9) and lse.dtype == torch.float64
     packed, packed_lse = attention(
-        q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens=_cu([9, 9, 9]), causal=True, return_lse=True
-    )
+        q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens=_cu([9, 9, 9]), causal=True, return_lse=True,
+        backend=backend,
+    )  # fmt: skip
     torch.testing.assert_close(packed.view_as(q), out)
     torch.testing.assert_close(packed_lse.view(4, 3, 9).transpose(0, 1), lse)
 
 
-def test_lse_is_logsumexp_of_scores():
-    (q, k, v), cu = _packed([6], heads=2, kv_heads=2)
-    _, lse = attention(q, k, v, cu_seqlens=cu, scale=0.3, return_lse=True)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_lse_is_logsumexp_of_scores(backend):
+    (q, k, v), cu = _packed([6, 3], heads=2, kv_heads=2)
+    _, lse = attention(q, k, v, cu_seqlens=cu, scale=0.3, return_lse=True, backend=backend)
     scores = torch.einsum("qhd,khd->hqk", q, k) * 0.3
-    torch.testing.assert_close(lse, torch.logsumexp(scores, -1))
+    same_doc = torch.block_diag(torch.ones(6, 6), torch.ones(3, 3)).bool()
+    torch.testing.assert_close(lse, torch.logsumexp(scores.masked_fill(~same_doc, float("-inf")), -1))
 
 
-def test_window_semantics():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_window_semantics(backend):
     (q, k, v), cu = _packed([11, 4], heads=2, kv_heads=1)
-
-    def band(left, right):
-        def mask_fn(n):
-            i = torch.arange(n)
-            off = i[None, :] - i[:, None]
-            return (off >= -left) & (off <= right)
-
-        return mask_fn
-
-    torch.testing.assert_close(
-        attention(q, k, v, cu_seqlens=cu, window=2), _sdpa_per_doc(q, k, v, cu, mask_fn=band(2, 2))
-    )
-    torch.testing.assert_close(
-        attention(q, k, v, cu_seqlens=cu, window=(3, 1)), _sdpa_per_doc(q, k, v, cu, mask_fn=band(3, 1))
-    )
-    torch.testing.assert_close(
-        attention(q, k, v, cu_seqlens=cu, window=3, causal=True), _sdpa_per_doc(q, k, v, cu, mask_fn=band(3, 0))
-    )
+    cases = [(2, False, (2, 2)), ((3, 1), False, (3, 1)), (3, True, (3, 0)), (2**31 - 1, True, (99, 0))]
+    for window, causal, band in cases:
+        out = attention(q, k, v, cu_seqlens=cu, window=window, causal=causal, backend=backend)
+        torch.testing.assert_close(out, _sdpa_per_doc(q, k, v, cu, mask_fn=_band(*band)))
     assert normalize_window((-1, 5), causal=True) == (-1, 0)
     assert normalize_window(None, causal=False) == (-1, -1)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("causal,window", [(False, None), (True, None), (False, (2, 1)), (True, 3)])
-def test_gradcheck_float64(causal, window):
+def test_gradcheck_float64(backend, causal, window):
+    """Output and LSE gradients (the LSE's own gradient included) by finite differences."""
     (q, k, v), cu = _packed([1, 4, 0, 6], heads=4, kv_heads=2, dim=8, requires_grad=True)
     torch.autograd.gradcheck(
-        lambda q, k, v: attention(q, k, v, cu_seqlens=cu, causal=causal, window=window, return_lse=True),
+        lambda q, k, v: attention(q, k, v, cu_seqlens=cu, causal=causal, window=window, return_lse=True,
+                                  backend=backend),
         (q, k, v),
         fast_mode=True,
-    )
+    )  # fmt: skip
 
 
-def test_empty_inputs_give_empty_or_zero_outputs():
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_runs_of_equal_lengths_match_reference(causal):
+    """Adjacent documents of one length are one batched kernel call (a run); outputs, LSE and gradients, the LSE's
+    own gradient included, equal the reference's whether the result is one run (returned as a view) or several."""
+    for lengths in ([9, 9, 9, 2, 9, 13, 0, 1, 13], [7, 7, 7], [0, 300, 0]):
+        (q, k, v), cu = _packed(lengths, heads=4, kv_heads=2, dim=8, requires_grad=True)
+        results = {}
+        for backend in ("sdpa", "reference"):
+            out, lse = attention(q, k, v, cu_seqlens=cu, causal=causal, return_lse=True, backend=backend)
+            assert out.is_contiguous() and lse.is_contiguous()
+            weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+            grads = torch.autograd.grad((out * weight).sum() + lse.square().sum(), (q, k, v))
+            results[backend] = (out, lse, *grads)
+        for ours, ref in zip(results["sdpa"], results["reference"]):
+            torch.testing.assert_close(ours, ref)
+    assert _sdpa._runs(_cu([9, 9, 9, 2, 9, 13, 0, 1, 13])) == [
+        (0, 3, 9), (27, 1, 2), (29, 1, 9), (38, 1, 13), (51, 1, 1), (52, 1, 13),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_empty_inputs_give_empty_or_zero_outputs(backend):
     (q, k, v), cu = _packed([0, 0], requires_grad=True)
-    out, lse = attention(q, k, v, cu_seqlens=cu, return_lse=True)
+    out, lse = attention(q, k, v, cu_seqlens=cu, return_lse=True, backend=backend)
     assert out.shape == (0, 4, 16) and lse.shape == (4, 0)
     out.sum().backward()
     assert q.grad.shape == q.shape
     (q, k, v), cu = _packed([], requires_grad=False)
-    assert attention(q, k, v, cu_seqlens=torch.zeros(1, dtype=torch.int32)).shape == (0, 4, 16)
+    assert attention(q, k, v, cu_seqlens=torch.zeros(1, dtype=torch.int32), backend=backend).shape == (0, 4, 16)
+    dense = torch.randn(2, 0, 4, 16, requires_grad=True)
+    out, lse = attention(dense, dense, dense, return_lse=True, backend=backend)
+    assert out.shape == dense.shape and lse.shape == (2, 4, 0)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_low_precision_reference_is_finite_and_close(dtype):
+def test_low_precision_is_finite_and_close(backend, dtype):
     (q, k, v), cu = _packed([3, 8], dtype=dtype, requires_grad=True)
-    out = attention(q, k, v, cu_seqlens=cu, causal=True)
+    out = attention(q, k, v, cu_seqlens=cu, causal=True, backend=backend)
     assert out.dtype == dtype and torch.isfinite(out).all()
     out.float().sum().backward()
     assert q.grad.dtype == dtype and torch.isfinite(q.grad).all()
@@ -126,11 +165,12 @@ def test_low_precision_reference_is_finite_and_close(dtype):
     torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2e-2)
 
 
-def test_torch_compile_fullgraph_through_custom_op():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_torch_compile_fullgraph_through_custom_op(backend):
     (q, k, v), cu = _packed([3, 5], dtype=torch.float32, requires_grad=True)
 
     def fn(q, k, v):
-        return attention(q, k, v, cu_seqlens=cu, max_seqlen=5, causal=True).square().sum()
+        return attention(q, k, v, cu_seqlens=cu, max_seqlen=5, causal=True, backend=backend).square().sum()
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     loss = compiled(q, k, v)
@@ -180,15 +220,32 @@ def test_unsupported_dtype_and_head_dim():
         attention(qi, qi, qi)
 
 
-def test_backend_triton_without_interpreter_on_cpu_raises(monkeypatch):
+def test_backends_that_cannot_run_here_raise(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     q = torch.randn(1, 4, 2, 16)
     with pytest.raises(RuntimeError, match="backend='triton'"):
         attention(q, q, q, backend="triton")
+    with pytest.raises(RuntimeError, match="backend='flash'"):
+        attention(q, q, q, backend="flash")
 
 
+def test_auto_is_sdpa_on_cpu(monkeypatch):
+    calls = []
+    monkeypatch.setattr(_attention, "sdpa_forward", lambda *a: calls.append(a) or _sdpa.sdpa_forward(*a))
+    (q, k, v), cu = _packed([3, 5])
+    attention(q, k, v, cu_seqlens=cu)
+    assert len(calls) == 1
+
+
+def test_debug_flag_round_trips():
+    assert set_debug(False) is True
+    assert _attention.debug_enabled() is False
+    assert set_debug(True) is False
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("shift", [0, 3])
-def test_shifted_window_attention_as_varlen_segments(shift):
+def test_shifted_window_attention_as_varlen_segments(backend, shift):
     """ByteFormer's (shifted) window attention == varlen attention over window segments == masked dense attention."""
     from bramley.core.packing import cu_seqlens_from_lengths, window_segments
 
@@ -196,7 +253,7 @@ def test_shifted_window_attention_as_varlen_segments(shift):
     cu = cu_seqlens_from_lengths(lengths)
     (q, k, v), _ = _packed(lengths, heads=2, kv_heads=2, dim=8)
     segments = window_segments(cu, window, shift)
-    out = attention(q, k, v, cu_seqlens=segments)
+    out = attention(q, k, v, cu_seqlens=segments, backend=backend)
 
     expected = []
     for start, end in itertools.pairwise(cu.tolist()):
@@ -213,16 +270,70 @@ def test_shifted_window_attention_as_varlen_segments(shift):
     assert max(lengths_of_windows) <= window and sum(lengths_of_windows) == sum(lengths)
 
 
-def test_custom_ops_pass_opcheck():
-    """torch.library.opcheck: schema, fake (meta) implementations and autograd registration agree with the real ops."""
-    from bramley.core.ops import _attention as ops_module
+LAYOUTS = {
+    "packed": lambda: torch.randn(8, 4, 16),
+    "packed-fused-qkv": lambda: torch.randn(8, 3, 4, 16).unbind(1)[0],
+    "packed-heads-major": lambda: torch.randn(4, 8, 16).transpose(0, 1),
+    "dense": lambda: torch.randn(2, 5, 4, 16),
+    "dense-permuted": lambda: torch.randn(2, 4, 5, 16).transpose(1, 2),
+    "dense-seq-major": lambda: torch.randn(5, 2, 4, 16).transpose(0, 1),
+}
 
-    (q, k, v), cu = _packed([3, 5], dtype=torch.float32, requires_grad=True)
-    args = (q, k, v, cu, 5, 0.25, -1, 0, "auto")
-    torch.library.opcheck(ops_module._attention_fwd, args)
-    out, lse = ops_module._attention_fwd(*[a.detach() if isinstance(a, torch.Tensor) else a for a in args])
-    dense = torch.randn(2, 4, 2, 8)
-    torch.library.opcheck(ops_module._attention_fwd, (dense, dense, dense, None, 4, 0.3, 1, 1, "reference"))
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_custom_ops_pass_opcheck_on_layouts(backend, layout):
+    """torch.library.opcheck: schema, fake implementations (strides included) and autograd agree with the real ops,
+    for inputs in several memory layouts."""
+    q, k, v = (LAYOUTS[layout]().requires_grad_() for _ in range(3))
+    cu = _cu([3, 5]) if q.dim() == 3 else None
+    args = (q, k, v, cu, 5, 0.25, -1, 0, backend, True)
+    torch.library.opcheck(_attention._attention_fwd, args)
+    out, lse = _attention._attention_fwd(*[a.detach() if isinstance(a, torch.Tensor) else a for a in args])
     bwd_args = (torch.randn_like(out), torch.randn_like(lse), q.detach(), k.detach(), v.detach(), out, lse, cu, 5,
-                0.25, -1, 0, "auto")  # fmt: skip
-    torch.library.opcheck(ops_module._attention_bwd, bwd_args)
+                0.25, -1, 0, backend)  # fmt: skip
+    torch.library.opcheck(_attention._attention_bwd, bwd_args)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_forward_on_cpu_matches_reference():
+    """FlexAttention (eager on CPU, forward only in this torch) under the document / window masks, float64."""
+    (q, k, v), cu = _packed([5, 0, 12, 3], heads=4, kv_heads=2, dim=8)
+    for causal, window in [(False, None), (True, None), (False, (2, 1))]:
+        out, lse = attention(q, k, v, cu_seqlens=cu, causal=causal, window=window, return_lse=True, backend="flex")
+        ref_out, ref_lse = attention(q, k, v, cu_seqlens=cu, causal=causal, window=window, return_lse=True,
+                                     backend="reference")  # fmt: skip
+        torch.testing.assert_close(out, ref_out)
+        torch.testing.assert_close(lse, ref_lse)
+    dense = torch.randn(2, 7, 4, 8, dtype=torch.float64)
+    torch.testing.assert_close(
+        attention(dense, dense, dense, causal=True, backend="flex"),
+        attention(dense, dense, dense, causal=True, backend="reference"),
+    )
+    with pytest.raises(RuntimeError, match="no backward on CPU"):
+        attention(q.requires_grad_(), k, v, cu_seqlens=cu, backend="flex")
+
+
+def test_auto_table_choices(monkeypatch):
+    """auto on CUDA: a measured row wins (Triton only through one); otherwise flash for fp16/bf16, sdpa else."""
+    from types import SimpleNamespace
+
+    from bramley.core.ops import _auto
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(_auto, "flash_available", lambda: True)
+
+    def fake(dtype, heads=8, dim=64):
+        return SimpleNamespace(is_cuda=True, device="cuda:0", dtype=dtype, shape=(10, heads, dim))
+
+    monkeypatch.setattr(_auto, "_table", lambda: {})
+    assert _auto.auto_backend(fake(torch.bfloat16), fake(torch.bfloat16), -1, 0) == "flash"
+    assert _auto.auto_backend(fake(torch.float32), fake(torch.float32), -1, 0) == "sdpa"
+    table = {"sm90 bfloat16 d64 causal+gqa": "triton", "sm90 float32 d64 full": "flash"}
+    monkeypatch.setattr(_auto, "_table", lambda: table)
+    assert _auto.auto_backend(fake(torch.bfloat16), fake(torch.bfloat16, heads=2), -1, 0) == "triton"
+    assert _auto.auto_backend(fake(torch.bfloat16), fake(torch.bfloat16), -1, 0) == "flash"
+    assert _auto.auto_backend(fake(torch.float32), fake(torch.float32), -1, -1) == "sdpa"  # flash cannot run fp32
+    assert _auto.table_key((8, 9), torch.float16, 128, _auto.feature_of(4, 0, False)) == "sm89 float16 d128 window"
+    shipped = json.loads(_auto.TABLE_PATH.read_text())
+    assert all(v in BACKENDS[1:] for v in shipped["choices"].values())

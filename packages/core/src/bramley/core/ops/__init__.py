@@ -1,7 +1,16 @@
-"""Kernels with exact pure-PyTorch fallbacks: varlen flash attention and the packing gather/scatter."""
+"""Kernels with exact pure-PyTorch fallbacks: varlen attention (several backends) and the packing gather/scatter."""
 
-from ._attention import attention, normalize_window
+from ._attention import BACKENDS, attention, debug_enabled, normalize_window, set_debug
 from ._gather import gather_rows, scatter_rows
 from ._reference import reference_attention
 
-__all__ = ["attention", "gather_rows", "normalize_window", "reference_attention", "scatter_rows"]
+__all__ = [
+    "BACKENDS",
+    "attention",
+    "debug_enabled",
+    "gather_rows",
+    "normalize_window",
+    "reference_attention",
+    "scatter_rows",
+    "set_debug",
+]

@@ -1,27 +1,53 @@
-"""Public varlen attention: argument checks, dispatch (Triton on CUDA, reference elsewhere) and torch custom ops.
+"""Public varlen attention: argument checks, backend choice and dispatch, torch custom ops.
 
-Both paths compute the same function. The forward and backward are registered as torch custom ops
-(``bramley::attention_fwd`` / ``bramley::attention_bwd``) with fake implementations, so ``attention`` traces into
-``torch.compile`` graphs (``fullgraph=True``) as two opaque nodes, on CPU and CUDA alike. In eager mode the same
-implementations run through a plain ``autograd.Function``: calling a custom op the first time imports
-``torch._dynamo`` (several seconds), which eager users should not pay for.
+Every backend computes the same function (see :func:`attention`). ``triton``, ``sdpa`` and ``reference`` run through
+two torch custom ops (``bramley::attention_fwd`` / ``bramley::attention_bwd``) with fake implementations, so
+``attention`` traces into ``torch.compile`` graphs (``fullgraph=True``) as two opaque nodes, on CPU and CUDA alike. In
+eager mode the same implementations run through a plain ``autograd.Function``: calling a custom op the first time
+imports ``torch._dynamo`` (several seconds), which eager users should not pay for. ``flash`` and ``flex`` are torch's
+own differentiable, compilable ops (:mod:`._flash_flex`).
+
+The GPU backends read no device tensor on the host: ``cu_seqlens`` values are checked only in debug mode
+(:func:`set_debug`, on in the tests) or by the backends that read them on the host anyway (``sdpa``, ``reference``),
+and ``max_seqlen`` comes from the caller (``pack`` returns it). Only ``triton`` and ``flash`` need it; omitted, it is
+read from ``cu_seqlens`` (one device sync).
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
 from . import _triton
+from ._auto import auto_backend
+from ._flash_flex import flash_attention, flex_attention
 from ._reference import reference_attention, reference_attention_backward
+from ._sdpa import sdpa_backward, sdpa_forward
 
-__all__ = ["SUPPORTED_DTYPES", "attention", "normalize_window"]
+__all__ = ["BACKENDS", "SUPPORTED_DTYPES", "attention", "debug_enabled", "normalize_window", "set_debug"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "flash", "flex", "sdpa", "reference")
+_NEEDS_MAX_SEQLEN = ("triton", "flash")
+_READS_OFFSETS = ("sdpa", "reference")  # they read cu_seqlens on the host anyway, so checking it costs no sync
+_debug = os.environ.get("BRAMLEY_OPS_DEBUG", "0").lower() not in ("", "0", "false", "off", "no")
+
+
+def set_debug(enabled: bool) -> bool:
+    """Check ``cu_seqlens`` values in every :func:`attention` call (one device sync each on CUDA); returns the
+    previous setting. Off by default (``BRAMLEY_OPS_DEBUG=1`` turns it on at import); the tests turn it on."""
+    global _debug
+    previous, _debug = _debug, bool(enabled)
+    return previous
+
+
+def debug_enabled() -> bool:
+    """Whether :func:`attention` checks ``cu_seqlens`` values (see :func:`set_debug`)."""
+    return _debug
 
 
 def normalize_window(window: int | tuple[int, int] | None, causal: bool) -> tuple[int, int]:
@@ -103,7 +129,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens:
             raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but q is on {q.device}")
 
 
-def _check_cu_seqlens(cu_seqlens: torch.Tensor, total: int, max_seqlen: int) -> None:
+def _check_cu_seqlens(cu_seqlens: torch.Tensor, total: int, max_seqlen: int | None) -> None:
     """Value checks (one host sync on CUDA): starts at 0, non-decreasing, ends at ``total``, lengths <= max_seqlen."""
     cu = cu_seqlens.cpu()
     if int(cu[0]) != 0:
@@ -115,30 +141,30 @@ def _check_cu_seqlens(cu_seqlens: torch.Tensor, total: int, max_seqlen: int) -> 
         bad = int(torch.nonzero(lengths < 0)[0, 0])
         raise ValueError(f"cu_seqlens must be non-decreasing; it decreases at index {bad + 1}")
     longest = int(lengths.max()) if lengths.numel() else 0
-    if longest > max_seqlen:
+    if max_seqlen is not None and longest > max_seqlen:
         raise ValueError(f"max_seqlen={max_seqlen} is smaller than the longest document ({longest})")
 
 
-def _use_triton(q: torch.Tensor, backend: str) -> bool:
-    if backend == "reference":
-        return False
-    capable = q.dtype in TRITON_DTYPES and _triton.triton_usable_for(q)
-    if backend == "triton":
-        if not capable:
-            raise RuntimeError(
-                f"backend='triton' needs triton and a CUDA tensor (or TRITON_INTERPRET=1 on CPU) "
-                f"of dtype fp16/bf16/fp32; got {q.dtype} on {q.device}"
-            )
-        return True
-    return capable and q.is_cuda
+def _check_backend(q: torch.Tensor, backend: str) -> None:
+    """A clear error for a backend that cannot run these inputs (``flash``/``flex`` check their own)."""
+    if backend == "triton" and not (q.dtype in TRITON_DTYPES and _triton.triton_usable_for(q)):
+        raise RuntimeError(
+            f"backend='triton' needs triton and a CUDA tensor (or TRITON_INTERPRET=1 on CPU) of dtype "
+            f"fp16/bf16/fp32; got {q.dtype} on {q.device}"
+        )
+
+
+def _empty_lse(q: torch.Tensor) -> torch.Tensor:
+    return q.new_empty((0,), dtype=torch.promote_types(q.dtype, torch.float32))
 
 
 def _lse_shape(q: torch.Tensor, dense: bool) -> tuple[int, ...]:
     return (q.shape[0], q.shape[2], q.shape[1]) if dense else (q.shape[1], q.shape[0])
 
 
-def _lse_dtype(q: torch.Tensor) -> torch.dtype:
-    return torch.float64 if q.dtype == torch.float64 else torch.float32
+def _per_row(grad_lse: torch.Tensor, dense: bool) -> torch.Tensor:
+    """An LSE-shaped tensor laid out like q (``(total, heads, 1)`` packed, ``(batch, seq, heads, 1)`` dense)."""
+    return (grad_lse.transpose(1, 2) if dense else grad_lse.t()).unsqueeze(-1)
 
 
 # --------------------------------------------------------------------------------------------------- custom ops
@@ -152,24 +178,30 @@ def _forward_impl(
     window_left: int,
     window_right: int,
     backend: str,
+    need_lse: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if cu_seqlens is not None:
-        _check_cu_seqlens(cu_seqlens, q.shape[0], max_seqlen)
-    if _use_triton(q, backend):
+    if backend in _READS_OFFSETS and cu_seqlens is not None:
+        _check_cu_seqlens(cu_seqlens, q.shape[0], None if max_seqlen < 0 else max_seqlen)
+    if backend == "triton":
         from . import _attention_triton
 
-        return _attention_triton.forward(q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right)
-    return reference_attention(q, k, v, cu_seqlens, scale, window_left, window_right)
+        out, lse = _attention_triton.forward(q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right)
+    elif backend == "sdpa":
+        return sdpa_forward(q, k, v, cu_seqlens, scale, window_left, window_right, need_lse)
+    else:
+        out, lse = reference_attention(q, k, v, cu_seqlens, scale, window_left, window_right)
+    return out, lse if need_lse else _empty_lse(q)
 
 
 _attention_fwd = torch.library.custom_op("bramley::attention_fwd", _forward_impl, mutates_args=())
 
 
 @_attention_fwd.register_fake
-def _attention_fwd_fake(q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend):
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    lse = q.new_empty(_lse_shape(q, cu_seqlens is None), dtype=_lse_dtype(q))
-    return out, lse
+def _attention_fwd_fake(q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend, need_lse):
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if not need_lse:
+        return out, _empty_lse(q)
+    return out, q.new_empty(_lse_shape(q, cu_seqlens is None), dtype=torch.promote_types(q.dtype, torch.float32))
 
 
 def _backward_impl(
@@ -187,13 +219,23 @@ def _backward_impl(
     window_right: int,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if _use_triton(q, backend):
+    if backend == "triton":
         from . import _attention_triton
 
         return _attention_triton.backward(
             grad_out, grad_lse, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, window_left, window_right
         )
-    return reference_attention_backward(grad_out, grad_lse, q, k, v, cu_seqlens, scale, window_left, window_right)
+    if backend == "reference":
+        return reference_attention_backward(grad_out, grad_lse, q, k, v, cu_seqlens, scale, window_left, window_right)
+    window = (window_left, window_right)
+    dq, dk, dv = sdpa_backward(grad_out, q, k, v, out, lse, cu_seqlens, scale, *window)
+    if grad_lse is not None:  # d lse_i / d s_ij = p_ij: dq += scale g (P K), dk += scale P^T (g Q)
+        weight = _per_row(grad_lse, cu_seqlens is None)
+        keys_as_values, _ = sdpa_forward(q, k, k, cu_seqlens, scale, *window, need_lse=False)
+        _, _, dk_lse = sdpa_backward((weight * q).to(q.dtype), q, k, k, keys_as_values, lse, cu_seqlens, scale, *window)
+        dq = (dq + scale * weight * keys_as_values).to(q.dtype)
+        dk = (dk + scale * dk_lse).to(k.dtype)
+    return dq, dk, dv
 
 
 _attention_bwd = torch.library.custom_op("bramley::attention_bwd", _backward_impl, mutates_args=())
@@ -203,15 +245,11 @@ _attention_bwd = torch.library.custom_op("bramley::attention_bwd", _backward_imp
 def _attention_bwd_fake(
     grad_out, grad_lse, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, window_left, window_right, backend
 ):
-    return (
-        torch.empty_like(q, memory_format=torch.contiguous_format),
-        torch.empty_like(k, memory_format=torch.contiguous_format),
-        torch.empty_like(v, memory_format=torch.contiguous_format),
-    )
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend = inputs
+    q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend, _ = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
     ctx.args = (max_seqlen, scale, window_left, window_right, backend)
@@ -222,7 +260,7 @@ def _backward(ctx, grad_out, grad_lse):
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     dq, dk, dv = _attention_bwd(grad_out, grad_lse, q, k, v, out, lse, cu_seqlens, *ctx.args)
-    return dq, dk, dv, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 _attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -232,8 +270,8 @@ class _EagerAttention(torch.autograd.Function):
     """The custom op's forward/backward for eager mode (same implementations, no dynamo import)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend):
-        out, lse = _forward_impl(q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend)
+    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend, need_lse):
+        out, lse = _forward_impl(q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend, need_lse)
         ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
         ctx.args = (max_seqlen, scale, window_left, window_right, backend)
         ctx.set_materialize_grads(False)
@@ -245,7 +283,7 @@ class _EagerAttention(torch.autograd.Function):
         if grad_out is None:
             grad_out = torch.zeros_like(out)
         dq, dk, dv = _backward_impl(grad_out, grad_lse, q, k, v, out, lse, cu_seqlens, *ctx.args)
-        return dq, dk, dv, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------------------------------- public API
@@ -273,16 +311,24 @@ def attention(
         q: ``(total, heads, dim)`` packed with ``cu_seqlens``, or ``(batch, seq, heads, dim)`` dense.
         k, v: like ``q`` with ``kv_heads`` heads; ``heads`` must be a multiple of ``kv_heads`` (GQA/MQA).
         cu_seqlens: int32 ``(batch + 1,)`` offsets of the documents in the packed tensors (0, ..., total); empty
-            documents are allowed.
-        max_seqlen: longest document; computed from ``cu_seqlens`` when omitted (checked either way).
+            documents are allowed. Its values are checked in debug mode (:func:`set_debug`) and by the backends
+            that read it on the host anyway (``sdpa``, ``reference``); never with a device sync otherwise.
+        max_seqlen: longest document, as :func:`bramley.core.packing.pack` returns it. The ``triton`` and ``flash``
+            backends need it; omitted, it is read from ``cu_seqlens`` (one device sync, which also breaks CUDA-graph
+            capture).
         causal: each query sees only keys at or before its position (sets ``right = 0``).
         scale: multiplier of ``q @ k^T``; default ``1 / sqrt(dim)``.
         window: local attention: ``None`` (global), an int ``w`` meaning ``(w, w)`` (each query sees ``w`` keys on
-            each side, i.e. ``2w + 1`` keys; ``w`` before and itself when causal), or ``(left, right)``.
+            each side, i.e. ``2w + 1`` keys; ``w`` before and itself when causal), or ``(left, right)``. A side that
+            reaches past the longest document is unbounded.
         return_lse: also return the log-sum-exp of the scaled scores (natural log, float32; float64 for float64
-            inputs), shaped ``(heads, total)`` packed or ``(batch, heads, seq)`` dense. It is differentiable.
-        backend: ``"auto"`` (Triton kernels for CUDA fp16/bf16/fp32, the reference elsewhere), ``"triton"`` (also
-            on CPU under ``TRITON_INTERPRET=1``, for tests) or ``"reference"``.
+            inputs), shaped ``(heads, total)`` packed or ``(batch, heads, seq)`` dense. It is differentiable. Only
+            computed when asked (or when the backward needs it).
+        backend: ``"auto"`` (the measured-fastest backend for the device, dtype, head dim and features, from the
+            table the GPU benchmark writes: ``sdpa`` on CPU), ``"triton"`` (bramley's kernels; CUDA, or CPU under
+            ``TRITON_INTERPRET=1`` for tests), ``"flash"`` (torch's ``varlen_attn``; CUDA fp16/bf16), ``"flex"``
+            (FlexAttention; no backward on CPU), ``"sdpa"`` (torch's fused SDPA kernels per run of equal-length
+            documents) or ``"reference"`` (plain math, float64-capable: the oracle).
 
     Returns:
         The output, shaped and typed like ``q`` (contiguous), and the LSE if ``return_lse``. Empty documents
@@ -296,12 +342,28 @@ def attention(
         scale = 1.0 / math.sqrt(q.shape[-1])
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
-    if cu_seqlens is None:
+    dense = cu_seqlens is None
+    if dense:
         if max_seqlen is not None and max_seqlen != q.shape[1]:
             raise ValueError(f"max_seqlen={max_seqlen} does not match the dense sequence length {q.shape[1]}")
         max_seqlen = q.shape[1]
-    elif max_seqlen is None:
+    if backend == "auto":
+        backend = auto_backend(q, k, left, right)
+    if not dense and _debug and backend not in _READS_OFFSETS and not torch.compiler.is_compiling():
+        _check_cu_seqlens(cu_seqlens, q.shape[0], max_seqlen)
+    _check_backend(q, backend)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if max_seqlen is None and backend in _NEEDS_MAX_SEQLEN:
         max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if cu_seqlens.numel() > 1 else 0
-    args = (q, k, v, cu_seqlens, int(max_seqlen), float(scale), left, right, backend)
+    if max_seqlen is not None:  # a side that reaches past every document is the unbounded side
+        left, right = (-1 if side >= max_seqlen else side for side in (left, right))
+    if backend == "flash":
+        out, lse = flash_attention(q, k, v, cu_seqlens, int(max_seqlen), float(scale), left, right, return_lse)
+        return (out, lse) if return_lse else out
+    if backend == "flex":
+        out, lse = flex_attention(q, k, v, cu_seqlens, float(scale), left, right, return_lse)
+        return (out, lse) if return_lse else out
+    args = (q, k, v, cu_seqlens, -1 if max_seqlen is None else int(max_seqlen), float(scale), left, right, backend,
+            return_lse or needs_grad)  # fmt: skip
     out, lse = _attention_fwd(*args) if torch.compiler.is_compiling() else _EagerAttention.apply(*args)
     return (out, lse) if return_lse else out

@@ -17,6 +17,9 @@ offsets by the caller. One program handles one block of rows of one (document, h
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -50,7 +53,7 @@ def _fwd_kernel(
     K = K + start64 * stride_kt
     V = V + start64 * stride_vt
     O = O + start64 * stride_ot
-    LSE = LSE + start64
+    LSE = LSE + head.to(tl.int64) * stride_lh + start64  # heads x tokens may exceed 2**31
 
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -112,7 +115,7 @@ def _fwd_kernel(
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
     tl.store(O + rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :], out.to(O.dtype.element_ty),
              mask=row_ok[:, None] & d_ok[None, :])  # fmt: skip
-    tl.store(LSE + head * stride_lh + rows, lse, mask=row_ok)
+    tl.store(LSE + rows, lse, mask=row_ok)
 
 
 def _bwd_preprocess_kernel(
@@ -120,7 +123,7 @@ def _bwd_preprocess_kernel(
     stride_ot, stride_oh, stride_dot, stride_doh, stride_dlh, stride_delh,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, HAS_DLSE: tl.constexpr,
 ):  # fmt: skip
-    head = tl.program_id(1)
+    head = tl.program_id(1).to(tl.int64)  # heads x tokens may exceed 2**31
     offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_d = tl.arange(0, BLOCK_D)
     t_ok = offs_t < total
@@ -183,6 +186,9 @@ def _bwd_dkdv_kernel(
         lo = (tl.maximum(n0 - window_right, 0) // BLOCK_M) * BLOCK_M
     if HAS_LEFT:
         hi = tl.minimum(n0 + BLOCK_N + window_left, length)
+    # LSE/delta rows of the group's query heads, from the first one on: heads x tokens may exceed 2**31 (64-bit).
+    LSE = LSE + (kv_head * group).to(tl.int64) * stride_lh
+    DELTA = DELTA + (kv_head * group).to(tl.int64) * stride_lh
     for head in range(kv_head * group, kv_head * group + group):
         for m0 in range(lo, hi, BLOCK_M):
             qrows = m0 + offs_m
@@ -195,9 +201,9 @@ def _bwd_dkdv_kernel(
             if UPCAST:
                 q = q.to(tl.float32)
                 do = do.to(tl.float32)
-            lse = tl.load(LSE + head * stride_lh + rows, mask=row_ok, other=0.0)
+            lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
             lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-            delta = tl.load(DELTA + head * stride_lh + rows, mask=row_ok, other=0.0)
+            delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
             # Transposed scores (keys x queries), so the dK/dV products need no transposes of large tiles.
             st = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale_log2
             pt = tl.exp2(st - lse2[None, :])
@@ -217,6 +223,8 @@ def _bwd_dkdv_kernel(
             dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
             dst = pt * (dpt - delta[None, :])
             dk += tl.dot(dst.to(Q.dtype.element_ty).to(q.dtype), q, input_precision=DOT_PRECISION)
+        LSE += stride_lh
+        DELTA += stride_lh
 
     tl.store(DK + keys[:, None] * stride_dkt + kv_head * stride_dkh + offs_d[None, :],
              (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)  # fmt: skip
@@ -248,8 +256,8 @@ def _bwd_dq_kernel(
     V = V + start64 * stride_vt
     DO = DO + start64 * stride_dot
     DQ = DQ + start64 * stride_dqt
-    LSE = LSE + start64
-    DELTA = DELTA + start64
+    LSE = LSE + head.to(tl.int64) * stride_lh + start64  # heads x tokens may exceed 2**31
+    DELTA = DELTA + head.to(tl.int64) * stride_lh + start64
 
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -263,9 +271,9 @@ def _bwd_dq_kernel(
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
-    lse = tl.load(LSE + head * stride_lh + rows, mask=row_ok, other=0.0)
+    lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-    delta = tl.load(DELTA + head * stride_lh + rows, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
     k_base = K + kv_head * stride_kh
     v_base = V + kv_head * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -313,30 +321,60 @@ def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, element size and padded head dim. Picked so that every
-# kernel compiles for sm_90 without register spills and within shared memory (checked on CPU by
-# tests/test_ops_attention_compile.py, which runs Triton's real compiler and ptxas); the largest spill-free tiles of a
-# small candidate set (FA2-on-Triton shapes: big query tiles for forward and dQ, big key tiles for dK/dV). Their
-# speed has not been measured on a GPU yet.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, element size and padded head dim, for sm_90; sm_80 and
+# sm_86/89 (less shared memory, other register allocation) override some. Every entry compiles without register spills
+# and within the architecture's shared memory, with the specialization of a real launch, for both a GQA two-sided
+# window launch and an MHA causal one (checked on CPU by tests/test_ops_attention_compile.py, which runs Triton's real
+# compiler and ptxas); the largest spill-free tiles of a small candidate set (FA2-on-Triton shapes: big query tiles
+# for forward and dQ, big key tiles for dK/dV). Their speed has not been measured on a GPU yet.
 _HALF_CONFIGS = {
     "fwd": {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 8, 3), 128: (128, 32, 8, 3), 256: (64, 32, 8, 2)},
     "dkdv": {16: (32, 128, 8, 3), 32: (32, 128, 8, 3), 64: (32, 128, 8, 3), 128: (32, 64, 8, 2), 256: (32, 32, 8, 2)},
     "dq": {16: (128, 32, 8, 3), 32: (128, 32, 8, 3), 64: (128, 32, 8, 3), 128: (64, 64, 4, 3), 256: (32, 32, 8, 2)},
 }
 _FP32_CONFIGS = {
-    "fwd": {16: (64, 32, 8, 2), 32: (64, 32, 8, 2), 64: (64, 32, 8, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 2)},
-    "dkdv": {16: (16, 32, 4, 1), 32: (16, 32, 4, 1), 64: (16, 32, 4, 1), 128: (16, 32, 8, 1), 256: (16, 32, 8, 1)},
-    "dq": {16: (64, 32, 8, 2), 32: (64, 32, 8, 2), 64: (64, 32, 8, 2), 128: (64, 32, 8, 2), 256: (32, 16, 8, 1)},
+    "fwd": {16: (64, 32, 8, 2), 32: (64, 32, 8, 2), 64: (64, 32, 8, 2), 128: (64, 16, 8, 2), 256: (32, 32, 8, 2)},
+    "dkdv": {16: (16, 32, 4, 1), 32: (16, 32, 4, 1), 64: (16, 32, 4, 1), 128: (16, 16, 8, 1), 256: (16, 32, 8, 1)},
+    "dq": {16: (64, 32, 8, 2), 32: (64, 32, 8, 2), 64: (64, 32, 8, 1), 128: (64, 32, 8, 2), 256: (32, 16, 8, 1)},
 }
+# (architecture, fp32, kind, BLOCK_D) -> config where the sm_90 entry spills or overflows shared memory there.
+_ARCH_CONFIGS = {
+    ("sm80", False, "dkdv", 64): (16, 128, 8, 3),
+    ("sm80", False, "dq", 256): (32, 32, 8, 1),
+    ("sm80", True, "fwd", 32): (64, 32, 8, 1),
+    ("sm80", True, "fwd", 256): (32, 32, 8, 1),
+    ("sm80", True, "dkdv", 32): (16, 64, 4, 1),
+    ("sm80", True, "dq", 128): (32, 32, 8, 2),
+    ("sm86", False, "dkdv", 64): (16, 128, 8, 3),
+    ("sm86", False, "dq", 128): (64, 64, 4, 2),
+    ("sm86", False, "dq", 256): (32, 32, 8, 1),
+    ("sm86", True, "fwd", 128): (32, 32, 4, 2),
+    ("sm86", True, "fwd", 256): (32, 16, 8, 2),
+    ("sm86", True, "dkdv", 64): (16, 16, 4, 1),
+    ("sm86", True, "dkdv", 256): (16, 16, 8, 1),
+    ("sm86", True, "dq", 16): (64, 32, 8, 1),
+    ("sm86", True, "dq", 128): (64, 16, 8, 2),
+}
+# Shared memory per block (bytes) that a kernel may use, per compute capability (CUDA programming guide).
+MAX_SHARED = {(8, 0): 166_912, (8, 6): 101_376, (8, 9): 101_376, (9, 0): 232_448}
 
 
-def _configs(kind: str, block_d: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+def architecture(capability: tuple[int, int]) -> str:
+    """The config table of a compute capability: ``sm80`` (A100), ``sm86`` (sm_86/87/89 and older, 99 KiB of shared
+    memory) or ``sm90`` (H100/H200 and newer)."""
+    if capability >= (9, 0):
+        return "sm90"
+    return "sm80" if capability == (8, 0) else "sm86"
+
+
+def _configs(kind: str, block_d: int, dtype: torch.dtype, capability: tuple[int, int]) -> tuple[int, int, int, int]:
     """``(BLOCK_M, BLOCK_N, num_warps, num_stages)``; small tiles under the interpreter keep CPU runs fast while
     still covering documents that span several blocks."""
     if interpreting():
         return (16, 16, 1, 1)
-    table = _FP32_CONFIGS if dtype == torch.float32 else _HALF_CONFIGS
-    return table[kind][block_d]
+    fp32 = dtype == torch.float32
+    default = (_FP32_CONFIGS if fp32 else _HALF_CONFIGS)[kind][block_d]
+    return _ARCH_CONFIGS.get((architecture(capability), fp32, kind, block_d), default)
 
 
 def _dot_flags(dtype: torch.dtype) -> dict[str, object]:
@@ -351,12 +389,12 @@ def _dot_flags(dtype: torch.dtype) -> dict[str, object]:
     return {"DOT_PRECISION": "ieee" if dtype == torch.float32 or upcast else "tf32", "UPCAST": upcast}
 
 
-def _as_packed(q, k, v, cu_seqlens, max_seqlen):
+def _as_packed(q, k, v, cu_seqlens):
     """Dense (batch, seq, heads, dim) -> packed views plus uniform offsets; packed inputs pass through."""
     if cu_seqlens is not None:
         return q, k, v, cu_seqlens
     batch, seq = q.shape[:2]
-    cu = torch.arange(0, (batch + 1) * seq, seq, dtype=torch.int32, device=q.device)
+    cu = torch.arange(batch + 1, dtype=torch.int32, device=q.device) * seq
     return (
         q.reshape(batch * seq, *q.shape[2:]),
         k.reshape(batch * seq, *k.shape[2:]),
@@ -370,13 +408,103 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 def _check_tile_offsets(max_seqlen: int, *tensors: torch.Tensor) -> None:
-    """Offsets inside one document are 32-bit in the kernels (document starts are 64-bit)."""
+    """Offsets inside one document are 32-bit in the kernels (document starts and head rows of the LSE are 64-bit);
+    so are window bounds such as ``m0 + BLOCK_M + window_right`` (windows are clamped below ``max_seqlen``)."""
     largest = max_seqlen * max(t.stride(0) for t in tensors)
-    if largest >= 2**31:
+    if largest >= 2**31 or max_seqlen >= 2**30:
         raise ValueError(
-            f"a document of {max_seqlen} tokens with token stride {largest // max_seqlen} exceeds the kernels' "
-            "32-bit in-document offsets; split the document or use backend='reference'"
+            f"a document of {max_seqlen} tokens with token stride {largest // max(max_seqlen, 1)} exceeds the "
+            "kernels' 32-bit in-document offsets; split the document or use another backend"
         )
+
+
+def clamp_window(window_left: int, window_right: int, max_seqlen: int) -> tuple[int, int]:
+    """A window side that reaches past every document (``>= max_seqlen``) is unbounded (``-1``): same function,
+    no masking work, and no 32-bit overflow of block bounds for sides near 2**31."""
+    return tuple(-1 if side >= max_seqlen else side for side in (window_left, window_right))
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device) if device.type == "cuda" else (9, 0)
+
+
+# --------------------------------------------------------------------------------------------------- launches
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: ``jit(kernel)[grid](*args, **meta)``. Built apart from launching so that the compile test
+    compiles exactly what a launch would (same arguments, hence the same specialization and configs)."""
+
+    kernel: Callable[..., None]
+    grid: tuple[int, int]
+    args: tuple[Any, ...]
+    meta: dict[str, Any]
+
+    def __call__(self) -> None:
+        jit(self.kernel)[self.grid](*self.args, **self.meta)
+
+
+def forward_launch(q, k, v, out, lse, cu, max_seqlen, scale, window_left, window_right, capability) -> Launch:
+    """The forward kernel's launch on packed, validated tensors (``out``/``lse`` preallocated)."""
+    heads, head_dim = q.shape[1:]
+    block_d = _block_d(head_dim)
+    block_m, block_n, warps, stages = _configs("fwd", block_d, q.dtype, capability)
+    args = (
+        q, k, v, out, lse, cu,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1), lse.stride(0),
+        max_seqlen, heads // k.shape[1], scale * LOG2E, window_left, window_right,
+    )  # fmt: skip
+    meta = dict(
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+        HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, **_dot_flags(q.dtype),
+        num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return Launch(_fwd_kernel, ((cu.numel() - 1) * math.ceil(max_seqlen / block_m), heads), args, meta)
+
+
+def backward_launches(
+    grad_out, grad_lse, q, k, v, out, lse, delta, dq, dk, dv, cu, max_seqlen, scale, window_left, window_right,
+    capability,
+) -> list[Launch]:  # fmt: skip
+    """The three backward launches (delta preprocess, dK/dV, dQ) on packed, validated tensors."""
+    total, heads, head_dim = q.shape
+    kv_heads = k.shape[1]
+    batch = cu.numel() - 1
+    block_d = _block_d(head_dim)
+    dlse = grad_lse if grad_lse is not None else lse
+    block_t = 16 if interpreting() else 32
+    preprocess = Launch(
+        _bwd_preprocess_kernel,
+        (math.ceil(total / block_t), heads),
+        (out, grad_out, dlse, delta, total, out.stride(0), out.stride(1), grad_out.stride(0), grad_out.stride(1),
+         dlse.stride(0), delta.stride(0)),
+        dict(HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=block_t, HAS_DLSE=grad_lse is not None),
+    )  # fmt: skip
+    common = dict(
+        HEAD_DIM=head_dim, BLOCK_D=block_d, HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
+        **_dot_flags(q.dtype),
+    )  # fmt: skip
+    scalars = (max_seqlen, heads // kv_heads, scale * LOG2E, scale, window_left, window_right)
+    block_m, block_n, warps, stages = _configs("dkdv", block_d, q.dtype, capability)
+    dkdv = Launch(
+        _bwd_dkdv_kernel,
+        (batch * math.ceil(max_seqlen / block_n), kv_heads),
+        (q, k, v, grad_out, lse, delta, dk, dv, cu,
+         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+         grad_out.stride(0), grad_out.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+         lse.stride(0), *scalars),
+        dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common),
+    )  # fmt: skip
+    block_m, block_n, warps, stages = _configs("dq", block_d, q.dtype, capability)
+    dq_launch = Launch(
+        _bwd_dq_kernel,
+        (batch * math.ceil(max_seqlen / block_m), heads),
+        (q, k, v, grad_out, lse, delta, dq, cu,
+         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+         grad_out.stride(0), grad_out.stride(1), dq.stride(0), dq.stride(1), lse.stride(0), *scalars),
+        dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common),
+    )  # fmt: skip
+    return [preprocess, dkdv, dq_launch]
 
 
 # --------------------------------------------------------------------------------------------------- launchers
@@ -392,29 +520,18 @@ def forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton forward on validated inputs; returns ``(out, lse)`` like the reference path (dense or packed)."""
     dense_shape = q.shape if cu_seqlens is None else None
-    q, k, v, cu = _as_packed(q, k, v, cu_seqlens, max_seqlen)
+    q, k, v, cu = _as_packed(q, k, v, cu_seqlens)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    total, heads, head_dim = q.shape
+    total, heads, _ = q.shape
     _check_tile_offsets(max_seqlen, q, k, v)
+    window_left, window_right = clamp_window(window_left, window_right, max_seqlen)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((heads, total), dtype=torch.float32, device=q.device)
-    batch = cu.numel() - 1
-    if total > 0 and batch > 0 and max_seqlen > 0:
-        block_d = _block_d(head_dim)
-        block_m, block_n, warps, stages = _configs("fwd", block_d, q.dtype)
-        grid = (batch * math.ceil(max_seqlen / block_m), heads)
-        jit(_fwd_kernel)[grid](
-            q, k, v, out, lse, cu,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            out.stride(0), out.stride(1), lse.stride(0),
-            max_seqlen, heads // k.shape[1], scale * LOG2E, window_left, window_right,
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-            HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, **_dot_flags(q.dtype),
-            num_warps=warps, num_stages=stages,
-        )  # fmt: skip
+    if total > 0 and cu.numel() > 1 and max_seqlen > 0:
+        forward_launch(q, k, v, out, lse, cu, max_seqlen, scale, window_left, window_right, _capability(q.device))()
     if dense_shape is not None:
-        batch_d, seq = dense_shape[:2]
-        return out.view(dense_shape), lse.view(heads, batch_d, seq).transpose(0, 1).contiguous()
+        batch, seq = dense_shape[:2]
+        return out.view(dense_shape), lse.view(heads, batch, seq).transpose(0, 1).contiguous()
     return out, lse
 
 
@@ -441,46 +558,22 @@ def backward(
             grad_lse = grad_lse.transpose(0, 1).reshape(q.shape[2], batch * seq)
         grad_out = grad_out.reshape(batch * seq, *grad_out.shape[2:])
         out = out.reshape(batch * seq, *out.shape[2:])
-    q, k, v, cu = _as_packed(q, k, v, cu_seqlens, max_seqlen)
+    q, k, v, cu = _as_packed(q, k, v, cu_seqlens)
     q, k, v, out, grad_out = (_last_dim_contiguous(t) for t in (q, k, v, out, grad_out))
     lse = lse.contiguous()
-    total, heads, head_dim = q.shape
+    total = q.shape[0]
     _check_tile_offsets(max_seqlen, q, k, v, out, grad_out)
-    kv_heads = k.shape[1]
+    window_left, window_right = clamp_window(window_left, window_right, max_seqlen)
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-    batch = cu.numel() - 1
-    if total > 0 and batch > 0 and max_seqlen > 0:
-        block_d = _block_d(head_dim)
+    if total > 0 and cu.numel() > 1 and max_seqlen > 0:
+        grad_lse = grad_lse.to(torch.float32).contiguous() if grad_lse is not None else None
         delta = torch.empty_like(lse)
-        dlse = grad_lse.to(torch.float32).contiguous() if grad_lse is not None else lse
-        block_t = 16 if interpreting() else 32
-        jit(_bwd_preprocess_kernel)[(math.ceil(total / block_t), heads)](
-            out, grad_out, dlse, delta, total,
-            out.stride(0), out.stride(1), grad_out.stride(0), grad_out.stride(1), dlse.stride(0), delta.stride(0),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_T=block_t, HAS_DLSE=grad_lse is not None,
-        )  # fmt: skip
-        common = dict(
-            HEAD_DIM=head_dim, BLOCK_D=block_d, HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
-            **_dot_flags(q.dtype),
-        )  # fmt: skip
-        scalars = (max_seqlen, heads // kv_heads, scale * LOG2E, scale, window_left, window_right)
-        block_m, block_n, warps, stages = _configs("dkdv", block_d, q.dtype)
-        jit(_bwd_dkdv_kernel)[(batch * math.ceil(max_seqlen / block_n), kv_heads)](
-            q, k, v, grad_out, lse, delta, dk, dv, cu,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            grad_out.stride(0), grad_out.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-            lse.stride(0), *scalars,
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
-        )  # fmt: skip
-        block_m, block_n, warps, stages = _configs("dq", block_d, q.dtype)
-        jit(_bwd_dq_kernel)[(batch * math.ceil(max_seqlen / block_m), heads)](
-            q, k, v, grad_out, lse, delta, dq, cu,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            grad_out.stride(0), grad_out.stride(1), dq.stride(0), dq.stride(1), lse.stride(0), *scalars,
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
-        )  # fmt: skip
+        launches = backward_launches(grad_out, grad_lse, q, k, v, out, lse, delta, dq, dk, dv, cu, max_seqlen, scale,
+                                     window_left, window_right, _capability(q.device))  # fmt: skip
+        for launch in launches:
+            launch()
     else:
         dq.zero_(), dk.zero_(), dv.zero_()
     if dense_shapes is not None:

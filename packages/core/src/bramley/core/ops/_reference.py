@@ -189,7 +189,8 @@ def reference_attention_backward(
         )
         return dq.transpose(1, 2).contiguous(), dk.transpose(1, 2).contiguous(), dv.transpose(1, 2).contiguous()
 
-    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    # Contiguous like the fake op's outputs (zeros_like would keep the strides of a permuted q).
+    dq, dk, dv = (torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
     for rows, count, length in _equal_length_groups(cu_seqlens):
         grads = _attend_backward(
             _gather_docs(grad_out, rows, count, length),
