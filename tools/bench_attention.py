@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from bramley.core.ops import attention
 from bramley.core.packing import best_fit_decreasing, cu_seqlens_from_lengths, pack, unpack
+from bramley.core.report import cpu_model, replace_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "packages" / "core" / "BENCHMARKS.md"
@@ -104,16 +105,6 @@ def step_fn(run: Callable[[], torch.Tensor], inputs: list[torch.Tensor], backwar
                 run()
 
     return step
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -416,16 +407,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def replace_section(text: str, name: str, body: str) -> str:
-    start, end = f"<!-- bench_attention:{name}:start -->", f"<!-- bench_attention:{name}:end -->"
-    block = f"{start}\n{body}\n{end}"
-    if start in text and end in text:
-        return text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    return text.rstrip() + "\n\n" + block + "\n"
-
-
 def write_markdown(path: Path, results: dict[str, Any]) -> None:
-    text = path.read_text() if path.exists() else "# bramley-core benchmarks\n"
     env = results["environment"]
     header = (
         f"Measured {env['date']} on {env['device']} (torch {env['torch']}, triton {env['triton']}, "
@@ -433,19 +415,18 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
         f"{env['load_average']} at the start), `{results['command']}`."
     )
     if "attention" in results:
-        text = replace_section(text, "attention", header + "\n\n" + markdown_table(results["attention"]))
+        replace_marked(path, "bench_attention:attention", header + "\n\n" + markdown_table(results["attention"]))
     if "auto_table" in results:
         body = header + "\n\n" + markdown_table([{"case": k, "backend": v} for k, v in results["auto_table"].items()])
-        text = replace_section(text, "auto-table", body)
+        replace_marked(path, "bench_attention:auto-table", body)
     if "cpu_attention" in results:
         threads = env["cpu_threads"]
         name = f"cpu-attention-{threads}-thread{'s' if threads > 1 else ''}"
-        text = replace_section(text, name, header + "\n\n" + markdown_table(results["cpu_attention"]))
+        replace_marked(path, f"bench_attention:{name}", header + "\n\n" + markdown_table(results["cpu_attention"]))
     if "packing" in results:
         body = header + "\n\n" + markdown_table([results["packing"]])
         reused = os.environ.get("MALLOC_MMAP_MAX_") == "0"
-        text = replace_section(text, "packing-reused-memory" if reused else "packing", body)
-    path.write_text(text)
+        replace_marked(path, "bench_attention:packing" + ("-reused-memory" if reused else ""), body)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
