@@ -22,6 +22,7 @@ with tarfile.open(fileobj=io.BytesIO(data)) as tar:
     tar.extractall(sys.argv[1], members=members, filter="data")
 PY
 root="$(ls -d "$work"/timm-*)"
-cp "$here/conftest.py" "$here/pytest.ini" "$root/"
+cp "$here/bramley_conftest.py" "$root/conftest.py"
+cp "$here/pytest.ini" "$root/"
 cd "$root"
 "$python" -m pytest -p no:cacheprovider -c pytest.ini tests/test_models.py -q -rfEs "$@"

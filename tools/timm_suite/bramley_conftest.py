@@ -28,8 +28,12 @@ def list_models(filter="", module="", pretrained=False, exclude_filters="", name
         module = [module] if isinstance(module, str) else list(module)
         module = module + BRAMLEY_MODULES
     names = _list_models(
-        filter=filter, module=module, pretrained=pretrained, exclude_filters=exclude_filters,
-        name_matches_cfg=name_matches_cfg, include_tags=include_tags,
+        filter=filter,
+        module=module,
+        pretrained=pretrained,
+        exclude_filters=exclude_filters,
+        name_matches_cfg=name_matches_cfg,
+        include_tags=include_tags,
     )
     return [n for n in names if n.split(".")[0] in BRAMLEY_NAMES]
 
@@ -49,5 +53,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_report_header(config):
-    return [f"timm {timm.__version__}; bramley models ({len(BRAMLEY_NAMES)}): {' '.join(BRAMLEY_NAMES)}",
-            f"bramley timm modules: {BRAMLEY_MODULES}"]
+    return [
+        f"timm {timm.__version__}; bramley models ({len(BRAMLEY_NAMES)}): {' '.join(BRAMLEY_NAMES)}",
+        f"bramley timm modules: {BRAMLEY_MODULES}",
+    ]
