@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # timm's own tests/test_models.py on bramley's timm-registered models (issue 24), timm's assertions unchanged.
 # Fetches the tests of the installed timm version from its PyPI source distribution into a temporary folder
-# (nothing of timm's is kept in this repository), then runs them with this folder's conftest.py, which registers
+# (nothing of timm's is kept in this repository), then runs them with this folder's bramley_conftest.py as conftest.py, which registers
 # bramley's models and restricts timm's model lists to them.
 # Usage, from the repository root after `uv sync`: bash tools/timm_suite/run.sh [pytest args, e.g. -k forward]
 # About 20 minutes on 2 CPU cores (165 tests: 11 functions x 15 models).
