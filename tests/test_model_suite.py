@@ -100,9 +100,9 @@ class Settings:
 _BYTEFORMER_COMPILE = (
     "the packed forward reads sizes from tensor values in Python: ByteFormer._check_packed, "
     "bramley.core.packing (int(cu_seqlens[-1]) in lengths/position ids; window_segments loops over .tolist() "
-    "lengths, so the number of windows is data-dependent), ops.attention's max_seqlen/cu_seqlens checks and the "
-    "reference path's torch.unique(lengths).tolist(); Dynamo cannot capture that with fullgraph=True (39 breaks); "
-    "allowing graph breaks it compiles, in 19 s on 2 CPU cores"
+    "lengths, so the number of windows is data-dependent) and ops.attention's CPU backend, which reads cu_seqlens "
+    "on the host; Dynamo cannot capture that with fullgraph=True (33 breaks with torch 2.15); allowing graph breaks "
+    "it compiles"
 )
 
 SETTINGS: dict[str, Settings] = {
