@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import torch.nn as nn
 
 from bramley.byteformer.cli import main
@@ -241,12 +242,25 @@ BENCH += ["--min-size", "24", "--max-size", "40", "--rounds", "1", "--device", "
 
 
 def test_bench_code_path(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    assert cli.run(capsys, *BENCH, "--out", out)[0] == 0
+    out, markdown = tmp_path / "bench.json", tmp_path / "BENCHMARKS.md"
+    markdown.write_text("prose\n\n<!-- bench_byteformer:cpu:start -->\nold\n<!-- bench_byteformer:cpu:end -->\n")
+    argv = [a if a != "1" or BENCH[i - 1] != "--rounds" else "3" for i, a in enumerate(BENCH)]  # three rounds
+    assert cli.run(capsys, *argv, "--out", out, "--markdown", markdown)[0] == 0
     result = json.loads(out.read_text())
     assert result["packed_samples_per_s"] > 0 and result["padded_samples_per_s"] > 0
     assert result["max_abs_logit_diff_packed_vs_padded"] < 1e-4
     assert 0 <= result["padding_fraction"] < 1 and result["bytes_min"] < result["bytes_max"]
+    assert result["padding_bound"] == pytest.approx(1 / (1 - result["padding_fraction"]))
+    # interleaved rounds: the ratio is the median of the per-round ratios, reported with its spread
+    ratios = result["round_ratios"]
+    assert len(ratios) == 3 and len(result["round_seconds"]["packed"]) == len(result["round_seconds"]["padded"]) == 3
+    assert result["packed_over_padded"] == sorted(ratios)[1]
+    assert result["ratio_range"] == [min(ratios), max(ratios)]
+    assert min(ratios) <= result["ratio_iqr"][0] <= result["packed_over_padded"] <= result["ratio_iqr"][1]
+    assert f"torch {torch.__version__}" in result["peer"]
+    text = markdown.read_text()  # the table replaced the old block and shows the command that made it
+    assert text.startswith("prose") and "old" not in text and "`bramley byteformer bench --depth 2" in text
+    assert f"**{result['packed_over_padded']:.2f}x**" in text
 
 
 def test_bench_errors(tmp_path, capsys):

@@ -2,14 +2,24 @@
 
 The samples are real compressed files: random crops (``--min-size``..``--max-size`` pixels) of scikit-learn's two
 sample photos, encoded as PNG (zlib level 6) or JPEG (quality 60..100), so byte lengths spread as compressed
-files do. The same batches (same samples, same order) are trained once packed (:meth:`ByteFormer.forward`) and once
-padded to the longest sample with masks (:meth:`ByteFormer.forward_padded`, the same function), alternating rounds;
-throughput is the median over rounds of samples per second of full training steps (forward, backward, AdamW step).
+files do. The same batches (same samples, same order, same weights) are trained packed (:meth:`ByteFormer.forward`)
+and padded to the longest sample (:meth:`ByteFormer.forward_padded`: the same function on the ``B x L`` grid, with
+the token-reduction conv as the same GEMM over byte windows and torch's ``F.scaled_dot_product_attention`` with a
+key-padding mask per window); the logits of every batch are checked equal before timing. The contenders are
+interleaved round by round (the order alternates), each round timing full training steps (forward, backward, AdamW)
+over all batches; the result is the median over rounds of the per-round ratio, with its interquartile range and
+range.
+
+What to expect: the work of every token-linear part (embedding, conv, MLPs, projections, merging) grows with the
+number of positions, so removing the padding can make those at most ``grid / real = 1 / (1 - padding)`` times
+faster; windowed attention is linear in tokens too (fixed windows), so that is the bound for the whole model, less
+what packing costs (per-sample index arithmetic, more and smaller attention calls).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -36,13 +46,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--min-size", type=positive_int, default=64, help="smallest crop side (pixels)")
     parser.add_argument("--max-size", type=positive_int, default=224, help="largest crop side (pixels)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="samples per training step")
-    parser.add_argument("--rounds", type=positive_int, default=3, help="alternating packed/padded rounds (median)")
+    parser.add_argument("--rounds", type=positive_int, default=5, help="interleaved packed/padded rounds (median)")
     parser.add_argument("--warmup", type=positive_int, default=1, help="untimed steps per mode before the rounds")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast dtype on CUDA")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: leave as is)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the result table into this file")
     return parser
 
 
@@ -127,18 +138,26 @@ def bench(
     }
     real = sum(int(lengths[g].sum()) for g in groups)
     grid = sum(len(g) * int(lengths[g].max()) for g in groups)
+    n_tokens = conv_output_lengths(lengths, kernel_size)
+    real_tokens = sum(int(n_tokens[g].sum()) for g in groups)
+    grid_tokens = sum(len(g) * int(n_tokens[g].max()) for g in groups)
 
-    # the two paths compute the same function: check it on the first batch before timing
+    # the two paths compute the same function: check every batch before timing
     model.eval()
     with torch.no_grad():
-        diff = float((model(*moved["packed"][0][:2]) - model.forward_padded(*moved["padded"][0][:2])).abs().max())
+        diff = max(
+            float((model(*packed[:2]) - model.forward_padded(*padded[:2])).abs().max())
+            for packed, padded in zip(moved["packed"], moved["padded"], strict=True)
+        )
+    if diff > 1e-3:
+        raise RuntimeError(f"packed and padded logits differ by {diff:.2e}: the baseline is not the same function")
     model.train()
     for mode in ("packed", "padded"):
         for b in range(warmup):
             _step(model, optimizer, moved[mode][b % len(groups)], mode == "padded", amp_dtype, dev)
     times: dict[str, list[float]] = {"packed": [], "padded": []}
-    for _ in range(rounds):
-        for mode in ("packed", "padded"):
+    for r in range(rounds):
+        for mode in ("packed", "padded") if r % 2 == 0 else ("padded", "packed"):
             synchronize(dev)
             start = time.perf_counter()
             for batch in moved[mode]:
@@ -146,11 +165,14 @@ def bench(
             synchronize(dev)
             times[mode].append(time.perf_counter() - start)
     n = len(groups) * batch_size
-    packed = n / statistics.median(times["packed"])
-    padded = n / statistics.median(times["padded"])
+    ratios = [pad / pack for pack, pad in zip(times["packed"], times["padded"], strict=True)]
+    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
     return {
         "model": model_name,
         "model_kwargs": {k: v for k, v in kwargs.items() if k != "num_classes"},
+        "embed_dim": model.embed_dim,
+        "depth": len(model.blocks),
+        "merges_after": sorted(int(i) for i in model.downsamplers),
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
         "device": str(dev),
         "amp": amp if amp_dtype is not None else "none",
@@ -161,12 +183,57 @@ def bench(
         "bytes_min": int(lengths.min()),
         "bytes_max": int(lengths.max()),
         "padding_fraction": 1.0 - real / grid,
+        "token_padding_fraction": 1.0 - real_tokens / grid_tokens,
+        "padding_bound": grid / real,
         "max_abs_logit_diff_packed_vs_padded": diff,
-        "packed_samples_per_s": packed,
-        "padded_samples_per_s": padded,
-        "packed_over_padded": packed / padded,
+        "packed_samples_per_s": n / statistics.median(times["packed"]),
+        "padded_samples_per_s": n / statistics.median(times["padded"]),
+        "packed_over_padded": statistics.median(ratios),
+        "ratio_iqr": [quartiles[0], quartiles[2]],
+        "ratio_range": [min(ratios), max(ratios)],
+        "round_ratios": ratios,
+        "round_seconds": times,
+        "peer": f"padded batch, torch {torch.__version__} F.scaled_dot_product_attention with a key-padding mask",
         "environment": environment(),
     }
+
+
+def markdown_table(result: dict[str, Any], command: str, load: tuple[float, float]) -> str:
+    """The BENCHMARKS.md block of one run: how it was measured, then one table row."""
+    env, kw = result["environment"], result["model_kwargs"]
+    merges = ", ".join(str(i) for i in result["merges_after"])
+    header = (
+        f"Measured {env['date']} on {env['cpu']} ({os.cpu_count()} cores, load average {load[0]:.1f} before and "
+        f"{load[1]:.1f} after), {torch.get_num_threads()} torch thread(s), Python {env['python']}, torch "
+        f"{env['torch']}, bramley-core {env.get('bramley-core', '?')}; {result['rounds']} interleaved rounds of "
+        f"{result['batches']} batches x {result['batch_size']} samples (order alternating), ratio = median over "
+        f"rounds [interquartile range; range]: `{command}`"
+    )
+    lo, hi = result["ratio_iqr"]
+    mn, mx = result["ratio_range"]
+    rows = [
+        "| model | device | packed samples/s | padded samples/s | packed / padded | bound 1 / (1 - padding) "
+        "| padding (bytes / tokens) | max logit diff |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {result['model']}, width {result['embed_dim']}, {result['depth']} blocks"
+        f"{f' (merging after {merges})' if merges else ''}, k={kw['conv_kernel_size']} ({result['params_M']:.1f} M "
+        f"params) | {result['device']} | {result['packed_samples_per_s']:.2f} | {result['padded_samples_per_s']:.2f} "
+        f"| **{result['packed_over_padded']:.2f}x** [{lo:.2f}-{hi:.2f}; {mn:.2f}-{mx:.2f}] "
+        f"| {result['padding_bound']:.2f}x | {100 * result['padding_fraction']:.1f}% / "
+        f"{100 * result['token_padding_fraction']:.1f}% | {result['max_abs_logit_diff_packed_vs_padded']:.0e} |",
+    ]
+    return header + "\n\n" + "\n".join(rows)
+
+
+def _non_default_options(args: argparse.Namespace) -> list[str]:
+    """The options of ``args`` that differ from their defaults, as command-line words (the command a table shows)."""
+    defaults = vars(add_bench_arguments(argparse.ArgumentParser()).parse_args([]))
+    words = []
+    for name, default in defaults.items():
+        value = getattr(args, name, default)
+        if value != default:
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    return words
 
 
 def main(args: argparse.Namespace) -> int:
@@ -174,6 +241,7 @@ def main(args: argparse.Namespace) -> int:
     from bramley.core.cli import check_writable, write_json
 
     check_writable(args.out)
+    load_before = os.getloadavg()[0]
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"depth": args.depth, "embed_dim": args.embed_dim, "num_heads": args.num_heads}
@@ -196,5 +264,13 @@ def main(args: argparse.Namespace) -> int:
         amp=args.amp,
         seed=args.seed,
     )
+    result["load_average"] = [load_before, os.getloadavg()[0]]
     write_json(args.out, result)
+    if args.markdown is not None:
+        from bramley.core.report import replace_marked
+
+        command = " ".join(["bramley byteformer bench", *_non_default_options(args)])
+        body = markdown_table(result, command, (result["load_average"][0], result["load_average"][1]))
+        replace_marked(args.markdown, f"bench_byteformer:{result['device']}", body)
+        print(body)
     return 0

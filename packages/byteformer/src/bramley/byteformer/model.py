@@ -334,8 +334,12 @@ class ByteFormer(nn.Module):
         real = arange < lengths.unsqueeze(1)
         if bool(((tokens < 0) | (tokens > MASK_TOKEN))[real].any()):
             raise ValueError(f"token values must be bytes 0..255 (or {MASK_TOKEN}, the mask token)")
-        x = self.embeddings(tokens.clamp(0, MASK_TOKEN).long())
-        x = self.token_reduction(x.transpose(1, 2)).transpose(1, 2)  # (B, L', dim): rows never mix
+        # the strided conv as one GEMM over each row's byte windows, as the packed path runs it: nn.Conv1d (k=32,
+        # stride 16) takes several times longer per byte on CPU, a cost of that layer, not of padding
+        k, s = self.conv_kernel_size, self.conv_stride
+        windows = tokens.clamp(0, MASK_TOKEN).long().unfold(1, k, s)  # (B, L', k): rows never mix
+        weight = self.token_reduction.weight.permute(0, 2, 1).reshape(self.embed_dim, k * self.embed_dim)
+        x = F.linear(self.embeddings(windows).flatten(2), weight)
         n = conv_output_lengths(lengths, self.conv_kernel_size)
         valid = torch.arange(x.shape[1], device=x.device) < n.unsqueeze(1)
         x = self.pos_drop(x + self.pos_embed[: x.shape[1]])
