@@ -28,7 +28,7 @@ SHRINK = [
     (r"--max-log2 13 --min-log2 8", "--max-log2 5 --min-log2 2"),
     (r"--model dd_gpt_1b", "--model dd_gpt_tiny --dim 16 --depth 1 --num-heads 2"),
     (r"--tokens-per-step 16384", "--tokens-per-step 64"),
-    (r"--steps 20", "--steps 1 --warmup 0"),
+    (r"--steps 24", "--steps 1 --rounds 1 --warmup 0"),
     (r"--device cuda", "--device cpu"),  # no GPU in CI: the same code path on CPU
     (r"--nproc_per_node 8", "--nproc_per_node 2"),
 ]
@@ -157,18 +157,24 @@ BENCHMARKS = README.parent / "BENCHMARKS.md"
 
 def test_benchmarks_table_matches_the_raw_results():
     """Each CPU row of BENCHMARKS.md is the benchmarks/*.json its command wrote (not typed by hand)."""
+    from bramley.dataset_decomposition.bench import markdown_table
+
     text = BENCHMARKS.read_text()
     for context in (512, 1024):
         result = json.loads((README.parent / "benchmarks" / f"cpu_context{context}.json").read_text())
-        m, ratios = result["methods"], result["ratios"]
-        attn = " / ".join(f"{m[k]['attention_flops_per_step'] / 1e9:.2f}" for k in ("cc", "cc_dm", "dd"))
-        row = (
-            f"| {context} | {1 << result['min_log2']} ... {context} | {m['cc']['tokens_per_s']:.0f} | "
-            f"{m['cc_dm']['tokens_per_s']:.0f} | {m['dd']['tokens_per_s']:.0f} | **{ratios['dd_over_cc']:.2f}x** | "
-            f"**{ratios['dd_over_cc_dm']:.2f}x** | {attn} |"
+        row = markdown_table(result, "", 1).splitlines()[-1]
+        assert row.startswith(f"| {context} | {1 << result['min_log2']} ... {context} |") and row in text, row
+        assert (
+            f"**{result['ratios']['dd_over_cc']:.2f}x**" in row
+            and f"**{result['ratios']['dd_over_cc_dm']:.2f}x**" in row
         )
-        assert row in text, row
-        assert result["steps"] == 12 and result["warmup"] == 2 and result["tokens_per_step"] == 4096
+        assert (result["steps"], result["rounds"], result["warmup"], result["tokens_per_step"]) == (6, 21, 2, 4096)
+    ratios = [
+        json.loads((README.parent / "benchmarks" / f"cpu_context{c}.json").read_text())["ratios"]["dd_over_cc"]
+        for c in (512, 1024)
+    ]
+    readme = " ".join(README.read_text().split())
+    assert "DD trains {:.2f}x and {:.2f}x as many tokens/s as concat-and-chunk".format(*ratios) in readme
 
 
 def test_benchmarks_commands_run(tmp_path, monkeypatch):
@@ -178,7 +184,10 @@ def test_benchmarks_commands_run(tmp_path, monkeypatch):
     from bramley.core.cli import main as bramley_main
 
     monkeypatch.chdir(tmp_path)
-    cpu_lines = ("4096 --steps 12 --warmup 2", "1024 --steps 1 --warmup 0")  # the CPU lines: one step of 1024 tokens
+    cpu_lines = (
+        "4096 --steps 6 --rounds 21 --warmup 2",
+        "1024 --steps 1 --rounds 1 --warmup 0",
+    )  # one step, 1024 tokens
     lines = shell_commands(BENCHMARKS, rewrite=[*SHRINK, cpu_lines])
     assert len(lines) == 3
     threads = torch.get_num_threads()

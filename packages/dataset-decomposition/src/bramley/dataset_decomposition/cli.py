@@ -61,30 +61,39 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------------------------------------- bench
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Training tokens/s of each method at one maximum context; prints a summary and the JSON results."""
+    """Training tokens/s of each method at one maximum context, interleaved rounds; prints a table and the JSON."""
+    import os
+
     import torch
 
-    from bramley.core.report import environment
+    from bramley.core.report import environment, replace_marked
 
-    from .bench import run_benchmark
+    from .bench import markdown_table, run_benchmark
 
+    load_before = os.getloadavg()[0]
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     kwargs = {k: v for k, v in (("dim", args.dim), ("depth", args.depth), ("num_heads", args.num_heads)) if v}
     result = run_benchmark(
         args.model, model_kwargs=kwargs, min_log2=args.min_log2, max_log2=args.max_log2,
-        tokens_per_step=args.tokens_per_step, steps=args.steps, warmup=args.warmup, device=args.device,
-        amp=args.amp, methods=tuple(args.methods), seed=args.seed,
+        tokens_per_step=args.tokens_per_step, steps=args.steps, rounds=args.rounds, warmup=args.warmup,
+        device=args.device, amp=args.amp, methods=tuple(args.methods), seed=args.seed,
     )  # fmt: skip
     result["environment"] = environment()
-    context, device = 1 << args.max_log2, result["device"]
-    print(f"{args.model} at max context {context}, {args.tokens_per_step} tokens/step on {device}:")
-    for name, r in result["methods"].items():
-        attn = r["attention_flops_per_step"] / 1e9
-        print(f"  {name:6s} {r['tokens_per_s']:12.0f} tokens/s  attention {attn:.2f} GFLOP/step")
-    for name, ratio in result["ratios"].items():
-        print(f"  {name}: {ratio:.2f}x")
+    result["load_average"] = [load_before, os.getloadavg()[0]]
+    shown = ("min_log2", "max_log2", "tokens_per_step", "steps", "rounds", "warmup")  # the sizes, even at defaults
+    defaults = vars(_bench_parser().parse_args([]))
+    words = []
+    for name, default in defaults.items():
+        value = getattr(args, name, default)
+        if value != default or name in shown:
+            value = " ".join(value) if isinstance(value, list) else value
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    body = markdown_table(result, " ".join(["bramley dataset-decomposition bench", *words]), torch.get_num_threads())
+    print(body)
     write_json(args.out, result)
+    if args.markdown is not None:
+        replace_marked(args.markdown, f"bench_dd:{result['device']}-context{1 << args.max_log2}", body)
     return 0
 
 
@@ -96,7 +105,8 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-log2", type=int, default=4)
     p.add_argument("--max-log2", type=int, default=9, help="maximum context 2^max_log2 (13 for 8k)")
     p.add_argument("--tokens-per-step", type=positive_int, default=4096)
-    p.add_argument("--steps", type=positive_int, default=6)
+    p.add_argument("--steps", type=positive_int, default=6, help="timed steps per method and round")
+    p.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds (order rotates; median ratio)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 0)")
     p.add_argument("--methods", nargs="+", default=["cc", "cc_dm", "dd"], choices=["cc", "cc_dm", "dd"])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
@@ -104,6 +114,13 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON results to this file")
+    p.add_argument("--markdown", type=Path, default=None, help="write the result table into this markdown file")
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    _bench_arguments(parser)
+    return parser
 
 
 # ---------------------------------------------------------------------------------------------------------- parser
