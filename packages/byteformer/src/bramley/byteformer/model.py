@@ -286,8 +286,14 @@ class ByteFormer(nn.Module):
         n_out = int(out_cu[-1])
         starts = cu_seqlens.long()[document_ids(out_cu, n_out)] + position_ids(out_cu, n_out) * s
         windows = tokens.long()[starts.unsqueeze(1) + torch.arange(k, device=tokens.device)]  # (total', k)
+        return self._embed_windows(windows), out_cu
+
+    def _embed_windows(self, windows: torch.Tensor) -> torch.Tensor:
+        """Embedding + the strided conv on byte windows ``(..., k)`` -> ``(..., dim)``, as one GEMM (``nn.Conv1d``
+        with k=32, stride 16 takes several times longer per byte on CPU)."""
+        k = self.conv_kernel_size
         weight = self.token_reduction.weight.permute(0, 2, 1).reshape(self.embed_dim, k * self.embed_dim)
-        return F.linear(self.embeddings(windows).flatten(1), weight), out_cu
+        return F.linear(self.embeddings(windows).flatten(-2), weight)
 
     def forward_features(self, tokens: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         """Pooled features ``(B, dim)`` of packed samples (see the module docstring)."""
@@ -334,12 +340,10 @@ class ByteFormer(nn.Module):
         real = arange < lengths.unsqueeze(1)
         if bool(((tokens < 0) | (tokens > MASK_TOKEN))[real].any()):
             raise ValueError(f"token values must be bytes 0..255 (or {MASK_TOKEN}, the mask token)")
-        # the strided conv as one GEMM over each row's byte windows, as the packed path runs it: nn.Conv1d (k=32,
-        # stride 16) takes several times longer per byte on CPU, a cost of that layer, not of padding
-        k, s = self.conv_kernel_size, self.conv_stride
-        windows = tokens.clamp(0, MASK_TOKEN).long().unfold(1, k, s)  # (B, L', k): rows never mix
-        weight = self.token_reduction.weight.permute(0, 2, 1).reshape(self.embed_dim, k * self.embed_dim)
-        x = F.linear(self.embeddings(windows).flatten(2), weight)
+        # the same GEMM as the packed path over each row's byte windows (rows never mix): the padded baseline pays
+        # for its padding, not for a slower conv
+        windows = tokens.clamp(0, MASK_TOKEN).long().unfold(1, self.conv_kernel_size, self.conv_stride)  # (B, L', k)
+        x = self._embed_windows(windows)
         n = conv_output_lengths(lengths, self.conv_kernel_size)
         valid = torch.arange(x.shape[1], device=x.device) < n.unsqueeze(1)
         x = self.pos_drop(x + self.pos_embed[: x.shape[1]])
