@@ -32,8 +32,10 @@ __all__ = ["GLOBAL_POOLS", "ClassifierInterface", "StagedBackbone", "feature_tak
 GLOBAL_POOLS = ("avg", "")
 
 
-def feature_take_indices(num_levels: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
-    """timm's ``indices`` argument as ``(levels to take, deepest level)``.
+def feature_take_indices(
+    num_levels: int, indices: int | Sequence[int] | None, name: str = "indices"
+) -> tuple[list[int], int]:
+    """timm's ``indices`` argument (called ``name`` in errors) as ``(levels to take, deepest level)``.
 
     ``None`` takes every level, an int ``n`` the last ``n``, a sequence those levels (negative counts from the end).
     """
@@ -41,12 +43,13 @@ def feature_take_indices(num_levels: int, indices: int | Sequence[int] | None) -
         take = list(range(num_levels))
     elif isinstance(indices, int):
         if not 0 < indices <= num_levels:
-            raise ValueError(f"indices={indices}: take between 1 and {num_levels} feature levels")
+            raise ValueError(f"{name}={indices}: take between 1 and {num_levels} feature levels")
         take = list(range(num_levels - indices, num_levels))
     else:
-        bad = [i for i in indices if not -num_levels <= i < num_levels]
-        if bad or not indices:
-            raise ValueError(f"feature indices {list(indices)} out of range for {num_levels} feature levels")
+        if not indices or any(not -num_levels <= i < num_levels for i in indices):
+            raise ValueError(
+                f"{name} {tuple(indices)} invalid for a model with {num_levels} feature levels (out of range)"
+            )
         take = [i % num_levels for i in indices]
     return take, max(take)
 
@@ -256,17 +259,11 @@ def features_only(
     info = getattr(model, "feature_info", None)
     if not info:
         raise TypeError(f"{type(model).__name__} does not support feature extraction (no feature_info)")
-    levels = len(info)
-    if out_indices is None:
-        indices = tuple(range(levels))
-    elif isinstance(out_indices, int):
-        if not 0 < out_indices <= levels:
-            raise ValueError(f"out_indices={out_indices}: take between 1 and {levels} feature levels")
-        indices = tuple(range(levels - out_indices, levels))
-    else:
-        indices = tuple(i % levels if -levels <= i < levels else None for i in out_indices)
-        if not indices or None in indices or len(set(indices)) < len(indices):  # out of range, or a level twice
-            raise ValueError(f"out_indices {tuple(out_indices)} invalid for a model with {levels} feature levels")
+    indices = tuple(feature_take_indices(len(info), out_indices, "out_indices")[0])
+    if len(set(indices)) < len(indices):
+        raise ValueError(
+            f"out_indices {tuple(out_indices)} invalid for a model with {len(info)} feature levels (a level twice)"
+        )
     if isinstance(feature_cls, str) or feature_cls is None:
         name = (feature_cls or "list").lower()
         if name not in _FEATURE_CLASSES:

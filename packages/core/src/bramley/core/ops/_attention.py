@@ -23,6 +23,7 @@ import torch
 from . import _triton
 from ._auto import auto_backend
 from ._flash_flex import flash_attention, flex_attention
+from ._lse import empty_lse, lse_dtype, lse_shape
 from ._reference import reference_attention, reference_attention_backward
 from ._sdpa import sdpa_backward, sdpa_forward
 
@@ -154,14 +155,6 @@ def _check_backend(q: torch.Tensor, backend: str) -> None:
         )
 
 
-def _empty_lse(q: torch.Tensor) -> torch.Tensor:
-    return q.new_empty((0,), dtype=torch.promote_types(q.dtype, torch.float32))
-
-
-def _lse_shape(q: torch.Tensor, dense: bool) -> tuple[int, ...]:
-    return (q.shape[0], q.shape[2], q.shape[1]) if dense else (q.shape[1], q.shape[0])
-
-
 def _per_row(grad_lse: torch.Tensor, dense: bool) -> torch.Tensor:
     """An LSE-shaped tensor laid out like q (``(total, heads, 1)`` packed, ``(batch, seq, heads, 1)`` dense)."""
     return (grad_lse.transpose(1, 2) if dense else grad_lse.t()).unsqueeze(-1)
@@ -190,7 +183,7 @@ def _forward_impl(
         return sdpa_forward(q, k, v, cu_seqlens, scale, window_left, window_right, need_lse)
     else:
         out, lse = reference_attention(q, k, v, cu_seqlens, scale, window_left, window_right)
-    return out, lse if need_lse else _empty_lse(q)
+    return out, lse if need_lse else empty_lse(q)
 
 
 _attention_fwd = torch.library.custom_op("bramley::attention_fwd", _forward_impl, mutates_args=())
@@ -200,8 +193,8 @@ _attention_fwd = torch.library.custom_op("bramley::attention_fwd", _forward_impl
 def _attention_fwd_fake(q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend, need_lse):
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if not need_lse:
-        return out, _empty_lse(q)
-    return out, q.new_empty(_lse_shape(q, cu_seqlens is None), dtype=torch.promote_types(q.dtype, torch.float32))
+        return out, empty_lse(q)
+    return out, q.new_empty(lse_shape(q, cu_seqlens is None), dtype=lse_dtype(q))
 
 
 def _backward_impl(

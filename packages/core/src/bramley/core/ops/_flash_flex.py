@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from ._lse import lse_dtype
+
 __all__ = ["flash_attention", "flash_available", "flex_attention"]
 
 
@@ -58,10 +60,6 @@ def _differentiable_lse(lse, q, k, attend, scale, per_row):
     return lse.detach()
 
 
-def _lse_dtype(q: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(q.dtype, torch.float32)
-
-
 # ------------------------------------------------------------------------------------------------------ flash
 def flash_attention(
     q: torch.Tensor,
@@ -99,7 +97,7 @@ def flash_attention(
         out = attend(*packed)
         return (out.unflatten(0, q.shape[:2]) if dense else out), None
     out, lse = attend(*packed, AuxRequest(lse=True))
-    lse = _differentiable_lse(lse.to(_lse_dtype(q)), packed[0], packed[1], attend, scale, lambda g: g.t()[..., None])
+    lse = _differentiable_lse(lse.to(lse_dtype(q)), packed[0], packed[1], attend, scale, lambda g: g.t()[..., None])
     if dense:
         return out.unflatten(0, q.shape[:2]), lse.unflatten(1, q.shape[:2]).transpose(0, 1)
     return out, lse
@@ -166,11 +164,11 @@ def flex_attention(
 
     if length == 0:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        lse = q.new_empty((q.shape[0], q.shape[2], 0) if dense else (q.shape[1], 0), dtype=_lse_dtype(q))
+        lse = q.new_empty((q.shape[0], q.shape[2], 0) if dense else (q.shape[1], 0), dtype=lse_dtype(q))
         return out, lse if return_lse else None
     if return_lse:
         out, aux = attend(*layout, AuxRequest(lse=True))
-        lse = _differentiable_lse(aux.lse.to(_lse_dtype(q)), *layout[:2], attend, scale, lambda g: g[..., None])
+        lse = _differentiable_lse(aux.lse.to(lse_dtype(q)), *layout[:2], attend, scale, lambda g: g[..., None])
         lse = lse if dense else lse[0]
     else:
         out, lse = attend(*layout), None

@@ -22,6 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ._lse import empty_lse, lse_dtype, lse_shape
+
 __all__ = ["sdpa_backward", "sdpa_forward"]
 
 
@@ -69,9 +71,9 @@ def _assemble(parts: list[torch.Tensor], like: torch.Tensor, dense: bool) -> tor
 
 def _assemble_lse(parts: list[torch.Tensor], q: torch.Tensor, dense: bool) -> torch.Tensor:
     """``(heads, total)`` (or dense ``(batch, heads, seq)``) LSE from per-run ``(count, heads, length)`` results."""
-    dtype = torch.promote_types(q.dtype, torch.float32)
+    dtype = lse_dtype(q)
     if not parts:
-        return q.new_zeros(_lse_shape(q, dense), dtype=dtype)
+        return q.new_zeros(lse_shape(q, dense), dtype=dtype)
     if dense:
         return parts[0].to(dtype).contiguous()
     rows = torch.cat([part.transpose(1, 2).reshape(-1, q.shape[1]) for part in parts])  # (total, heads)
@@ -113,7 +115,7 @@ def _forward_run(q, k, v, scale, window_left, window_right, need_lse):
 def _scores_lse(q, k, causal, mask, scale):
     """LSE from materialised scores (the CUDA fallback only; fp32 or wider)."""
     group = q.shape[1] // k.shape[1]
-    dtype = torch.promote_types(q.dtype, torch.float32)
+    dtype = lse_dtype(q)
     scores = (q.to(dtype) @ k.to(dtype).repeat_interleave(group, dim=1).transpose(-1, -2)) * scale
     if causal:
         scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), -math.inf)
@@ -138,10 +140,6 @@ def _backward_run(grad_out, q, k, v, out, lse, scale, window_left, window_right)
 
 
 # ------------------------------------------------------------------------------------------------------ public
-def _lse_shape(q: torch.Tensor, dense: bool) -> tuple[int, ...]:
-    return (q.shape[0], q.shape[2], q.shape[1]) if dense else (q.shape[1], q.shape[0])
-
-
 def sdpa_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -161,7 +159,7 @@ def sdpa_forward(
         outs.append(o)
         lses.append(l)
     if not need_lse:
-        return _assemble(outs, q, dense), q.new_empty((0,), dtype=torch.promote_types(q.dtype, torch.float32))
+        return _assemble(outs, q, dense), empty_lse(q)
     return _assemble(outs, q, dense), _assemble_lse(lses, q, dense)
 
 
