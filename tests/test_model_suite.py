@@ -66,7 +66,6 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any
 
 import pytest
@@ -75,7 +74,7 @@ import torch.nn as nn
 
 from bramley.core import registry
 from bramley.core.checkpoint import check_state_dict, from_pretrained, save_pretrained
-from bramley.core.cli import ENTRY_POINT_GROUP
+from bramley.core.cli import discover_methods
 from bramley.core.layers import reparameterize_model
 from bramley.core.registry import ExampleInputs, create_model, get_model_entry, list_models, register_model
 
@@ -141,11 +140,10 @@ def settings_for(name: str) -> Settings:
 # -------------------------------------------------------------------------------------------------------- discovery
 def _import_method_packages() -> list[str]:
     """Import every installed method package (its CLI module and so its ``__init__``): models register on import."""
-    names = []
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    methods = discover_methods()
+    for ep in methods.values():
         importlib.import_module(ep.module)
-        names.append(ep.name)
-    return names
+    return list(methods)
 
 
 METHODS = _import_method_packages()

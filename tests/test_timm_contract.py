@@ -50,7 +50,6 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -62,7 +61,7 @@ from timm.models._features import FeatureGetterNet
 from timm.utils.model import reparameterize_model as timm_reparameterize_model
 
 from bramley.core.checkpoint import save_pretrained
-from bramley.core.cli import ENTRY_POINT_GROUP
+from bramley.core.cli import discover_methods
 from bramley.core.layers import reparameterize_model
 from bramley.core.registry import TIMM_PREFIX, create_model, get_model_entry, list_models
 
@@ -113,7 +112,7 @@ def kwargs_for(name: str) -> dict:
 def _register_packages() -> list[str]:
     """Import every installed method package and call its ``register_timm()``, if it has one; the timm names."""
     names = []
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    for ep in discover_methods().values():
         importlib.import_module(ep.module)
         package = sys.modules[ep.module.rpartition(".")[0]]
         if hasattr(package, "register_timm"):
