@@ -1,0 +1,3 @@
+"""Dataset Reinforcement: reinforce a dataset once, train any model better."""
+
+__version__ = "0.1.0"

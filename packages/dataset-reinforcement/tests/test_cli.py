@@ -1,0 +1,10 @@
+import pytest
+
+from bramley.dataset_reinforcement.cli import main
+
+
+def test_help_runs(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "usage: bramley-dataset-reinforcement" in capsys.readouterr().out

@@ -1,0 +1,10 @@
+import pytest
+
+from bramley.matformer.cli import main
+
+
+def test_help_runs(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "usage: bramley-matformer" in capsys.readouterr().out

@@ -1,0 +1,3 @@
+"""SHARCS: routing each sample to a dynamic-width sub-network."""
+
+__version__ = "0.1.0"
