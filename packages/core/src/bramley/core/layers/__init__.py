@@ -12,6 +12,16 @@ from .reparam import (
     pad_kernel,
     reparameterize_model,
 )
+from .sliceable import (
+    SliceableAttention,
+    SliceableLinear,
+    SliceableMlp,
+    SliceableSwiGLU,
+    WidthLayerNorm,
+    check_widths,
+    slice_linear,
+    width_channels,
+)
 from .transformer import Attention, Mlp, RMSNorm, RotaryEmbedding, SwiGLU, apply_rotary, rotate_half
 
 __all__ = [
@@ -24,14 +34,22 @@ __all__ = [
     "MobileOneBlock",
     "RMSNorm",
     "RotaryEmbedding",
+    "SliceableAttention",
+    "SliceableLinear",
+    "SliceableMlp",
+    "SliceableSwiGLU",
     "SqueezeExcite",
     "SwiGLU",
+    "WidthLayerNorm",
     "apply_rotary",
     "check_image_batch",
+    "check_widths",
     "fuse_conv_bn",
     "identity_kernel",
     "is_traced",
     "pad_kernel",
     "reparameterize_model",
     "rotate_half",
+    "slice_linear",
+    "width_channels",
 ]
