@@ -207,7 +207,7 @@ class MatFormerModel(nn.Module):
                 )
         for layer, (size, full) in enumerate(zip(sizes, self.mlp_hidden)):
             if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= full:
-                raise ConfigError(f"FFN size {size!r} of layer {layer} is outside 1 .. {full} (the layer's hidden size)")
+                raise ConfigError(f"FFN size {size!r} of layer {layer} is outside 1 .. {full} (its full hidden size)")
         if not self.nested and sizes != self.mlp_hidden:
             raise ConfigError(
                 f"{name} is not nested (granularities=None: a dense or extracted model), so it runs only its own FFN "
@@ -505,4 +505,3 @@ def lm_config(name: str) -> dict[str, Any]:
 def count_parameters(model: nn.Module) -> int:
     """Distinct parameters (a tied embedding counts once)."""
     return sum(p.numel() for p in model.parameters())
-

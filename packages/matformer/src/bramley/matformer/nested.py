@@ -11,6 +11,7 @@ Sizes are exact counts of the sub-model's parameters (what :func:`extract` build
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Literal
 
@@ -61,7 +62,7 @@ def mix_n_match_specs(model: MatFormerModel) -> list[tuple[int, ...]]:
     grans = granularity_specs(model)
     depth = matformer_model(model).depth
     specs = []
-    for small, large in zip(grans, grans[1:]):
+    for small, large in itertools.pairwise(grans):
         for m in range(1, depth):
             specs.append(tuple(small[: depth - m]) + tuple(large[depth - m :]))
     return specs
@@ -128,7 +129,8 @@ def num_parameters(model: nn.Module, spec: FFNSpec = None) -> int:
     model = matformer_model(model)
     sizes = model.resolve_ffn(spec)
     full = count_parameters(model)
-    return full - sum(_ffn_params(model, i, h) - _ffn_params(model, i, k) for i, (h, k) in enumerate(zip(model.mlp_hidden, sizes)))
+    pairs = enumerate(zip(model.mlp_hidden, sizes))
+    return full - sum(_ffn_params(model, i, h) - _ffn_params(model, i, k) for i, (h, k) in pairs)
 
 
 def flops(model: nn.Module, spec: FFNSpec = None, tokens: int | None = None) -> int:
