@@ -12,6 +12,7 @@ import configparser
 import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,13 @@ def _dist(package: str) -> str:
 
 def _module(package: str) -> str:
     return package.replace("-", "_")
+
+
+def _method_dependencies(package: str) -> list[str]:
+    """The other method packages ``package`` depends on (DESIGN.md's one exception: a method built on another
+    method's model, e.g. bramley-mobileclip on bramley-fastvit), as package folder names."""
+    names = (re.split(r"[\s<>=!~\[;]", req, maxsplit=1)[0] for req in _pyproject(package)["project"]["dependencies"])
+    return sorted(n.removeprefix("bramley-") for n in names if n.startswith("bramley-") and n != "bramley-core")
 
 
 def _uv() -> str:
@@ -304,14 +312,16 @@ def test_method_alone_with_core(package, core_env, wheels):
     baseline = core_env.freeze()
     try:
         core_env.install_locked_dependencies(package)
-        core_env.uv_pip("install", "--quiet", "--no-deps", str(wheels[package]))
+        needed = _method_dependencies(package)
+        core_env.uv_pip("install", "--quiet", "--no-deps", str(wheels[package]), *(str(wheels[p]) for p in needed))
         core_env.uv_pip("check")  # every Requires-Dist of core and of the method is satisfied
         installed = {line.split("==")[0].split(" @ ")[0].lower() for line in core_env.freeze()}
         unwanted = sorted(NOT_INSTALLED_WITH.get(package, set()) & installed)
         assert not unwanted, f"{dist} installs {unwanted}: a dependency (or a core extra) it does not need"
 
         report, own_help = core_env.probe_and_run(package, f"bramley-{package}", "--help")
-        assert report["dists"] == sorted(["bramley-core", dist]), f"installed: {report['dists']}"
+        expected = ["bramley-core", dist, *(_dist(p) for p in needed)]
+        assert report["dists"] == sorted(expected), f"installed: {report['dists']}"
         assert Path(report["file"]).is_relative_to(core_env.path), f"bramley.{module} imported from {report['file']}"
         assert own_help.returncode == 0 and f"usage: bramley-{package}" in own_help.stdout, own_help
         umbrella = report["help"]
