@@ -282,7 +282,7 @@ class MatViT(MatFormerModel):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid**2 + 1, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth > 1 else [drop_path_rate]
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         nested = self.granularities is not None
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, h, nested=nested, ffn=ffn, drop=drop_rate, drop_path=r)

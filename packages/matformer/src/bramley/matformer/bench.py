@@ -1,0 +1,151 @@
+"""Benchmark (not a test): what elastic inference and joint training cost, measured in interleaved rounds.
+
+Inference: the forward latency of one sub-model three ways, the full model as the peer: the nested model run sliced
+(``model(x, ffn=spec)``: views of the full weights), the same sub-model extracted (:func:`~bramley.matformer.nested.
+extract`: dense copies), and the full model. Training: the step time (forward, backward, AdamW step) of joint training
+(every granularity's loss) against training one granularity (the full model), on the same batch.
+
+Each round times every variant once (a median of ``repeats`` calls), in an order that rotates from round to round, and
+the ratios are taken within a round; the report gives the median ratio over the rounds with its interquartile range,
+next to the FLOP ratio the counts predict.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from bramley.core.registry import create_model
+
+from .model import MatLM
+from .nested import extract, flops, granularity_specs, select_for_budget
+from .train import JointLoss
+
+__all__ = ["run_benchmark"]
+
+
+def _time(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _quartiles(values: list[float]) -> dict[str, float]:
+    if len(values) < 2:
+        return {"median": values[0], "q1": values[0], "q3": values[0], "min": values[0], "max": values[0]}
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return {"median": statistics.median(values), "q1": q1, "q3": q3, "min": min(values), "max": max(values)}
+
+
+def _rounds(variants: dict[str, Callable[[], Any]], rounds: int, repeats: int) -> list[dict[str, float]]:
+    names = list(variants)
+    for fn in variants.values():  # warm-up: allocator, kernels
+        fn()
+    results = []
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        results.append({name: _time(variants[name], repeats) for name in order})
+    return results
+
+
+def run_benchmark(
+    model_name: str = "matvit_s16",
+    *,
+    batch_size: int = 8,
+    image_size: int = 224,
+    seq_len: int = 256,
+    spec: int | list[int] | None = None,
+    rounds: int = 11,
+    repeats: int = 3,
+    train_batch_size: int = 16,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Measure sliced vs extracted vs full inference and joint vs one-granularity training steps.
+
+    Args:
+        model_name: a registered MatViT / MatLM.
+        batch_size: inference batch.
+        image_size: MatViT input size.
+        seq_len: MatLM sequence length.
+        spec: the sub-model (default: the smallest granularity).
+        rounds: interleaved rounds.
+        repeats: calls per variant per round (their median is the round's time).
+        train_batch_size: training batch.
+        seed: inputs and weights.
+    """
+    torch.manual_seed(seed)
+    model = create_model(model_name).eval()
+    lm = isinstance(model, MatLM)
+    tokens = seq_len if lm else image_size
+    sizes = model.resolve_ffn(granularity_specs(model)[0] if spec is None else spec)
+    spec = list(sizes)
+    small = extract(model, spec).eval()
+
+    def batch(n: int) -> torch.Tensor:
+        if lm:
+            return torch.randint(0, model.vocab_size, (n, seq_len + 1))
+        return torch.randn(n, model.in_chans, image_size, image_size)
+
+    x = batch(batch_size)
+    x = x[:, :-1] if lm else x
+    with torch.inference_mode():
+        max_diff = float((model(x, ffn=spec) - small(x)).abs().max())
+    infer = {
+        "full": lambda: model(x),
+        "sliced": lambda: model(x, ffn=spec),
+        "extracted": lambda: small(x),
+    }
+    with torch.inference_mode():
+        latency = _rounds(infer, rounds, repeats)
+
+    train_model = create_model(model_name).train()
+    optimizer = torch.optim.AdamW(train_model.parameters(), lr=1e-4)
+    data = batch(train_batch_size)
+    labels = torch.randint(0, max(1, getattr(train_model, "num_classes", 1)), (train_batch_size,))
+    joint_loss, sample = JointLoss(), data if lm else (data, labels)
+
+    def joint_step() -> None:
+        loss, _ = joint_loss(train_model, sample)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def one_step() -> None:  # the full model alone (a loss weight of 0 would still run the other forwards)
+        if lm:
+            logits = train_model(data[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), data[:, 1:].flatten())
+        else:
+            loss = torch.nn.functional.cross_entropy(train_model(data), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    steps = _rounds({"joint": joint_step, "one": one_step}, rounds, 1)
+
+    full_flops, spec_flops = flops(model, None, tokens), flops(model, spec, tokens)
+    joint_flops = sum(flops(model, list(g), tokens) for g in granularity_specs(model))
+    return {
+        "model": model_name,
+        "spec": list(sizes),
+        "batch_size": batch_size,
+        "tokens": tokens,
+        "rounds": rounds,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "extracted_vs_sliced_max_abs_diff": max_diff,
+        "latency_ms": {k: _quartiles([r[k] * 1e3 for r in latency]) for k in infer},
+        "sliced_over_extracted": _quartiles([r["sliced"] / r["extracted"] for r in latency]),
+        "full_over_extracted": _quartiles([r["full"] / r["extracted"] for r in latency]),
+        "flop_ratio_full_over_sub": full_flops / spec_flops,
+        "step_ms": {k: _quartiles([r[k] * 1e3 for r in steps]) for k in ("joint", "one")},
+        "joint_over_one": _quartiles([r["joint"] / r["one"] for r in steps]),
+        "flop_ratio_joint_over_one": joint_flops / full_flops,
+        "budget_example": list(select_for_budget(model, (full_flops + spec_flops) / 2, "flops", tokens)),
+    }
