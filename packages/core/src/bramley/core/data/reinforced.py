@@ -33,12 +33,13 @@ Nothing is unpickled: safetensors tensors and JSON only.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -330,14 +331,21 @@ class ReplayableAugment:
     # -------------------------------------------------------------------------------------------------- replay
     def replay(self, image: Any, params: Mapping[str, Any]) -> torch.Tensor:
         """The augmentation ``params`` describes, applied to ``image`` (a :class:`DataError` when they do not fit)."""
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms import functional as F
 
         image = as_uint8_image(image)
         self.validate(params, image.shape[-2], image.shape[-1])
+        if image.shape[0] != len(self.config.mean):
+            raise DataError(
+                f"the image has {image.shape[0]} channels but augment mean/std have {len(self.config.mean)}"
+            )
+        with _one_thread():
+            return self._replay(image, params)
+
+    def _replay(self, image: torch.Tensor, params: Mapping[str, Any]) -> torch.Tensor:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as F
+
         c = self.config
-        if image.shape[0] != len(c.mean):
-            raise DataError(f"the image has {image.shape[0]} channels but augment mean/std have {len(c.mean)}")
         top, left, h, w = params["crop"]
         mode = InterpolationMode.BILINEAR if c.interpolation == "bilinear" else InterpolationMode.BICUBIC
         out = F.resized_crop(image, top, left, h, w, list(c.size), interpolation=mode, antialias=True)
@@ -404,6 +412,22 @@ class ReplayableAugment:
                 raise DataError(f"erase box {params['erase'][:4]} does not fit the {size_h}x{size_w} output")
             if not 0 <= noise_seed < _ERASE_SEED_BOUND:
                 raise DataError(f"erase seed must be in [0, 2**31), got {noise_seed}")
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run one image's operations on one intra-op thread: they are too small to split, and splitting them costs up
+    to 5x on a loaded 2-core machine (measured: 10 ms vs 2 ms per 16 px augmentation). DataLoader workers already
+    run single-threaded; in the main process the setting is restored afterwards."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _ints(value: Any, length: int, name: str = "src") -> list[int]:
