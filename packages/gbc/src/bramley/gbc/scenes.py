@@ -118,15 +118,22 @@ def scene_graph(scene, textures: bool = False, max_relations: int = 3, img_path:
 
 @dataclass
 class ScenePrompts:
-    """Held-out texts of one scene: its description, and the probes (``None`` where the scene has no such pair)."""
+    """Held-out texts of one scene: its description and the probes.
+
+    ``relation`` is ``(true, swapped)`` for the scene's first horizontal relation between different kinds (``None``
+    without one). ``count`` lists ``(true, changed, key)`` for the first group of two or more objects: its count
+    against each neighbouring count in ``[2, max_count]``; ``key`` names the comparison and its direction
+    (``"2<3"``: the true count is the smaller), so that the probe can average over keys and a text tower that always
+    prefers one number word scores 50, not the share of groups of two.
+    """
 
     description: str
-    relation: tuple[str, str] | None  # (true, swapped)
-    count: tuple[str, str] | None  # (true, changed)
+    relation: tuple[str, str] | None
+    count: list[tuple[str, str, str]]
 
 
-def scene_prompts(scene, textures: bool = False) -> ScenePrompts:
-    """The scene's description and probe pairs (see the module notes); deterministic in the scene."""
+def scene_prompts(scene, textures: bool = False, max_count: int = 4) -> ScenePrompts:
+    """The scene's description and probe texts (see :class:`ScenePrompts`); deterministic in the scene."""
     kinds = _kinds(scene, textures)
     items = [f"a {n}" if len(o) == 1 else f"{NUMBERS[len(o)]} {_plural(n)}" for n, o in kinds.items()]
     relation = None
@@ -136,10 +143,13 @@ def scene_prompts(scene, textures: bool = False) -> ScenePrompts:
             na, nb = kind_name(a, textures), kind_name(b, textures)
             relation = (f"a {na} left of a {nb}", f"a {nb} left of a {na}")
             break
-    count = None
+    count = []
     for name, objs in kinds.items():
-        if len(objs) >= 2:
-            wrong = len(objs) + 1 if len(objs) + 1 < len(NUMBERS) else len(objs) - 1
-            count = (f"{NUMBERS[len(objs)]} {_plural(name)}", f"{NUMBERS[wrong]} {_plural(name)}")
+        n = len(objs)
+        if n >= 2:
+            for wrong in (n - 1, n + 1):
+                if 2 <= wrong <= max_count:
+                    key = f"{n}<{wrong}" if n < wrong else f"{wrong}>{n}"
+                    count.append((f"{NUMBERS[n]} {_plural(name)}", f"{NUMBERS[wrong]} {_plural(name)}", key))
             break
     return ScenePrompts(_list(items), relation, count)

@@ -17,6 +17,7 @@ Sampling is seeded by ``(train.seed, epoch, index)``, so a seed reproduces a run
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ __all__ = [
 
 CAPTION_TYPES = ("short", "detail", "original", "entity", "composition", "relation")
 MODES = ("short", "captions", "sia")
+CACHE_GRAPHS = 200_000  # packed graphs kept by a collate (one per graph and sampled caption set)
 
 
 @dataclass
@@ -240,14 +242,20 @@ def scene_config(data: GbcData):
     )
 
 
-def _scene_split(data: GbcData, split: str) -> tuple[torch.Tensor, list[GbcGraph], list[Any]]:
+@functools.lru_cache(maxsize=4)
+def _render(config: Any, split: str, seed: int) -> tuple[Any, ...]:
+    """The scenes of a split, rendered once per process (the reproduction trains several models on them)."""
     from bramley.core.data.synthetic_scenes import SceneDataset
 
+    scenes = SceneDataset(split, config=config, seed=seed)
+    return tuple(scenes[i] for i in range(len(scenes)))
+
+
+def _scene_split(data: GbcData, split: str) -> tuple[torch.Tensor, list[GbcGraph], list[Any]]:
     from .scenes import scene_graph, scene_prompts
     from .views import drop_vertices_by_type
 
-    scenes = SceneDataset(split, config=scene_config(data), seed=data.data_seed)
-    items = [scenes[i] for i in range(len(scenes))]
+    items = _render(scene_config(data), split, data.data_seed)
     graphs = [scene_graph(s, max_relations=data.max_relations) for s in items]
     if data.drop_vertex_types:
         graphs = [drop_vertices_by_type(g, data.drop_vertex_types) for g in graphs]
@@ -287,6 +295,20 @@ class Collate:
 
     def __init__(self, dataset: GraphImageDataset, mode: str, tokenizer, context_length: int):
         self.dataset, self.mode, self.tokenizer, self.context_length = dataset, mode, tokenizer, context_length
+        self._cache: dict[tuple[int, tuple[tuple[int, int], ...]], Any] = {}
+
+    def _packed(self, index: int, chosen: list[tuple[int, int]]):
+        """The packed graph of these captions (cached: tokenizing and finding the phrases is the slow part)."""
+        key = (index, tuple(chosen))
+        if key not in self._cache:
+            graph = self.dataset.graphs[index]
+            keep = {(id(graph.vertices[i]), id(graph.vertices[i].descs[j])) for i, j in chosen}
+            if len(self._cache) >= CACHE_GRAPHS:
+                self._cache.clear()
+            self._cache[key] = pack_graph(
+                graph, self.tokenizer, self.context_length, caption_filter=lambda v, d: (id(v), id(d)) in keep
+            )
+        return self._cache[key]
 
     def __call__(self, items: list[tuple[torch.Tensor, int, list[tuple[int, int]]]]) -> dict[str, torch.Tensor]:
         images = torch.stack([it[0] for it in items])
@@ -294,18 +316,7 @@ class Collate:
         if not items[0][2]:
             return batch
         if self.mode == "sia":
-            packed = []
-            for _, index, chosen in items:
-                graph = self.dataset.graphs[index]
-                keep = {(id(graph.vertices[i]), id(graph.vertices[i].descs[j])) for i, j in chosen}
-                packed.append(
-                    pack_graph(
-                        graph,
-                        self.tokenizer,
-                        self.context_length,
-                        caption_filter=lambda v, d, keep=keep: (id(v), id(d)) in keep,
-                    )
-                )
+            packed = [self._packed(index, chosen) for _, index, chosen in items]
             sia = collate_packed(packed)
             batch.update(
                 tokens=sia.tokens,
@@ -353,7 +364,7 @@ def evaluate_retrieval(
 ) -> dict[str, float]:
     """Held-out metrics (percent): image<->text recall@1/5 with each image's query text (a synthetic scene's
     description, else the graph's short caption) and, for scenes, the compositional probes (how often the true
-    relation / count scores above the swapped / changed one)."""
+    relation / count scores above the swapped / changed one; the count probe averaged over its comparisons)."""
     from bramley.core.clip_eval import image_text_retrieval
 
     module = getattr(model, "module", model)
@@ -378,14 +389,22 @@ def evaluate_retrieval(
     recall = image_text_retrieval(images, encode(queries), ks=(1, 5))
     metrics = {k: v for k, v in recall.items() if k != "mean_recall"}
     if dataset.prompts is not None:
-        for probe in ("relation", "count"):
-            rows = [(i, getattr(p, probe)) for i, p in enumerate(dataset.prompts) if getattr(p, probe) is not None]
-            if not rows:
-                continue
+        rows = [(i, p.relation) for i, p in enumerate(dataset.prompts) if p.relation is not None]
+        if rows:
             index = torch.tensor([i for i, _ in rows], device=device)
             true = (images[index] * encode([t for _, (t, _) in rows])).sum(-1)
             false = (images[index] * encode([f for _, (_, f) in rows])).sum(-1)
-            metrics[f"{probe}_probe"] = 100.0 * (true > false).float().mean().item()
+            metrics["relation_probe"] = 100.0 * (true > false).float().mean().item()
+        rows = [(i, c) for i, p in enumerate(dataset.prompts) for c in p.count]
+        if rows:
+            index = torch.tensor([i for i, _ in rows], device=device)
+            true = (images[index] * encode([c[0] for _, c in rows])).sum(-1)
+            false = (images[index] * encode([c[1] for _, c in rows])).sum(-1)
+            hits: dict[str, list[bool]] = {}
+            for (_, c), hit in zip(rows, (true > false).tolist()):
+                hits.setdefault(c[2], []).append(hit)
+            # balanced over comparisons and directions: a constant preference for one number word scores 50
+            metrics["count_probe"] = 100.0 * sum(sum(h) / len(h) for h in hits.values()) / len(hits)
     return metrics
 
 
