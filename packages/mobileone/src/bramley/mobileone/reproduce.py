@@ -6,7 +6,10 @@
 2. Reparameterization is free: the fused model's test accuracy and logits equal the unfused model's, and its CPU
    batch-1 latency is lower (ratio measured in this process), on the trained mini model and on MobileOne-S0 at 224px.
 
-Data: scikit-learn digits (1797 8x8 images, stratified train/val/test 1259/179/359) upsampled to 32x32.
+Data (``--data``): ``digits`` (the default), scikit-learn digits (1797 8x8 images, stratified train/val/test
+1259/179/359) upsampled to 32x32 gray; or ``synthetic``, core's procedural images at their calibrated defaults
+(:class:`bramley.core.data.SyntheticDataset`: 64 classes of shape x color x texture x count, 32x32 RGB, a 10x
+long-tailed train split of 6400, a balanced test split of 2560), where digits saturate.
 Writes ``results.json``, ``table.md`` and ``reproduce.png`` to ``--out`` and ends by printing each claim with its
 verdict, computed from the measured results (:func:`verdicts`).
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -44,10 +48,19 @@ CLAIMS = {
     ),
 }
 LOGIT_TOLERANCE = 1e-4  # fused vs unfused, absolute (fp32 logits of order 10)
+IMAGE_SIZE = 32
+DATA = ("digits", "synthetic")
+# Per data set: seeds (0 .. n-1) and epoch budgets. Synthetic: chosen to fit 10 minutes on 2 shared CPU cores (the
+# k=4 arm costs ~60 % of the training time); see the README for the measured wall time and why these sizes.
+DEFAULT_SEEDS = {"digits": 5, "synthetic": 2}
+DEFAULT_EPOCHS = {"digits": [4, 15], "synthetic": [2, 6]}
+DATA_SEED = 0  # the synthetic images are drawn from this seed; the training seeds vary, the data stays the same
 
 
-def mini_mobileone(num_conv_branches: int, use_scale_branch: bool, use_identity: bool) -> nn.Module:
-    """The small MobileOne used here: 4 stages (16, 32, 64, 128 channels), 1 gray input channel, 10 classes."""
+def mini_mobileone(
+    num_conv_branches: int, use_scale_branch: bool, use_identity: bool, num_classes: int = 10, in_chans: int = 1
+) -> nn.Module:
+    """The small MobileOne used here: 4 stages (16, 32, 64, 128 channels); 1 gray channel, 10 classes by default."""
     from .model import MobileOne
 
     return MobileOne(
@@ -55,19 +68,60 @@ def mini_mobileone(num_conv_branches: int, use_scale_branch: bool, use_identity:
         num_conv_branches=num_conv_branches,
         use_scale_branch=use_scale_branch,
         use_identity=use_identity,
-        num_classes=10,
-        in_chans=1,
+        num_classes=num_classes,
+        in_chans=in_chans,
     )
 
 
-def train_arm(arm: str, seed: int, epochs: int, steps: int | None, image_size: int) -> tuple[nn.Module, float]:
-    """Train one arm with the bramley trainer; returns the model (eval mode) and its test top-1 (%)."""
+def load_data(name: str, quick: bool = False) -> dict[str, Any]:
+    """The training set, the test tensors, the class / channel counts and a description of data set ``name``.
+
+    ``digits``: scikit-learn digits upsampled to 32x32 gray (whole, also with ``quick``). ``synthetic``: core's
+    procedural images at the calibrated defaults, rendered once and standardised with train statistics; ``quick``
+    shrinks the splits to 640 train / 256 test images so that tests take seconds.
+    """
+    from torch.utils.data import TensorDataset
+
+    if name == "digits":
+        from bramley.core.data import DigitsDataset
+
+        train = DigitsDataset("train", image_size=IMAGE_SIZE)
+        x_test, y_test = DigitsDataset("test", image_size=IMAGE_SIZE).tensors()
+        about = f"sklearn digits upsampled to {IMAGE_SIZE}x{IMAGE_SIZE}, train {len(train)} / test {len(y_test)}"
+        num_classes, in_chans = 10, 1
+    elif name == "synthetic":
+        from bramley.core.data import SyntheticConfig, SyntheticDataset
+
+        config = SyntheticConfig(**({"train_size": 640, "val_size": 0, "test_size": 256} if quick else {}))
+        train_split = SyntheticDataset("train", config=config, seed=DATA_SEED, normalize=True)
+        x_test, y_test = SyntheticDataset("test", config=config, seed=DATA_SEED, normalize=True).tensors()
+        train = TensorDataset(*train_split.tensors())  # rendered once, not once per epoch and arm
+        about = (
+            f"bramley.core.data.SyntheticDataset defaults ({config.num_classes} classes, {config.image_size}x"
+            f"{config.image_size} RGB, long-tailed train split, balanced test), standardised with train statistics; "
+            f"data seed {DATA_SEED}; train {len(train)} / test {len(y_test)}"
+        )
+        num_classes, in_chans = config.num_classes, 3
+    else:
+        raise ValueError(f"data must be one of {DATA}, got {name!r}")
+    return {
+        "name": name,
+        "train": train,
+        "test": (x_test, y_test),
+        "num_classes": num_classes,
+        "in_chans": in_chans,
+        "description": about,
+    }
+
+
+def train_arm(arm: str, seed: int, epochs: int, steps: int | None, data: Mapping[str, Any]) -> tuple[nn.Module, float]:
+    """Train one arm on ``data`` (:func:`load_data`) with the bramley trainer; returns the model (eval mode) and its
+    test top-1 (%)."""
     from bramley.core.classification import ClassificationLoss, LossSection
-    from bramley.core.data import DigitsDataset
     from bramley.core.train import TrainConfig, Trainer
 
     torch.manual_seed(seed)
-    model = mini_mobileone(*ARMS[arm])
+    model = mini_mobileone(*ARMS[arm], num_classes=data["num_classes"], in_chans=data["in_chans"])
     cfg = TrainConfig(
         epochs=epochs,
         steps=steps,
@@ -84,20 +138,18 @@ def train_arm(arm: str, seed: int, epochs: int, steps: int | None, image_size: i
         log_every=10_000,
         device="cpu",
     )
-    train = DigitsDataset("train", image_size=image_size)
-    loss_fn = ClassificationLoss(10, LossSection(label_smoothing=0.1))
-    trainer = Trainer(model, cfg, train_data=train, loss_fn=loss_fn)
+    loss_fn = ClassificationLoss(data["num_classes"], LossSection(label_smoothing=0.1))
+    trainer = Trainer(model, cfg, train_data=data["train"], loss_fn=loss_fn)
     trainer.fit()
     model = trainer.model.eval()
-    return model, test_accuracy(model, image_size)
+    return model, test_accuracy(model, data["test"])
 
 
-def test_accuracy(model: nn.Module, image_size: int) -> float:
+def test_accuracy(model: nn.Module, test: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Top-1 (%) of ``model`` on the test tensors ``(x, y)``."""
     from bramley.core.classification import accuracy_eval
-    from bramley.core.data import DigitsDataset
 
-    x, y = DigitsDataset("test", image_size=image_size).tensors()
-    return accuracy_eval()(model.eval(), [(x, y)])["top1"]
+    return accuracy_eval()(model.eval(), [test])["top1"]
 
 
 def latency_ratio(model: nn.Module, x: torch.Tensor, iters: int) -> dict[str, float]:
@@ -120,27 +172,28 @@ def run(
     seeds: Sequence[int],
     budgets: Sequence[int],
     steps: int | None,
-    image_size: int,
     s0_size: int,
     iters: int,
+    data_name: str = "digits",
+    quick: bool = False,
 ) -> dict:
     """Train every arm for every epoch budget and seed, check fusion, time fused vs unfused; write the report."""
-    from bramley.core.data import DigitsDataset
     from bramley.core.layers import reparameterize_model
     from bramley.core.report import format_table, mean_std, write_results
 
     from .model import build_mobileone
     from .profile import count_params
 
-    start = time.time()
-    x_test, _ = DigitsDataset("test", image_size=image_size).tensors()
+    start, cpu_start, load_start = time.time(), time.process_time(), os.getloadavg()
+    data = load_data(data_name, quick)
+    x_test = data["test"][0]
     runs, trained_k4 = [], None
     for epochs in budgets:
         for seed in seeds:
             for arm in ARMS:
-                model, acc = train_arm(arm, seed, epochs, steps, image_size)
+                model, acc = train_arm(arm, seed, epochs, steps, data)
                 fused = reparameterize_model(model)
-                fused_acc = test_accuracy(fused, image_size)
+                fused_acc = test_accuracy(fused, data["test"])
                 with torch.no_grad():
                     diff = float((model(x_test) - fused(x_test)).abs().max())
                 runs.append(
@@ -178,8 +231,9 @@ def run(
                 }
             )
 
+    size, chans = IMAGE_SIZE, data["in_chans"]
     latency = {
-        f"mini_k4_{image_size}px_batch1": latency_ratio(trained_k4, torch.randn(1, 1, image_size, image_size), iters),
+        f"mini_k4_{size}px_batch1": latency_ratio(trained_k4, torch.randn(1, chans, size, size), iters),
         f"mobileone_s0_{s0_size}px_batch1": latency_ratio(
             build_mobileone("s0").eval(), torch.randn(1, 3, s0_size, s0_size), iters
         ),
@@ -200,8 +254,11 @@ def run(
     }
     results = {
         "method": "mobileone",
+        "data": data_name,
+        "quick": quick,
         "setup": {
-            "data": f"sklearn digits upsampled to {image_size}x{image_size}, train 1259 / test 359",
+            "data": data["description"],
+            "num_classes": data["num_classes"],
             "model": MINI_ARCH,
             "seeds": list(seeds),
             "epoch_budgets": list(budgets),
@@ -213,9 +270,12 @@ def run(
         "latency": latency,
         "summary": summary,
         "seconds": time.time() - start,
+        "cpu_seconds": time.process_time() - cpu_start,  # this process's CPU time: the wall time on an idle machine
+        "load_average": {"start": list(load_start), "end": list(os.getloadavg())},  # 1, 5, 15 min, shared machine
     }
     results["verdicts"] = verdicts(results)
-    write_results(out, results, rows, title="MobileOne mini reproduction: over-parameterization (digits, test top-1 %)")
+    title = f"MobileOne mini reproduction: over-parameterization ({data_name}, test top-1 %)"
+    write_results(out, results, rows, title=title)
     print(format_table(latency_rows))
     _plot(out / "reproduce.png", rows, latency_rows, budgets)
     print_verdicts(results["verdicts"])
@@ -306,18 +366,25 @@ def _plot(path: Path, rows: list[dict], latency_rows: list[dict], budgets: Seque
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bramley reproduce mobileone", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/reproduce-mobileone"))
-    parser.add_argument("--seeds", type=positive_int, default=5, help="seeds per arm and budget")
-    parser.add_argument("--epochs", type=positive_int, nargs="+", default=[4, 15], help="training budgets (epochs)")
+    parser.add_argument("--data", choices=DATA, default="digits", help="digits, or core's procedural images")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (runs/reproduce-mobileone[-DATA])")
+    defaults = ", ".join(f"{n} for {d}" for d, n in DEFAULT_SEEDS.items())
+    parser.add_argument("--seeds", type=positive_int, default=None, help=f"seeds per arm and budget ({defaults})")
+    defaults = ", ".join(f"{' '.join(map(str, e))} for {d}" for d, e in DEFAULT_EPOCHS.items())
+    parser.add_argument("--epochs", type=positive_int, nargs="+", default=None, help=f"training budgets ({defaults})")
     parser.add_argument("--quick", action="store_true", help="1 seed, 3 optimizer steps, small latency check (tests)")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (1: robust when shared)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = Path("runs/reproduce-mobileone" + ("" if args.data == "digits" else f"-{args.data}"))
     check_writable(args.out / "results.json", "--out")
     torch.set_num_threads(args.threads)
+    seeds = list(range(args.seeds if args.seeds is not None else DEFAULT_SEEDS[args.data]))
+    budgets = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.data]
     if args.quick:
-        run(args.out, seeds=[0], budgets=[1], steps=3, image_size=32, s0_size=64, iters=2)
+        run(args.out, seeds=[0], budgets=[1], steps=3, s0_size=64, iters=2, data_name=args.data, quick=True)
     else:
-        run(args.out, list(range(args.seeds)), args.epochs, steps=None, image_size=32, s0_size=224, iters=20)
+        run(args.out, seeds, budgets, steps=None, s0_size=224, iters=20, data_name=args.data)
     return 0
 
 
