@@ -246,9 +246,17 @@ def parquet_schema(graphs: Iterable[GbcGraph | dict[str, Any]], batch_size: int 
 
     schema = None
     for batch in _batches(graphs, batch_size):
-        inferred = pa.Table.from_pylist(batch).schema
+        inferred = _infer_schema(batch)
         schema = inferred if schema is None else pa.unify_schemas([schema, inferred], promote_options="permissive")
     return schema
+
+
+def _infer_schema(batch: list[dict[str, Any]]):
+    """The arrow schema of a batch of graphs: every key of every row (``Table.from_pylist`` takes the columns of
+    the first row only and would drop the others)."""
+    import pyarrow as pa
+
+    return pa.schema(pa.array(batch).type)
 
 
 def _batches(graphs: Iterable[GbcGraph | dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -309,7 +317,7 @@ def _write_parquet(graphs: Iterable[GbcGraph | dict[str, Any]], tmp: str, schema
     count = 0
     try:
         for batch in _batches(graphs, PARQUET_ROW_GROUP):
-            inferred = pa.Table.from_pylist(batch).schema
+            inferred = _infer_schema(batch)
             if schema is None:
                 schema = inferred
             unified = pa.unify_schemas([schema, inferred], promote_options="permissive")
@@ -319,7 +327,7 @@ def _write_parquet(graphs: Iterable[GbcGraph | dict[str, Any]], tmp: str, schema
                     f"({_schema_difference(schema, unified)}); compute the file's schema first (parquet_schema, or "
                     "`bramley-gbc convert`, which does)"
                 )
-            table = pa.Table.from_pylist(batch, schema=schema)
+            table = pa.Table.from_struct_array(pa.array(batch, type=pa.struct(schema)))
             if writer is None:
                 writer = pq.ParquetWriter(tmp, schema)
             writer.write_table(table)
