@@ -31,6 +31,7 @@ Results go to a JSON file and, between markers, into packages/core/BENCHMARKS.md
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -38,7 +39,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,20 +92,36 @@ def round_times(fns: list[Callable[[], Any]], device: torch.device, warmup: int,
     return times
 
 
-def step_fn(run: Callable[[], torch.Tensor], inputs: list[torch.Tensor], backward: bool, grad=None) -> Callable:
-    """One forward (no autograd graph) or forward+backward (with ``grad``, ones by default) of ``run``."""
+def step_fn(
+    run: Callable[[], torch.Tensor], inputs: list[torch.Tensor], backward: bool, grad=None, context=None
+) -> Callable:
+    """One forward (no autograd graph) or forward+backward (with ``grad``, ones by default) of ``run``, inside
+    ``context()`` when given (the Triton kernels' design variant)."""
 
     def step() -> None:
         for t in inputs:
             t.grad = None
-        if backward:
-            out = run()
-            out.backward(torch.ones_like(out) if grad is None else grad)
-        else:
-            with torch.no_grad():
-                run()
+        with context() if context is not None else contextlib.nullcontext():
+            if backward:
+                out = run()
+                out.backward(torch.ones_like(out) if grad is None else grad)
+            else:
+                with torch.no_grad():
+                    run()
 
     return step
+
+
+@contextlib.contextmanager
+def triton_design(design) -> Iterator[None]:
+    """Launch the Triton kernels with ``design`` (an ``_attention_triton.Design``) inside the block."""
+    from bramley.core.ops import _attention_triton
+
+    saved, _attention_triton.DESIGN = _attention_triton.DESIGN, design
+    try:
+        yield
+    finally:
+        _attention_triton.DESIGN = saved
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -134,29 +151,44 @@ def spread(values: list[float]) -> str:
 
 # -------------------------------------------------------------------------------------------------- attention (GPU)
 BRAMLEY_BACKENDS = ("triton", "flash", "flex", "sdpa", "reference")
+# The Triton kernels' design steps (issue 15) timed against the design they replaced, in the same run:
+# name suffix -> (deterministic, before). "triton" itself is the default: fused backward, split forward loop.
+TRITON_VARIANTS = {"deterministic": (True, False), "before": (True, True)}
 
 
-def attention_methods(lengths, heads, head_dim, causal, device, dtype, backends, dense_seqs):
-    """Yield ``(name, lengths_used, factory)``; ``factory(requires_grad)`` -> ``(run, inputs)`` or a skip reason."""
+def attention_methods(lengths, heads, head_dim, causal, device, dtype, backends, dense_seqs, kv_heads=None):
+    """Yield ``(name, lengths_used, factory)``; ``factory(requires_grad)`` -> ``(run, inputs)`` (or ``(run, inputs,
+    context)``) or a skip reason. With ``kv_heads < heads`` (GQA) only bramley's backends run."""
+    from bramley.core.ops._attention_triton import Design
+
     total = sum(lengths)
     cu = cu_seqlens_from_lengths(lengths, device)
     max_len = max(lengths)
+    kv_heads = heads if kv_heads is None else kv_heads
 
     def packed(requires_grad):
         return [
-            torch.randn(total, heads, head_dim, device=device, dtype=dtype, requires_grad=requires_grad)
-            for _ in range(3)
+            torch.randn(total, h, head_dim, device=device, dtype=dtype, requires_grad=requires_grad)
+            for h in (heads, kv_heads, kv_heads)
         ]
 
-    for backend in backends:
+    variants = [(backend, "", False, False) for backend in backends]
+    if "triton" in backends:
+        variants += [("triton", f", {name}", det, before) for name, (det, before) in TRITON_VARIANTS.items()]
+    for backend, suffix, deterministic, before in variants:
 
-        def ours(requires_grad, backend=backend):
+        def ours(requires_grad, backend=backend, deterministic=deterministic, before=before):
             q, k, v = packed(requires_grad)
-            return (lambda: attention(q, k, v, cu_seqlens=cu, max_seqlen=max_len, causal=causal, backend=backend)), [
-                q, k, v,
-            ]  # fmt: skip
 
-        yield f"bramley ({backend})", lengths, ours
+            def run():
+                return attention(q, k, v, cu_seqlens=cu, max_seqlen=max_len, causal=causal, backend=backend,
+                                 deterministic=deterministic)  # fmt: skip
+
+            return run, [q, k, v], (lambda: triton_design(Design.before())) if before else None
+
+        yield f"bramley ({backend}{suffix})", lengths, ours
+    if kv_heads != heads:
+        return
 
     def varlen(requires_grad):
         try:
@@ -216,11 +248,14 @@ def bench_attention(args, device: torch.device) -> list[dict[str, Any]]:
     dtype = torch.bfloat16
     lengths = doc_lengths(args.tokens, args.min_len, args.max_len, args.seed)
     rows = []
-    for head_dim, causal in itertools.product(args.head_dims, (False, True)):
+    for group, head_dim, causal in itertools.product(args.gqa, args.head_dims, (False, True)):
         heads = args.width // head_dim
         methods = list(attention_methods(lengths, heads, head_dim, causal, device, dtype, args.backends,
-                                         args.dense_seqs))  # fmt: skip
-        table = {name: {"method": name, "head_dim": head_dim, "causal": causal} for name, _, _ in methods}
+                                         args.dense_seqs, heads // group))  # fmt: skip
+        table = {
+            name: {"method": name, "head_dim": head_dim, "heads": heads, "kv_heads": heads // group, "causal": causal}
+            for name, _, _ in methods
+        }
         for backward in (False, True):
             key = "fwd+bwd" if backward else "fwd"
             names, steps, used = [], [], []
@@ -230,7 +265,7 @@ def bench_attention(args, device: torch.device) -> list[dict[str, Any]]:
                     if isinstance(made, str):
                         table[name][f"{key} TFLOP/s"] = f"skipped: {made}"
                         continue
-                    step = step_fn(*made, backward)
+                    step = step_fn(made[0], made[1], backward, context=made[2] if len(made) > 2 else None)
                     step()  # compile / autotune outside the timing
                 except Exception as exc:  # a contender this torch/GPU cannot run is recorded, not fatal
                     table[name][f"{key} TFLOP/s"] = f"failed: {type(exc).__name__}: {str(exc)[:80]}"
@@ -255,9 +290,12 @@ def auto_table(rows: list[dict[str, Any]], capability: str) -> dict[str, str]:
 
     best: dict[str, tuple[float, str]] = {}
     for row in rows:
-        if not row["method"].startswith("bramley (") or not isinstance(row.get("fwd+bwd ms"), float):
+        method = row["method"]
+        if not method.startswith("bramley (") or "triton, " in method or not isinstance(row.get("fwd+bwd ms"), float):
             continue
-        feature = feature_of(-1, 0 if row["causal"] else -1, gqa=False)
+        feature = feature_of(
+            -1, 0 if row["causal"] else -1, gqa=row.get("kv_heads", row.get("heads")) != row.get("heads")
+        )
         key = f"{capability} bfloat16 d{row['head_dim']} {feature}"
         candidate = (row["fwd+bwd ms"], row["method"][len("bramley (") : -1])
         best[key] = min(best.get(key, candidate), candidate)
@@ -397,6 +435,122 @@ def bench_packing(args, device: torch.device) -> dict[str, Any]:
     return out
 
 
+# ------------------------------------------------------------------------------------------ compile-time evidence
+# Per SM: registers, shared memory a block may reserve in all (bytes) and resident warps (CUDA programming guide).
+SM_LIMITS = {"sm80": (65_536, 167_936, 64), "sm86": (65_536, 102_400, 48), "sm90": (65_536, 233_472, 64)}
+CAPABILITIES = {"sm80": (8, 0), "sm86": (8, 6), "sm89": (8, 9), "sm90": (9, 0)}
+BACKWARD_STEPS = {"pre": 0, "dkdv": 1, "dq": -1}
+
+
+def representative_launch(kind: str, head_dim: int, dtype: torch.dtype, capability, variant: str, design=None):
+    """The launch of ``kind`` that the launchers build for a benchmark-like batch (width 2048, 8192-token documents):
+    "fwd"; the split backward's "pre", "dkdv", "dq" (``deterministic=True``); the fused backward's "bwd".
+    ``variant``: "mha-causal" or "gqa-window" (2 query heads per key/value head, window (256, 0))."""
+    from bramley.core.ops import _attention_triton as kernels
+
+    heads = 2048 // head_dim
+    kv_heads = heads // 2 if variant == "gqa-window" else heads
+    window = (256, 0) if variant == "gqa-window" else (-1, 0)
+    tokens, max_seqlen = 64, 8192
+    q = torch.empty(tokens, heads, head_dim, dtype=dtype)
+    kv = torch.empty(tokens, kv_heads, head_dim, dtype=dtype)
+    lse = torch.empty(heads, tokens)
+    cu = torch.tensor([0, tokens], dtype=torch.int32)
+    scale = head_dim**-0.5
+    if kind == "fwd":
+        return kernels.forward_launch(q, kv, kv, torch.empty_like(q), lse, cu, max_seqlen, scale, *window, capability,
+                                      design)  # fmt: skip
+    steps = kernels.backward_launches(
+        q, None, q, kv, kv, torch.empty_like(q), lse, torch.empty_like(lse), torch.empty_like(q),
+        torch.empty_like(kv), torch.empty_like(kv), cu, max_seqlen, scale, *window, capability,
+        deterministic=kind != "bwd", design=design,
+    )  # fmt: skip
+    launches = [step for step in steps if isinstance(step, kernels.Launch)]
+    return launches[-1] if kind == "bwd" else launches[BACKWARD_STEPS[kind]]
+
+
+def compile_launch(launch, capability):
+    """Compile a launch for a GPU target as Triton's launcher would (its own launch-time specializer, so the
+    alignment and ``== 1`` specializations are those of a real launch); returns the compiled kernel."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    fn = triton.jit(launch.kernel)
+    target = GPUTarget("cuda", capability[0] * 10 + capability[1], 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*launch.args, **launch.meta)
+    options, signature, constexprs, attrs = fn._pack_args(backend, launch.meta, bound, specialization, options)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
+
+
+def resource_usage(compiled, workdir: Path) -> dict[str, int]:
+    """Registers per thread, local-memory stack (spills) and shared memory of a compiled kernel (cuobjdump)."""
+    import re
+    import subprocess
+
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    path = workdir / "kernel.cubin"
+    path.write_bytes(compiled.asm["cubin"])
+    out = subprocess.run([str(tool), "--dump-resource-usage", str(path)], capture_output=True, text=True).stdout
+    match = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    if not match:
+        raise RuntimeError(f"cuobjdump printed no resource usage: {out[:200]}")
+    return {"registers": int(match.group(1)), "stack": int(match.group(2)), "shared": compiled.metadata.shared}
+
+
+def blocks_per_sm(arch: str, registers: int, shared: int, warps: int) -> int:
+    """Resident blocks per SM allowed by registers (allocated per warp in units of 256), shared memory (plus the
+    1 KiB the driver reserves per block) and warps."""
+    regs_per_sm, shared_per_sm, warps_per_sm = SM_LIMITS[arch]
+    per_warp = -(-registers * 32 // 256) * 256
+    by_regs = regs_per_sm // (per_warp * warps)
+    by_shared = shared_per_sm // (shared + 1024)
+    return min(by_regs, by_shared, warps_per_sm // warps, 32)
+
+
+# (design step, kind, design, variant) of the evidence table; each for sm_90 and sm_80, bf16, d64 and d128.
+EVIDENCE = [
+    ("before: forward, one loop, mask decided per tile", "fwd", "before", "mha-causal"),
+    ("(3) forward, loop split into full and boundary tiles", "fwd", "new", "mha-causal"),
+    ("before / deterministic: split backward, dK/dV kernel", "dkdv", "new", "mha-causal"),
+    ("before / deterministic: split backward, dQ kernel", "dq", "new", "mha-causal"),
+    ("(1) fused backward (5 matmuls, dQ fp32 atomics)", "bwd", "new", "mha-causal"),
+    ("(1)+(2) fused backward, GQA heads in parallel (dK/dV atomics)", "bwd", "new", "gqa-window"),
+]
+
+
+def compile_evidence(archs=("sm90", "sm80"), head_dims=(64, 128), dtype=torch.bfloat16) -> list[dict[str, Any]]:
+    """Compile every design step's kernel as launched and read its resources: the rows of BENCHMARKS.md's
+    "design steps: compile-time evidence" table. Runs on CPU (Triton's compiler and the bundled ptxas)."""
+    import tempfile
+
+    from bramley.core.ops._attention_triton import Design
+
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for arch, head_dim, (step, kind, design, variant) in itertools.product(archs, head_dims, EVIDENCE):
+            capability = CAPABILITIES[arch]
+            launch = representative_launch(kind, head_dim, dtype, capability, variant,
+                                           Design.before() if design == "before" else Design())  # fmt: skip
+            usage = resource_usage(compile_launch(launch, capability), Path(workdir))
+            meta, regs, shared = launch.meta, usage["registers"], usage["shared"]
+            warps = meta["num_warps"]
+            row = {
+                "design step": step, "arch": arch, "head_dim": head_dim, "variant": variant,
+                "tile M x N, warps, stages": f"{meta['BLOCK_M']} x {meta['BLOCK_N']}, {warps}, {meta['num_stages']}",
+                "threads": 32 * warps, "registers/thread": regs, "shared KiB": round(shared / 1024, 1),
+                "spill stack B": usage["stack"], "blocks/SM": blocks_per_sm(arch, regs, shared, warps),
+            }  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------------ report
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
@@ -442,6 +596,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-len", type=int, default=8192)
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
+    parser.add_argument(
+        "--gqa",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="query heads per key/value head; > 1 times bramley's backends only",
+    )
     parser.add_argument("--dense-seqs", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--cpu-tokens", type=int, default=8192)
     parser.add_argument("--cpu-heads", type=int, default=8)

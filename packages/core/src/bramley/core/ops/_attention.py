@@ -172,7 +172,9 @@ def _forward_impl(
     window_right: int,
     backend: str,
     need_lse: bool,
+    deterministic: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    del deterministic  # a backward setting; the op carries it so that the backward receives it
     if backend in _READS_OFFSETS and cu_seqlens is not None:
         _check_cu_seqlens(cu_seqlens, q.shape[0], None if max_seqlen < 0 else max_seqlen)
     if backend == "triton":
@@ -190,7 +192,9 @@ _attention_fwd = torch.library.custom_op("bramley::attention_fwd", _forward_impl
 
 
 @_attention_fwd.register_fake
-def _attention_fwd_fake(q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend, need_lse):
+def _attention_fwd_fake(
+    q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend, need_lse, deterministic=False
+):
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if not need_lse:
         return out, empty_lse(q)
@@ -211,12 +215,25 @@ def _backward_impl(
     window_left: int,
     window_right: int,
     backend: str,
+    deterministic: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "triton":
         from . import _attention_triton
 
         return _attention_triton.backward(
-            grad_out, grad_lse, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, window_left, window_right
+            grad_out,
+            grad_lse,
+            q,
+            k,
+            v,
+            out,
+            lse,
+            cu_seqlens,
+            max_seqlen,
+            scale,
+            window_left,
+            window_right,
+            deterministic,
         )
     if backend == "reference":
         return reference_attention_backward(grad_out, grad_lse, q, k, v, cu_seqlens, scale, window_left, window_right)
@@ -236,16 +253,29 @@ _attention_bwd = torch.library.custom_op("bramley::attention_bwd", _backward_imp
 
 @_attention_bwd.register_fake
 def _attention_bwd_fake(
-    grad_out, grad_lse, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, window_left, window_right, backend
+    grad_out,
+    grad_lse,
+    q,
+    k,
+    v,
+    out,
+    lse,
+    cu_seqlens,
+    max_seqlen,
+    scale,
+    window_left,
+    window_right,
+    backend,
+    deterministic=False,
 ):
     return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend, _ = inputs
+    q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend, _, deterministic = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
-    ctx.args = (max_seqlen, scale, window_left, window_right, backend)
+    ctx.args = (max_seqlen, scale, window_left, window_right, backend, deterministic)
 
 
 def _backward(ctx, grad_out, grad_lse):
@@ -253,7 +283,7 @@ def _backward(ctx, grad_out, grad_lse):
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     dq, dk, dv = _attention_bwd(grad_out, grad_lse, q, k, v, out, lse, cu_seqlens, *ctx.args)
-    return dq, dk, dv, None, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 _attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -263,10 +293,12 @@ class _EagerAttention(torch.autograd.Function):
     """The custom op's forward/backward for eager mode (same implementations, no dynamo import)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend, need_lse):
+    def forward(
+        ctx, q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend, need_lse, deterministic
+    ):
         out, lse = _forward_impl(q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, backend, need_lse)
         ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
-        ctx.args = (max_seqlen, scale, window_left, window_right, backend)
+        ctx.args = (max_seqlen, scale, window_left, window_right, backend, deterministic)
         ctx.set_materialize_grads(False)
         return out, lse
 
@@ -276,7 +308,7 @@ class _EagerAttention(torch.autograd.Function):
         if grad_out is None:
             grad_out = torch.zeros_like(out)
         dq, dk, dv = _backward_impl(grad_out, grad_lse, q, k, v, out, lse, cu_seqlens, *ctx.args)
-        return dq, dk, dv, None, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------------------------------- public API
@@ -292,6 +324,7 @@ def attention(
     window: int | tuple[int, int] | None = None,
     return_lse: bool = False,
     backend: str = "auto",
+    deterministic: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention over packed variable-length documents or a dense batch.
 
@@ -322,6 +355,11 @@ def attention(
             ``TRITON_INTERPRET=1`` for tests), ``"flash"`` (torch's ``varlen_attn``; CUDA fp16/bf16), ``"flex"``
             (FlexAttention; no backward on CPU), ``"sdpa"`` (torch's fused SDPA kernels per run of equal-length
             documents) or ``"reference"`` (plain math, float64-capable: the oracle).
+        deterministic: the ``triton`` backward's algorithm. ``False`` (default, the faster design): one fused kernel
+            per key block that adds dQ (and dK/dV under GQA) with fp32 atomics, so gradients may differ in the last
+            bits from run to run. ``True``: the split backward (no atomics), bit-identical across runs. ``sdpa`` and
+            ``reference`` on CPU are deterministic either way; torch's own kernels (``flash``, ``flex``, ``sdpa``
+            on CUDA) follow ``torch.use_deterministic_algorithms`` instead.
 
     Returns:
         The output, shaped and typed like ``q`` (contiguous), and the LSE if ``return_lse``. Empty documents
@@ -330,6 +368,8 @@ def attention(
     _check_inputs(q, k, v, cu_seqlens)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
     left, right = normalize_window(window, causal)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
@@ -357,6 +397,6 @@ def attention(
         out, lse = flex_attention(q, k, v, cu_seqlens, float(scale), left, right, return_lse)
         return (out, lse) if return_lse else out
     args = (q, k, v, cu_seqlens, -1 if max_seqlen is None else int(max_seqlen), float(scale), left, right, backend,
-            return_lse or needs_grad)  # fmt: skip
+            return_lse or needs_grad, deterministic)  # fmt: skip
     out, lse = _attention_fwd(*args) if torch.compiler.is_compiling() else _EagerAttention.apply(*args)
     return (out, lse) if return_lse else out

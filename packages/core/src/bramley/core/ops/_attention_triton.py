@@ -5,12 +5,15 @@ offsets by the caller. One program handles one block of rows of one (document, h
 ``batch * cdiv(max_seqlen, BLOCK)`` blocks (blocks past the end of a short document exit at once), axis 1 the heads.
 
 - Forward: online softmax in the log2 domain; saves only ``O`` and the LSE (natural log, ``(heads, total)`` fp32).
-- Backward: ``delta = rowsum(dO * O) - dLSE`` (preprocess kernel), then one kernel per key block computing dK/dV
-  (looping over the query heads of its GQA group, so no atomics) and one per query block computing dQ. The
-  probabilities are recomputed from Q, K and the LSE, so memory stays O(total).
+- Backward: ``delta = rowsum(dO * O) - dLSE`` (preprocess kernel), then by default one fused kernel per key block
+  and query head (the five matmuls; dQ accumulated in fp32 with atomics and converted at the end; GQA heads in
+  parallel, adding dK/dV with atomics). ``deterministic=True`` runs the split backward instead, bit-identical across
+  runs: one kernel per key block and query head computing dK/dV (summed over each GQA group afterwards) and one per
+  query block computing dQ. The probabilities are recomputed from Q, K and the LSE, so memory stays O(total).
 - Masking: query ``i`` sees key ``j`` iff ``i - left <= j <= i + right`` (``-1`` = unbounded; causal is
-  ``right = 0``). Key (or query) blocks outside the band are skipped; the elementwise mask is applied only to
-  blocks that straddle the band edge or the document end.
+  ``right = 0``). Key (or query) blocks outside the band are skipped. The forward splits its key loop into the tiles
+  every row sees whole (no mask, no bounds checks) and the boundary tiles (masked); the backward kernels mask only
+  the blocks that straddle the band edge or the document end.
 - Head dims that are not powers of two are padded to ``BLOCK_D`` with masked loads and stores.
 """
 
@@ -23,19 +26,85 @@ from typing import Any
 
 import torch
 
-from ._triton import interpreting, jit, tl, triton
+from ._triton import device_function, interpreting, jit, tl, triton
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
 
 # ----------------------------------------------------------------------------------------------------- kernels
+@device_function
+def _fwd_tiles(
+    acc, l_i, m_i, q, k_base, v_base, length, m0, lo, hi, stride_kt, stride_vt, qk_scale_log2, window_left,
+    window_right,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):  # fmt: skip
+    """Online softmax over the key tiles ``lo, lo + BLOCK_N, ... < hi``. ``MASK``: 0 = every key of every tile is
+    visible to every row (no mask, no bounds checks on keys), 1 = mask every tile, 2 = decide per tile at run time
+    (the single loop of the design before the split)."""
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    for n0 in range(lo, hi, BLOCK_N):
+        cols = n0 + offs_n
+        if MASK == 0:
+            if HEAD_DIM == BLOCK_D:
+                k = tl.load(k_base + cols[None, :] * stride_kt + offs_d[:, None])
+                v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :])
+            else:
+                k = tl.load(k_base + cols[None, :] * stride_kt + offs_d[:, None], mask=d_ok[:, None], other=0.0)
+                v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=d_ok[None, :], other=0.0)
+        else:
+            col_ok = cols < length
+            k = tl.load(k_base + cols[None, :] * stride_kt + offs_d[:, None],
+                        mask=col_ok[None, :] & d_ok[:, None], other=0.0)  # fmt: skip
+            v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :],
+                        mask=col_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale_log2
+        if MASK == 1:
+            visible = col_ok[None, :]
+            if HAS_LEFT:
+                visible = visible & (cols[None, :] >= offs_m[:, None] - window_left)
+            if HAS_RIGHT:
+                visible = visible & (cols[None, :] <= offs_m[:, None] + window_right)
+            s = tl.where(visible, s, float("-inf"))
+        elif MASK == 2:
+            need_mask = n0 + BLOCK_N > length
+            if HAS_LEFT:
+                need_mask = need_mask | (n0 < m0 + BLOCK_M - 1 - window_left)
+            if HAS_RIGHT:
+                need_mask = need_mask | (n0 + BLOCK_N - 1 > m0 + window_right)
+            if need_mask:
+                visible = col_ok[None, :]
+                if HAS_LEFT:
+                    visible = visible & (cols[None, :] >= offs_m[:, None] - window_left)
+                if HAS_RIGHT:
+                    visible = visible & (cols[None, :] <= offs_m[:, None] + window_right)
+                s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(k_base.dtype.element_ty).to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
 def _fwd_kernel(
     Q, K, V, O, LSE, CU,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lh,
     max_seqlen, group, qk_scale_log2, window_left, window_right,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    SPLIT_LOOP: tl.constexpr,
 ):  # fmt: skip
     num_m = tl.cdiv(max_seqlen, BLOCK_M)
     pid = tl.program_id(0)
@@ -56,7 +125,6 @@ def _fwd_kernel(
     LSE = LSE + head.to(tl.int64) * stride_lh + start64  # heads x tokens may exceed 2**31
 
     offs_m = m0 + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     row_ok = offs_m < length
@@ -77,38 +145,37 @@ def _fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for n0 in range(lo, hi, BLOCK_N):
-        cols = n0 + offs_n
-        col_ok = cols < length
-        keys = cols
-        k = tl.load(k_base + keys[None, :] * stride_kt + offs_d[:, None],
-                    mask=col_ok[None, :] & d_ok[:, None], other=0.0)  # fmt: skip
-        if UPCAST:
-            k = k.to(tl.float32)
-        s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale_log2
-        need_mask = n0 + BLOCK_N > length
+    if SPLIT_LOOP:
+        # Key tiles [full_lo, full_hi) are visible to every row of the block: no mask, no key bounds checks. The
+        # tiles before them (left window edge) and after them (diagonal, right window edge, document end) are masked.
+        full_lo = lo
         if HAS_LEFT:
-            need_mask = need_mask | (n0 < m0 + BLOCK_M - 1 - window_left)
+            full_lo = lo + tl.cdiv(tl.maximum(m0 + BLOCK_M - 1 - window_left - lo, 0), BLOCK_N) * BLOCK_N
+        full_lo = tl.minimum(full_lo, hi)
+        limit = length
         if HAS_RIGHT:
-            need_mask = need_mask | (n0 + BLOCK_N - 1 > m0 + window_right)
-        if need_mask:
-            visible = col_ok[None, :]
-            if HAS_LEFT:
-                visible = visible & (cols[None, :] >= offs_m[:, None] - window_left)
-            if HAS_RIGHT:
-                visible = visible & (cols[None, :] <= offs_m[:, None] + window_right)
-            s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + keys[:, None] * stride_vt + offs_d[None, :],
-                    mask=col_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
-        if UPCAST:
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(Q.dtype.element_ty).to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+            limit = tl.minimum(limit, m0 + window_right + 1)
+        full_hi = full_lo + (tl.maximum(limit - full_lo, 0) // BLOCK_N) * BLOCK_N
+        acc, l_i, m_i = _fwd_tiles(
+            acc, l_i, m_i, q, k_base, v_base, length, m0, lo, full_lo, stride_kt, stride_vt, qk_scale_log2,
+            window_left, window_right, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT, 1, DOT_PRECISION,
+            UPCAST,
+        )  # fmt: skip
+        acc, l_i, m_i = _fwd_tiles(
+            acc, l_i, m_i, q, k_base, v_base, length, m0, full_lo, full_hi, stride_kt, stride_vt, qk_scale_log2,
+            window_left, window_right, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT, 0, DOT_PRECISION,
+            UPCAST,
+        )  # fmt: skip
+        acc, l_i, m_i = _fwd_tiles(
+            acc, l_i, m_i, q, k_base, v_base, length, m0, full_hi, hi, stride_kt, stride_vt, qk_scale_log2,
+            window_left, window_right, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT, 1, DOT_PRECISION,
+            UPCAST,
+        )  # fmt: skip
+    else:
+        acc, l_i, m_i = _fwd_tiles(
+            acc, l_i, m_i, q, k_base, v_base, length, m0, lo, hi, stride_kt, stride_vt, qk_scale_log2, window_left,
+            window_right, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT, 2, DOT_PRECISION, UPCAST,
+        )  # fmt: skip
 
     empty = l_i == 0.0  # no visible key: output 0, LSE -inf
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -141,7 +208,7 @@ def _bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, CU,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh,
-    max_seqlen, group, qk_scale_log2, sm_scale, window_left, window_right,
+    max_seqlen, group, heads_per_program, qk_scale_log2, sm_scale, window_left, window_right,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
@@ -149,7 +216,12 @@ def _bwd_dkdv_kernel(
     pid = tl.program_id(0)
     doc = pid // num_n
     n0 = (pid % num_n) * BLOCK_N
-    kv_head = tl.program_id(1)
+    # Program slot s sums the query heads [s * heads_per_program, (s + 1) * heads_per_program) into row s of DK/DV:
+    # heads_per_program = group loops over a GQA group (DK/DV are the outputs), 1 runs one program per query head
+    # (DK/DV are fp32 per-query-head buffers that the launcher sums over each group, in a fixed order).
+    slot = tl.program_id(1)
+    first_head = slot * heads_per_program
+    kv_head = first_head // group
     start = tl.load(CU + doc)
     length = tl.load(CU + doc + 1) - start
     if n0 >= length:
@@ -186,10 +258,10 @@ def _bwd_dkdv_kernel(
         lo = (tl.maximum(n0 - window_right, 0) // BLOCK_M) * BLOCK_M
     if HAS_LEFT:
         hi = tl.minimum(n0 + BLOCK_N + window_left, length)
-    # LSE/delta rows of the group's query heads, from the first one on: heads x tokens may exceed 2**31 (64-bit).
-    LSE = LSE + (kv_head * group).to(tl.int64) * stride_lh
-    DELTA = DELTA + (kv_head * group).to(tl.int64) * stride_lh
-    for head in range(kv_head * group, kv_head * group + group):
+    # LSE/delta rows of the program's query heads, from the first one on: heads x tokens may exceed 2**31 (64-bit).
+    LSE = LSE + first_head.to(tl.int64) * stride_lh
+    DELTA = DELTA + first_head.to(tl.int64) * stride_lh
+    for head in range(first_head, first_head + heads_per_program):
         for m0 in range(lo, hi, BLOCK_M):
             qrows = m0 + offs_m
             row_ok = qrows < length
@@ -226,10 +298,108 @@ def _bwd_dkdv_kernel(
         LSE += stride_lh
         DELTA += stride_lh
 
-    tl.store(DK + keys[:, None] * stride_dkt + kv_head * stride_dkh + offs_d[None, :],
+    tl.store(DK + keys[:, None] * stride_dkt + slot * stride_dkh + offs_d[None, :],
              (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)  # fmt: skip
-    tl.store(DV + keys[:, None] * stride_dvt + kv_head * stride_dvh + offs_d[None, :], dv.to(DV.dtype.element_ty),
+    tl.store(DV + keys[:, None] * stride_dvt + slot * stride_dvh + offs_d[None, :], dv.to(DV.dtype.element_ty),
              mask=kv_mask)  # fmt: skip
+
+
+def _bwd_fused_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, DK, DV, CU,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+    stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh,
+    max_seqlen, group, qk_scale_log2, sm_scale, window_left, window_right,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    KV_ATOMIC: tl.constexpr,
+):  # fmt: skip
+    """The whole backward of one key block and one query head: S^T, dV += P^T dO, dP^T, dK += dS^T Q, and
+    dQ += dS K added with fp32 atomics into ``DQ`` (zeroed fp32). One program per query head, so the heads of a GQA
+    group run in parallel; with ``KV_ATOMIC`` (group > 1) they add their dK/dV into zeroed fp32 ``DK``/``DV``."""
+    num_n = tl.cdiv(max_seqlen, BLOCK_N)
+    pid = tl.program_id(0)
+    doc = pid // num_n
+    n0 = (pid % num_n) * BLOCK_N
+    head = tl.program_id(1)
+    kv_head = head // group
+    start = tl.load(CU + doc)
+    length = tl.load(CU + doc + 1) - start
+    if n0 >= length:
+        return
+    start64 = start.to(tl.int64)
+    Q = Q + start64 * stride_qt + head * stride_qh
+    K = K + start64 * stride_kt + kv_head * stride_kh
+    V = V + start64 * stride_vt + kv_head * stride_vh
+    DO = DO + start64 * stride_dot + head * stride_doh
+    DQ = DQ + start64 * stride_dqt + head * stride_dqh
+    DK = DK + start64 * stride_dkt + kv_head * stride_dkh
+    DV = DV + start64 * stride_dvt + kv_head * stride_dvh
+    LSE = LSE + head.to(tl.int64) * stride_lh + start64  # heads x tokens may exceed 2**31
+    DELTA = DELTA + head.to(tl.int64) * stride_lh + start64
+
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    col_ok = offs_n < length
+    kv_mask = col_ok[:, None] & d_ok[None, :]
+    k = tl.load(K + offs_n[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + offs_n[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    # Queries that see key j: i in [j - right, j + left].
+    lo = 0
+    hi = length
+    if HAS_RIGHT:
+        lo = (tl.maximum(n0 - window_right, 0) // BLOCK_M) * BLOCK_M
+    if HAS_LEFT:
+        hi = tl.minimum(n0 + BLOCK_N + window_left, length)
+    for m0 in range(lo, hi, BLOCK_M):
+        qrows = m0 + offs_m
+        row_ok = qrows < length
+        q_mask = row_ok[:, None] & d_ok[None, :]
+        q = tl.load(Q + qrows[:, None] * stride_qt + offs_d[None, :], mask=q_mask, other=0.0)
+        do = tl.load(DO + qrows[:, None] * stride_dot + offs_d[None, :], mask=q_mask, other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
+            do = do.to(tl.float32)
+        lse = tl.load(LSE + qrows, mask=row_ok, other=0.0)
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+        delta = tl.load(DELTA + qrows, mask=row_ok, other=0.0)
+        # Transposed scores (keys x queries), so the dK/dV products need no transposes of large tiles.
+        st = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale_log2
+        pt = tl.exp2(st - lse2[None, :])
+        need_mask = m0 + BLOCK_M > length
+        if HAS_RIGHT:
+            need_mask = need_mask | (m0 < n0 + BLOCK_N - 1 - window_right)
+        if HAS_LEFT:
+            need_mask = need_mask | (m0 + BLOCK_M - 1 > n0 + window_left)
+        if need_mask:
+            visible = row_ok[None, :] & col_ok[:, None]
+            if HAS_LEFT:
+                visible = visible & (offs_n[:, None] >= qrows[None, :] - window_left)
+            if HAS_RIGHT:
+                visible = visible & (offs_n[:, None] <= qrows[None, :] + window_right)
+            pt = tl.where(visible, pt, 0.0)
+        dv += tl.dot(pt.to(Q.dtype.element_ty).to(do.dtype), do, input_precision=DOT_PRECISION)
+        dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        dst = (pt * (dpt - delta[None, :])).to(Q.dtype.element_ty).to(q.dtype)
+        dk += tl.dot(dst, q, input_precision=DOT_PRECISION)
+        dq = tl.dot(tl.trans(dst), k, input_precision=DOT_PRECISION) * sm_scale
+        tl.atomic_add(DQ + qrows[:, None] * stride_dqt + offs_d[None, :], dq, mask=q_mask, sem="relaxed")
+
+    dk_ptrs = DK + offs_n[:, None] * stride_dkt + offs_d[None, :]
+    dv_ptrs = DV + offs_n[:, None] * stride_dvt + offs_d[None, :]
+    if KV_ATOMIC:
+        tl.atomic_add(dk_ptrs, dk * sm_scale, mask=kv_mask, sem="relaxed")
+        tl.atomic_add(dv_ptrs, dv, mask=kv_mask, sem="relaxed")
+    else:
+        tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
+        tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
 def _bwd_dq_kernel(
@@ -331,11 +501,13 @@ _HALF_CONFIGS = {
     "fwd": {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 8, 3), 128: (128, 32, 8, 3), 256: (64, 32, 8, 2)},
     "dkdv": {16: (32, 128, 8, 3), 32: (32, 128, 8, 3), 64: (32, 128, 8, 3), 128: (32, 64, 8, 2), 256: (32, 32, 8, 2)},
     "dq": {16: (128, 32, 8, 3), 32: (128, 32, 8, 3), 64: (128, 32, 8, 3), 128: (64, 64, 4, 3), 256: (32, 32, 8, 2)},
+    "bwd": {16: (32, 128, 8, 3), 32: (32, 128, 8, 3), 64: (32, 128, 8, 3), 128: (32, 64, 8, 2), 256: (32, 32, 8, 2)},
 }
 _FP32_CONFIGS = {
     "fwd": {16: (64, 32, 8, 2), 32: (64, 32, 8, 2), 64: (64, 32, 8, 2), 128: (64, 16, 8, 2), 256: (32, 32, 8, 2)},
     "dkdv": {16: (16, 32, 4, 1), 32: (16, 32, 4, 1), 64: (16, 32, 4, 1), 128: (16, 16, 8, 1), 256: (16, 32, 8, 1)},
     "dq": {16: (64, 32, 8, 2), 32: (64, 32, 8, 2), 64: (64, 32, 8, 1), 128: (64, 32, 8, 2), 256: (32, 16, 8, 1)},
+    "bwd": {16: (16, 32, 4, 1), 32: (16, 32, 4, 1), 64: (16, 32, 4, 1), 128: (16, 16, 8, 1), 256: (16, 32, 8, 1)},
 }
 # (architecture, fp32, kind, BLOCK_D) -> config where the sm_90 entry spills or overflows shared memory there.
 _ARCH_CONFIGS = {
@@ -443,8 +615,34 @@ class Launch:
         jit(self.kernel)[self.grid](*self.args, **self.meta)
 
 
-def forward_launch(q, k, v, out, lse, cu, max_seqlen, scale, window_left, window_right, capability) -> Launch:
+@dataclass(frozen=True)
+class Design:
+    """Which design of each kernel the launchers build. The defaults are the design steps of issue 15; ``before()``
+    is the design they replaced, kept so that the GPU benchmark times both in one run (``bramley (triton, before)``
+    in tools/bench_attention.py) until the new one has been measured.
+
+    Attributes:
+        split_loop: forward KV loop split into unmasked full tiles and masked boundary tiles (else one loop that
+            decides per tile whether to mask).
+        gqa_parallel: the backward runs one program per query head (else one program loops over its GQA group).
+    """
+
+    split_loop: bool = True
+    gqa_parallel: bool = True
+
+    @staticmethod
+    def before() -> Design:
+        return Design(split_loop=False, gqa_parallel=False)
+
+
+DESIGN = Design()
+
+
+def forward_launch(
+    q, k, v, out, lse, cu, max_seqlen, scale, window_left, window_right, capability, design: Design | None = None
+) -> Launch:
     """The forward kernel's launch on packed, validated tensors (``out``/``lse`` preallocated)."""
+    design = design or DESIGN
     heads, head_dim = q.shape[1:]
     block_d = _block_d(head_dim)
     block_m, block_n, warps, stages = _configs("fwd", block_d, q.dtype, capability)
@@ -456,19 +654,48 @@ def forward_launch(q, k, v, out, lse, cu, max_seqlen, scale, window_left, window
     )  # fmt: skip
     meta = dict(
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-        HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, **_dot_flags(q.dtype),
+        HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, **_dot_flags(q.dtype), SPLIT_LOOP=design.split_loop,
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return Launch(_fwd_kernel, ((cu.numel() - 1) * math.ceil(max_seqlen / block_m), heads), args, meta)
 
 
+def _copy(dst: torch.Tensor, src: torch.Tensor) -> Callable[[], None]:
+    """The final convert of an fp32 accumulator into its output (dtype cast, one pass)."""
+    return lambda: dst.copy_(src)
+
+
+def _group_sum(dst: torch.Tensor, src: torch.Tensor, group: int) -> Callable[[], None]:
+    """Per-query-head fp32 ``(total, heads, d)`` -> the GQA group sums in ``dst`` ``(total, kv_heads, d)`` (a
+    reduction in a fixed order: deterministic)."""
+    return lambda: dst.copy_(src.view(src.shape[0], dst.shape[1], group, src.shape[2]).sum(2))
+
+
+def _zero(*tensors: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        for t in tensors:
+            t.zero_()
+
+    return run
+
+
 def backward_launches(
     grad_out, grad_lse, q, k, v, out, lse, delta, dq, dk, dv, cu, max_seqlen, scale, window_left, window_right,
-    capability,
-) -> list[Launch]:  # fmt: skip
-    """The three backward launches (delta preprocess, dK/dV, dQ) on packed, validated tensors."""
+    capability, deterministic: bool = False, design: Design | None = None,
+) -> list[Callable[[], None]]:  # fmt: skip
+    """The backward on packed, validated tensors, as a list of steps to run in order (kernel launches are
+    :class:`Launch` objects; the rest are fp32-accumulator converts). Always first: the delta preprocess.
+
+    ``deterministic=False``: one fused kernel per key block and query head (five matmuls; dQ, and dK/dV under GQA,
+    added with fp32 atomics, so the summation order varies from run to run), then the converts. ``True``: the split
+    backward, bit-identical across runs: a dK/dV kernel per key block (per query head, summed over each GQA group
+    afterwards in a fixed order; or looping over the group with ``design.gqa_parallel=False``) and a dQ kernel per
+    query block.
+    """
+    design = design or DESIGN
     total, heads, head_dim = q.shape
     kv_heads = k.shape[1]
+    group = heads // kv_heads
     batch = cu.numel() - 1
     block_d = _block_d(head_dim)
     dlse = grad_lse if grad_lse is not None else lse
@@ -484,27 +711,57 @@ def backward_launches(
         HEAD_DIM=head_dim, BLOCK_D=block_d, HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0,
         **_dot_flags(q.dtype),
     )  # fmt: skip
-    scalars = (max_seqlen, heads // kv_heads, scale * LOG2E, scale, window_left, window_right)
+    steps: list[Callable[[], None]] = [preprocess]
+    window = (window_left, window_right)
+    strides_in = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), grad_out.stride(0),
+                  grad_out.stride(1))  # fmt: skip
+    if not deterministic:
+        fp32 = torch.float32
+        dq_acc = dq if dq.dtype == fp32 else torch.empty(dq.shape, dtype=fp32, device=dq.device)
+        kv_atomic = group > 1
+        dk_acc = dk if dk.dtype == fp32 or not kv_atomic else torch.empty(dk.shape, dtype=fp32, device=dk.device)
+        dv_acc = dv if dv.dtype == fp32 or not kv_atomic else torch.empty(dv.shape, dtype=fp32, device=dv.device)
+        steps.append(_zero(dq_acc, *((dk_acc, dv_acc) if kv_atomic else ())))
+        block_m, block_n, warps, stages = _configs("bwd", block_d, q.dtype, capability)
+        steps.append(Launch(
+            _bwd_fused_kernel,
+            (batch * math.ceil(max_seqlen / block_n), heads),
+            (q, k, v, grad_out, lse, delta, dq_acc, dk_acc, dv_acc, cu, *strides_in,
+             dq_acc.stride(0), dq_acc.stride(1), dk_acc.stride(0), dk_acc.stride(1), dv_acc.stride(0),
+             dv_acc.stride(1), lse.stride(0), max_seqlen, group, scale * LOG2E, scale, *window),
+            dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, KV_ATOMIC=kv_atomic,
+                 **common),
+        ))  # fmt: skip
+        steps += [_copy(dst, src) for dst, src in ((dq, dq_acc), (dk, dk_acc), (dv, dv_acc)) if dst is not src]
+        return steps
+
+    per_head = group > 1 and design.gqa_parallel
+    if per_head:
+        dk_out = torch.empty((total, heads, head_dim), dtype=torch.float32, device=dk.device)
+        dv_out = torch.empty((total, heads, head_dim), dtype=torch.float32, device=dv.device)
+    else:
+        dk_out, dv_out = dk, dv
+    heads_per_program = 1 if per_head else group
     block_m, block_n, warps, stages = _configs("dkdv", block_d, q.dtype, capability)
-    dkdv = Launch(
+    steps.append(Launch(
         _bwd_dkdv_kernel,
-        (batch * math.ceil(max_seqlen / block_n), kv_heads),
-        (q, k, v, grad_out, lse, delta, dk, dv, cu,
-         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-         grad_out.stride(0), grad_out.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-         lse.stride(0), *scalars),
+        (batch * math.ceil(max_seqlen / block_n), heads // heads_per_program),
+        (q, k, v, grad_out, lse, delta, dk_out, dv_out, cu, *strides_in,
+         dk_out.stride(0), dk_out.stride(1), dv_out.stride(0), dv_out.stride(1), lse.stride(0),
+         max_seqlen, group, heads_per_program, scale * LOG2E, scale, *window),
         dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common),
-    )  # fmt: skip
+    ))  # fmt: skip
+    if per_head:
+        steps += [_group_sum(dk, dk_out, group), _group_sum(dv, dv_out, group)]
     block_m, block_n, warps, stages = _configs("dq", block_d, q.dtype, capability)
-    dq_launch = Launch(
+    steps.append(Launch(
         _bwd_dq_kernel,
         (batch * math.ceil(max_seqlen / block_m), heads),
-        (q, k, v, grad_out, lse, delta, dq, cu,
-         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-         grad_out.stride(0), grad_out.stride(1), dq.stride(0), dq.stride(1), lse.stride(0), *scalars),
+        (q, k, v, grad_out, lse, delta, dq, cu, *strides_in, dq.stride(0), dq.stride(1), lse.stride(0),
+         max_seqlen, group, scale * LOG2E, scale, *window),
         dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common),
-    )  # fmt: skip
-    return [preprocess, dkdv, dq_launch]
+    ))  # fmt: skip
+    return steps
 
 
 # --------------------------------------------------------------------------------------------------- launchers
@@ -548,8 +805,10 @@ def backward(
     scale: float,
     window_left: int,
     window_right: int,
+    deterministic: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton backward: ``(dq, dk, dv)`` from the saved output and LSE (nothing of size length^2 is stored)."""
+    """Triton backward: ``(dq, dk, dv)`` from the saved output and LSE (nothing of size length^2 is stored); fused
+    with fp32 atomics, or split and bit-reproducible with ``deterministic`` (see :func:`backward_launches`)."""
     dense_shapes = (q.shape, k.shape) if cu_seqlens is None else None
     if dense_shapes is not None:
         batch, seq = q.shape[:2]
@@ -570,10 +829,10 @@ def backward(
     if total > 0 and cu.numel() > 1 and max_seqlen > 0:
         grad_lse = grad_lse.to(torch.float32).contiguous() if grad_lse is not None else None
         delta = torch.empty_like(lse)
-        launches = backward_launches(grad_out, grad_lse, q, k, v, out, lse, delta, dq, dk, dv, cu, max_seqlen, scale,
-                                     window_left, window_right, _capability(q.device))  # fmt: skip
-        for launch in launches:
-            launch()
+        steps = backward_launches(grad_out, grad_lse, q, k, v, out, lse, delta, dq, dk, dv, cu, max_seqlen, scale,
+                                  window_left, window_right, _capability(q.device), deterministic)  # fmt: skip
+        for step in steps:
+            step()
     else:
         dq.zero_(), dk.zero_(), dv.zero_()
     if dense_shapes is not None:

@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - triton is a Linux-only dependency
     triton = None
     tl = None
 
-__all__ = ["interpreting", "jit", "tl", "triton", "triton_available", "triton_usable_for"]
+__all__ = ["device_function", "interpreting", "jit", "tl", "triton", "triton_available", "triton_usable_for"]
 
 
 def triton_available() -> bool:
@@ -65,22 +65,39 @@ def _interpreted_twin(jit_function: Any) -> Any:
     return _Twin(jit_function.fn)
 
 
+def device_function(fn: Callable[..., Any]) -> Any:
+    """A Triton device function (a helper that kernels call) for both modes.
+
+    It is always a compiled-mode ``JITFunction`` (whatever ``TRITON_INTERPRET`` says at import), so compiled kernels
+    can call it; interpreted launches swap it for an interpreted twin, like Triton's own library functions.
+    """
+    if triton is None:
+        return fn
+    from triton.runtime.jit import JITFunction
+
+    return JITFunction(fn)
+
+
 @contextlib.contextmanager
-def _interpretable_stdlib() -> Iterator[None]:
-    """Temporarily replace compiled-mode jit functions of ``triton.language`` by interpreted ones."""
+def _interpretable_stdlib(kernel_globals: dict[str, Any] | None = None) -> Iterator[None]:
+    """Temporarily replace compiled-mode jit functions of ``triton.language`` (and the device functions among a
+    kernel's globals) by interpreted ones."""
     from triton.runtime.jit import JITFunction
 
     saved = []
-    for module in (tl, tl.standard, tl.math):
-        for name, value in list(vars(module).items()):
+    namespaces = [vars(module) for module in (tl, tl.standard, tl.math)]
+    if kernel_globals is not None:
+        namespaces.append(kernel_globals)
+    for namespace in namespaces:
+        for name, value in list(namespace.items()):
             if isinstance(value, JITFunction):
-                saved.append((module, name, value))
-                setattr(module, name, _interpreted_twin(value))
+                saved.append((namespace, name, value))
+                namespace[name] = _interpreted_twin(value)
     try:
         yield
     finally:
-        for module, name, value in saved:
-            setattr(module, name, value)
+        for namespace, name, value in saved:
+            namespace[name] = value
 
 
 class _InterpretedKernel:
@@ -88,10 +105,11 @@ class _InterpretedKernel:
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.kernel = triton.jit(fn)
+        self.globals = fn.__globals__
 
     def __getitem__(self, grid: Any) -> Callable[..., Any]:
         def launch(*args: Any, **kwargs: Any) -> Any:
-            with _interpretable_stdlib():
+            with _interpretable_stdlib(self.globals):
                 return self.kernel[grid](*args, **kwargs)
 
         return launch
