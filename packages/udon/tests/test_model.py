@@ -19,7 +19,8 @@ def test_outputs_shapes_and_norms():
     for key in ("embedding", "teacher_embedding"):
         assert torch.allclose(one[key].norm(dim=1), torch.ones(4), atol=1e-5)
     every = model(x)
-    assert len(every["teacher_embeddings"]) == 2 and every["teacher_logits"][0].shape == (4, 3)
+    assert every["teacher_embedding_1"].shape == (4, 256) and every["teacher_logits_0"].shape == (4, 3)
+    assert torch.allclose(every["teacher_logits_1"], one["teacher_logits"], atol=1e-6)
     assert torch.allclose(every["embedding"], model.embed(x)) and torch.allclose(every["embedding"], one["embedding"])
 
 

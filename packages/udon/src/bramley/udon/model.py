@@ -112,9 +112,10 @@ class UdonModel(nn.Module):
 
     ``model(images, domain=d)`` (training) returns a dict of tensors for domain ``d``: ``embedding`` (the student's,
     ``(N, student_dim)``), ``teacher_embedding`` ``(N, teacher_dim)``, ``student_logits`` and ``teacher_logits``
-    (cosines, ``(N, num_classes[d])``). ``model(images)`` returns the universal ``embedding`` and, per domain, the
-    teacher embeddings and both heads' cosines (lists): what evaluation and export read; no head is left out, so
-    every parameter takes part. :meth:`embed` is the universal embedding alone.
+    (cosines, ``(N, num_classes[d])``). ``model(images)`` returns the universal ``embedding`` and, for every
+    domain ``d``, ``teacher_embedding_<d>``, ``teacher_logits_<d>`` and ``student_logits_<d>`` (one flat dict of
+    tensors, so it traces): no head is left out, so every parameter takes part. :meth:`embed` is the universal
+    embedding alone.
 
     Args:
         num_classes: classes of each domain, in domain order.
@@ -167,18 +168,20 @@ class UdonModel(nn.Module):
             "teacher_logits": self.teacher_classifiers[domain](teacher),
         }
 
-    def forward(self, images: torch.Tensor, domain: int | None = None) -> dict[str, Any]:
+    def forward(self, images: torch.Tensor, domain: int | None = None) -> dict[str, torch.Tensor]:
         features = self.features(images)
         if domain is not None:
             return self.heads(features, domain)
         student = F.normalize(self.student(features), dim=-1)
-        teachers = [F.normalize(t(features), dim=-1) for t in self.teachers]
-        return {
-            "embedding": student,
-            "teacher_embeddings": teachers,
-            "student_logits": [c(student) for c in self.student_classifiers],
-            "teacher_logits": [c(t) for c, t in zip(self.teacher_classifiers, teachers)],
-        }
+        out = {"embedding": student}
+        for d, (teacher, teacher_head, student_head) in enumerate(
+            zip(self.teachers, self.teacher_classifiers, self.student_classifiers)
+        ):
+            embedding = F.normalize(teacher(features), dim=-1)
+            out[f"teacher_embedding_{d}"] = embedding
+            out[f"teacher_logits_{d}"] = teacher_head(embedding)
+            out[f"student_logits_{d}"] = student_head(student)
+        return out
 
 
 class JointEmbeddingModel(nn.Module):
