@@ -17,7 +17,11 @@ Needs the ``clip`` extra (``pip install 'bramley-core[clip]'``) for the tokenize
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import ModuleType
 
 import torch
 import torch.nn as nn
@@ -52,9 +56,7 @@ class ClipTokenizer:
     def __init__(self, context_length: int = 77, truncate: bool = True):
         if context_length < 2:
             raise ValueError(f"context_length must be at least 2 (start and end tokens), got {context_length}")
-        with optional_import("clip", "bramley.core.clip_eval.ClipTokenizer"):
-            from open_clip.tokenizer import SimpleTokenizer
-        self._bpe = SimpleTokenizer(context_length=context_length)
+        self._bpe = _open_clip_tokenizer_module().SimpleTokenizer(context_length=context_length)
         self.context_length = context_length
         self.truncate = truncate
         self.sot_token_id: int = self._bpe.sot_token_id
@@ -85,6 +87,27 @@ class ClipTokenizer:
 
     def __repr__(self) -> str:
         return f"ClipTokenizer(context_length={self.context_length}, truncate={self.truncate})"
+
+
+def _open_clip_tokenizer_module() -> ModuleType:
+    """open_clip's ``tokenizer`` module, loaded on its own when open_clip is not imported yet.
+
+    ``import open_clip`` executes its whole package (model zoo, timm and Hugging Face glue: 5-30 s on a loaded 2-core
+    machine); ``open_clip/tokenizer.py`` imports only ftfy, regex, numpy and torch and reads its bundled vocabulary
+    next to itself, so it is loaded from the installed package's folder without running the package.
+    """
+    loaded = sys.modules.get("open_clip.tokenizer")
+    if loaded is not None:
+        return loaded
+    with optional_import("clip", "bramley.core.clip_eval.ClipTokenizer"):
+        spec = importlib.util.find_spec("open_clip")  # locates the package without importing it
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError("No module named 'open_clip'", name="open_clip")
+        path = Path(next(iter(spec.submodule_search_locations))) / "tokenizer.py"
+        module_spec = importlib.util.spec_from_file_location("_bramley_open_clip_tokenizer", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    return module
 
 
 def _device(model: nn.Module) -> torch.device:
