@@ -1,14 +1,19 @@
-"""Language-model data from local text: documents -> byte tokens -> fixed-length windows (map-style, for exact resume).
+"""Language-model data from local text: files -> byte tokens -> fixed-length windows (map-style, for exact resume).
 
-Documents come from core's :class:`~bramley.core.data.TextDocuments` (a folder of files) or the running Python's
-standard library (:func:`~bramley.core.data.python_stdlib_documents`), are tokenized with core's byte tokenizer (each
-document followed by end-of-text) and concatenated; sample ``i`` is the window ``ids[i * L : i * L + L + 1]`` (inputs
-are its first ``L`` ids, targets its last ``L``). The tail shorter than one window is not used (``unused_tokens``).
+Files come from a folder (core's :class:`~bramley.core.data.TextDocuments` finds them, sorted) or from the running
+Python's standard library (:func:`~bramley.core.data.python_stdlib_documents`). Without a separate validation source,
+every ``round(1 / val_fraction)``-th file is held out. Each file is one document, tokenized with core's byte tokenizer
+and followed by end-of-text; a split's documents are concatenated and, with a token budget, read only until the
+budget is met (its first ``max_tokens`` ids are used: the user's explicit setting). Sample ``i`` is the window
+``ids[i * L : i * L + L + 1]`` (inputs: its first ``L`` ids, targets: its last ``L``); the tail shorter than one
+window is not used (``unused_tokens``). Files that do not decode as UTF-8 are skipped with one warning naming them.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
@@ -16,7 +21,7 @@ from torch.utils.data import Dataset
 from bramley.core.data import ByteTokenizer, TextDocuments, python_stdlib_documents
 from bramley.core.errors import ConfigError, DataError
 
-__all__ = ["TokenWindows", "split_documents", "text_datasets", "token_ids"]
+__all__ = ["TokenWindows", "read_tokens", "split_paths", "text_datasets"]
 
 
 class TokenWindows(Dataset):
@@ -48,30 +53,43 @@ class TokenWindows(Dataset):
     @property
     def unused_tokens(self) -> int:
         """Tokens after the last full window."""
-        return self.ids.numel() - self.num_windows * self.seq_len
+        return self.ids.numel() - 1 - self.num_windows * self.seq_len
+
+    def inputs_and_targets(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All windows as ``(inputs, targets)``, each ``(windows, seq_len)``."""
+        n, length = self.num_windows, self.seq_len
+        return self.ids[: n * length].view(n, length), self.ids[1 : n * length + 1].view(n, length)
 
 
-def split_documents(documents: Sequence[str], val_fraction: float) -> tuple[list[str], list[str]]:
-    """Every ``round(1 / val_fraction)``-th document goes to validation (deterministic, spread over the corpus)."""
+def split_paths(paths: Sequence[Path], val_fraction: float) -> tuple[list[Path], list[Path]]:
+    """Every ``round(1 / val_fraction)``-th file goes to validation (deterministic, spread over the corpus)."""
     if not 0 < val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
     step = max(2, round(1 / val_fraction))
-    train = [d for i, d in enumerate(documents) if i % step != step - 1]
-    val = [d for i, d in enumerate(documents) if i % step == step - 1]
+    train = [p for i, p in enumerate(paths) if i % step != step - 1]
+    val = [p for i, p in enumerate(paths) if i % step == step - 1]
     if not val or not train:
-        raise DataError(f"{len(documents)} documents are too few to hold out a {val_fraction:g} validation fraction")
+        raise DataError(f"{len(paths)} files are too few to hold out a {val_fraction:g} validation fraction")
     return train, val
 
 
-def token_ids(documents: Sequence[str], max_tokens: int | None = None) -> torch.Tensor:
-    """Byte ids of the documents, each followed by end-of-text, concatenated; with ``max_tokens``, the first
-    ``max_tokens`` of them (the user's explicit budget, ``data.max_tokens``), encoding no more documents than that."""
-    tokenizer, parts, total = ByteTokenizer(), [], 0
-    for document in documents:
+def read_tokens(paths: Sequence[Path], max_tokens: int | None = None) -> torch.Tensor:
+    """Byte ids of the files (one document each, end-of-text after each), concatenated; with ``max_tokens``, files are
+    read only until that many ids exist and the first ``max_tokens`` are returned."""
+    tokenizer, parts, total, undecodable = ByteTokenizer(), [], 0, []
+    for path in paths:
         if max_tokens is not None and total >= max_tokens:
             break
-        parts.append(tokenizer.encode(document))
+        try:
+            text = Path(path).read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            undecodable.append(str(path))
+            continue
+        parts.append(tokenizer.encode(text))
         total += parts[-1].numel()
+    if undecodable:
+        more = f" and {len(undecodable) - 3} more" if len(undecodable) > 3 else ""
+        warnings.warn(f"skipped {len(undecodable)} file(s) not decodable as UTF-8: {undecodable[:3]}{more}", stacklevel=2)
     ids = torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
     return ids if max_tokens is None else ids[:max_tokens]
 
@@ -85,6 +103,7 @@ def text_datasets(
     pattern: str = "**/*.txt",
     val_fraction: float = 0.05,
     max_tokens: int | None = None,
+    max_val_tokens: int | None = None,
 ) -> tuple[TokenWindows, TokenWindows]:
     """``(train, val)`` windows of a text source.
 
@@ -92,22 +111,26 @@ def text_datasets(
         source: ``stdlib`` (this Python's standard library) or ``text`` (files under ``train`` / ``val``).
         seq_len: tokens per sample.
         train: file or folder of training text (``text``).
-        val: file or folder of validation text; default: ``val_fraction`` of the training documents.
+        val: file or folder of validation text; default: ``val_fraction`` of the training files.
         pattern: glob of text files in folders.
-        val_fraction: held-out share of the documents when ``val`` is not given.
-        max_tokens: use at most this many tokens of each split (the first ones).
+        val_fraction: held-out share of the files when ``val`` is not given.
+        max_tokens: use at most this many training tokens (the first ones).
+        max_val_tokens: the same for validation (default: ``max_tokens``).
     """
     if source == "stdlib":
-        documents = python_stdlib_documents().documents()
+        paths = python_stdlib_documents().paths
     elif source == "text":
         if not train:
             raise ConfigError("data.train is not set: pass data.train=/path/to/text (a file or a folder)")
-        documents = TextDocuments(train, pattern=pattern).documents()
+        paths = TextDocuments(train, pattern=pattern).paths
     else:
         raise ConfigError(f"unknown text source {source!r} (stdlib, text)")
     if val:
-        val_documents = TextDocuments(val, pattern=pattern).documents()
+        train_paths, val_paths = paths, TextDocuments(val, pattern=pattern).paths
     else:
-        documents, val_documents = split_documents(documents, val_fraction)
-    train_ids, val_ids = token_ids(documents, max_tokens), token_ids(val_documents, max_tokens)
-    return TokenWindows(train_ids, seq_len), TokenWindows(val_ids, seq_len)
+        train_paths, val_paths = split_paths(paths, val_fraction)
+    val_budget = max_tokens if max_val_tokens is None else max_val_tokens
+    return (
+        TokenWindows(read_tokens(train_paths, max_tokens), seq_len),
+        TokenWindows(read_tokens(val_paths, val_budget), seq_len),
+    )

@@ -195,7 +195,7 @@ class MatFormerModel(nn.Module):
         """
         if spec is None:
             return self.mlp_hidden
-        name = self.config.get("name", type(self).__name__)
+        name = getattr(self, "model_config", {}).get("name", type(self).__name__)
         if isinstance(spec, int) and not isinstance(spec, bool):
             sizes = (spec,) * self.depth
         else:

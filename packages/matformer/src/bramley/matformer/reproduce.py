@@ -57,36 +57,11 @@ def _digits(seed: int) -> tuple[torch.utils.data.TensorDataset, tuple[torch.Tens
     return torch.utils.data.TensorDataset(*train), test
 
 
-def _stdlib(train_tokens: int, val_tokens: int) -> tuple[Any, torch.Tensor]:
-    """Train windows and validation ids from the stdlib's files, every 20th file held out, read only as far as the
-    token budgets need."""
-    from bramley.core.data import python_stdlib_documents
+def _stdlib(train_tokens: int, val_tokens: int) -> tuple[Any, Any]:
+    """Windows of the stdlib's files, every 20th file held out, read only as far as the token budgets need."""
+    from .data import text_datasets
 
-    from .data import TokenWindows, token_ids
-
-    paths = python_stdlib_documents().paths
-    train_docs, val_docs, sizes, budgets = [], [], [0, 0], (train_tokens, val_tokens)
-    for i, path in enumerate(paths):
-        held_out = i % 20 == 19
-        if sizes[0] >= budgets[0] and sizes[1] >= budgets[1]:
-            break
-        if sizes[held_out] >= budgets[held_out]:
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        (val_docs if held_out else train_docs).append(text)
-        sizes[held_out] += len(text.encode()) + 1
-    train = TokenWindows(token_ids(train_docs, train_tokens), SEQ_LEN)
-    val = token_ids(val_docs, val_tokens)
-    usable = (val.numel() - 1) // SEQ_LEN * SEQ_LEN
-    return train, val[: usable + 1]
-
-
-def _val_windows(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    n = (ids.numel() - 1) // SEQ_LEN
-    return ids[: n * SEQ_LEN].view(n, SEQ_LEN), ids[1 : n * SEQ_LEN + 1].view(n, SEQ_LEN)
+    return text_datasets("stdlib", SEQ_LEN, val_fraction=0.05, max_tokens=train_tokens, max_val_tokens=val_tokens)
 
 
 # --------------------------------------------------------------------------------------------------------- train
@@ -141,7 +116,7 @@ def run_task(kind: str, seed: int, steps: int, batch_size: int, quick: bool) -> 
         lr = 2e-3
     else:
         train, val = _stdlib(20_000 if quick else batch_size * steps * (SEQ_LEN + 1), 4_000 if quick else 60_000)
-        inputs, targets = _val_windows(val)
+        inputs, targets = val.inputs_and_targets()
         lr = 2e-3
     matformer = _build(kind, seed)
     seconds = {"matformer": _train(matformer, train, steps, batch_size, lr, seed)}
