@@ -357,9 +357,11 @@ def load_timm_vit_state_dict(model: SharcsViT, state: Mapping[str, torch.Tensor]
 
 # ---------------------------------------------------------------------------------------------- a timm ViT by name
 def _timm_vit_layers():
-    from timm.layers import LayerScale, Mlp as TimmMlp
+    from timm.layers import LayerScale
+    from timm.layers import Mlp as TimmMlp
     from timm.layers.attention import Attention as TimmAttention
-    from timm.models.vision_transformer import Block as TimmBlock, VisionTransformer
+    from timm.models.vision_transformer import Block as TimmBlock
+    from timm.models.vision_transformer import VisionTransformer
 
     return VisionTransformer, TimmBlock, TimmAttention, TimmMlp, LayerScale
 
