@@ -68,7 +68,7 @@ def _assert_within_baseline(name, ours, baseline, exact):
     exact)``. fp32 is held to an fp32 tolerance instead (flash-attn has no fp32 rule): a recompute-based backward sums
     in another order than the materialised baseline, a few ulps per term."""
     if ours.dtype == torch.float32:
-        torch.testing.assert_close(ours.double(), exact, atol=2e-5, rtol=2e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(ours.double(), exact, atol=2e-5, rtol=2e-5, msg=lambda m, name=name: f"{name}: {m}")
         return
     err = (ours.double() - exact).abs().max().item()
     base = (baseline.double() - exact).abs().max().item()
@@ -77,13 +77,15 @@ def _assert_within_baseline(name, ours, baseline, exact):
     assert err <= 2 * base + noise, f"{name}: error {err:.3g} > 2 x baseline error {base:.3g} + {noise:.3g}"
 
 
-def _check_against_reference(backend, lengths, heads, kv_heads, dim, dtype, window, grad_lse=True, device="cpu"):
+def _check_against_reference(
+    backend, lengths, heads, kv_heads, dim, dtype, window, grad_lse=True, device="cpu", deterministic=False
+):
     """Output, LSE and gradients of ``attention(backend=...)`` against float64 and flash-attn's baseline."""
     q, k, v, cu = _inputs(lengths, heads, kv_heads, dim, dtype, device)
     scale = dim**-0.5
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
     out, lse = attention(*leaves, cu_seqlens=cu, max_seqlen=max(lengths), window=window, scale=scale,
-                         return_lse=True, backend=backend)  # fmt: skip
+                         return_lse=True, backend=backend, deterministic=deterministic)  # fmt: skip
     dout = torch.randn_like(out)
     dlse = torch.randn_like(lse) if grad_lse else None
     grads = torch.autograd.grad([out, lse] if grad_lse else [out], leaves, [dout, dlse] if grad_lse else [dout])
@@ -122,6 +124,119 @@ def test_kernels_match_float64_reference(backend, dtype, window):
 )
 def test_heads_and_head_dims(heads, kv_heads, dim, window):
     _check_against_reference("triton", [7, 1, 18], heads, kv_heads, dim, torch.float16, window, grad_lse=False)
+
+
+# ------------------------------------------------------------------------- design steps (issue 15), on the CPU
+def _grads(q, k, v, cu, window, dout, dlse, deterministic):
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    out, lse = attention(*leaves, cu_seqlens=cu, max_seqlen=int((cu[1:] - cu[:-1]).max()), window=window,
+                         return_lse=True, backend="triton", deterministic=deterministic)  # fmt: skip
+    return torch.autograd.grad([out, lse], leaves, [dout, dlse])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "heads,kv_heads,window",
+    [(2, 1, (-1, 0)), (6, 2, (5, 2)), (4, 1, (-1, -1))],
+    ids=["gqa2-causal", "gqa3-window", "mqa4-full"],
+)
+def test_split_backward_matches_float64_reference(dtype, heads, kv_heads, window):
+    """deterministic=True (split kernels, GQA heads per program + group sum) under the same rule as the fused one."""
+    _check_against_reference("triton", [7, 1, 18], heads, kv_heads, 16, dtype, window, deterministic=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_backward_equals_split_backward(dtype):
+    """The fused backward (atomics) and the split one compute the same gradients up to summation order."""
+    q, k, v, cu = _inputs([7, 0, 18], 4, 2, 16, dtype)
+    dout = torch.randn_like(q)
+    dlse = torch.randn(4, q.shape[0])
+    fused = _grads(q, k, v, cu, (9, 3), dout, dlse, deterministic=False)
+    split = _grads(q, k, v, cu, (9, 3), dout, dlse, deterministic=True)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=1.6e-2)  # ~1 bf16 ulp
+    for name, a, b in zip(("dq", "dk", "dv"), fused, split):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def _atomic_kernels(steps):
+    import inspect
+
+    return [s.kernel.__name__ for s in steps if isinstance(s, _attention_triton.Launch)
+            and "atomic_add" in inspect.getsource(s.kernel)]  # fmt: skip
+
+
+def _launch_steps(heads, kv_heads, deterministic, design=None):
+    q, k, v, cu = _inputs([20, 9], heads, kv_heads, 16, torch.float32)
+    lse = torch.empty(heads, q.shape[0])
+    return _attention_triton.backward_launches(
+        q, None, q, k, v, q, lse, torch.empty_like(lse), torch.empty_like(q), torch.empty_like(k),
+        torch.empty_like(v), cu, 20, 0.25, -1, 0, (9, 0), deterministic=deterministic, design=design,
+    )  # fmt: skip
+
+
+def test_deterministic_backward_is_bit_identical_and_uses_no_atomics():
+    """deterministic=True launches no kernel that adds with atomics (the fused one does), and two runs agree to the
+    bit. (The interpreter runs atomics in order, so on CPU the fused path repeats too: the gpu test below checks
+    the property where it matters.)"""
+    assert _atomic_kernels(_launch_steps(4, 2, deterministic=False)) == ["_bwd_fused_kernel"]
+    assert _atomic_kernels(_launch_steps(4, 2, deterministic=True)) == []
+    q, k, v, cu = _inputs([7, 1, 18], 2, 1, 16, torch.bfloat16)
+    dout, dlse = torch.randn_like(q), torch.randn(2, q.shape[0])
+    first = _grads(q, k, v, cu, (-1, 0), dout, dlse, deterministic=True)
+    second = _grads(q, k, v, cu, (-1, 0), dout, dlse, deterministic=True)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_gqa_backward_runs_one_program_per_query_head():
+    """Design step (2): the fused kernel and the split dK/dV kernel have one program per query head (heads on grid
+    axis 1); the design before looped over the GQA group in one program per key/value head."""
+
+    def kernel(steps, name):
+        return next(s for s in steps if isinstance(s, _attention_triton.Launch) and s.kernel.__name__ == name)
+
+    for deterministic, name in ((False, "_bwd_fused_kernel"), (True, "_bwd_dkdv_kernel")):
+        assert kernel(_launch_steps(6, 2, deterministic), name).grid[1] == 6
+    before = kernel(_launch_steps(6, 2, True, _attention_triton.Design.before()), "_bwd_dkdv_kernel")
+    assert before.grid[1] == 2 and before.args[-6] == 3  # heads_per_program = group
+
+
+@pytest.mark.parametrize("window", [(-1, -1), (-1, 0), (20, 0), (5, 2), (0, 17), (33, -1)])
+def test_forward_split_loop_equals_the_single_loop_and_the_reference(window):
+    """Design step (3): the split loop skips the mask only on tiles every row sees whole. It must give the single
+    loop's result to the bit in fp32 (a tile wrongly taken as full would add invisible keys) and the reference's."""
+    q, k, v, cu = _inputs([40, 57, 3], 2, 1, 16, torch.float32)
+    out = {}
+    for split in (True, False):
+        design = _attention_triton.Design(split_loop=split)
+        o, lse = torch.empty_like(q), torch.empty(2, q.shape[0])
+        _attention_triton.forward_launch(q, k, v, o, lse, cu, 57, 0.25, *window, (9, 0), design)()
+        out[split] = (o, lse)
+    assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
+    expected_out, expected_lse = reference_attention(q.double(), k.double(), v.double(), cu, 0.25, *window)
+    torch.testing.assert_close(out[True][0].double(), expected_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[True][1].double(), expected_lse, atol=1e-5, rtol=1e-5)
+
+
+def test_design_before_still_matches_the_reference():
+    """The benchmark times the design before the steps beside the new one; it must still be right."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench", Path(__file__).resolve().parents[3] / "tools" / "bench_attention.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with bench.triton_design(_attention_triton.Design.before()):
+        assert _attention_triton.Design.before() == _attention_triton.DESIGN
+        _check_against_reference("triton", [7, 1, 18], 4, 2, 16, torch.float32, (5, 0), deterministic=True)
+    assert _attention_triton.Design() == _attention_triton.DESIGN
+
+
+def test_deterministic_must_be_a_bool():
+    q = torch.randn(1, 3, 1, 16)
+    with pytest.raises(TypeError, match="deterministic must be a bool"):
+        attention(q, q, q, backend="triton", deterministic=1)
 
 
 def test_public_api_runs_the_kernels_dense_and_autograd(monkeypatch):
@@ -223,6 +338,21 @@ def test_cuda_hot_path_has_no_host_sync_and_captures_in_a_cuda_graph(backend, mo
     torch.testing.assert_close(replayed, eager)
     for g, t in zip(grads, leaves):
         torch.testing.assert_close(g, t.grad)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("heads,kv_heads", [(8, 8), (8, 2)], ids=["mha", "gqa"])
+def test_cuda_deterministic_backward_is_bit_identical(heads, kv_heads, monkeypatch):
+    """On the GPU, where atomics really race: deterministic=True repeats to the bit; the fused path equals it
+    within bf16 rounding (it may differ in the last bits from run to run)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q, k, v, cu = _inputs([1, 127, 2049, 0, 300], heads, kv_heads, 128, torch.bfloat16, device="cuda")
+    dout, dlse = torch.randn_like(q), torch.randn(heads, q.shape[0], device="cuda")
+    runs = [_grads(q, k, v, cu, (-1, 0), dout, dlse, deterministic=True) for _ in range(3)]
+    assert all(torch.equal(a, b) for run in runs[1:] for a, b in zip(runs[0], run))
+    fused = _grads(q, k, v, cu, (-1, 0), dout, dlse, deterministic=False)
+    for a, b in zip(fused, runs[0]):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
 
 
 @pytest.mark.gpu

@@ -527,6 +527,13 @@ _ARCH_CONFIGS = {
     ("sm86", True, "dq", 16): (64, 32, 8, 1),
     ("sm86", True, "dq", 128): (64, 16, 8, 2),
 }
+# Design step (3): forward configs with two resident 8-warp blocks per SM, (BLOCK_M, BLOCK_N, warps, stages, maxnreg)
+# per (architecture, fp32, BLOCK_D). 2 x 256 threads x 128 registers fill the 64K register file; the one-block sm_90
+# d128 config takes 143 registers. Of the candidates compiled for sm_90 d128 bf16 under a 128-register cap,
+# 128 x 32 tiles spill (8-16 bytes of stack at 1-3 stages) and 128 x 64 spill more (144+ bytes); 128 x 16 at
+# 2 stages does not (124 registers, 48 KiB shared). Whether 16-key tiles at twice the occupancy beat 32-key tiles at
+# one block per SM is for the GPU to say (tools/bench_attention.py times both: "bramley (triton, before)").
+_TWO_BLOCK_CONFIGS = {("sm90", False, 128): (128, 16, 8, 2, 128)}
 # Shared memory per block (bytes) that a kernel may use, per compute capability (CUDA programming guide).
 MAX_SHARED = {(8, 0): 166_912, (8, 6): 101_376, (8, 9): 101_376, (9, 0): 232_448}
 
@@ -625,14 +632,17 @@ class Design:
         split_loop: forward KV loop split into unmasked full tiles and masked boundary tiles (else one loop that
             decides per tile whether to mask).
         gqa_parallel: the backward runs one program per query head (else one program loops over its GQA group).
+        two_blocks_per_sm: forward configs of ``_TWO_BLOCK_CONFIGS`` (registers capped so that two 8-warp blocks
+            are resident per SM) where the table has one, else the one-block configs of ``_HALF_CONFIGS``.
     """
 
     split_loop: bool = True
     gqa_parallel: bool = True
+    two_blocks_per_sm: bool = True
 
     @staticmethod
     def before() -> Design:
-        return Design(split_loop=False, gqa_parallel=False)
+        return Design(split_loop=False, gqa_parallel=False, two_blocks_per_sm=False)
 
 
 DESIGN = Design()
@@ -646,6 +656,10 @@ def forward_launch(
     heads, head_dim = q.shape[1:]
     block_d = _block_d(head_dim)
     block_m, block_n, warps, stages = _configs("fwd", block_d, q.dtype, capability)
+    extra = {}
+    two_blocks = _TWO_BLOCK_CONFIGS.get((architecture(capability), q.dtype == torch.float32, block_d))
+    if design.two_blocks_per_sm and two_blocks is not None and not interpreting():
+        block_m, block_n, warps, stages, extra["maxnreg"] = two_blocks
     args = (
         q, k, v, out, lse, cu,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
@@ -655,7 +669,7 @@ def forward_launch(
     meta = dict(
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
         HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, **_dot_flags(q.dtype), SPLIT_LOOP=design.split_loop,
-        num_warps=warps, num_stages=stages,
+        num_warps=warps, num_stages=stages, **extra,
     )  # fmt: skip
     return Launch(_fwd_kernel, ((cu.numel() - 1) * math.ceil(max_seqlen / block_m), heads), args, meta)
 
