@@ -160,7 +160,9 @@ def test_parquet_writer_refuses_fields_its_schema_lacks(tmp_path, monkeypatch):
     graphs = list(read_graphs(SAMPLE))
     graphs[2].extra["new_field"] = "x"
     monkeypatch.setattr(gbc_io, "PARQUET_ROW_GROUP", 2)
-    with pytest.raises(DataError, match=r"graphs 3..3 have fields or types the parquet schema lacks \(columns new_field"):
+    with pytest.raises(
+        DataError, match=r"graphs 3..3 have fields or types the parquet schema lacks \(columns new_field"
+    ):
         write_graphs(graphs, tmp_path / "g.parquet")
     assert not (tmp_path / "g.parquet").exists()  # no half file
     assert write_graphs(graphs, tmp_path / "g.parquet", schema=parquet_schema(graphs)) == 3
