@@ -26,6 +26,13 @@ Results go to a JSON file and, between markers, into packages/core/BENCHMARKS.md
     python tools/bench_attention.py --cpu           # CPU attention against the per-document loop and padded SDPA
     python tools/bench_attention.py --packing-only  # the packing part
     python tools/bench_attention.py --cpu-smoke     # tiny sizes of the CPU parts, writes nothing unless asked
+    python tools/bench_attention.py --compile-evidence  # CPU: the design steps' registers/smem/spills (sm_90, sm_80)
+
+The Triton backend is timed in three designs (issue 15's design steps): ``bramley (triton)`` (fused backward with
+atomics, split forward loop, two blocks per SM at d128 on sm_90), ``bramley (triton, deterministic)`` (the same
+forward, the split backward) and ``bramley (triton, before)`` (the design before the steps: single forward loop,
+one-block configs, split backward looping over GQA groups). ``--gqa 1 4`` adds GQA rows (4 query heads per
+key/value head; bramley's triton and flash backends only).
 """
 
 from __future__ import annotations
@@ -172,6 +179,8 @@ def attention_methods(lengths, heads, head_dim, causal, device, dtype, backends,
             for h in (heads, kv_heads, kv_heads)
         ]
 
+    if kv_heads != heads:
+        backends = [backend for backend in backends if backend in ("triton", "flash")]
     variants = [(backend, "", False, False) for backend in backends]
     if "triton" in backends:
         variants += [("triton", f", {name}", det, before) for name, (det, before) in TRITON_VARIANTS.items()]
@@ -187,7 +196,7 @@ def attention_methods(lengths, heads, head_dim, causal, device, dtype, backends,
             return run, [q, k, v], (lambda: triton_design(Design.before())) if before else None
 
         yield f"bramley ({backend}{suffix})", lengths, ours
-    if kv_heads != heads:
+    if kv_heads != heads:  # GQA rows: the design steps against the split backward and torch's FlashAttention only
         return
 
     def varlen(requires_grad):
@@ -616,6 +625,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--auto-table", type=Path, default=None, help="write backend='auto''s table here (GPU run)")
     parser.add_argument("--markdown", type=Path, default=None, help=f"default {BENCHMARKS_MD} (not with --cpu-smoke)")
+    parser.add_argument("--compile-evidence", action="store_true",
+                        help="only compile the Triton kernels' design steps for sm_90/sm_80 (CPU) and table their "
+                             "registers, shared memory, spills and blocks per SM")  # fmt: skip
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -628,6 +640,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.bfd_items, args.warmup, args.iters = 5_000, 0, 1
     if args.short:
         args.warmup, args.iters, args.dense_seqs = 1, 5, [4096]
+    if args.compile_evidence:
+        import triton
+
+        command = " ".join(["python tools/bench_attention.py", *(argv if argv is not None else sys.argv[1:])])
+        results = {"command": command, "triton": triton.__version__, "compile_evidence": compile_evidence()}
+        if args.json is not None:
+            args.json.write_text(json.dumps(results, indent=2))
+        header = (
+            f"Compiled on CPU by triton {triton.__version__} (its bundled ptxas; resources read with cuobjdump), "
+            "bf16, width 2048, a causal MHA launch and a GQA (2 query heads per key/value head) window (256, 0) "
+            "launch, with the launch-time specialization of a real launch, `python tools/bench_attention.py "
+            "--compile-evidence`."
+        )
+        body = header + "\n\n" + markdown_table(results["compile_evidence"])
+        replace_marked(args.markdown or BENCHMARKS_MD, "bench_attention:design-steps-compile", body)
+        return results
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     results: dict[str, Any] = {
         "command": " ".join(["python tools/bench_attention.py", *(argv if argv is not None else sys.argv[1:])]),

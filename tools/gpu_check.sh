@@ -8,8 +8,10 @@
 #   3. check.log    an independent varlen check (a from-scratch float64 per-document attention, flash-attn's error
 #      check.json   rule against its own same-dtype baseline, forward and backward, every backend) and a CUDA-graph
 #                   capture of a forward+backward step replayed against eager
-#   4. bench.log    tools/bench_attention.py --short: every backend and the torch peers (varlen_attn, FlexAttention,
-#      bench.json   dense SDPA), d64 and d128, causal and not, forward and forward+backward, plus the packing bench;
+#   4. bench.log    tools/bench_attention.py --short --gqa 1 4: every backend and the torch peers (varlen_attn,
+#      bench.json   FlexAttention, dense SDPA), d64 and d128, causal and not, forward and forward+backward, the Triton
+#                   kernels' design steps against the design before them ("bramley (triton, before)") and the
+#                   deterministic backward, MHA and GQA (4 query heads per kv head), plus the packing bench;
 #      BENCHMARKS.md  a copy of packages/core/BENCHMARKS.md with the GPU tables filled in, and the table of
 #      auto_table.json  backend="auto" (copy it to packages/core/src/bramley/core/ops/ to use it)
 # No install step: the image's python runs the workspace from source (PYTHONPATH).
@@ -222,7 +224,7 @@ PY
 # 4. Benchmarks ----------------------------------------------------------------------------------------------------
 cp packages/core/BENCHMARKS.md "$OUT/BENCHMARKS.md"
 if [[ $DRY -eq 0 ]]; then
-  run_step "bench_attention --short" 180 "$OUT/bench.log" "$PY" tools/bench_attention.py --short \
+  run_step "bench_attention --short" 180 "$OUT/bench.log" "$PY" tools/bench_attention.py --short --gqa 1 4 \
     --json "$OUT/bench.json" --markdown "$OUT/BENCHMARKS.md" --auto-table "$OUT/auto_table.json"
 else
   run_step "bench_attention --cpu-smoke" 180 "$OUT/bench.log" "$PY" tools/bench_attention.py --cpu-smoke --attention-only \

@@ -7,15 +7,17 @@ specializer for the target, so the alignment and ``== 1`` specializations are th
 local-memory spill stack and shared memory within the architecture's limit, for the config the launcher picks.
 
 The default run compiles the benchmark's configuration (bf16, head dim 128, MHA causal) for each kernel and
-architecture; ``BRAMLEY_COMPILE_MATRIX=1`` compiles every config of the table (5 head dims x fp16/bf16 and fp32 x 3
-architectures x 2 launch variants, about 8 minutes on 2 cores). Speed itself needs a GPU (tools/bench_attention.py).
+architecture, and the fused backward (issue 15's design step 1, with GQA atomics too); ``BRAMLEY_COMPILE_MATRIX=1``
+compiles every config of the table (4 kernels x 5 head dims x fp16/bf16 and fp32 x 3 architectures x 2 launch
+variants, about 10 minutes on 2 cores) and regenerates BENCHMARKS.md's compile-evidence table to compare it with the
+committed one. The compile helpers live in tools/bench_attention.py (``--compile-evidence`` writes that table).
+Speed itself needs a GPU (tools/bench_attention.py).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,54 +29,23 @@ from bramley.core.ops import _attention_triton as kernels  # noqa: E402
 
 # Triton 3.9 warns once that its FP-fusion default will change in 3.10; irrelevant to these checks.
 pytestmark = pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
+ROOT = Path(__file__).resolve().parents[3]
 CAPABILITIES = {"sm80": (8, 0), "sm86": (8, 6), "sm89": (8, 9), "sm90": (9, 0)}
 VARIANTS = ("mha-causal", "gqa-window")
 MATRIX = os.environ.get("BRAMLEY_COMPILE_MATRIX") == "1"
 
 
-def representative_launch(kind: str, head_dim: int, dtype: torch.dtype, capability, variant: str):
-    """The launch of ``kind`` ("fwd", "pre", "dkdv", "dq") that the launchers build for a benchmark-like batch."""
-    heads = 2048 // head_dim
-    kv_heads = heads // 2 if variant == "gqa-window" else heads
-    window = (256, 0) if variant == "gqa-window" else (-1, 0)
-    tokens, max_seqlen = 64, 8192
-    q = torch.empty(tokens, heads, head_dim, dtype=dtype)
-    kv = torch.empty(tokens, kv_heads, head_dim, dtype=dtype)
-    lse = torch.empty(heads, tokens)
-    cu = torch.tensor([0, tokens], dtype=torch.int32)
-    scale = head_dim**-0.5
-    if kind == "fwd":
-        return kernels.forward_launch(q, kv, kv, torch.empty_like(q), lse, cu, max_seqlen, scale, *window, capability)
-    launches = kernels.backward_launches(
-        q, None, q, kv, kv, torch.empty_like(q), lse, torch.empty_like(lse), torch.empty_like(q),
-        torch.empty_like(kv), torch.empty_like(kv), cu, max_seqlen, scale, *window, capability,
-    )  # fmt: skip
-    return launches[("pre", "dkdv", "dq").index(kind)]
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_attention", ROOT / "tools" / "bench_attention.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def compile_launch(launch, capability):
-    """Compile a launch for a GPU target as Triton's launcher would; returns the compiled kernel."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
-    from triton.runtime.jit import create_function_from_signature
-
-    fn = triton.jit(launch.kernel)
-    target = GPUTarget("cuda", capability[0] * 10 + capability[1], 32)
-    backend = make_backend(target)
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
-    bound, specialization, options = binder(*launch.args, **launch.meta)
-    options, signature, constexprs, attrs = fn._pack_args(backend, launch.meta, bound, specialization, options)
-    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
-
-
-def resource_usage(compiled, tmp_path: Path) -> dict[str, int]:
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    path = tmp_path / "kernel.cubin"
-    path.write_bytes(compiled.asm["cubin"])
-    out = subprocess.run([str(tool), "--dump-resource-usage", str(path)], capture_output=True, text=True).stdout
-    match = re.search(r"REG:(\d+) STACK:(\d+)", out)
-    assert match, out
-    return {"registers": int(match.group(1)), "stack": int(match.group(2)), "shared": compiled.metadata.shared}
+bench = _load_bench()
+representative_launch = bench.representative_launch  # the launches of a benchmark-like batch, per kernel
+compile_launch = bench.compile_launch
+resource_usage = bench.resource_usage
 
 
 @pytest.fixture
@@ -90,12 +61,14 @@ def _cases():
         default = [("sm80", "sm86", "sm90"), ("fwd", "dkdv", "dq"), (128,), (torch.bfloat16,), ("mha-causal",)]
         cases = [(a, k, d, t, v) for a in default[0] for k in default[1] for d in default[2] for t in default[3]
                  for v in default[4]]  # fmt: skip
-        return [*cases, ("sm89", "dq", 128, torch.bfloat16, "mha-causal"), ("sm90", "pre", 128, torch.bfloat16,
-                                                                             "mha-causal")]  # fmt: skip
+        extra = [("sm89", "dq", 128, torch.bfloat16, "mha-causal"), ("sm90", "pre", 128, torch.bfloat16, "mha-causal"),
+                 ("sm90", "bwd", 128, torch.bfloat16, "mha-causal"), ("sm80", "bwd", 128, torch.bfloat16, "mha-causal"),
+                 ("sm90", "bwd", 128, torch.bfloat16, "gqa-window")]  # fmt: skip
+        return [*cases, *extra]
     return [
         (arch, kind, dim, dtype, variant)
         for arch in ("sm80", "sm86", "sm90")
-        for kind in ("fwd", "dkdv", "dq")
+        for kind in ("fwd", "dkdv", "dq", "bwd")
         for dim in (16, 32, 64, 128, 256)
         for dtype in (torch.bfloat16, torch.float32)
         for variant in VARIANTS
@@ -111,6 +84,9 @@ def test_kernels_compile_as_launched_without_spills(arch, kind, head_dim, dtype,
     config = {k: launch.meta.get(k) for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")}
     assert usage["stack"] == 0, f"{arch} {kind} d{head_dim} {dtype} {variant} {config} spills: {usage}"
     assert usage["shared"] <= kernels.MAX_SHARED[capability], f"{arch} {kind} {config}: too much shared memory"
+    if (arch, kind, head_dim, dtype) == ("sm90", "fwd", 128, torch.bfloat16):  # design step (3)
+        blocks = bench.blocks_per_sm(arch, usage["registers"], usage["shared"], launch.meta["num_warps"])
+        assert blocks >= 2, f"the d128 forward should fit two blocks per SM on sm_90: {usage} {config}"
 
 
 def test_architecture_tables():
@@ -130,3 +106,12 @@ def test_interpreter_runs_leave_the_compiler_working(monkeypatch, tmp_path):
     monkeypatch.delenv("TRITON_INTERPRET")
     launch = representative_launch("fwd", 32, torch.bfloat16, (9, 0), "mha-causal")
     assert compile_launch(launch, (9, 0)).asm["cubin"]
+
+
+@pytest.mark.skipif(not MATRIX, reason="recompiles every design step's kernels (BRAMLEY_COMPILE_MATRIX=1)")
+@pytest.mark.usefixtures("fresh_triton_cache")
+def test_benchmarks_md_compile_evidence_is_current():
+    """BENCHMARKS.md's "design steps: compile-time evidence" table is what the compiler gives for today's kernels."""
+    text = (ROOT / "packages" / "core" / "BENCHMARKS.md").read_text()
+    table = bench.markdown_table(bench.compile_evidence())
+    assert table in text, "BENCHMARKS.md is stale: run python tools/bench_attention.py --compile-evidence"
