@@ -29,7 +29,7 @@ def _reinforce(args: argparse.Namespace) -> int:
     from bramley.core.recipe import load_recipe
 
     from .data import raw_images
-    from .train import reinforce_images, teacher_ensemble
+    from .train import teacher_ensemble
 
     recipe = load_recipe(RECIPES, args.recipe, args.overrides)
     data = recipe.data
@@ -67,7 +67,9 @@ def _reinforce_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", default=[], help="key=value recipe overrides (data.reinforce.topk=5)")
 
 
-cli.add_command("reinforce", _reinforce, "label NS augmentations per image with a teacher ensemble", _reinforce_arguments)
+cli.add_command(
+    "reinforce", _reinforce, "label NS augmentations per image with a teacher ensemble", _reinforce_arguments
+)
 
 
 # --------------------------------------------------------------------------------------------------- inspect
@@ -92,7 +94,10 @@ def _inspect(args: argparse.Namespace) -> int:
     if not 0 <= args.index < len(store):
         raise ConfigError(f"--index {args.index} is out of range: the store holds samples 0..{len(store) - 1}")
     record = store[args.index]
-    print(f"sample {args.index}, label {int(record['label'])}" + (f" ({classes[int(record['label'])]})" if classes else ""))
+    print(
+        f"sample {args.index}, label {int(record['label'])}"
+        + (f" ({classes[int(record['label'])]})" if classes else "")
+    )
     for j, params in enumerate(record["params"][: args.augmentations]):
         ops = ", ".join(f"{RAND_AUGMENT_OPS[op]}{'-' if level < 0 else ''}{abs(level)}" for op, level in params["ops"])
         erase = params.get("erase")

@@ -156,7 +156,9 @@ class ReinforcedDataset(Dataset):
         if store is not None and not isinstance(store, ReinforcedStore):
             store = ReinforcedStore(store)
         if store is None and p > 0:
-            raise ConfigError(f"p={p} needs a reinforced dataset (run `reinforce` first), or set p=0 for plain training")
+            raise ConfigError(
+                f"p={p} needs a reinforced dataset (run `reinforce` first), or set p=0 for plain training"
+            )
         if store is not None:
             check_store(store, images)
             stored = AugmentConfig.from_dict(store.meta["augment"])

@@ -46,16 +46,21 @@ def load_teacher(spec: str, num_classes: int | None = None, device: str = "cpu")
         import timm
 
         name, _, file = spec[len("timm:") :].partition("=")
-        kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
         try:
-            if file:
-                if not Path(file).is_file():
-                    raise CheckpointError(f"teacher {spec}: {file} does not exist")
-                model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": file}, **kwargs)
-            else:
-                model = timm.create_model(name, pretrained=True, **kwargs)
-        except RuntimeError as e:  # timm's unknown model / state dict mismatch
-            raise CheckpointError(f"teacher {spec}: {str(e).splitlines()[0][:300]}") from None
+            if not file:  # the pretrained head as is: a class count that does not fit the data fails in reinforce
+                return timm.create_model(name, pretrained=True).to(device).eval()
+            if not Path(file).is_file():
+                raise CheckpointError(f"teacher {spec}: {file} does not exist")
+            from safetensors.torch import load_file
+
+            # built with the file's class count and loaded strictly: timm's own pretrained loading would silently
+            # re-initialise a classifier whose size differs from the default config's
+            state = load_file(file)
+            kwargs = {} if num_classes is None else {"num_classes": num_classes}
+            model = timm.create_model(name, pretrained=False, **kwargs)
+            model.load_state_dict(state, strict=True)
+        except (RuntimeError, OSError) as e:  # unknown model, unreadable file, keys or shapes that do not fit
+            raise CheckpointError(f"teacher {spec}: {' '.join(str(e).split())[:300]}") from None
         return model.to(device).eval()
     from bramley.core.checkpoint import load_model
     from bramley.core.registry import list_models
@@ -125,7 +130,9 @@ def reinforce(
     if num_augmentations < 1 or shard_size < 1 or batch_size < 1:
         raise ConfigError(f"num_augmentations, shard_size and batch_size must be >= 1: {num_augmentations}, ...")
     if not 1 <= topk <= images.num_classes:
-        raise ConfigError(f"topk={topk} must be in [1, {images.num_classes}] (the dataset has {images.num_classes} classes)")
+        raise ConfigError(
+            f"topk={topk} must be in [1, {images.num_classes}] (the dataset has {images.num_classes} classes)"
+        )
     fields = {
         "probs": FieldSpec("float16", (num_augmentations, topk)),
         "ids": FieldSpec("int32", (num_augmentations, topk)),
