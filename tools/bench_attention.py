@@ -525,7 +525,8 @@ def blocks_per_sm(arch: str, registers: int, shared: int, warps: int) -> int:
 # (design step, kind, design, variant) of the evidence table; each for sm_90 and sm_80, bf16, d64 and d128.
 EVIDENCE = [
     ("before: forward, one loop, mask decided per tile", "fwd", "before", "mha-causal"),
-    ("(3) forward, loop split into full and boundary tiles", "fwd", "new", "mha-causal"),
+    ("(3) forward, split loop, one-block config", "fwd", "split-one-block", "mha-causal"),
+    ("(3) forward, split loop + two-block config where one exists", "fwd", "new", "mha-causal"),
     ("before / deterministic: split backward, dK/dV kernel", "dkdv", "new", "mha-causal"),
     ("before / deterministic: split backward, dQ kernel", "dq", "new", "mha-causal"),
     ("(1) fused backward (5 matmuls, dQ fp32 atomics)", "bwd", "new", "mha-causal"),
@@ -540,12 +541,12 @@ def compile_evidence(archs=("sm90", "sm80"), head_dims=(64, 128), dtype=torch.bf
 
     from bramley.core.ops._attention_triton import Design
 
+    designs = {"before": Design.before(), "new": Design(), "split-one-block": Design(two_blocks_per_sm=False)}
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for arch, head_dim, (step, kind, design, variant) in itertools.product(archs, head_dims, EVIDENCE):
             capability = CAPABILITIES[arch]
-            launch = representative_launch(kind, head_dim, dtype, capability, variant,
-                                           Design.before() if design == "before" else Design())  # fmt: skip
+            launch = representative_launch(kind, head_dim, dtype, capability, variant, designs[design])
             usage = resource_usage(compile_launch(launch, capability), Path(workdir))
             meta, regs, shared = launch.meta, usage["registers"], usage["shared"]
             warps = meta["num_warps"]
