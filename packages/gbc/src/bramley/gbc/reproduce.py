@@ -151,6 +151,39 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 ax.axhline(50, color="k", lw=0.8, ls=":")
 
 
+def _combine(folders: Sequence[Path], out: Path) -> int:
+    """Write the table, plot and results of runs made separately (the same settings, other seeds)."""
+    import json
+
+    from bramley.core.errors import DataError
+    from bramley.core.report import format_table, write_results
+
+    parts = []
+    for folder in folders:
+        path = Path(folder) / "results.json"
+        if not path.is_file():
+            raise DataError(f"{path}: no reproduction results to combine")
+        parts.append(json.loads(path.read_text()))
+    keys = ("steps", "batch_size", "num_train", "num_val", "quick")
+    if any(tuple(p[k] for k in keys) != tuple(parts[0][k] for k in keys) for p in parts):
+        raise DataError(f"the runs to combine differ in their settings ({', '.join(keys)})")
+    results = {k: parts[0][k] for k in keys}
+    results["per_seed"] = [s for p in parts for s in p["per_seed"]]
+    results["seconds"] = sum(p["seconds"] for p in parts)
+    results["combined_from"] = [str(f) for f in folders]
+    rows, claims = summarize(results)
+    results["claims"] = claims
+    seeds = [s["seed"] for s in results["per_seed"]]
+    title = (
+        f"GBC-CLIP on synthetic scenes: held-out R@1 and probes (%), mean ± std over seeds {seeds}, "
+        f"{results['steps']} steps of {results['batch_size']}"
+    )
+    write_results(out, results, rows, columns=["run", *METRICS], title=title)
+    plot(results, out / "gbc.png")
+    print(format_table([{"claim": k, "holds": v} for k, v in claims.items() if k != "mean_R@1"]))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from bramley.core.report import format_table, write_results
 
@@ -162,7 +195,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-train", type=int, default=2000, help="training scenes")
     parser.add_argument("--num-val", type=int, default=300, help="held-out scenes")
     parser.add_argument("--quick", action="store_true", help="one seed, 2 steps, tiny splits (for tests)")
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="summarize earlier runs instead of training: their results.json, seeds concatenated (e.g. one seed each)",
+    )
     args = parser.parse_args(argv)
+    if args.combine:
+        return _combine(args.combine, args.out)
     seeds, steps, num_train, num_val, batch = args.seeds, args.steps, args.num_train, args.num_val, args.batch_size
     if args.quick:
         seeds, steps, num_train, num_val, batch = seeds[:1], 2, 32, 16, 16

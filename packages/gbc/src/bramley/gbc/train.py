@@ -417,12 +417,12 @@ def train(recipe: Any, out_dir: str | os.PathLike | None) -> dict[str, Any]:
     from bramley.core.train.distributed import init_distributed
 
     init_distributed(recipe.train.device)
+    train_data, val_data = build_datasets(recipe.data, recipe.loss, recipe.train.seed)  # data errors come first
     model = build_model(recipe.model.name, recipe.model.kwargs)
     if not hasattr(model, "encode_graphs"):
         raise ConfigError(f"model.name={recipe.model.name} is not a GBC-CLIP model (use gbc_clip)")
     context = model.text.context_length
     tokenizer = ClipTokenizer(context)
-    train_data, val_data = build_datasets(recipe.data, recipe.loss, recipe.train.seed)
     collate = Collate(train_data, recipe.loss.mode, tokenizer, context)
 
     def eval_fn(model: nn.Module, loader: Any) -> dict[str, float]:
