@@ -145,11 +145,15 @@ cli.add_command("eval", _eval, "UnED kNN table per domain (mMP@k, R@1; separate 
 
 # -------------------------------------------------------------------------------------------------------- bench
 def _bench(args: argparse.Namespace) -> int:
+    import torch
+
     from bramley.core.report import environment
 
     from .bench import run_benchmark
 
     check_writable(args.out)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     result = run_benchmark(
         backbone=args.backbone,
         num_classes=[args.num_classes] * args.domains,
@@ -177,6 +181,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=positive_int, default=32)
     p.add_argument("--steps", type=positive_int, default=5, help="training steps per method per round")
     p.add_argument("--rounds", type=positive_int, default=7)
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", type=Path, default=None, help="also write the results to this JSON file")
 
 
