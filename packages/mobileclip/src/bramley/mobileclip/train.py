@@ -74,6 +74,11 @@ class ImageTextData:
     context_length: int = 77
     scale: tuple[float, float] = (0.35, 1.0)
     rand_augment: float = 0.0
+    shapes: tuple[str, ...] = ("circle", "square", "triangle", "cross")
+    colors: tuple[str, ...] = ("red", "green", "blue", "yellow")
+    textures: tuple[str, ...] = ("solid", "striped")
+    counts: tuple[int, ...] = (1, 2)
+    clutter: int = 4
 
     def __post_init__(self) -> None:
         if self.source not in ("synthetic", "shards"):
@@ -83,6 +88,8 @@ class ImageTextData:
         if not 0.0 <= self.caption_noise <= 1.0:
             raise ConfigError(f"data.caption_noise must be in [0, 1], got {self.caption_noise}")
         self.scale = tuple(float(s) for s in self.scale)
+        for name in ("shapes", "colors", "textures", "counts"):
+            setattr(self, name, tuple(getattr(self, name)))
 
     def augment(self) -> ReplayableAugment:
         """The replayable augmentation of this data (RandomResizedCrop + flip [+ RandAugment], no erasing)."""
