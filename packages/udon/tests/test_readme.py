@@ -18,7 +18,10 @@ EXTRA = {
     "embed": ["--image-size", "16"],
     "eval": ["--image-size", "16"],
     "bench": ["--batch-size", "4", "--image-size", "8", "--steps", "1", "--rounds", "2"],
-    "reproduce": ["--quick", "--out", "reproduce", "--domains", "digits", "rotated_digits", "--image-size", "12"],
+    "reproduce": [
+        *("--quick", "--out", "reproduce", "--domains", "digits", "rotated_digits", "--image-size", "12"),
+        *("--methods", "joint-uniform", "udon-dynamic", "specialists"),
+    ],
 }
 
 
