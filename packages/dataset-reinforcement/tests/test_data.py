@@ -86,7 +86,7 @@ def test_store_from_other_data_is_refused(tmp_path, store, teacher):
     # same images, other labels
     relabelled = make_images()
     relabelled.targets = (relabelled.targets + 1) % NUM_CLASSES
-    with pytest.raises(DataError, match="sample 0: the reinforced dataset .* has label 0, the dataset 1"):
+    with pytest.raises(DataError, match=r"sample 0: the reinforced dataset .* has label 0, the dataset 1"):
         ReinforcedDataset(relabelled, store, p=1.0)[0]
 
 
@@ -95,7 +95,7 @@ def test_truncated_shard_is_named_and_others_train(store, images):
     path.write_bytes(path.read_bytes()[:100])
     dataset = ReinforcedDataset(images, store, p=1.0)
     dataset[0], dataset[9]  # shards 0 and 2 still serve
-    with pytest.raises(DataError, match="shard-00001.safetensors is truncated or corrupt"):
+    with pytest.raises(DataError, match=r"shard-00001\.safetensors is truncated or corrupt"):
         dataset[5]
 
 

@@ -164,7 +164,9 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench import format_bench, run_bench
 
     check_writable(args.out)
-    result = run_bench(rounds=args.rounds, steps=args.steps, batch_size=args.batch_size, threads=args.threads)
+    result = run_bench(
+        rounds=args.rounds, steps=args.steps, batch_size=args.batch_size, threads=args.threads, num_images=args.images
+    )
     print(format_bench(result))
     write_json(args.out, result, echo=False)
     if args.out is not None:
@@ -177,6 +179,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=5, help="timed student steps per method per round")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--images", type=positive_int, default=512, help="training images reinforced and sampled")
     p.add_argument("--out", type=Path, default=None, help="also write the results to this JSON file")
 
 

@@ -142,6 +142,13 @@ def summarize(results: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, 
     return rows, claims
 
 
+def readme_table(results: dict[str, Any]) -> str:
+    """The README's reproduction table: the summary rows of ``results`` as markdown."""
+    from bramley.core.report import format_table
+
+    return format_table(summarize(results)[0])
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     """Top-1 and ECE per mode, one dot per seed, the teacher ensemble as a line."""
     from bramley.core.report import figure
