@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in seeds
         for kind in args.tasks
     ]
-    if args.jobs > 1 and len(jobs) > 1:
+    if args.jobs > 1 and len(jobs) > 1 and not args.quick:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
