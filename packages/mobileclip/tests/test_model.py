@@ -157,8 +157,7 @@ class OfficialText(nn.Module):
         mixer.norm, mixer.mixer = nn.Module(), nn.Module()
         mixer.norm.rbr_skip = nn.BatchNorm2d(dim)
         mixer.mixer.rbr_skip = nn.BatchNorm2d(dim)
-        mixer.mixer.rbr_conv = nn.ModuleList([conv_bn(k)])
-        mixer.mixer.rbr_scale = conv_bn(1)
+        mixer.mixer.rbr_conv = nn.ModuleList([conv_bn(k)])  # no rbr_scale: MobileOneBlock skips it for (1, k)
         mixer.layer_scale = nn.Parameter(torch.randn(dim, 1, 1))
         block.token_mixer = mixer
         block.convffn = nn.Module()
@@ -173,7 +172,7 @@ class OfficialText(nn.Module):
             if hasattr(block, "token_mixer"):
                 y = x.transpose(1, 2).unsqueeze(2)  # (B, C, 1, L)
                 m = block.token_mixer
-                mixed = m.mixer.rbr_scale(y) + m.mixer.rbr_skip(y) + m.mixer.rbr_conv[0](y)
+                mixed = m.mixer.rbr_skip(y) + m.mixer.rbr_conv[0](y)
                 y = y + m.layer_scale * (mixed - m.norm.rbr_skip(y))
                 f = block.convffn
                 y = y + block.layer_scale * f.fc2(F.gelu(f.fc1(f.conv(y))))

@@ -13,7 +13,8 @@ Key layouts:
   :func:`bramley.fastvit.convert.convert_official`), ``text_encoder.*``: ``embedding_layer``,
   ``positional_embedding.pos_embed.pos_embed`` ``(1, 1, 77, 512)``, ``transformer.{i}.pre_norm_mha.{0: norm, 1:
   qkv_proj/out_proj}``, ``transformer.{i}.pre_norm_ffn.{0: norm, 1: fc1, 4: fc2}``, ``final_layer_norm``,
-  ``projection_layer``; the RepMixer blocks hold ``token_mixer.{norm,mixer}.rbr_skip/rbr_conv.0/rbr_scale``,
+  ``projection_layer``; the RepMixer blocks hold ``token_mixer.{norm,mixer}.rbr_skip``,
+  ``token_mixer.mixer.rbr_conv.0`` (no ``rbr_scale``: the official block adds none for a ``(1, k)`` kernel),
   ``convffn.conv.conv/bn``, ``convffn.fc1/fc2`` and ``(dim, 1, 1)`` layer scales, as ``Conv2d`` kernels
   ``(dim, 1, 1, k)`` that are our ``Conv1d`` kernels with an extra unit axis. Fused official checkpoints hold
   ``token_mixer.reparam_conv``. MobileCLIP-B's official ViT names are not mapped: convert its open_clip checkpoint.
@@ -46,7 +47,6 @@ _OFFICIAL_TEXT = (
     (r"^transformer\.(\d+)\.token_mixer\.norm\.rbr_skip\.", r"blocks.\1.token_mixer.norm."),
     (r"^transformer\.(\d+)\.token_mixer\.mixer\.rbr_skip\.", r"blocks.\1.token_mixer.identity."),
     (r"^transformer\.(\d+)\.token_mixer\.mixer\.rbr_conv\.0\.", r"blocks.\1.token_mixer.conv_kxk."),
-    (r"^transformer\.(\d+)\.token_mixer\.mixer\.rbr_scale\.", r"blocks.\1.token_mixer.conv_scale."),
     (
         r"^transformer\.(\d+)\.token_mixer\.(layer_scale|reparam_conv\.weight|reparam_conv\.bias)$",
         r"blocks.\1.token_mixer.\2",

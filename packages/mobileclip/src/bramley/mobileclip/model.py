@@ -63,9 +63,10 @@ def _bn_kernel_bias(bn: nn.BatchNorm1d, kernel_size: int) -> tuple[torch.Tensor,
 class TextRepMixer(nn.Module):
     """Reparameterizable token mixer along the sequence: ``x + gamma * (mixer(x) - norm(x))``.
 
-    ``mixer`` is a depthwise MobileOne branch set (``identity`` BatchNorm + ``conv_kxk`` k-conv-BN + ``conv_scale``
-    1-conv-BN, summed), ``norm`` a BatchNorm, ``gamma`` a per-channel layer scale (init 1e-5). In eval mode all of it
-    is one depthwise conv with a bias (:meth:`reparameterize`).
+    ``mixer`` is a depthwise MobileOne branch pair (``identity`` BatchNorm + ``conv_kxk`` k-conv-BN, summed), ``norm``
+    a BatchNorm, ``gamma`` a per-channel layer scale (init 1e-5). In eval mode all of it is one depthwise conv with a
+    bias (:meth:`reparameterize`). There is no 1x1 "scale" branch: the official ``MobileOneBlock`` only adds one when
+    ``kernel_size[0] > 1``, and the text mixer's kernel is ``(1, k)``.
 
     Args:
         dim: channels.
@@ -85,7 +86,6 @@ class TextRepMixer(nn.Module):
         self.norm: nn.BatchNorm1d | None = None
         self.identity: nn.BatchNorm1d | None = None
         self.conv_kxk: ConvNorm1d | None = None
-        self.conv_scale: ConvNorm1d | None = None
         self.layer_scale: nn.Parameter | None = None
         if inference_mode:
             self.reparam_conv = self._make_conv()
@@ -93,7 +93,6 @@ class TextRepMixer(nn.Module):
             self.norm = nn.BatchNorm1d(dim)
             self.identity = nn.BatchNorm1d(dim)
             self.conv_kxk = ConvNorm1d(dim, kernel_size)
-            self.conv_scale = ConvNorm1d(dim, 1)
             self.layer_scale = nn.Parameter(torch.full((dim, 1), float(layer_scale_init_value)))
 
     def _make_conv(self) -> nn.Conv1d:
@@ -102,7 +101,7 @@ class TextRepMixer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reparam_conv is not None:
             return self.reparam_conv(x)
-        mixed = self.conv_scale(x) + self.identity(x) + self.conv_kxk(x)
+        mixed = self.identity(x) + self.conv_kxk(x)
         return x + self.layer_scale * (mixed - self.norm(x))
 
     @torch.no_grad()
@@ -112,18 +111,16 @@ class TextRepMixer(nn.Module):
             return
         k = self.kernel_size
         w_conv, b_conv = self.conv_kxk.kernel_bias()
-        w_scale, b_scale = self.conv_scale.kernel_bias()
         w_id, b_id = _bn_kernel_bias(self.identity, k)
         w_norm, b_norm = _bn_kernel_bias(self.norm, k)
-        w_scale = nn.functional.pad(w_scale, (k // 2, k // 2))
         gamma = self.layer_scale
-        weight = gamma[:, :, None] * (w_conv + w_scale + w_id - w_norm)
+        weight = gamma[:, :, None] * (w_conv + w_id - w_norm)
         weight[:, 0, k // 2] += 1  # the residual
-        bias = gamma[:, 0] * (b_conv + b_scale + b_id - b_norm)
+        bias = gamma[:, 0] * (b_conv + b_id - b_norm)
         conv = self._make_conv().to(device=weight.device, dtype=weight.dtype)
         conv.weight.copy_(weight)
         conv.bias.copy_(bias)
-        self.norm = self.identity = self.conv_kxk = self.conv_scale = self.layer_scale = None
+        self.norm = self.identity = self.conv_kxk = self.layer_scale = None
         self.reparam_conv = conv
 
     def extra_repr(self) -> str:

@@ -209,6 +209,20 @@ def summarize(results: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, 
     return rows, claims
 
 
+def readme_table(results: dict[str, Any]) -> str:
+    """The README's reproduction table (regenerated from ``results.json`` and checked against it by a test)."""
+    from bramley.core.report import format_table
+
+    rows, claims = summarize(results)
+    reached = claims["epochs_to_plain_final"]
+    efficiency = "never" if reached is None else f"after {reached} of {results['epochs']} epochs"
+    return (
+        format_table(rows)
+        + f"\n\nReinforced reaches plain's final zero-shot top-1 {efficiency}; reinforced / plain step time "
+        f"{claims['step_time_ratio_reinforced_over_plain']:.2f}; total {results['seconds'] / 60:.1f} min."
+    )
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     from bramley.core.report import figure
 
