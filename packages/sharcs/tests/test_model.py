@@ -99,7 +99,7 @@ def test_routed_batch_equals_each_sample_alone(pair, threshold):
 def test_confidence_knob():
     model = SharcsViT(num_classes=5, router_hidden=16, **TINY)
     scores = torch.tensor([[2.0, 0.0, -1.0], [-3.0, 0.5, 0.0], [-3.0, -3.0, -3.0], [0.0, 3.0, 1.0]])
-    assert model.choose(scores).tolist() == [0, 1, 2, 1]
+    assert model.choose(scores).tolist() == [0, 1, 0, 1]  # argmax (a tie goes to the first)
     assert model.choose(scores, 0.6).tolist() == [0, 1, 2, 1]  # sigmoid(0.5) = 0.62
     assert model.choose(scores, 0.7).tolist() == [0, 2, 2, 1]
     assert model.choose(scores, 0.9).tolist() == [2, 2, 2, 1]
@@ -152,11 +152,11 @@ def test_bad_configurations(kwargs, message):
 def test_timm_modules_that_cannot_be_sliced_are_named():
     with pytest.raises(ConfigError, match=r"vit.blocks.1.attn.q_norm is LayerNorm"):
         SharcsTimmViT("vit_small_patch16_224", qk_norm=True, **TINY)
-    with pytest.raises(ConfigError, match="not a VisionTransformer"):
+    with pytest.raises(ConfigError, match="timm cannot build 'resnet18' as a ViT"):
         SharcsTimmViT("resnet18")
-    with pytest.raises(ConfigError, match="timm cannot build 'no_such_vit'"):
+    with pytest.raises(ConfigError, match=r"timm cannot build 'no_such_vit' as a ViT"):
         SharcsTimmViT("no_such_vit")
-    with pytest.raises(ConfigError, match="1.5 heads|allowed widths"):
+    with pytest.raises(ConfigError, match=r"allowed widths"):
         SharcsTimmViT("vit_small_patch16_224", widths=(0.25, 1.0), img_size=8, patch_size=2, depth=2)
 
 

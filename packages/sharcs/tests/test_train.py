@@ -45,7 +45,7 @@ def test_fixed_width_trains_every_sample_there_after_warmup():
     loss, extras = loss_fn(model, (x, y, idx))
     assert extras["mean_width"] == 0.5
     torch.testing.assert_close(loss, F.cross_entropy(model(x, width=0.5), y))  # no router term
-    with pytest.raises(ConfigError, match="fixed_width=0.3 is not one of"):
+    with pytest.raises(ConfigError, match=r"fixed_width=0\.3 is not one of"):
         SharcsTrainLoss(tracker, SharcsLossSection(fixed_width=0.3))
 
 

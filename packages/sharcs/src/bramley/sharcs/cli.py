@@ -1,6 +1,7 @@
 """Command line of bramley-sharcs (also ``bramley sharcs``).
 
-Shared verbs (core's argument shapes): ``info``, ``train`` (a recipe into a run folder), ``eval`` (accuracy vs FLOPs
+Shared verbs (core's argument shapes): ``info``, ``train`` (an image recipe into a run folder), ``train-glue`` (the
+paper's GLUE recipe on local TSV files), ``eval`` (accuracy vs FLOPs
 of every fixed width, the router and its confidence knob), ``reproduce``. SHARCS' own: ``route`` (the width the
 router picks for each input) and ``bench`` (routed batched inference vs the full-width network, samples/s).
 """
@@ -16,7 +17,7 @@ from typing import Any
 from bramley.core.cli import MethodCLI, check_writable, positive_int, unit_float, write_json
 from bramley.core.errors import CheckpointError
 
-from .train import RECIPES, train
+from .train import GLUE_RECIPES, RECIPES, train, train_glue
 
 cli = MethodCLI("sharcs", "SHARCS: routing each sample to a dynamic-width sub-network.")
 
@@ -62,6 +63,12 @@ def _threshold(text: str) -> float:
 # ------------------------------------------------------------------------------------------------- info, train
 cli.add_info()
 cli.add_train(RECIPES, train)
+cli.add_train(
+    GLUE_RECIPES,
+    train_glue,
+    help="train on a GLUE task's local TSV files (BERT / RoBERTa, the paper's setup; needs the hf extra)",
+    name="train-glue",
+)
 
 
 # ---------------------------------------------------------------------------------------------------------- eval

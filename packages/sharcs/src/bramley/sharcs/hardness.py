@@ -27,6 +27,7 @@ Rules for the ranges (checked by :func:`check_thresholds`, every error names the
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -76,7 +77,7 @@ def check_thresholds(
         raise ConfigError(f"thresholds: {what}; give one [low, high] range per width ({allowed})")
     ordered = [(w, ranges[w]) for w in widths]
     sign = 1.0 if hardness == "probability" else -1.0  # probability: narrower widths take higher values
-    for (w_small, (lo_s, hi_s)), (w_big, (lo_b, hi_b)) in zip(ordered, ordered[1:]):
+    for (w_small, (lo_s, hi_s)), (w_big, (lo_b, hi_b)) in itertools.pairwise(ordered):
         if (lo_s, hi_s) == (lo_b, hi_b):
             raise ConfigError(f"thresholds: widths {w_small:g} and {w_big:g} share the range [{lo_s:g}, {hi_s:g}]")
         if sign * (lo_s - lo_b) < 0 or sign * (hi_s - hi_b) < 0:

@@ -104,8 +104,9 @@ class SharcsModel(nn.Module):
     ``widths``, ``router`` and ``num_classes``.
 
     ``model(x)`` in eval mode routes (:meth:`predict`'s logits); ``model(x, width=w)`` runs every sample at width
-    ``w``; ``model(x, index=i)`` is :meth:`forward_train` (through a DDP wrapper); in train mode ``model(x)`` returns ``{"logits": (W, B, classes) at every width, "router_logits": (B, W)}``
-    (what a loss over every sub-network needs; SHARCS' own loss uses :meth:`forward_train`).
+    ``w``; ``model(x, index=i)`` is :meth:`forward_train` (through a DDP wrapper); in train mode ``model(x)`` returns
+    ``{"logits": (W, B, classes) at every width, "router_logits": (B, W)}`` (what a loss over every sub-network
+    needs; SHARCS' own loss uses :meth:`forward_train`).
     """
 
     widths: tuple[float, ...]
@@ -401,8 +402,8 @@ class SharcsTimmViT(SharcsModel):
             vit = timm.create_model(
                 model_name, pretrained=False, num_classes=num_classes, **{"dynamic_img_size": True, **timm_kwargs}
             )
-        except RuntimeError as e:  # timm: "Unknown model (...)"
-            raise ConfigError(f"timm cannot build {model_name!r}: {e}") from None
+        except (RuntimeError, TypeError) as e:  # "Unknown model (...)"; a non-ViT refuses dynamic_img_size
+            raise ConfigError(f"timm cannot build {model_name!r} as a ViT: {e}") from None
         if not isinstance(vit, VisionTransformer):
             raise ConfigError(f"{model_name} is a timm {type(vit).__name__}, not a VisionTransformer")
         depth = len(vit.blocks)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -26,7 +26,16 @@ from bramley.core.recipe import RecipeSchema
 
 from .hardness import HARDNESS, HardnessTracker, check_thresholds, hardness_of
 
-__all__ = ["RECIPES", "IndexedDataset", "SharcsLossSection", "SharcsTrainLoss", "sharcs_eval", "train"]
+__all__ = [
+    "GLUE_RECIPES",
+    "RECIPES",
+    "IndexedDataset",
+    "SharcsLossSection",
+    "SharcsTrainLoss",
+    "sharcs_eval",
+    "train",
+    "train_glue",
+]
 
 #: The paper's three-bucket config (official configs/main.yaml): confident samples narrow, the rest wide.
 PAPER_THRESHOLDS = {0.25: [0.7, 1.0], 0.5: [0.4, 0.9], 1.0: [0.0, 0.5]}
@@ -36,13 +45,13 @@ PAPER_THRESHOLDS = {0.25: [0.7, 1.0], 0.5: [0.4, 0.9], 1.0: [0.0, 0.5]}
 class SharcsLossSection:
     """``loss``: the SHARCS objective and how hardness labels are made.
 
-    ``thresholds`` maps every model width to a ``[low, high]`` range of the hardness (see
-    :mod:`bramley.sharcs.hardness` for the rules); ``window`` epochs of history decide a bucket; the first
-    ``warmup_epochs`` train at full width. ``fixed_width`` trains every sample at that width after the warm-up
-    (no router loss): the fixed-width baseline "trained the same way".
+    ``thresholds`` maps every model width to a ``[low, high]`` range of the hardness (rules in
+    :mod:`bramley.sharcs.hardness`; ``null``: the paper's main config, for widths 0.25 / 0.5 / 1); ``window`` epochs
+    of history decide a bucket; the first ``warmup_epochs`` train at full width. ``fixed_width`` trains every sample
+    at that width after the warm-up (no router loss): the fixed-width baseline "trained the same way".
     """
 
-    thresholds: dict[float, list[float]] = field(default_factory=lambda: dict(PAPER_THRESHOLDS))
+    thresholds: dict[float, list[float]] | None = None
     hardness: Literal["probability", "entropy"] = "probability"
     window: int = 1
     warmup_epochs: int = 1
@@ -159,6 +168,20 @@ def sharcs_eval(model: nn.Module, loader: Iterable) -> dict[str, float]:
     return metrics
 
 
+def resolve_thresholds(
+    thresholds: dict[float, list[float]] | None, widths: tuple[float, ...], hardness: str = "probability"
+) -> dict[float, tuple[float, float]]:
+    """The recipe's ranges checked against the model's widths; ``None`` is the paper's main config."""
+    if thresholds is None:
+        if widths != tuple(float(w) for w in PAPER_THRESHOLDS) or hardness != "probability":
+            raise ConfigError(
+                f"loss.thresholds is not set: the paper's default is for widths 0.25, 0.5, 1 and probability "
+                f"hardness; give one [low, high] range per width of {list(widths)}"
+            )
+        thresholds = PAPER_THRESHOLDS
+    return check_thresholds(thresholds, widths, hardness)
+
+
 def model_widths(recipe: Any) -> tuple[float, ...]:
     """The widths of the recipe's model, built on the meta device (its configuration errors surface here)."""
     from bramley.core.recipe import build_model
@@ -177,14 +200,14 @@ def train(recipe: Any, out_dir: str | os.PathLike | None) -> dict[str, Any]:
     from bramley.core.train.distributed import init_distributed
 
     widths = model_widths(recipe)
-    check_thresholds(recipe.loss.thresholds, widths, recipe.loss.hardness)
+    thresholds = resolve_thresholds(recipe.loss.thresholds, widths, recipe.loss.hardness)
     if recipe.data.multiscale.enabled:
         raise ConfigError("data.multiscale is not supported by SHARCS training (hardness is tracked per sample)")
     init_distributed(recipe.train.device)
     train_data, val_data, _, _ = build_image_datasets(recipe.data, recipe.train.seed, recipe.train.batch_size)
     loss = recipe.loss
     tracker = HardnessTracker(
-        len(train_data), widths, loss.thresholds, loss.window, loss.warmup_epochs, loss.hardness, recipe.train.seed
+        len(train_data), widths, thresholds, loss.window, loss.warmup_epochs, loss.hardness, recipe.train.seed
     )
     results = train_classifier(
         recipe,
@@ -193,6 +216,53 @@ def train(recipe: Any, out_dir: str | os.PathLike | None) -> dict[str, Any]:
         val_data,
         loss_fn=SharcsTrainLoss(tracker, loss),
         eval_fn=sharcs_eval,
+        callbacks=[tracker],
+    )
+    results["buckets"] = tracker.bucket_sizes()
+    return results
+
+
+def _glue_schema() -> RecipeSchema:
+    from .glue import GlueData
+
+    return RecipeSchema("sharcs", data=GlueData, loss=SharcsLossSection, default_recipe="glue_roberta")
+
+
+#: The recipe schema of ``bramley sharcs train-glue`` (GLUE TSV files, a Hugging Face BERT / RoBERTa).
+GLUE_RECIPES = _glue_schema()
+
+
+def train_glue(recipe: Any, out_dir: str | os.PathLike | None) -> dict[str, Any]:
+    """``bramley sharcs train-glue``: SHARCS on a GLUE task's local TSV files with a ``sharcs_hf`` model."""
+    from functools import partial
+
+    from bramley.core.classification import train_classifier
+    from bramley.core.train.distributed import init_distributed
+
+    from .glue import GlueDataset, collate_text, load_tokenizer
+
+    widths = model_widths(recipe)
+    thresholds = resolve_thresholds(recipe.loss.thresholds, widths, recipe.loss.hardness)
+    data = recipe.data
+    if not data.train:
+        raise ConfigError("data.train is not set: pass data.train=/path/to/<task>/train.tsv")
+    tokenizer = load_tokenizer(data.tokenizer)
+    init_distributed(recipe.train.device)
+    make = partial(GlueDataset, task=data.task, tokenizer=tokenizer, max_length=data.max_length, truncate=data.truncate)
+    train_data = make(data.train)
+    val_data = make(data.val) if data.val else None
+    loss = recipe.loss
+    tracker = HardnessTracker(
+        len(train_data), widths, thresholds, loss.window, loss.warmup_epochs, loss.hardness, recipe.train.seed
+    )
+    results = train_classifier(
+        recipe,
+        out_dir,
+        IndexedDataset(train_data),
+        val_data,
+        loss_fn=SharcsTrainLoss(tracker, loss),
+        eval_fn=sharcs_eval,
+        collate_fn=partial(collate_text, pad_id=train_data.pad_id),
         callbacks=[tracker],
     )
     results["buckets"] = tracker.bucket_sizes()
