@@ -44,7 +44,10 @@ def test_readme_commands_run(uned_root, tmp_path, monkeypatch):
         ran.append(sub)
     assert {"train", "embed", "eval", "bench", "reproduce"} <= set(ran)
     assert (tmp_path / "runs" / "udon" / "model.safetensors").is_file()
-    assert json.loads((tmp_path / "uned.json").read_text())["merged"]["inshop"]["queries"] == 6
+    table = json.loads((tmp_path / "uned.json").read_text())
+    assert table["merged"]["inshop"]["queries"] == 6 and table["separate"]["cars"]["queries"] == 9
+    descriptors = json.loads((tmp_path / "descriptors.json").read_text())  # the official format, universal 64-d
+    assert sorted(descriptors["inshop"]) == ["index", "test"] and len(descriptors["cars"]["test"][0]) == 64
     reproduce = json.loads((tmp_path / "reproduce" / "results.json").read_text())
     assert reproduce["quick"] and (tmp_path / "reproduce" / "udon.png").stat().st_size > 1000
 
