@@ -8,6 +8,7 @@ import pytest
 
 from bramley.udon.cli import main
 
+
 def test_help_runs(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
