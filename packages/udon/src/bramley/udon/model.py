@@ -147,8 +147,11 @@ class UdonModel(nn.Module):
     def num_domains(self) -> int:
         return len(self.num_classes)
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """The L2-normalised backbone feature."""
+    def features(self, images: torch.Tensor, frozen_backbone: bool = False) -> torch.Tensor:
+        """The L2-normalised backbone feature (computed without gradients when ``frozen_backbone``)."""
+        if frozen_backbone:
+            with torch.no_grad():
+                return F.normalize(self.backbone(images), dim=-1)
         return F.normalize(self.backbone(images), dim=-1)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -168,8 +171,10 @@ class UdonModel(nn.Module):
             "teacher_logits": self.teacher_classifiers[domain](teacher),
         }
 
-    def forward(self, images: torch.Tensor, domain: int | None = None) -> dict[str, torch.Tensor]:
-        features = self.features(images)
+    def forward(
+        self, images: torch.Tensor, domain: int | None = None, frozen_backbone: bool = False
+    ) -> dict[str, torch.Tensor]:
+        features = self.features(images, frozen_backbone)
         if domain is not None:
             return self.heads(features, domain)
         student = F.normalize(self.student(features), dim=-1)
@@ -212,12 +217,14 @@ class JointEmbeddingModel(nn.Module):
     def num_domains(self) -> int:
         return len(self.num_classes)
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """The L2-normalised embedding."""
-        return F.normalize(self.projection(F.normalize(self.backbone(images), dim=-1)), dim=-1)
+    def embed(self, images: torch.Tensor, frozen_backbone: bool = False) -> torch.Tensor:
+        """The L2-normalised embedding (the backbone without gradients when ``frozen_backbone``)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_backbone):
+            features = F.normalize(self.backbone(images), dim=-1)
+        return F.normalize(self.projection(features), dim=-1)
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        embedding = self.embed(images)
+    def forward(self, images: torch.Tensor, frozen_backbone: bool = False) -> dict[str, torch.Tensor]:
+        embedding = self.embed(images, frozen_backbone)
         return {"embedding": embedding, "logits": self.classifier(embedding)}
 
 

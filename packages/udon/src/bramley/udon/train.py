@@ -175,14 +175,6 @@ class FreezeBackbone:
         self.step = int(state["step"])
 
 
-def _features(model: nn.Module, images: torch.Tensor, freeze: FreezeBackbone | None) -> torch.Tensor:
-    module = getattr(model, "module", model)
-    if freeze is not None and freeze.frozen:
-        with torch.no_grad():
-            return module.features(images)
-    return module.features(images)
-
-
 class UdonTrainLoss:
     """The trainer's ``loss_fn`` for UDON: the four-term loss of the batch's domain; records the teacher loss for the
     dynamic sampler. Reports the terms, the teacher's batch accuracy and the domain."""
@@ -195,10 +187,8 @@ class UdonTrainLoss:
         domain = _batch_domain(domains)
         module = getattr(model, "module", model)
         _check_labels(labels, module.num_classes[domain], domain)
-        if self.freeze is not None and self.freeze.frozen:
-            outputs = module.heads(_features(model, images, self.freeze), domain)
-        else:
-            outputs = model(images, domain=domain)  # through the DDP wrapper when there is one
+        frozen = self.freeze is not None and self.freeze.frozen
+        outputs = model(images, domain=domain, frozen_backbone=frozen)  # through the DDP wrapper: gradients sync
         l = self.loss
         total, terms = udon_loss(outputs, labels, l.weights, l.scale, l.margin, l.temperature)
         if self.weights is not None:
@@ -219,15 +209,8 @@ class JointLoss:
         module = getattr(model, "module", model)
         for d in domains.unique().tolist():
             _check_labels(labels[domains == d], module.num_classes[d], d)
-        if self.freeze is not None and self.freeze.frozen:
-            with torch.no_grad():
-                features = module.backbone(images)
-            embedding = torch.nn.functional.normalize(
-                module.projection(torch.nn.functional.normalize(features, dim=-1)), dim=-1
-            )
-            logits = module.classifier(embedding)
-        else:
-            logits = model(images)["logits"]
+        frozen = self.freeze is not None and self.freeze.frozen
+        logits = model(images, frozen_backbone=frozen)["logits"]
         targets = labels + module.offsets[domains]
         ce = cosine_cross_entropy(logits, targets, self.loss.scale, self.loss.margin)
         if self.weights is not None:
