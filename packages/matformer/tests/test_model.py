@@ -202,7 +202,7 @@ def test_a_mix_n_match_spec_of_the_wrong_length_is_refused():
     model = create_model("matlm", **LM)
     with pytest.raises(ConfigError, match="one FFN size per layer: matlm has 3 layers, the spec has 2"):
         model(_tokens(), ffn=[16, 16])
-    with pytest.raises(ConfigError, match="outside 1 .. 64"):
+    with pytest.raises(ConfigError, match=r"outside 1 \.\. 64"):
         model(_tokens(), ffn=[16, 16, 65])
 
 

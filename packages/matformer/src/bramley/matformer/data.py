@@ -89,7 +89,9 @@ def read_tokens(paths: Sequence[Path], max_tokens: int | None = None) -> torch.T
         total += parts[-1].numel()
     if undecodable:
         more = f" and {len(undecodable) - 3} more" if len(undecodable) > 3 else ""
-        warnings.warn(f"skipped {len(undecodable)} file(s) not decodable as UTF-8: {undecodable[:3]}{more}", stacklevel=2)
+        warnings.warn(
+            f"skipped {len(undecodable)} file(s) not decodable as UTF-8: {undecodable[:3]}{more}", stacklevel=2
+        )
     ids = torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
     return ids if max_tokens is None else ids[:max_tokens]
 
