@@ -25,7 +25,7 @@ from .model import MatLM
 from .nested import extract, flops, granularity_specs, select_for_budget
 from .train import JointLoss
 
-__all__ = ["run_benchmark"]
+__all__ = ["bench_section", "run_benchmark"]
 
 
 def _time(fn: Callable[[], Any], repeats: int) -> float:
@@ -149,3 +149,24 @@ def run_benchmark(
         "flop_ratio_joint_over_one": joint_flops / full_flops,
         "budget_example": list(select_for_budget(model, (full_flops + spec_flops) / 2, "flops", tokens)),
     }
+
+
+def bench_section(result: dict[str, Any], command: str) -> str:
+    """The README's benchmark paragraph for one result of :func:`run_benchmark` (with ``environment``)."""
+    env, lat = result["environment"], result["latency_ms"]
+
+    def ratio(key: str) -> str:
+        q = result[key]
+        return f"{q['median']:.2f}x (IQR {q['q1']:.2f}-{q['q3']:.2f})"
+
+    return (
+        f"`{command}` on {env['cpu']} ({result['threads']} threads, torch {env['torch']}, {env['date']}), "
+        f"{result['rounds']} interleaved rounds, medians; {result['model']} at batch {result['batch_size']}, the "
+        f"sub-model FFN {result['spec'][0]} in every layer. Inference: the sliced forward takes "
+        f"{ratio('sliced_over_extracted')} the extracted model's time ({lat['sliced']['median']:.1f} vs "
+        f"{lat['extracted']['median']:.1f} ms), the full model {ratio('full_over_extracted')} (FLOP ratio "
+        f"{result['flop_ratio_full_over_sub']:.2f}); outputs equal (max difference "
+        f"{result['extracted_vs_sliced_max_abs_diff']:.1e}). Training: a joint step (all four granularities) takes "
+        f"{ratio('joint_over_one')} a full-model-only step (FLOP ratio {result['flop_ratio_joint_over_one']:.2f}). "
+        "The machine was shared and loaded while this ran: read the ratios, not the milliseconds.\n"
+    )

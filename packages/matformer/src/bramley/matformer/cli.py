@@ -203,6 +203,18 @@ def _bench(args: argparse.Namespace) -> int:
     write_json(args.out, result, echo=False)
     if args.out is not None:
         print(f"wrote {args.out}")
+    if args.readme is not None:
+        from bramley.core.report import replace_marked
+
+        from .bench import bench_section
+
+        command = (
+            f"bramley matformer bench --model {args.model} --batch-size {args.batch_size} --image-size "
+            f"{args.image_size} --train-batch-size {args.train_batch_size} --rounds {args.rounds} --repeats {args.repeats}"
+        )
+            sys.argv[2:] if args.command_line is None else args.command_line
+        )
+        replace_marked(args.readme, "bench", bench_section(result, command))
     return 0
 
 
@@ -216,6 +228,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=positive_int, default=11)
     p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--out", type=Path, default=None, help="write the results to this JSON file")
+    p.add_argument("--readme", type=Path, default=None, help="also write the paragraph into this README")
 
 
 cli.add_command(
