@@ -31,7 +31,8 @@ Results go to a JSON file and, between markers, into packages/core/BENCHMARKS.md
 The Triton backend is timed in three designs (issue 15's design steps): ``bramley (triton)`` (fused backward with
 atomics, split forward loop, two blocks per SM at d128 on sm_90), ``bramley (triton, deterministic)`` (the same
 forward, the split backward) and ``bramley (triton, before)`` (the design before the steps: single forward loop,
-one-block configs, split backward looping over GQA groups). ``--gqa 1 4`` adds GQA rows (4 query heads per
+one-block configs, split backward looping over GQA groups); ``bramley (triton, persistent)`` is the default with
+the persistent forward (design step 4, off by default until measured). ``--gqa 1 4`` adds GQA rows (4 query heads per
 key/value head; bramley's triton and flash backends only).
 """
 
@@ -158,9 +159,10 @@ def spread(values: list[float]) -> str:
 
 # -------------------------------------------------------------------------------------------------- attention (GPU)
 BRAMLEY_BACKENDS = ("triton", "flash", "flex", "sdpa", "reference")
-# The Triton kernels' design steps (issue 15) timed against the design they replaced, in the same run:
-# name suffix -> (deterministic, before). "triton" itself is the default: fused backward, split forward loop.
-TRITON_VARIANTS = {"deterministic": (True, False), "before": (True, True)}
+# The Triton kernels' design steps (issue 15) timed against the design they replaced, in the same run. "triton" itself
+# is the default: fused backward, split forward loop, two-block forward config.
+# name suffix -> (deterministic, design: None = today's default, "before", "persistent" = default + persistent forward).
+TRITON_VARIANTS = {"deterministic": (True, None), "before": (True, "before"), "persistent": (False, "persistent")}
 
 
 def attention_methods(lengths, heads, head_dim, causal, device, dtype, backends, dense_seqs, kv_heads=None):
@@ -181,19 +183,20 @@ def attention_methods(lengths, heads, head_dim, causal, device, dtype, backends,
 
     if kv_heads != heads:
         backends = [backend for backend in backends if backend in ("triton", "flash")]
-    variants = [(backend, "", False, False) for backend in backends]
+    designs = {"before": Design.before(), "persistent": Design(persistent_forward=True)}
+    variants = [(backend, "", False, None) for backend in backends]
     if "triton" in backends:
-        variants += [("triton", f", {name}", det, before) for name, (det, before) in TRITON_VARIANTS.items()]
-    for backend, suffix, deterministic, before in variants:
+        variants += [("triton", f", {name}", det, design) for name, (det, design) in TRITON_VARIANTS.items()]
+    for backend, suffix, deterministic, design in variants:
 
-        def ours(requires_grad, backend=backend, deterministic=deterministic, before=before):
+        def ours(requires_grad, backend=backend, deterministic=deterministic, design=design):
             q, k, v = packed(requires_grad)
 
             def run():
                 return attention(q, k, v, cu_seqlens=cu, max_seqlen=max_len, causal=causal, backend=backend,
                                  deterministic=deterministic)  # fmt: skip
 
-            return run, [q, k, v], (lambda: triton_design(Design.before())) if before else None
+            return run, [q, k, v], (lambda: triton_design(designs[design])) if design else None
 
         yield f"bramley ({backend}{suffix})", lengths, ours
     if kv_heads != heads:  # GQA rows: the design steps against the split backward and torch's FlashAttention only
@@ -453,7 +456,8 @@ BACKWARD_STEPS = {"pre": 0, "dkdv": 1, "dq": -1}
 
 def representative_launch(kind: str, head_dim: int, dtype: torch.dtype, capability, variant: str, design=None):
     """The launch of ``kind`` that the launchers build for a benchmark-like batch (width 2048, 8192-token documents):
-    "fwd"; the split backward's "pre", "dkdv", "dq" (``deterministic=True``); the fused backward's "bwd".
+    "fwd" ("fwd-persistent": design step 4); the split backward's "pre", "dkdv", "dq" (``deterministic=True``); the
+    fused backward's "bwd".
     ``variant``: "mha-causal" or "gqa-window" (2 query heads per key/value head, window (256, 0))."""
     from bramley.core.ops import _attention_triton as kernels
 
@@ -466,7 +470,9 @@ def representative_launch(kind: str, head_dim: int, dtype: torch.dtype, capabili
     lse = torch.empty(heads, tokens)
     cu = torch.tensor([0, tokens], dtype=torch.int32)
     scale = head_dim**-0.5
-    if kind == "fwd":
+    if kind in ("fwd", "fwd-persistent"):
+        if kind == "fwd-persistent":
+            design = kernels.Design(persistent_forward=True)
         return kernels.forward_launch(q, kv, kv, torch.empty_like(q), lse, cu, max_seqlen, scale, *window, capability,
                                       design)  # fmt: skip
     steps = kernels.backward_launches(
@@ -527,6 +533,7 @@ EVIDENCE = [
     ("before: forward, one loop, mask decided per tile", "fwd", "before", "mha-causal"),
     ("(3) forward, split loop, one-block config", "fwd", "split-one-block", "mha-causal"),
     ("(3) forward, split loop + two-block config where one exists", "fwd", "new", "mha-causal"),
+    ("(4) persistent forward over a longest-first tile list", "fwd-persistent", "new", "mha-causal"),
     ("before / deterministic: split backward, dK/dV kernel", "dkdv", "new", "mha-causal"),
     ("before / deterministic: split backward, dQ kernel", "dq", "new", "mha-causal"),
     ("(1) fused backward (5 matmuls, dQ fp32 atomics)", "bwd", "new", "mha-causal"),

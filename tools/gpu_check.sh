@@ -123,7 +123,7 @@ torch.manual_seed(0)
 lengths = [1, 5, 0, 17] if dry else [1, 127, 128, 129, 2049, 0, 77, 1000]
 dims = [16] if dry else [64, 128]
 dtypes = [torch.float32] if dry else [torch.bfloat16, torch.float16]
-backends = ["sdpa", "reference"] if dry else ["triton", "flash", "flex", "sdpa", "auto"]
+backends = ["sdpa", "reference"] if dry else ["triton", "triton-deterministic", "flash", "flex", "sdpa", "auto"]
 masks = {"full": (-1, -1), "causal": (-1, 0), "window": (64, 0)}
 heads, kv_heads = 8, 2
 
@@ -167,7 +167,8 @@ for dtype, dim, (mask, window), backend in itertools.product(dtypes, dims, masks
     row = {"backend": backend, "dtype": str(dtype).removeprefix("torch."), "head_dim": dim, "mask": mask}
     try:
         ours = grads(lambda q, k, v: attention(q, k, v, cu_seqlens=cu, max_seqlen=max(lengths), window=window,
-                                               scale=scale, backend=backend), (q, k, v), dout)
+                                               scale=scale, backend=backend.split("-")[0],
+                                               deterministic=backend.endswith("-deterministic")), (q, k, v), dout)
     except Exception as exc:
         row["error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
         failed += 1

@@ -217,6 +217,34 @@ def test_forward_split_loop_equals_the_single_loop_and_the_reference(window):
     torch.testing.assert_close(out[True][1].double(), expected_lse, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("window", [(-1, -1), (-1, 0), (5, 2)])
+def test_persistent_forward_equals_the_grid_forward(window):
+    """Design step (4): the persistent kernel runs the same blocks (each head of each listed tile) as the grid
+    kernel, so its result is the same to the bit; empty documents and blocks past a document's end are skipped."""
+    q, k, v, cu = _inputs([40, 0, 3, 57], 3, 1, 16, torch.float32)
+    out = {}
+    for persistent in (False, True):
+        o, lse = torch.empty_like(q), torch.empty(3, q.shape[0])
+        design = _attention_triton.Design(persistent_forward=persistent)
+        launch = _attention_triton.forward_launch(q, k, v, o, lse, cu, 57, 0.25, *window, (9, 0), design)
+        assert launch.kernel.__name__ == ("_fwd_persistent_kernel" if persistent else "_fwd_kernel")
+        launch()
+        out[persistent] = (o, lse)
+    assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
+
+
+def test_forward_tiles_are_the_non_empty_blocks_longest_first():
+    lengths, block = [40, 0, 3, 57], 16
+    tiles, count = _attention_triton.forward_tiles(_cu(lengths), 57, block, block, -1, 0)
+    num_m = 4
+    expected = [(d, b) for d, n in enumerate(lengths) for b in range(num_m) if b * block < n]
+    assert int(count) == len(expected) and tiles.numel() == len(lengths) * num_m
+    listed = [(int(t) // num_m, int(t) % num_m) for t in tiles[: int(count)]]
+    assert sorted(listed) == expected
+    work = [min(b * block + block, lengths[d]) for d, b in listed]  # causal: keys 0 .. end of the block
+    assert work == sorted(work, reverse=True)
+
+
 def test_design_before_still_matches_the_reference():
     """The benchmark times the design before the steps beside the new one; it must still be right."""
     import importlib.util

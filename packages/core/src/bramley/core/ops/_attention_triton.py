@@ -98,26 +98,19 @@ def _fwd_tiles(
     return acc, l_i, m_i
 
 
-def _fwd_kernel(
-    Q, K, V, O, LSE, CU,
+@device_function
+def _fwd_block(
+    Q, K, V, O, LSE, doc_start, length, m0, head,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lh,
-    max_seqlen, group, qk_scale_log2, window_left, window_right,
+    group, qk_scale_log2, window_left, window_right,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     SPLIT_LOOP: tl.constexpr,
 ):  # fmt: skip
-    num_m = tl.cdiv(max_seqlen, BLOCK_M)
-    pid = tl.program_id(0)
-    doc = pid // num_m
-    m0 = (num_m - 1 - pid % num_m) * BLOCK_M  # last query blocks first: under a causal mask they have the most work
-    head = tl.program_id(1)
+    """The forward of one query block (rows ``m0 ..``, ``m0 < length``) of one head of one document."""
     kv_head = head // group
-    start = tl.load(CU + doc)
-    length = tl.load(CU + doc + 1) - start
-    if m0 >= length:
-        return
+    start64 = doc_start.to(tl.int64)
     # 64-bit document offsets go into the base pointers once; tile offsets stay 32-bit (fewer registers).
-    start64 = start.to(tl.int64)
     Q = Q + start64 * stride_qt
     K = K + start64 * stride_kt
     V = V + start64 * stride_vt
@@ -183,6 +176,57 @@ def _fwd_kernel(
     tl.store(O + rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :], out.to(O.dtype.element_ty),
              mask=row_ok[:, None] & d_ok[None, :])  # fmt: skip
     tl.store(LSE + rows, lse, mask=row_ok)
+
+
+def _fwd_kernel(
+    Q, K, V, O, LSE, CU,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lh,
+    max_seqlen, group, qk_scale_log2, window_left, window_right,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    SPLIT_LOOP: tl.constexpr,
+):  # fmt: skip
+    num_m = tl.cdiv(max_seqlen, BLOCK_M)
+    pid = tl.program_id(0)
+    doc = pid // num_m
+    m0 = (num_m - 1 - pid % num_m) * BLOCK_M  # last query blocks first: under a causal mask they have the most work
+    head = tl.program_id(1)
+    start = tl.load(CU + doc)
+    length = tl.load(CU + doc + 1) - start
+    if m0 < length:
+        _fwd_block(
+            Q, K, V, O, LSE, start, length, m0, head,
+            stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lh,
+            group, qk_scale_log2, window_left, window_right,
+            HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT, DOT_PRECISION, UPCAST, SPLIT_LOOP,
+        )  # fmt: skip
+
+
+def _fwd_persistent_kernel(
+    Q, K, V, O, LSE, CU, TILES, NUM_TILES,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lh,
+    max_seqlen, heads, group, qk_scale_log2, window_left, window_right,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    SPLIT_LOOP: tl.constexpr,
+):  # fmt: skip
+    """Design step (4): a fixed number of programs walk a device-side list of ``(document, query block)`` tiles,
+    longest first (:func:`forward_tiles`), each tile times every head; no program starts on an empty block."""
+    num_m = tl.cdiv(max_seqlen, BLOCK_M)
+    num_tiles = tl.load(NUM_TILES) * heads
+    for t in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+        tile = tl.load(TILES + t // heads)
+        head = t % heads
+        doc = tile // num_m
+        m0 = (tile % num_m) * BLOCK_M
+        start = tl.load(CU + doc)
+        length = tl.load(CU + doc + 1) - start
+        _fwd_block(
+            Q, K, V, O, LSE, start, length, m0, head,
+            stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lh,
+            group, qk_scale_log2, window_left, window_right,
+            HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT, DOT_PRECISION, UPCAST, SPLIT_LOOP,
+        )  # fmt: skip
 
 
 def _bwd_preprocess_kernel(
@@ -634,11 +678,15 @@ class Design:
         gqa_parallel: the backward runs one program per query head (else one program loops over its GQA group).
         two_blocks_per_sm: forward configs of ``_TWO_BLOCK_CONFIGS`` (registers capped so that two 8-warp blocks
             are resident per SM) where the table has one, else the one-block configs of ``_HALF_CONFIGS``.
+        persistent_forward: the forward as a persistent kernel over a longest-first tile list
+            (:func:`forward_tiles`). Off by default until a GPU run shows it pays (``bramley (triton,
+            persistent)`` in tools/bench_attention.py).
     """
 
     split_loop: bool = True
     gqa_parallel: bool = True
     two_blocks_per_sm: bool = True
+    persistent_forward: bool = False
 
     @staticmethod
     def before() -> Design:
@@ -671,7 +719,36 @@ def forward_launch(
         HAS_LEFT=window_left >= 0, HAS_RIGHT=window_right >= 0, **_dot_flags(q.dtype), SPLIT_LOOP=design.split_loop,
         num_warps=warps, num_stages=stages, **extra,
     )  # fmt: skip
-    return Launch(_fwd_kernel, ((cu.numel() - 1) * math.ceil(max_seqlen / block_m), heads), args, meta)
+    if not design.persistent_forward:
+        return Launch(_fwd_kernel, ((cu.numel() - 1) * math.ceil(max_seqlen / block_m), heads), args, meta)
+    tiles, count = forward_tiles(cu, max_seqlen, block_m, block_n, window_left, window_right)
+    if interpreting() or q.device.type != "cuda":
+        programs = 4
+    else:
+        programs = torch.cuda.get_device_properties(q.device).multi_processor_count * (2 if extra else 1)
+    programs = max(1, min(programs, tiles.numel() * heads))
+    args = (*args[:6], tiles, count, *args[6:16], heads, *args[16:])
+    return Launch(_fwd_persistent_kernel, (programs, 1), args, meta)
+
+
+def forward_tiles(
+    cu: torch.Tensor, max_seqlen: int, block_m: int, block_n: int, window_left: int, window_right: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The persistent forward's work list, built on the device (no host sync, capturable in a CUDA graph).
+
+    Returns ``(tiles, count)``: int32 ids ``document * cdiv(max_seqlen, BLOCK_M) + block`` of the query blocks that
+    hold rows, sorted by the number of keys they visit (most first, so the longest tiles start first and the short
+    ones fill in at the end), then the empty blocks; ``count`` (int32, 1 element) is the number of non-empty ones.
+    """
+    num_m = max(1, math.ceil(max_seqlen / block_m))
+    lengths = (cu[1:] - cu[:-1]).to(torch.int64)[:, None]
+    m0 = (torch.arange(num_m, device=cu.device, dtype=torch.int64) * block_m)[None, :]
+    lo = ((m0 - window_left).clamp(min=0) // block_n) * block_n if window_left >= 0 else torch.zeros_like(m0)
+    hi = torch.minimum(m0 + block_m + window_right, lengths) if window_right >= 0 else lengths
+    valid = m0 < lengths
+    work = torch.where(valid, (hi - lo).clamp(min=0), -1)
+    order = torch.argsort(work.flatten(), descending=True, stable=True)
+    return order.to(torch.int32), valid.sum().to(torch.int32).reshape(1)
 
 
 def _copy(dst: torch.Tensor, src: torch.Tensor) -> Callable[[], None]:

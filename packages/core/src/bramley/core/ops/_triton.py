@@ -48,8 +48,12 @@ def triton_usable_for(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and interpreting()
 
 
-@functools.cache
+_twins: dict[Callable[..., Any], Any] = {}
+
+
 def _interpreted_twin(jit_function: Any) -> Any:
+    """The interpreted twin of a compiled-mode jit function, cached per Python function (not by the jit function's
+    own hash, which reads its dependencies' globals: those may be twins already in the middle of a swap)."""
     from triton.runtime.interpreter import InterpretedFunction, _patch_lang
 
     class _Twin(InterpretedFunction):
@@ -62,7 +66,9 @@ def _interpreted_twin(jit_function: Any) -> Any:
             finally:
                 scope.restore()
 
-    return _Twin(jit_function.fn)
+    if jit_function.fn not in _twins:
+        _twins[jit_function.fn] = _Twin(jit_function.fn)
+    return _twins[jit_function.fn]
 
 
 def device_function(fn: Callable[..., Any]) -> Any:
@@ -89,10 +95,10 @@ def _interpretable_stdlib(kernel_globals: dict[str, Any] | None = None) -> Itera
     if kernel_globals is not None:
         namespaces.append(kernel_globals)
     for namespace in namespaces:
-        for name, value in list(namespace.items()):
-            if isinstance(value, JITFunction):
-                saved.append((namespace, name, value))
-                namespace[name] = _interpreted_twin(value)
+        saved += [(namespace, name, value) for name, value in namespace.items() if isinstance(value, JITFunction)]
+    twins = [_interpreted_twin(value) for _, _, value in saved]  # all looked up before any global changes
+    for (namespace, name, _), twin in zip(saved, twins):
+        namespace[name] = twin
     try:
         yield
     finally:
