@@ -210,9 +210,8 @@ def _bench(args: argparse.Namespace) -> int:
 
         command = (
             f"bramley matformer bench --model {args.model} --batch-size {args.batch_size} --image-size "
-            f"{args.image_size} --train-batch-size {args.train_batch_size} --rounds {args.rounds} --repeats {args.repeats}"
-        )
-            sys.argv[2:] if args.command_line is None else args.command_line
+            f"{args.image_size} --train-batch-size {args.train_batch_size} --rounds {args.rounds} "
+            f"--repeats {args.repeats}"
         )
         replace_marked(args.readme, "bench", bench_section(result, command))
     return 0
