@@ -45,8 +45,11 @@ def test_readme_commands_run(tmp_path, monkeypatch):
 
 
 def test_readme_table_is_the_committed_run():
+    if not (RESULTS / "results.json").is_file():
+        assert _marked("reproduction") == "", "a table in the README needs its committed run"
+        pytest.skip("no committed reproduction run yet (the README says so)")
     results = json.loads((RESULTS / "results.json").read_text())
-    assert results["seeds"] == [0, 1] and results["setting"]["epochs"] == 30
+    assert results["seeds"] == [0, 1] and results["setting"]["epochs"] == 20
     assert _marked("reproduction").startswith(markdown_table(results["summary"]))
     assert (RESULTS / "sharcs.png").is_file()
 

@@ -38,7 +38,7 @@ MODEL = "sharcs_vit_digits"
 THRESHOLDS = {0.25: [0.7, 1.0], 0.5: [0.4, 0.9], 1.0: [0.0, 0.5]}  # the paper's main config
 KNOB = (0.5, 0.7, 0.9)
 SETTINGS = {
-    "full": {"epochs": 30, "warmup_epochs": 10, "window": 3, "train_size": None},
+    "full": {"epochs": 20, "warmup_epochs": 6, "window": 2, "train_size": None},
     "quick": {"epochs": 3, "warmup_epochs": 1, "window": 1, "train_size": 256},
 }
 PAPER = (
@@ -159,9 +159,13 @@ def run(seeds: Sequence[int], quick: bool, out: Path) -> dict[str, Any]:
             {"seed": seed, "buckets_last_epoch": buckets, "rows": rows, "seconds": time.perf_counter() - t0}
         )
         print(f"seed {seed}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    modes = list(per_seed[0]["rows"])
+    return {"setting": setting, "seeds": list(seeds), "summary": summarize(per_seed), "per_seed": per_seed}
+
+
+def summarize(per_seed: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean (and standard deviation of top-1) over seeds of every row."""
     summary = []
-    for mode in modes:
+    for mode in per_seed[0]["rows"]:
         values = [s["rows"][mode] for s in per_seed]
         top1 = [v["top1"] for v in values]
         summary.append(
@@ -174,7 +178,26 @@ def run(seeds: Sequence[int], quick: bool, out: Path) -> dict[str, Any]:
                 "flops_vs_full": statistics.fmean(v["flops_vs_full"] for v in values),
             }
         )
-    return {"setting": setting, "seeds": list(seeds), "summary": summary, "per_seed": per_seed}
+    return summary
+
+
+def merge(files: Sequence[Path]) -> dict[str, Any]:
+    """One result from runs of single seeds (e.g. run in parallel): their per-seed rows, summarized together."""
+    import json
+
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    if any(r["setting"] != runs[0]["setting"] for r in runs):
+        raise ValueError("the runs to merge were made with different settings")
+    per_seed = [s for r in runs for s in r["per_seed"]]
+    seeds = [s["seed"] for s in per_seed]
+    return {
+        "setting": runs[0]["setting"],
+        "seeds": seeds,
+        "summary": summarize(per_seed),
+        "per_seed": per_seed,
+        "seconds": sum(r["seconds"] for r in runs),
+        "merged_from": [str(f) for f in files],
+    }
 
 
 def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
@@ -191,35 +214,23 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
 
 
 def plot(summary: Sequence[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+    from bramley.core.report import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    fixed = [r for r in summary if r["mode"].startswith("fixed")]
-    ax.errorbar(
-        [r["mflops"] for r in fixed], [r["top1"] for r in fixed], [r["top1_std"] for r in fixed],
-        marker="o", label="fixed width (trained the same way)",
-    )  # fmt: skip
-    sharcs = [r for r in summary if r["mode"].startswith("SHARCS")]
-    ax.errorbar(
-        [r["mflops"] for r in sharcs], [r["top1"] for r in sharcs], [r["top1_std"] for r in sharcs],
-        marker="s", linestyle="--", label="SHARCS (argmax, confidence knob)",
-    )  # fmt: skip
-    rand = [r for r in summary if r["mode"].startswith("random")]
-    ax.errorbar(
-        [r["mflops"] for r in rand], [r["top1"] for r in rand], [r["top1_std"] for r in rand],
-        marker="x", linestyle="none", label="random routing, SHARCS' shares",
-    )  # fmt: skip
-    ax.set_xlabel("MFLOPs per sample (torch.utils.flop_counter)")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title("SHARCS on digits (mean of seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    groups = (
+        ("fixed", "o", "-", "fixed width (trained the same way)"),
+        ("SHARCS", "s", "--", "SHARCS (argmax, confidence knob)"),
+        ("random", "x", "none", "random routing, SHARCS' shares"),
+    )
+    with figure(path, figsize=(6, 4)) as ax:
+        for prefix, marker, style, label in groups:
+            rows = [r for r in summary if r["mode"].startswith(prefix)]
+            x, y, err = ([r[k] for r in rows] for k in ("mflops", "top1", "top1_std"))
+            ax.errorbar(x, y, err, marker=marker, linestyle=style, label=label)
+        ax.set_xlabel("MFLOPs per sample (torch.utils.flop_counter)")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title("SHARCS on digits (mean of seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -230,20 +241,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/reproduce-sharcs"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--quick", action="store_true", help="a few epochs on 256 images (seconds; for tests)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, help="merge results.json files of single seeds")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    results = run(args.seeds, args.quick, args.out)
-    results["seconds"] = time.perf_counter() - t0
+    if args.merge:
+        results = merge(args.merge)
+    else:
+        results = run(args.seeds, args.quick, args.out)
+        results["seconds"] = time.perf_counter() - t0
     results["environment"] = environment()
     results["paper"] = PAPER
     table = markdown_table(results["summary"])
     print(table)
     write_json(args.out / "results.json", results, echo=False)
     plot(results["summary"], args.out / "sharcs.png")
-    print(f"wrote {args.out / 'results.json'} and {args.out / 'sharcs.png'} ({results['seconds']:.0f} s)")
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'sharcs.png'} ({results['seconds']:.0f} s of training)")
     return 0
 
 
