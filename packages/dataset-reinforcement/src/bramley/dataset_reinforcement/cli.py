@@ -38,8 +38,6 @@ def _reinforce(args: argparse.Namespace) -> int:
     )
     teacher = teacher_ensemble(data.reinforce.teachers, images.num_classes, args.device)
     settings = data.reinforce
-    if settings.topk > images.num_classes:
-        raise ConfigError(f"data.reinforce.topk={settings.topk} exceeds the dataset's {images.num_classes} classes")
     from .reinforce import reinforce
 
     stats = reinforce(

@@ -142,6 +142,21 @@ def summarize(results: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, 
     return rows, claims
 
 
+def _cached(folder: Path, recipe: Any, run) -> dict[str, Any]:
+    """``run()``'s result, or the one saved in ``folder/run.json`` by an earlier run of the same recipe (so seeds can
+    run in separate processes on one ``--out`` and a final call with every seed collects them)."""
+    import json
+
+    saved = folder / "run.json"
+    if saved.is_file():
+        previous = json.loads(saved.read_text())
+        if previous.get("recipe") == recipe.to_dict():
+            return previous["result"]
+    result = run()
+    saved.write_text(json.dumps({"recipe": recipe.to_dict(), "result": result}, indent=1) + "\n")
+    return result
+
+
 def readme_table(results: dict[str, Any]) -> str:
     """The README's reproduction table: the summary rows of ``results`` as markdown."""
     from bramley.core.report import format_table
@@ -184,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quick = args.quick
     seeds = args.seeds or ([0] if quick else [0, 1])
-    epochs = args.epochs or (2 if quick else 15)
+    epochs = args.epochs or (2 if quick else 6)
     teacher_epochs = args.teacher_epochs or (2 if quick else 15)
     num_teachers = args.teachers or (1 if quick else 2)
     num_augmentations = 2 if quick else args.num_augmentations
@@ -234,7 +249,8 @@ def _run(args, seeds, epochs, teacher_epochs, num_teachers, num_augmentations, s
     for t in range(num_teachers):
         folder = out / f"teacher-{t}"
         recipe = recipe_for("plain", TEACHER, teacher_epochs, 100 + t, synthetic, None)
-        run_student(recipe, folder)
+        if not (folder / "model.safetensors").is_file():  # kept from an earlier call on the same --out
+            run_student(recipe, folder)
         teachers.append(load_model(folder))
     ensemble = TeacherEnsemble(teachers)
     test = raw_images("synthetic", "test", image_size=IMAGE_SIZE, seed=0, synthetic=synthetic)
@@ -251,9 +267,11 @@ def _run(args, seeds, epochs, teacher_epochs, num_teachers, num_augmentations, s
     # 3. students
     students: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     for seed in seeds:
-        for mode in MODES:
+        for mode in ("plain", "reinforced", "online_kd"):  # online KD, the slowest, last
             recipe = recipe_for(mode, STUDENT, epochs, seed, synthetic, str(store) if mode == "reinforced" else None)
-            result = run_student(recipe, out / f"{mode}-seed{seed}", ensemble if mode == "online_kd" else None)
+            folder = out / f"{mode}-seed{seed}"
+            teacher = ensemble if mode == "online_kd" else None
+            result = _cached(folder, recipe, lambda r=recipe, f=folder, t=teacher: run_student(r, f, t))
             students[mode].append({"seed": seed, **result})
             print(f"seed {seed} {mode}: top-1 {result['top1']:.2f}  ECE {result['ece']:.2f}", file=sys.stderr)
     return {
