@@ -28,6 +28,7 @@ EXTRA = {
     "export": ["--image-size", "64"],
     "bench": ["--image-size", "64", "--iters", "2"],
     "reproduce": ["--quick", "--out", "repro"],
+    "reproduce-synthetic": ["--quick", "--out", "repro-synthetic", "--seeds", "2"],  # 2 seeds: the mean +- std path
 }
 TINY_TRAIN = [
     "model.kwargs={layers: [1, 1, 1, 1], embed_dims: [8, 16, 32, 64]}",
@@ -57,13 +58,13 @@ def test_readme_commands_run(image_folder, tmp_path, monkeypatch, capsys):
         line = line.replace("/path/to/imagenet", str(tmp_path / "imagenet"))
         prog, *args = shlex.split(line)
         sub = args[0]
-        args += EXTRA.get(sub, [])
+        args += EXTRA.get(f"{sub}-synthetic" if "synthetic" in args else sub, [])
         if sub == "train" and "fastvit_t8" in args:
             args += TINY_TRAIN
         code = main(args) if prog == "bramley-fastvit" else bramley_main(args)
         assert code == 0, line
         ran.append(sub)
-    assert ran == ["info", "convert", "reparam", "eval", "export", "bench", "train", "train", "reproduce"]
+    assert ran == ["info", "convert", "reparam", "eval", "export", "bench", "train", "train", "reproduce", "reproduce"]
     out = capsys.readouterr().out
     assert "fastvit_t8" in out and "(official layout)" in out
     fused = load_model("fastvit_t8_fused")
@@ -82,10 +83,15 @@ def test_readme_commands_run(image_folder, tmp_path, monkeypatch, capsys):
     assert [c["claim"] for c in results["claims"]] == [c["claim"] for c in verdicts(results)]
     assert Path("repro/fastvit_reproduction.png").stat().st_size > 0
     printed = out.split("FastViT's claims", 1)[1]  # every claim gets a verdict; a quick run's verdicts mean nothing
+    printed = printed.split("FastViT's claims", 1)[0]  # (the digits run's; the synthetic run's follow)
     assert printed.count(": HOLDS (") + printed.count(": DOES NOT HOLD (") == len(results["claims"])
+    synthetic = json.loads(Path("repro-synthetic/results.json").read_text())
+    assert synthetic["data"] == "synthetic" and synthetic["seeds"] == [0, 1]
+    assert all(len(row["test_acc_seeds"]) == 2 and "test_acc_std" in row for row in synthetic["models"])
+    assert "mean ± std over seeds 0, 1" in synthetic["claims"][1]["measured"]
 
 
 def test_readme_verdicts_are_computed_from_the_committed_results():
     results = json.loads((PACKAGE / "results" / "reproduction.json").read_text())
-    (text,) = code_blocks(README, "text")
+    text = code_blocks(README, "text")[0]  # the digits run's; the synthetic run's: tests/test_reproduce.py
     assert text.strip().splitlines() == verdict_lines(verdicts(results))

@@ -37,6 +37,7 @@ SHRINK = {
     "export": ["--image-size", "32"],
     "bench": ["--image-size", "32", "--iters", "1", "--warmup", "0", "--rounds", "1"],
     "reproduce": ["--quick", "--out", "reproduce-quick"],
+    "reproduce-synthetic": ["--quick", "--out", "reproduce-quick-synthetic"],
     "train": [
         *TINY_TRAIN,
         "data.image_size=32",
@@ -77,7 +78,7 @@ def test_readme_commands(tmp_path, monkeypatch, capsys):
     (tmp_path / "imagenet" / "train").symlink_to(tmp_path / "imagenet" / "val")
 
     commands = [shlex.split(line) for line in shell_commands(README)]
-    assert len(commands) == 10  # the quickstart line + the nine in "Command line"
+    assert len(commands) == 11  # the quickstart line + the nine in "Command line" + the synthetic reproduction
     subcommands = set()
     for argv in commands:
         if argv[0] == "bramley":
@@ -85,7 +86,8 @@ def test_readme_commands(tmp_path, monkeypatch, capsys):
             rest, sub, run = argv[1:], "reproduce", bramley_main
         else:
             rest, sub, run = argv[1:], argv[1], mobileone_main
-        extra = SHRINK["train-smoke" if "smoke" in rest else sub] if sub in SHRINK else []
+        key = "train-smoke" if "smoke" in rest else "reproduce-synthetic" if "synthetic" in rest else sub
+        extra = SHRINK.get(key, [])
         assert run(rest + extra) == 0, argv
         subcommands.add(sub)
     assert subcommands == {"info", "convert", "reparam", "eval", "export", "bench", "train", "reproduce"}
@@ -101,11 +103,14 @@ def test_readme_commands(tmp_path, monkeypatch, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-6:]  # the reproduction ends with its claims and verdicts
     assert last[0].startswith("Claim 1 (paper):") and last[2] == "  verdict: INCONCLUSIVE"
     assert last[3].startswith("Claim 2 (paper):") and last[5] == "  verdict: REPRODUCED"
+    synthetic = json.loads((tmp_path / "reproduce-quick-synthetic" / "results.json").read_text())
+    assert synthetic["data"] == "synthetic" and synthetic["setup"]["num_classes"] == 64
+    assert synthetic["verdicts"]["free_reparameterization"]["verdict"] == "REPRODUCED"
 
 
 def test_readme_verdicts_are_computed_from_the_committed_results():
     committed = verdicts(json.loads((PACKAGE / "results" / "reproduce" / "results.json").read_text()))
     quoted = re.search(r"claim 1 \*\*([A-Z ]+)\*\*, claim 2 \*\*([A-Z ]+)\*\*", README.read_text())
-    assert quoted is not None, "the README quotes the verdicts of the committed run"
+    assert quoted is not None, "the README quotes the verdicts of the committed run"  # the digits run comes first
     assert list(quoted.groups()) == [committed["overparameterization"]["verdict"], "REPRODUCED"]
     assert committed["free_reparameterization"]["verdict"] == "REPRODUCED"
