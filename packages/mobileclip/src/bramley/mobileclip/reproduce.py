@@ -255,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=8, help="student epochs")
     parser.add_argument("--teacher-epochs", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="one seed, 2 epochs, tiny sets (for tests)")
+    parser.add_argument("--readme", type=Path, default=None, help="also put the table into this README's markers")
     args = parser.parse_args(argv)
     sizes = {"train": 512, "test": 256, "teacher": 2048}
     seeds, epochs, teacher_epochs = args.seeds, args.epochs, args.teacher_epochs
@@ -274,6 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     title = f"MobileCLIP mini reproduction: plain vs reinforced student, {epochs} epochs, seeds {list(seeds)}"
     write_results(args.out, results, rows, title=title)
     plot(results, args.out / "mobileclip.png")
+    if args.readme is not None:
+        from bramley.core.report import replace_marked
+
+        replace_marked(args.readme, "reproduction", readme_table(results))
     print(
         f"reinforced more accurate on every metric: {claims['reinforced_more_accurate']}; reaches plain's final "
         f"zero-shot top-1 after {claims['epochs_to_plain_final']} of {epochs} epochs; step time reinforced / plain "
