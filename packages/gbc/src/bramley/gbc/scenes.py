@@ -124,12 +124,14 @@ class ScenePrompts:
     without one). ``count`` lists ``(true, changed, key)`` for the first group of two or more objects: its count
     against each neighbouring count in ``[2, max_count]``; ``key`` names the comparison and its direction
     (``"2<3"``: the true count is the smaller), so that the probe can average over keys and a text tower that always
-    prefers one number word scores 50, not the share of groups of two.
+    prefers one number word scores 50, not the share of groups of two. ``largest`` is the kind of the largest object,
+    the label of a zero-shot classification.
     """
 
     description: str
     relation: tuple[str, str] | None
     count: list[tuple[str, str, str]]
+    largest: str = ""  # the kind of the largest object: the zero-shot label
 
 
 def scene_prompts(scene, textures: bool = False, max_count: int = 4) -> ScenePrompts:
@@ -152,4 +154,5 @@ def scene_prompts(scene, textures: bool = False, max_count: int = 4) -> ScenePro
                     key = f"{n}<{wrong}" if n < wrong else f"{wrong}>{n}"
                     count.append((f"{NUMBERS[n]} {_plural(name)}", f"{NUMBERS[wrong]} {_plural(name)}", key))
             break
-    return ScenePrompts(_list(items), relation, count)
+    largest = kind_name(max(scene.objects, key=lambda o: o.area), textures)
+    return ScenePrompts(_list(items), relation, count, largest)

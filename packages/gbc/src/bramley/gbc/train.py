@@ -364,8 +364,9 @@ def evaluate_retrieval(
 ) -> dict[str, float]:
     """Held-out metrics (percent): image<->text recall@1/5 with each image's query text (a synthetic scene's
     description, else the graph's short caption) and, for scenes, the compositional probes (how often the true
-    relation / count scores above the swapped / changed one; the count probe averaged over its comparisons)."""
-    from bramley.core.clip_eval import image_text_retrieval
+    relation / count scores above the swapped / changed one; the count probe averaged over its comparisons) and
+    zero-shot top-1 of the largest object's kind ("a red circle") among the kinds present."""
+    from bramley.core.clip_eval import image_text_retrieval, zero_shot_accuracy, zero_shot_classifier
 
     module = getattr(model, "module", model)
     device = next(module.parameters()).device
@@ -405,6 +406,10 @@ def evaluate_retrieval(
                 hits.setdefault(c[2], []).append(hit)
             # balanced over comparisons and directions: a constant preference for one number word scores 50
             metrics["count_probe"] = 100.0 * sum(sum(h) / len(h) for h in hits.values()) / len(hits)
+        classes = sorted({p.largest for p in dataset.prompts})
+        head = zero_shot_classifier(module, classes, ["a {}", "a scene with a {}"], tokenizer)
+        labels = torch.tensor([classes.index(p.largest) for p in dataset.prompts])
+        metrics["zero_shot_top1"] = zero_shot_accuracy(images, labels, head.to(images.device), topk=(1,))["top1"]
     return metrics
 
 
