@@ -78,7 +78,7 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         f"data.reinforced={store}",
         "data.image_size=8",
     ]
-    assert "does not match" in _error(capsys, other)  # the smoke data has 192 images, the store 48
+    assert "they do not match" in _error(capsys, other)  # the smoke data has 192 images, the store 48
 
 
 def test_bench_runs_tiny():
