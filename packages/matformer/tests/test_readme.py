@@ -71,7 +71,8 @@ def test_readme_commands_run(image_folder, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BRAMLEY_PROGRESS", "0")
     ran = []
-    for line in shell_commands(README, skip=("pip install",), rewrite=[(r"--image-size 224", "--image-size 16")]):
+    shrink = [(r"--image-size 224", "--image-size 16"), (r"--ffn 384", "--ffn 16")]
+    for line in shell_commands(README, skip=("pip install",), rewrite=shrink):
         argv, verb = bramley_command(line)
         if verb == "eval" and "runs/matvit-b16" in argv:
             argv += ["--image-size", "16"]
