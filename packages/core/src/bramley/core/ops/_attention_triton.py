@@ -706,7 +706,8 @@ def forward_launch(
     block_m, block_n, warps, stages = _configs("fwd", block_d, q.dtype, capability)
     extra = {}
     two_blocks = _TWO_BLOCK_CONFIGS.get((architecture(capability), q.dtype == torch.float32, block_d))
-    if design.two_blocks_per_sm and two_blocks is not None and not interpreting():
+    # The persistent kernel's tile loop needs more registers than the 128-register cap leaves (16 bytes spill at d128).
+    if design.two_blocks_per_sm and not design.persistent_forward and two_blocks is not None and not interpreting():
         block_m, block_n, warps, stages, extra["maxnreg"] = two_blocks
     args = (
         q, k, v, out, lse, cu,
@@ -725,7 +726,7 @@ def forward_launch(
     if interpreting() or q.device.type != "cuda":
         programs = 4
     else:
-        programs = torch.cuda.get_device_properties(q.device).multi_processor_count * (2 if extra else 1)
+        programs = torch.cuda.get_device_properties(q.device).multi_processor_count
     programs = max(1, min(programs, tiles.numel() * heads))
     args = (*args[:6], tiles, count, *args[6:16], heads, *args[16:])
     return Launch(_fwd_persistent_kernel, (programs, 1), args, meta)
