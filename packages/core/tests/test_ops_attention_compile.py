@@ -63,7 +63,8 @@ def _cases():
                  for v in default[4]]  # fmt: skip
         extra = [("sm89", "dq", 128, torch.bfloat16, "mha-causal"), ("sm90", "pre", 128, torch.bfloat16, "mha-causal"),
                  ("sm90", "bwd", 128, torch.bfloat16, "mha-causal"), ("sm80", "bwd", 128, torch.bfloat16, "mha-causal"),
-                 ("sm90", "bwd", 128, torch.bfloat16, "gqa-window")]  # fmt: skip
+                 ("sm90", "bwd", 128, torch.bfloat16, "gqa-window"),
+                 ("sm90", "fwd-persistent", 128, torch.bfloat16, "mha-causal")]  # fmt: skip
         return [*cases, *extra]
     return [
         (arch, kind, dim, dtype, variant)
