@@ -98,6 +98,22 @@ class SharcsHF(SharcsModel):
         self.router = Router(self.hidden, len(self.widths), router_hidden)
         self.channels = {w: width_channels(self.hidden, w) for w in self.widths}
 
+    def forward(
+        self,
+        x: Any,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        width: float | None = None,
+        threshold: float | None = None,
+        index: torch.Tensor | None = None,
+    ) -> Any:
+        """``x``: the input mapping, or the ``input_ids`` tensor with ``attention_mask`` / ``token_type_ids`` beside
+        it (the tensors-only form tracing needs); the rest as :meth:`SharcsModel.forward`."""
+        if isinstance(x, torch.Tensor):
+            x = {"input_ids": x, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return super().forward(x, width=width, threshold=threshold, index=index)
+
     @property
     def encoder(self) -> nn.Module:
         return getattr(self.hf, self.model_type).encoder
@@ -165,7 +181,7 @@ def _text_inputs() -> tuple[tuple, dict]:
     ids = torch.randint(5, 100, (2, 7))
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 5:] = 0
-    return ({"input_ids": ids, "attention_mask": mask},), {}
+    return (ids,), {"attention_mask": mask}
 
 
 @register_model(example_inputs=_text_inputs, tags=("sharcs", "text", "transformers"))
