@@ -129,6 +129,14 @@ SETTINGS: dict[str, Settings] = {
         shape=(2, 10),
         compile_xfail=_BYTEFORMER_COMPILE,
     ),
+    # MobileCLIP: S1 / S2 / B are 85-150M parameters; one text block on a 1,000-token vocabulary (the suite's token
+    # ids stay below it) and a shallow image tower keep every code path (RepMixer and attention stages, the ViT-B/16
+    # tower, pooling at the end-of-text token) at 9-19M
+    "mobileclip_b": Settings(kwargs={"text_kwargs": {"layers": 1, "vocab_size": 1000}, "image_kwargs": {"depth": 2}}),
+    "mobileclip_s0": Settings(),
+    "mobileclip_*": Settings(
+        kwargs={"text_kwargs": {"layers": 1, "vocab_size": 1000}, "image_kwargs": {"layers": [1, 1, 2, 1]}}
+    ),
     "*": Settings(),
 }
 
