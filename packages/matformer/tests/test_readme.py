@@ -66,7 +66,7 @@ def test_readme_commands_run(image_folder, tmp_path, monkeypatch):
         shutil.copytree(image_folder, tmp_path / "imagenet" / split)
     for name in ("text-corpus",):
         (tmp_path / name).mkdir()
-        for i in range(4):
+        for i in range(24):  # 1 in 20 files is held out for validation
             (tmp_path / name / f"{i}.txt").write_text(f"def f{i}(x):\n    return x * {i} + 1\n" * 30)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BRAMLEY_PROGRESS", "0")
