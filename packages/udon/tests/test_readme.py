@@ -46,8 +46,8 @@ def test_readme_commands_run(uned_root, tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "udon" / "model.safetensors").is_file()
     table = json.loads((tmp_path / "uned.json").read_text())
     assert table["merged"]["inshop"]["queries"] == 6 and table["separate"]["cars"]["queries"] == 9
-    descriptors = json.loads((tmp_path / "descriptors.json").read_text())  # the official format, universal 64-d
-    assert sorted(descriptors["inshop"]) == ["index", "test"] and len(descriptors["cars"]["test"][0]) == 64
+    descriptors = json.loads((tmp_path / "descriptors.json").read_text())  # official format, the student (8-d here)
+    assert sorted(descriptors["inshop"]) == ["index", "test"] and len(descriptors["cars"]["test"][0]) == 8
     reproduce = json.loads((tmp_path / "reproduce" / "results.json").read_text())
     assert reproduce["quick"] and (tmp_path / "reproduce" / "udon.png").stat().st_size > 1000
 
