@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 
 from bramley.fastvit import reproduce
+from shared.markdown import code_blocks
 
 PACKAGE = Path(__file__).resolve().parents[1]
 README = PACKAGE / "README.md"
 DIGITS = PACKAGE / "results" / "reproduction.json"
+SYNTHETIC = PACKAGE / "results" / "reproduce-synthetic" / "results.json"
 SYNTHETIC_HEADING = "### On procedural images"
 
 
@@ -81,3 +83,22 @@ def test_readme_digits_table_is_the_committed_run():
     results = json.loads(DIGITS.read_text())
     assert results["epochs"] == reproduce.DEFAULT_EPOCHS["digits"] and not results["quick"]
     assert_rows_shown(results, README.read_text(encoding="utf-8").split(SYNTHETIC_HEADING)[0])
+
+
+def test_readme_synthetic_table_and_verdicts_are_the_committed_run():
+    results = json.loads(SYNTHETIC.read_text())
+    part = README.read_text(encoding="utf-8").split(SYNTHETIC_HEADING, 1)[1].split("\n## ", 1)[0]
+    assert results["data"] == "synthetic" and not results["quick"]
+    assert results["epochs"] == reproduce.DEFAULT_EPOCHS["synthetic"]
+    assert results["seeds"] == list(range(reproduce.DEFAULT_SEEDS["synthetic"]))
+    assert "train 6400 / test 2560" in results["data_description"]
+    assert_rows_shown(results, part)
+    assert f"{results['seconds']:.0f} s wall" in part and f"{results['cpu_seconds']:.0f} s of CPU time" in part
+    load = results["load_average"]
+    assert f"load average {load['start'][0]:.1f} at the start and {load['end'][0]:.1f} at the end" in part
+    for row in results["models"]:
+        seeds = " / ".join(f"{acc:.1f}" for acc in row["test_acc_seeds"])
+        assert f"{row['model']}: {seeds}" in part, row["model"]
+    lines = reproduce.verdict_lines(reproduce.verdicts(results))
+    assert lines == reproduce.verdict_lines(results["claims"])
+    assert code_blocks(README, "text")[1].strip().splitlines() == lines
