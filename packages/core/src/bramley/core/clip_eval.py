@@ -17,6 +17,8 @@ Needs the ``clip`` extra (``pip install 'bramley-core[clip]'``) for the tokenize
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
 import sys
 from collections.abc import Iterable, Sequence
@@ -89,6 +91,7 @@ class ClipTokenizer:
         return f"ClipTokenizer(context_length={self.context_length}, truncate={self.truncate})"
 
 
+@functools.cache
 def _open_clip_tokenizer_module() -> ModuleType:
     """open_clip's ``tokenizer`` module, loaded on its own when open_clip is not imported yet.
 
@@ -106,7 +109,10 @@ def _open_clip_tokenizer_module() -> ModuleType:
         path = Path(next(iter(spec.submodule_search_locations))) / "tokenizer.py"
         module_spec = importlib.util.spec_from_file_location("_bramley_open_clip_tokenizer", path)
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except ImportError:  # a future open_clip whose tokenizer imports its package: load it the normal way
+            module = importlib.import_module("open_clip.tokenizer")
     return module
 
 
