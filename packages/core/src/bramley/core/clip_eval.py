@@ -18,7 +18,6 @@ Needs the ``clip`` extra (``pip install 'bramley-core[clip]'``) for the tokenize
 from __future__ import annotations
 
 import functools
-import importlib
 import importlib.util
 import sys
 from collections.abc import Iterable, Sequence
@@ -112,7 +111,7 @@ def _open_clip_tokenizer_module() -> ModuleType:
         try:
             module_spec.loader.exec_module(module)
         except ImportError:  # a future open_clip whose tokenizer imports its package: load it the normal way
-            module = importlib.import_module("open_clip.tokenizer")
+            import open_clip.tokenizer as module
     return module
 
 
