@@ -194,17 +194,10 @@ def model_widths(recipe: Any) -> tuple[float, ...]:
     return tuple(widths)
 
 
-def train(recipe: Any, out_dir: str | os.PathLike | None) -> dict[str, Any]:
-    """``bramley sharcs train``: SHARCS on an image classification recipe; returns the final metrics and buckets."""
-    from bramley.core.classification import build_image_datasets, train_classifier
-    from bramley.core.train.distributed import init_distributed
+def _train_with_hardness(recipe, out_dir, widths, thresholds, train_data, val_data, collate_fn=None) -> dict[str, Any]:
+    """Core's classification training with the hardness tracker as callback and the SHARCS loss; adds the buckets."""
+    from bramley.core.classification import train_classifier
 
-    widths = model_widths(recipe)
-    thresholds = resolve_thresholds(recipe.loss.thresholds, widths, recipe.loss.hardness)
-    if recipe.data.multiscale.enabled:
-        raise ConfigError("data.multiscale is not supported by SHARCS training (hardness is tracked per sample)")
-    init_distributed(recipe.train.device)
-    train_data, val_data, _, _ = build_image_datasets(recipe.data, recipe.train.seed, recipe.train.batch_size)
     loss = recipe.loss
     tracker = HardnessTracker(
         len(train_data), widths, thresholds, loss.window, loss.warmup_epochs, loss.hardness, recipe.train.seed
@@ -216,10 +209,25 @@ def train(recipe: Any, out_dir: str | os.PathLike | None) -> dict[str, Any]:
         val_data,
         loss_fn=SharcsTrainLoss(tracker, loss),
         eval_fn=sharcs_eval,
+        collate_fn=collate_fn,
         callbacks=[tracker],
     )
     results["buckets"] = tracker.bucket_sizes()
     return results
+
+
+def train(recipe: Any, out_dir: str | os.PathLike | None) -> dict[str, Any]:
+    """``bramley sharcs train``: SHARCS on an image classification recipe; returns the final metrics and buckets."""
+    from bramley.core.classification import build_image_datasets
+    from bramley.core.train.distributed import init_distributed
+
+    widths = model_widths(recipe)
+    thresholds = resolve_thresholds(recipe.loss.thresholds, widths, recipe.loss.hardness)
+    if recipe.data.multiscale.enabled:
+        raise ConfigError("data.multiscale is not supported by SHARCS training (hardness is tracked per sample)")
+    init_distributed(recipe.train.device)
+    train_data, val_data, _, _ = build_image_datasets(recipe.data, recipe.train.seed, recipe.train.batch_size)
+    return _train_with_hardness(recipe, out_dir, widths, thresholds, train_data, val_data)
 
 
 def _glue_schema() -> RecipeSchema:
@@ -236,7 +244,6 @@ def train_glue(recipe: Any, out_dir: str | os.PathLike | None) -> dict[str, Any]
     """``bramley sharcs train-glue``: SHARCS on a GLUE task's local TSV files with a ``sharcs_hf`` model."""
     from functools import partial
 
-    from bramley.core.classification import train_classifier
     from bramley.core.train.distributed import init_distributed
 
     from .glue import GlueDataset, collate_text, load_tokenizer
@@ -251,19 +258,5 @@ def train_glue(recipe: Any, out_dir: str | os.PathLike | None) -> dict[str, Any]
     make = partial(GlueDataset, task=data.task, tokenizer=tokenizer, max_length=data.max_length, truncate=data.truncate)
     train_data = make(data.train)
     val_data = make(data.val) if data.val else None
-    loss = recipe.loss
-    tracker = HardnessTracker(
-        len(train_data), widths, thresholds, loss.window, loss.warmup_epochs, loss.hardness, recipe.train.seed
-    )
-    results = train_classifier(
-        recipe,
-        out_dir,
-        IndexedDataset(train_data),
-        val_data,
-        loss_fn=SharcsTrainLoss(tracker, loss),
-        eval_fn=sharcs_eval,
-        collate_fn=partial(collate_text, pad_id=train_data.pad_id),
-        callbacks=[tracker],
-    )
-    results["buckets"] = tracker.bucket_sizes()
-    return results
+    collate = partial(collate_text, pad_id=train_data.pad_id)
+    return _train_with_hardness(recipe, out_dir, widths, thresholds, train_data, val_data, collate)
