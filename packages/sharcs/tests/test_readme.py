@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bramley.sharcs.reproduce import markdown_table
+from bramley.sharcs.reproduce import SETTINGS, markdown_table
 from shared.markdown import bramley_command, run_python_blocks, shell_commands
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def test_readme_table_is_the_committed_run():
         assert _marked("reproduction") == "", "a table in the README needs its committed run"
         pytest.skip("no committed reproduction run yet (the README says so)")
     results = json.loads((RESULTS / "results.json").read_text())
-    assert results["seeds"] == [0, 1] and results["setting"]["epochs"] == 20
+    assert results["seeds"] == [0, 1] and results["setting"] == SETTINGS["full"]
     assert _marked("reproduction").startswith(markdown_table(results["summary"]))
     assert (RESULTS / "sharcs.png").is_file()
 

@@ -32,6 +32,8 @@ def environment() -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
+    if hasattr(os, "getloadavg"):  # a shared machine's load moves wall times: record it next to them
+        env["load_average"] = round(os.getloadavg()[0], 2)
     try:
         from importlib.metadata import version
 

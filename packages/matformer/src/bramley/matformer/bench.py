@@ -168,5 +168,6 @@ def bench_section(result: dict[str, Any], command: str) -> str:
         f"{result['flop_ratio_full_over_sub']:.2f}); outputs equal (max difference "
         f"{result['extracted_vs_sliced_max_abs_diff']:.1e}). Training: a joint step (all four granularities) takes "
         f"{ratio('joint_over_one')} a full-model-only step (FLOP ratio {result['flop_ratio_joint_over_one']:.2f}). "
-        "The machine was shared and loaded while this ran: read the ratios, not the milliseconds.\n"
+        f"Load average {env.get('load_average', 'unknown')} when it was recorded: read the ratios, not the "
+        "milliseconds.\n"
     )
