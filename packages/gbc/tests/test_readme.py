@@ -42,4 +42,4 @@ def test_readme_table_is_the_committed_run():
     block = text.split("<!-- reproduce:start -->", 1)[1].split("<!-- reproduce:end -->", 1)[0]
     assert table.split("\n", 2)[2] in block  # the table rows, as measured
     results = json.loads((RESULTS / "results.json").read_text())
-    assert not results["quick"] and results["steps"] == 100 and results["per_seed"]
+    assert not results["quick"] and results["steps"] == 400 and results["per_seed"]
