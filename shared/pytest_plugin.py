@@ -1,5 +1,6 @@
 """Pytest plugin loaded for the whole workspace (see ``addopts`` in the root pyproject).
 
+- Tests run in parallel workers (pytest-xdist, ``-n auto``: one per core, at most 4; ``-n 0`` for one process).
 - ``gpu``-marked tests are skipped when no CUDA device is present.
 - Every test starts from the same seeds and with one torch thread, so that 2-core CI runs are repeatable and fast.
 - Fixtures that make small data files on the fly (no downloads anywhere in the test suite).
@@ -12,6 +13,14 @@ import random
 from pathlib import Path
 
 import pytest
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (the default in ``addopts``): one worker per core, at most 4 (each test runs one torch thread; a
+    worker holds a few hundred MiB of imports). ``BRAMLEY_TEST_WORKERS`` overrides; ``-n 0`` runs in one process."""
+    if "BRAMLEY_TEST_WORKERS" in os.environ:
+        return int(os.environ["BRAMLEY_TEST_WORKERS"])
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -108,3 +108,15 @@ def test_teacher_and_caption_mismatches_are_refused(reinforced):
         reinforce(
             split.images[:1], split.captions[:2], teachers, TemplateCaptioner(split.attributes), tokenizer, augment
         )
+
+
+def test_synthetic_image_text_draws_the_configured_classes():
+    """The data section's shapes / colors / textures / counts / clutter choose the classes that are drawn (they were
+    once ignored, and the reproduction silently drew core's default 64 classes)."""
+    data = ImageTextData(train_size=24, test_size=16, shapes=("circle", "square"), colors=("red",), textures=("solid",))
+    data.counts, data.clutter = (1,), 0
+    for split in ("train", "test"):
+        drawn = synthetic_image_text(data, split)
+        assert len(drawn.classes) == 2 and len(drawn.images) == (24 if split == "train" else 16)
+        assert {a["shape"] for a in drawn.attributes} <= {"circle", "square"}
+        assert {(a["color"], a["texture"], a["count"]) for a in drawn.attributes} == {("red", "solid", 1)}

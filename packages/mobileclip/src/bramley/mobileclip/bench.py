@@ -15,6 +15,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -150,14 +151,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per candidate and round (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the tables and environment to this JSON")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds")
+    results: dict[str, Any] = {"model": args.model, "rounds": args.rounds, "threads": torch.get_num_threads()}
     if args.what in ("latency", "all"):
         print(f"\n## {args.model}: image + text latency, batch 1\n")
-        print(format_table(latency(args.model, args.image_size, args.rounds, args.repeats), digits=2))
+        results["latency"] = latency(args.model, args.image_size, args.rounds, args.repeats)
+        print(format_table(results["latency"], digits=2))
     if args.what in ("step", "all"):
         print("\n## training step: reinforced (stored teacher outputs) vs teacher in the loop, batch 64\n")
-        print(format_table(step_time(args.rounds, args.repeats), digits=2))
+        results["step"] = step_time(args.rounds, args.repeats)
+        print(format_table(results["step"], digits=2))
+    if args.out is not None:
+        from bramley.core.cli import write_json
+        from bramley.core.report import environment
+
+        write_json(args.out, {**results, "environment": environment()}, echo=False)
     return 0

@@ -202,6 +202,11 @@ def synthetic_image_text(data: ImageTextData, split: str, full_captions: bool = 
         train_size=max(size, 64),
         val_size=0,
         test_size=size if split == "test" else 0,
+        shapes=data.shapes,
+        colors=data.colors,
+        textures=data.textures,
+        counts=data.counts,
+        clutter=data.clutter,
     )
     images, labels = dataset.tensors()
     images = (images[:size] * 255).round().to(torch.uint8)
