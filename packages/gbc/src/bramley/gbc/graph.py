@@ -93,7 +93,7 @@ def _emit(obj: Any, known: tuple[str, ...]) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------------------------- model
-@dataclass
+@dataclass(slots=True)
 class Bbox:
     """A box in relative image coordinates (the official ``Bbox``); ``confidence`` is the detector's, if any."""
 
@@ -109,6 +109,13 @@ class Bbox:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "bbox") -> Bbox:
+        try:
+            return _fast_bbox(d)
+        except _NotFast:
+            return cls._checked(d, where)
+
+    @classmethod
+    def _checked(cls, d: Any, where: str) -> Bbox:
         d = _mapping(d, where)
         coords = [_number(_require(d, k, where), f"{where}.{k}") for k in cls.FIELDS[:4]]
         confidence = _number(d.get("confidence"), f"{where}.confidence", optional=True)
@@ -126,7 +133,7 @@ class Bbox:
         return max(0.0, self.right - self.left) * max(0.0, self.bottom - self.top)
 
 
-@dataclass
+@dataclass(slots=True)
 class Description:
     """One caption of a vertex (the official ``Description``; ``full_label``, ``clip_scores``, ... live in extra)."""
 
@@ -139,6 +146,13 @@ class Description:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "desc") -> Description:
+        try:
+            return _fast_description(d)
+        except _NotFast:
+            return cls._checked(d, where)
+
+    @classmethod
+    def _checked(cls, d: Any, where: str) -> Description:
         d = _mapping(d, where)
         text = _string(_require(d, "text", where), f"{where}.text")
         label = _string(_require(d, "label", where), f"{where}.label")
@@ -155,7 +169,7 @@ class Description:
         return None if value is None else float(value)
 
 
-@dataclass
+@dataclass(slots=True)
 class Edge:
     """A labelled edge: ``text`` is the phrase in ``source``'s caption that names ``target``."""
 
@@ -169,6 +183,13 @@ class Edge:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "edge") -> Edge:
+        try:
+            return _fast_edge(d)
+        except _NotFast:
+            return cls._checked(d, where)
+
+    @classmethod
+    def _checked(cls, d: Any, where: str) -> Edge:
         d = _mapping(d, where)
         source, text, target = (_string(_require(d, k, where), f"{where}.{k}") for k in cls.FIELDS)
         extra = {k: v for k, v in d.items() if k not in cls.FIELDS}
@@ -181,7 +202,7 @@ class Edge:
         return self.source, self.text, self.target
 
 
-@dataclass
+@dataclass(slots=True)
 class Vertex:
     """A node of the graph: the image (id ``""``), an entity, a composition of entities or a relation."""
 
@@ -198,16 +219,23 @@ class Vertex:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "vertex") -> Vertex:
+        try:
+            return _fast_vertex(d)
+        except _NotFast:
+            return cls._checked(d, where)
+
+    @classmethod
+    def _checked(cls, d: Any, where: str) -> Vertex:
         d = _mapping(d, where)
         vertex_id = _string(_require(d, "vertex_id", where), f"{where}.vertex_id")
-        bbox = Bbox.from_dict(_require(d, "bbox", where), f"{where}.bbox")
+        bbox = Bbox._checked(_require(d, "bbox", where), f"{where}.bbox")
         label = _string(_require(d, "label", where), f"{where}.label")
         descs = _list(_require(d, "descs", where), f"{where}.descs")
-        descs = [Description.from_dict(x, f"{where}.descs[{i}]") for i, x in enumerate(descs)]
+        descs = [Description._checked(x, f"{where}.descs[{i}]") for i, x in enumerate(descs)]
         edges = {}
         for key in ("in_edges", "out_edges"):
             items = _list(d.get(key, []), f"{where}.{key}")
-            edges[key] = [Edge.from_dict(x, f"{where}.{key}[{i}]") for i, x in enumerate(items)]
+            edges[key] = [Edge._checked(x, f"{where}.{key}[{i}]") for i, x in enumerate(items)]
         extra = {k: v for k, v in d.items() if k not in cls.FIELDS}
         # in_edges / out_edges default to [] in the official model: a file without them round-trips without them
         layout = _layout(d, cls.FIELDS, extra)
@@ -234,7 +262,7 @@ class Vertex:
         return [d.text for d in self.descs]
 
 
-@dataclass
+@dataclass(slots=True)
 class GbcGraph:
     """A GBC graph: its vertices and the image's captions (``short_caption`` etc. are optional top-level copies)."""
 
@@ -252,10 +280,17 @@ class GbcGraph:
     @classmethod
     def from_dict(cls, d: Any, where: str = "graph") -> GbcGraph:
         """Parse a graph object (as ``json.loads`` gives it); raises :class:`GraphFormatError` naming the field."""
+        try:
+            return _fast_graph(d)
+        except _NotFast:
+            return cls._checked(d, where)
+
+    @classmethod
+    def _checked(cls, d: Any, where: str) -> GbcGraph:
         d = _mapping(d, where)
         items = _list(_require(d, "vertices", where), f"{where}.vertices" if where != "graph" else "vertices")
         prefix = "" if where == "graph" else f"{where}."
-        vertices = [Vertex.from_dict(v, f"{prefix}vertices[{i}]") for i, v in enumerate(items)]
+        vertices = [Vertex._checked(v, f"{prefix}vertices[{i}]") for i, v in enumerate(items)]
         optional = [_string(d.get(k), f"{prefix}{k}", optional=True) for k in cls.FIELDS[1:]]
         extra = {k: v for k, v in d.items() if k not in cls.FIELDS}
         return cls(vertices, *optional, extra=extra, layout=_layout(d, cls.FIELDS, extra))
@@ -304,3 +339,128 @@ class GbcGraph:
                     if d.label == label:
                         return d.text
         return getattr(self, f"{label}_caption", None)
+
+
+# ------------------------------------------------------------------------------------------------- fast parsing
+# ``from_dict`` first tries these: plain ``dict`` / ``list`` / ``str`` / ``int`` / ``float`` as ``json.loads`` gives
+# them, checked with ``type(x) is``, extras taken by copying the object and deleting the known fields. Anything else
+# (a missing field, a wrong type, a ``Mapping`` or a ``str`` subclass) raises ``_NotFast`` and the whole object is
+# parsed again by the ``_checked`` path above, which names the field path in its error or accepts it. The two paths
+# build equal objects (same extras, same layout); tests/test_data.py checks them against each other.
+class _NotFast(Exception):
+    pass
+
+
+_NUMBER = frozenset({int, float})
+_NUMBER_OR_NONE = frozenset({int, float, type(None)})
+_STRING_OR_NONE = frozenset({str, type(None)})
+_ABSENT: Any = ()  # a missing in_edges / out_edges (``d.get(key, _ABSENT)``); never a JSON value
+
+
+def _fast_edge(d: Any) -> Edge:
+    if type(d) is not dict:
+        raise _NotFast
+    source, text, target = d.get("source"), d.get("text"), d.get("target")
+    if type(source) is not str or type(text) is not str or type(target) is not str:
+        raise _NotFast
+    keys = tuple(d)
+    if len(keys) == 3:
+        return Edge(source, text, target, {}, None if keys == Edge.FIELDS else keys)
+    extra = d.copy()
+    del extra["source"], extra["text"], extra["target"]
+    return Edge(source, text, target, extra, None if keys[:3] == Edge.FIELDS else keys)
+
+
+def _fast_description(d: Any) -> Description:
+    if type(d) is not dict:
+        raise _NotFast
+    text, label = d.get("text"), d.get("label")
+    if type(text) is not str or type(label) is not str:
+        raise _NotFast
+    keys = tuple(d)
+    if len(keys) == 2:
+        return Description(text, label, {}, None if keys == Description.FIELDS else keys)
+    extra = d.copy()
+    del extra["text"], extra["label"]
+    return Description(text, label, extra, None if keys[:2] == Description.FIELDS else keys)
+
+
+def _fast_bbox(d: Any) -> Bbox:
+    if type(d) is not dict:
+        raise _NotFast
+    left, top, right, bottom = d.get("left"), d.get("top"), d.get("right"), d.get("bottom")
+    confidence = d.get("confidence")
+    if (
+        type(left) not in _NUMBER
+        or type(top) not in _NUMBER
+        or type(right) not in _NUMBER
+        or type(bottom) not in _NUMBER
+        or type(confidence) not in _NUMBER_OR_NONE
+    ):
+        raise _NotFast
+    keys = tuple(d)
+    if len(keys) == 5 and keys == Bbox.FIELDS:
+        return Bbox(left, top, right, bottom, confidence, {}, None)
+    extra = d.copy()
+    del extra["left"], extra["top"], extra["right"], extra["bottom"]
+    extra.pop("confidence", None)
+    return Bbox(left, top, right, bottom, confidence, extra, None if keys[:5] == Bbox.FIELDS else keys)
+
+
+def _fast_vertex(d: Any) -> Vertex:
+    if type(d) is not dict:
+        raise _NotFast
+    vertex_id, label, descs = d.get("vertex_id"), d.get("label"), d.get("descs")
+    in_edges, out_edges = d.get("in_edges", _ABSENT), d.get("out_edges", _ABSENT)
+    if type(vertex_id) is not str or type(label) is not str or type(descs) is not list:
+        raise _NotFast
+    bbox = _fast_bbox(d.get("bbox"))
+    descs = [_fast_description(x) for x in descs]
+    if type(in_edges) is list:
+        in_edges = [_fast_edge(x) for x in in_edges]
+    elif in_edges is _ABSENT:
+        in_edges = []
+    else:
+        raise _NotFast
+    if type(out_edges) is list:
+        out_edges = [_fast_edge(x) for x in out_edges]
+    elif out_edges is _ABSENT:
+        out_edges = []
+    else:
+        raise _NotFast
+    keys = tuple(d)
+    if keys == Vertex.FIELDS:
+        return Vertex(vertex_id, bbox, label, descs, in_edges, out_edges, {}, None)
+    extra = d.copy()
+    del extra["vertex_id"], extra["bbox"], extra["label"], extra["descs"]
+    extra.pop("in_edges", None)
+    extra.pop("out_edges", None)
+    return Vertex(
+        vertex_id, bbox, label, descs, in_edges, out_edges, extra, None if keys[:6] == Vertex.FIELDS else keys
+    )
+
+
+def _fast_graph(d: Any) -> GbcGraph:
+    if type(d) is not dict:
+        raise _NotFast
+    items = d.get("vertices")
+    if type(items) is not list:
+        raise _NotFast
+    get = d.get
+    img_url, img_path, original = get("img_url"), get("img_path"), get("original_caption")
+    short, detail = get("short_caption"), get("detail_caption")
+    if (
+        type(img_url) not in _STRING_OR_NONE
+        or type(img_path) not in _STRING_OR_NONE
+        or type(original) not in _STRING_OR_NONE
+        or type(short) not in _STRING_OR_NONE
+        or type(detail) not in _STRING_OR_NONE
+    ):
+        raise _NotFast
+    vertices = [_fast_vertex(v) for v in items]
+    keys = tuple(d)
+    extra = d.copy()
+    for name in GbcGraph.FIELDS:
+        extra.pop(name, None)
+    layout = None if keys[:6] == GbcGraph.FIELDS else keys
+    return GbcGraph(vertices, img_url, img_path, original, short, detail, extra, layout)

@@ -13,6 +13,7 @@ an unknown label, a dangling edge. :class:`GraphReader` stops at the first one w
 from __future__ import annotations
 
 import json
+import json.scanner
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -88,12 +89,28 @@ def _jsonl_records(path: str | os.PathLike) -> Iterator[Record]:
             if not line:
                 return
             line_no += 1
-            if not line.strip():
+            if line.isspace():
                 continue
             try:
-                yield Record(f"line {line_no}", json.loads(line))
+                yield Record(f"line {line_no}", _loads(line))
             except json.JSONDecodeError as e:
                 yield Record(f"line {line_no}", error=f"malformed JSON ({e.msg} at column {e.colno})")
+
+
+_scan_once = json.scanner.make_scanner(json.JSONDecoder())
+
+
+def _loads(line: str) -> Any:
+    """``json.loads(line)``, calling the decoder's scanner directly for a line that starts with its value and ends
+    with JSON whitespace (every line ``write_graphs`` writes); any other line goes to ``json.loads`` itself, which
+    gives the same value or the same error."""
+    try:
+        value, end = _scan_once(line, 0)
+    except (json.JSONDecodeError, StopIteration):
+        return json.loads(line)
+    if end != len(line) and line[end:].strip(" \t\n\r"):
+        return json.loads(line)  # raises "Extra data"
+    return value
 
 
 def _json_records(path: str | os.PathLike) -> Iterator[Record]:
@@ -219,6 +236,8 @@ class GraphReader:
             return None, str(e)
         if self.validate:
             found = validate_graph(graph, self.strict_edge_text)
+            if not found:
+                return graph, None
             errors = [p.message for p in found if p.level == "error"]
             warnings = [p.message for p in found if p.level == "warning"]
             self.warnings += len(warnings)

@@ -18,6 +18,9 @@ __all__ = ["BBOX_TOLERANCE", "Problem", "validate_graph"]
 #: at -1.9e-05 (float32 rounding of a clipped box).
 BBOX_TOLERANCE = 1e-4
 
+_VERTEX_LABELS = frozenset(VERTEX_LABELS)
+_DESC_LABELS = frozenset(DESC_LABELS)
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -39,45 +42,66 @@ def validate_graph(graph: GbcGraph, strict_edge_text: bool = False) -> list[Prob
     """
     errors: list[str] = []
     warnings: list[str] = []
-    if not graph.vertices:
+    vertices = graph.vertices
+    if not vertices:
         errors.append("empty graph: no vertices")
-    vertices: dict[str, object] = {}
-    for v in graph.vertices:
-        if v.vertex_id in vertices:
-            errors.append(f"duplicate vertex id {v.vertex_id!r}")
-        vertices[v.vertex_id] = v
-    by_id = graph.vertex_dict()
-    for v in graph.vertices:
-        name = f"vertex {v.vertex_id!r}"
-        if v.label not in VERTEX_LABELS:
-            errors.append(f"{name}: unknown label {v.label!r} (expected one of {', '.join(VERTEX_LABELS)})")
+    by_id = {v.vertex_id: v for v in vertices}  # the last one wins on a duplicated id, as in GbcGraph.vertex_dict
+    if len(by_id) != len(vertices):
+        seen: set[str] = set()
+        for v in vertices:
+            if v.vertex_id in seen:
+                errors.append(f"duplicate vertex id {v.vertex_id!r}")
+            seen.add(v.vertex_id)
+    # every edge listed where it belongs, as a (source, text, target) key: the mirror of an edge is one set lookup
+    # (on duplicated ids only the vertex that by_id keeps counts)
+    owners = vertices if len(by_id) == len(vertices) else list(by_id.values())
+    in_keys = {(e.source, e.text, e.target) for v in owners for e in v.in_edges if e.target == v.vertex_id}
+    out_keys = {(e.source, e.text, e.target) for v in owners for e in v.out_edges if e.source == v.vertex_id}
+    low, high = -BBOX_TOLERANCE, 1 + BBOX_TOLERANCE
+    for v in vertices:
+        vid = v.vertex_id
+        if v.label not in _VERTEX_LABELS:
+            errors.append(f"vertex {vid!r}: unknown label {v.label!r} (expected one of {', '.join(VERTEX_LABELS)})")
         for i, d in enumerate(v.descs):
-            if d.label not in DESC_LABELS:
+            if d.label not in _DESC_LABELS:
                 expected = ", ".join(DESC_LABELS)
-                errors.append(f"{name}: descs[{i}] has unknown label {d.label!r} (expected one of {expected})")
+                errors.append(f"vertex {vid!r}: descs[{i}] has unknown label {d.label!r} (expected one of {expected})")
         b = v.bbox
-        coords = {"left": b.left, "top": b.top, "right": b.right, "bottom": b.bottom}
-        outside = [f"{k}={x}" for k, x in coords.items() if not -BBOX_TOLERANCE <= x <= 1 + BBOX_TOLERANCE]
-        if outside:
-            errors.append(f"{name}: bbox outside [0, 1] ({', '.join(outside)})")
-        elif b.right < b.left or b.bottom < b.top:
-            errors.append(f"{name}: bbox is inverted (left={b.left}, right={b.right}, top={b.top}, bottom={b.bottom})")
-        for kind, edges, own in (("out_edges", v.out_edges, "source"), ("in_edges", v.in_edges, "target")):
-            for e in edges:
-                if getattr(e, own) != v.vertex_id:
-                    errors.append(f"{name}: {kind} lists an edge with {own} {getattr(e, own)!r}")
-                    continue
-                other_id = e.target if own == "source" else e.source
-                other = by_id.get(other_id)
-                if other is None:
-                    errors.append(f"{name}: dangling edge {e.text!r} to missing vertex {other_id!r}")
-                    continue
-                mirror = other.in_edges if own == "source" else other.out_edges
-                if all(m.key() != e.key() for m in mirror):
-                    where = "in_edges" if own == "source" else "out_edges"
-                    errors.append(f"{name}: edge {e.text!r} -> {e.target!r} is missing from {other_id!r}'s {where}")
+        left, top, right, bottom = b.left, b.top, b.right, b.bottom
+        if not (low <= left <= high and low <= top <= high and low <= right <= high and low <= bottom <= high):
+            coords = {"left": left, "top": top, "right": right, "bottom": bottom}
+            outside = ", ".join(f"{k}={x}" for k, x in coords.items() if not low <= x <= high)
+            errors.append(f"vertex {vid!r}: bbox outside [0, 1] ({outside})")
+        elif right < left or bottom < top:
+            errors.append(f"vertex {vid!r}: bbox is inverted (left={left}, right={right}, top={top}, bottom={bottom})")
         for e in v.out_edges:
-            if e.source == v.vertex_id and not any(e.text.lower() in d.text.lower() for d in v.descs):
-                message = f"vertex {v.vertex_id!r}: edge text {e.text!r} (to {e.target!r}) is in none of its captions"
-                (errors if strict_edge_text else warnings).append(message)
+            if e.source != vid:
+                errors.append(f"vertex {vid!r}: out_edges lists an edge with source {e.source!r}")
+            elif e.target not in by_id:
+                errors.append(f"vertex {vid!r}: dangling edge {e.text!r} to missing vertex {e.target!r}")
+            elif (vid, e.text, e.target) not in in_keys:
+                errors.append(
+                    f"vertex {vid!r}: edge {e.text!r} -> {e.target!r} is missing from {e.target!r}'s in_edges"
+                )
+        for e in v.in_edges:
+            if e.target != vid:
+                errors.append(f"vertex {vid!r}: in_edges lists an edge with target {e.target!r}")
+            elif e.source not in by_id:
+                errors.append(f"vertex {vid!r}: dangling edge {e.text!r} to missing vertex {e.source!r}")
+            elif (e.source, e.text, vid) not in out_keys:
+                errors.append(
+                    f"vertex {vid!r}: edge {e.text!r} -> {e.target!r} is missing from {e.source!r}'s out_edges"
+                )
+        if v.out_edges:
+            captions = [d.text.lower() for d in v.descs]
+            for e in v.out_edges:
+                if e.source != vid:
+                    continue
+                text = e.text.lower()
+                for caption in captions:
+                    if text in caption:
+                        break
+                else:
+                    message = f"vertex {vid!r}: edge text {e.text!r} (to {e.target!r}) is in none of its captions"
+                    (errors if strict_edge_text else warnings).append(message)
     return [Problem("error", m) for m in errors] + [Problem("warning", m) for m in warnings]
