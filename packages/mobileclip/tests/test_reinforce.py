@@ -3,6 +3,8 @@ reinforced dataset refuses what does not fit."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -83,7 +85,7 @@ def test_reinforced_batches_train_without_a_teacher(reinforced):
 
 def test_parameters_that_do_not_fit_the_image_name_the_sample(reinforced):
     _, _, tokenizer, augment, samples = reinforced
-    broken = samples[0]
+    broken = dataclasses.replace(samples[0])  # a copy: the module's samples stay intact for the other tests
     broken.param_aug = [dict(p, crop=[0, 0, 99, 99]) for p in broken.param_aug]
     with pytest.raises(DataError, match=f"sample '{broken.key}', augmentation .*does not fit"):
         ReinforcedImageText([broken], augment, tokenizer, seed=0)[0]
@@ -120,3 +122,40 @@ def test_synthetic_image_text_draws_the_configured_classes():
         assert len(drawn.classes) == 2 and len(drawn.images) == (24 if split == "train" else 16)
         assert {a["shape"] for a in drawn.attributes} <= {"circle", "square"}
         assert {(a["color"], a["texture"], a["count"]) for a in drawn.attributes} == {("red", "solid", 1)}
+
+
+def test_indexed_shards_read_what_streaming_reads(reinforced, tmp_path):
+    """Random access over the shards (what training uses: the index in memory, the samples on disk) gives exactly
+    the samples the streaming reader gives, in any order, and reinforced training pairs equal the in-memory ones."""
+    from bramley.mobileclip.data import IndexedShards
+
+    _, _, tokenizer, augment, streamed = reinforced
+    paths = write_shards(streamed, tmp_path / "%05d.tar", maxcount=4)
+    indexed = IndexedShards(str(tmp_path / "{00000..00001}.tar"), embed_dim=16, require_image=True)
+    assert len(paths) == 2 and len(indexed) == 6 and indexed.keys.nbytes < 200
+    for i in (5, 0, 3, -1):
+        got, want = indexed[i], streamed[i]
+        fields = ((g.key, g.caption, g.param_aug, g.syn_text) for g in (got, want))
+        assert next(fields) == next(fields)
+        assert torch.equal(got.image, want.image) and torch.equal(got.image_emb, want.image_emb)
+        assert torch.equal(got.text_emb, want.text_emb)
+    lazy, eager = (ReinforcedImageText(s, augment, tokenizer, seed=1) for s in (indexed, streamed))
+    for i in range(6):
+        assert all(torch.equal(lazy[i][k], eager[i][k]) for k in eager[i])
+    import pickle
+
+    assert pickle.loads(pickle.dumps(indexed))[2].key == streamed[2].key  # spawn-started DataLoader workers
+    with pytest.raises(IndexError):
+        indexed[6]
+
+
+def test_indexed_shards_refuse_what_they_cannot_read(tmp_path):
+    import gzip
+
+    from bramley.mobileclip.data import IndexedShards
+
+    with pytest.raises(DataError, match="does not exist"):
+        IndexedShards(tmp_path / "missing.tar")
+    (tmp_path / "packed.tar.gz").write_bytes(gzip.compress(b"\0" * 1024))
+    with pytest.raises(DataError, match="uncompressed tar"):
+        IndexedShards(tmp_path / "packed.tar.gz")

@@ -22,6 +22,8 @@ import gzip
 import io
 import json
 import os
+import re
+import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,7 @@ import torch
 
 from bramley.core.errors import DataError
 
-__all__ = ["REQUIRED_MEMBERS", "ReinforcedSample", "read_shards", "write_shards"]
+__all__ = ["REQUIRED_MEMBERS", "IndexedShards", "ReinforcedSample", "expand_shards", "read_shards", "write_shards"]
 
 #: Members every sample must have (an embeddings member, ``npz`` or ``pth.gz``, too).
 REQUIRED_MEMBERS = ("url.txt", "txt", "paug.json", "syn.json")
@@ -248,3 +250,107 @@ def read_shards(
     dataset = wds.WebDataset(urls[0] if len(urls) == 1 else urls, shardshuffle=False, empty_check=False)
     for record in dataset:
         yield decode_sample(record, embed_dim, require_image)
+
+
+# ------------------------------------------------------------------------------------------------- random access
+_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's rule: the key is the name up to its first dot
+
+
+def expand_shards(urls: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Shard paths from paths and webdataset brace patterns (``dir/{00000..00009}.tar``), in order."""
+    from webdataset.shardlists import expand_urls
+
+    if isinstance(urls, (str, os.PathLike)):
+        urls = [urls]
+    return [path for url in urls for path in expand_urls(str(url))]
+
+
+class IndexedShards(Sequence[ReinforcedSample]):
+    """Random access to the samples of uncompressed tar shards without loading them: what training reads.
+
+    Building the index reads every shard's tar headers once (no member data) and keeps, per sample, its shard, the
+    byte span of its members and its key: about 20 bytes a sample, so DataCompDR-12M's index is ~250 MB while its
+    samples stay on disk. ``dataset[i]`` reads that span and decodes it as :func:`read_shards` does (same checks, same
+    errors naming the key). File handles are opened per process, so DataLoader workers each read their own.
+
+    Args:
+        urls: shard paths or brace patterns (see :func:`expand_shards`).
+        embed_dim: the expected teacher width (a mismatch is an error naming the sample, when it is read).
+        require_image: every sample must hold its image (checked when it is read).
+    """
+
+    def __init__(
+        self,
+        urls: str | os.PathLike | Sequence[str | os.PathLike],
+        embed_dim: int | None = None,
+        require_image: bool = False,
+    ) -> None:
+        self.paths = expand_shards(urls)
+        self.embed_dim, self.require_image = embed_dim, require_image
+        shard, start, end, keys = [], [], [], []
+        for s, path in enumerate(self.paths):
+            for key, first, stop in _scan_tar(path):
+                shard.append(s)
+                start.append(first)
+                end.append(stop)
+                keys.append(key.encode("utf-8"))
+        self.shard = np.asarray(shard, dtype=np.int32)
+        self.span = np.stack([np.asarray(start, dtype=np.int64), np.asarray(end, dtype=np.int64)], axis=1)
+        self.keys = np.asarray(keys, dtype=bytes)
+        self._files: dict[int, Any] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def __getitem__(self, index: int) -> ReinforcedSample:  # type: ignore[override]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sample {index} of {len(self)}")
+        index = int(index) % len(self)
+        shard, (start, end) = int(self.shard[index]), self.span[index]
+        handle = self._file(shard)
+        handle.seek(int(start))
+        span = handle.read(int(end - start))
+        record: dict[str, Any] = {"__key__": self.keys[index].decode("utf-8"), "__url__": self.paths[shard]}
+        with tarfile.open(fileobj=io.BytesIO(span), mode="r:") as tar:
+            for member in tar:
+                match = _KEY.match(member.name)
+                if member.isfile() and match:
+                    record[match.group(2)] = tar.extractfile(member).read()  # type: ignore[union-attr]
+        return decode_sample(record, self.embed_dim, self.require_image)
+
+    def _file(self, shard: int) -> Any:
+        if self._pid != os.getpid():  # a forked DataLoader worker: never share the parent's file offsets
+            self._files, self._pid = {}, os.getpid()
+        if shard not in self._files:
+            self._files[shard] = open(self.paths[shard], "rb")  # noqa: SIM115 (kept open for the next read)
+        return self._files[shard]
+
+    def __getstate__(self) -> dict[str, Any]:  # spawn-started workers get the index, not the open files
+        return {**self.__dict__, "_files": {}}
+
+    def __del__(self) -> None:
+        for handle in getattr(self, "_files", {}).values():
+            handle.close()
+
+
+def _scan_tar(path: str) -> Iterator[tuple[str, int, int]]:
+    """``(key, first byte, end byte)`` of each sample of one tar shard: consecutive members sharing a key."""
+    if not Path(path).is_file():
+        raise DataError(f"shard {path} does not exist")
+    key, first, stop = None, 0, 0
+    try:
+        with tarfile.open(path, mode="r:") as tar:  # "r:" refuses compressed shards, which cannot be read at random
+            for member in tar:
+                match = _KEY.match(member.name)
+                if not member.isfile() or match is None:
+                    continue
+                if match.group(1) != key:
+                    if key is not None:
+                        yield key, first, stop
+                    key, first = match.group(1), member.offset
+                stop = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    except tarfile.ReadError as e:
+        raise DataError(f"shard {path}: not an uncompressed tar file ({e}); random access needs plain .tar") from None
+    if key is not None:
+        yield key, first, stop

@@ -37,7 +37,7 @@ from bramley.core.errors import ConfigError, DataError
 from bramley.core.layers.clip import clip_loss
 from bramley.core.recipe import RecipeSchema
 
-from .data import ReinforcedSample
+from .data import IndexedShards, ReinforcedSample
 from .losses import reinforced_loss
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "PlainImageText",
     "ReinforcedImageText",
     "ReinforcedLossSection",
+    "ShardImageText",
     "TemplateCaptioner",
     "clamp_logit_scale",
     "evaluate_image_text",
@@ -243,14 +244,15 @@ class ReinforcedImageText(Dataset):
     embeddings; which augmentation and which synthetic caption is drawn from ``(seed, index, epoch)``."""
 
     def __init__(self, samples: Sequence[ReinforcedSample], augment: ReplayableAugment, tokenizer, seed: int):
-        for sample in samples:
-            if sample.image is None:
-                raise DataError(f"sample {sample.key!r} holds no image; reinforced training replays its augmentations")
-            if not sample.syn_text:
-                raise DataError(f"sample {sample.key!r} holds no synthetic caption")
-        self.samples, self.augment, self.seed, self.epoch = list(samples), augment, seed, 0
-        self.tokens = tokenizer([s.caption for s in self.samples])
-        self.syn_tokens = [tokenizer(s.syn_text) for s in self.samples]
+        self.augment, self.seed, self.epoch, self.tokenizer = augment, seed, 0, tokenizer
+        # samples on disk (IndexedShards) are checked and tokenized as they are read; a list in memory up front
+        self.lazy = isinstance(samples, IndexedShards)
+        self.samples = samples if self.lazy else list(samples)
+        if not self.lazy:
+            for sample in self.samples:
+                _check_reinforced(sample)
+            self.tokens = tokenizer([s.caption for s in self.samples])
+            self.syn_tokens = [tokenizer(s.syn_text) for s in self.samples]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -261,19 +263,51 @@ class ReinforcedImageText(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         s = self.samples[index]
         rng = np.random.default_rng([self.seed, index, self.epoch, 11])
+        if self.lazy:
+            _check_reinforced(s)
         a, j = int(rng.integers(len(s.param_aug))), int(rng.integers(len(s.syn_text)))
         try:
             image = self.augment.replay(s.image, s.param_aug[a])
         except DataError as e:
             raise DataError(f"sample {s.key!r}, augmentation {a}: {e}") from None
+        if self.lazy:
+            tokens, syn_tokens = self.tokenizer([s.caption, s.syn_text[j]]).unbind(0)
+        else:
+            tokens, syn_tokens = self.tokens[index], self.syn_tokens[index][j]
         return {
             "image": image,
-            "tokens": self.tokens[index],
-            "syn_tokens": self.syn_tokens[index][j],
+            "tokens": tokens,
+            "syn_tokens": syn_tokens,
             "teacher_image": s.image_emb[a],
             "teacher_text": s.text_emb[0],
             "teacher_syn": s.text_emb[1 + j],
         }
+
+
+def _check_reinforced(sample: ReinforcedSample) -> None:
+    if sample.image is None:
+        raise DataError(f"sample {sample.key!r} holds no image; reinforced training replays its augmentations")
+    if not sample.syn_text:
+        raise DataError(f"sample {sample.key!r} holds no synthetic caption")
+
+
+class ShardImageText(Dataset):
+    """Plain CLIP pairs read from shards as they are needed: each sample's image (a fresh seeded augmentation, as
+    :class:`PlainImageText`) and its original caption."""
+
+    def __init__(self, samples: IndexedShards, augment: ReplayableAugment, tokenizer, seed: int):
+        self.samples, self.augment, self.tokenizer, self.seed, self.epoch = samples, augment, tokenizer, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        sample = self.samples[index]
+        image, _ = self.augment.sample(sample.image, augmentation_seed(self.seed, index, self.epoch))
+        return {"image": image, "tokens": self.tokenizer([sample.caption])[0]}
 
 
 # ---------------------------------------------------------------------------------------------------- reinforce
@@ -444,8 +478,6 @@ def train(recipe: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
     from bramley.core.recipe import build_model
     from bramley.core.train import Trainer
 
-    from .data import read_shards
-
     data, section = recipe.data, recipe.loss
     model = build_model(recipe.model.name, recipe.model.kwargs)
     context = model.text.context_length
@@ -478,21 +510,12 @@ def train(recipe: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
             )
             dataset = ReinforcedImageText(samples, augment, tokenizer, recipe.train.seed)
     else:
-        samples = list(
-            read_shards(
-                data.shards, embed_dim=sum(section.teacher_dims) if section.teacher_dims else None, require_image=True
-            )
-        )
-        if not samples:
+        dims = sum(section.teacher_dims) if section.teacher_dims else None
+        samples = IndexedShards(data.shards, embed_dim=dims, require_image=True)  # the index only; samples stay on disk
+        if not len(samples):
             raise DataError(f"{data.shards} holds no samples")
         if section.mode == "clip":
-            dataset = PlainImageText(
-                torch.stack([s.image for s in samples]),
-                [s.caption for s in samples],
-                augment,
-                tokenizer,
-                recipe.train.seed,
-            )
+            dataset = ShardImageText(samples, augment, tokenizer, recipe.train.seed)
         else:
             dataset = ReinforcedImageText(samples, augment, tokenizer, recipe.train.seed)
     if teachers and section.teacher_dims is not None:
