@@ -2,12 +2,14 @@
 
 1. **Streaming graphs.** A generated file of ``graphs`` GBC graphs (.jsonl and .parquet): graphs/s of
    :func:`~bramley.gbc.io.read_graphs` (parse + validate, and parse only) against ``json.loads`` per line into plain
-   nested dataclasses (no validation: the floor a hand-written loader reaches), and the peak Python + Arrow memory
-   while streaming a quarter of the file and the whole file (flat memory: the two peaks are about equal).
+   nested dataclasses (no validation: the floor a hand-written loader reaches); for .parquet, also against its own
+   peer (``to_pylist`` per record batch into the same dataclasses); and the peak Python + Arrow memory while
+   streaming a quarter of the file and the whole file (flat memory: the two peaks are about equal).
 2. **SIA packed vs padded.** Forward + backward of a CLIP text tower under the SIA masks, real (non-padding) tokens/s
    with graphs packed in rows (best-fit decreasing) against every caption padded to its graph's longest caption.
 
-Rounds alternate the two sides' order; ratios are medians over rounds, each measured in the same round.
+Rounds alternate the sides' order; ``ratio_to_peer`` is the median (and range) over rounds of each side over its
+format's peer measured in the same round; ``ratio_to_baseline`` divides medians by the .jsonl peer's.
 """
 
 from __future__ import annotations
@@ -164,29 +166,49 @@ class _Graph:
     img_path: str | None
 
 
+def _baseline_graph(d: dict[str, Any]) -> _Graph:
+    """One graph object into the nested dataclasses (known fields only, no checks)."""
+    return _Graph(
+        [
+            _Vertex(
+                v["vertex_id"],
+                _Box(**v["bbox"]),
+                v["label"],
+                [_Desc(x["text"], x["label"]) for x in v["descs"]],
+                [_Edge(e["source"], e["text"], e["target"]) for e in v["in_edges"]],
+                [_Edge(e["source"], e["text"], e["target"]) for e in v["out_edges"]],
+            )
+            for v in d["vertices"]
+        ],
+        d.get("img_path"),
+    )
+
+
 def _baseline(path: Path, limit: int) -> int:
     """``json.loads`` per line into nested dataclasses (known fields only, no checks)."""
     count = 0
     with open(path, encoding="utf-8") as f:
         for line in f:
-            d = json.loads(line)
-            _Graph(
-                [
-                    _Vertex(
-                        v["vertex_id"],
-                        _Box(**v["bbox"]),
-                        v["label"],
-                        [_Desc(x["text"], x["label"]) for x in v["descs"]],
-                        [_Edge(e["source"], e["text"], e["target"]) for e in v["in_edges"]],
-                        [_Edge(e["source"], e["text"], e["target"]) for e in v["out_edges"]],
-                    )
-                    for v in d["vertices"]
-                ],
-                d.get("img_path"),
-            )
+            _baseline_graph(json.loads(line))
             count += 1
             if count == limit:
                 break
+    return count
+
+
+def _baseline_parquet(path: Path, limit: int) -> int:
+    """The parquet peer: record batches of the same size as ours, ``to_pylist`` per batch, the same dataclasses."""
+    import pyarrow.parquet as pq
+
+    from .io import PARQUET_BATCH
+
+    count = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH):
+        for d in batch.to_pylist():
+            _baseline_graph(d)
+            count += 1
+            if count == limit:
+                return count
     return count
 
 
@@ -204,16 +226,19 @@ def _measure(fn, *args) -> tuple[float, float]:
     import pyarrow as pa
 
     gc.collect()
-    pool = pa.default_memory_pool()
-    arrow_before = pool.bytes_allocated()
+    default = pa.default_memory_pool()
+    pool = pa.proxy_memory_pool(default)  # this call's Arrow peak (the default pool's max_memory is a lifetime one)
+    pa.set_memory_pool(pool)
     tracemalloc.start()
-    start = time.perf_counter()
-    fn(*args)
-    seconds = time.perf_counter() - start
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    arrow = max(0, pool.max_memory() - arrow_before)
-    return seconds, (peak + arrow) / 2**20
+    try:
+        start = time.perf_counter()
+        fn(*args)
+        seconds = time.perf_counter() - start
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        pa.set_memory_pool(default)
+    return seconds, (peak + pool.max_memory()) / 2**20
 
 
 def streaming_benchmark(graphs: int, rounds: int, workdir: Path) -> dict[str, Any]:
@@ -225,6 +250,8 @@ def streaming_benchmark(graphs: int, rounds: int, workdir: Path) -> dict[str, An
         "ours_jsonl": lambda n: _ours(jsonl, n, True),
         "ours_jsonl_no_validate": lambda n: _ours(jsonl, n, False),
         "ours_parquet": lambda n: _ours(parquet, n, True),
+        "ours_parquet_no_validate": lambda n: _ours(parquet, n, False),
+        "baseline_parquet": lambda n: _baseline_parquet(parquet, n),
     }
     rates: dict[str, list[float]] = {k: [] for k in sides}
     for r in range(rounds):
@@ -234,16 +261,24 @@ def streaming_benchmark(graphs: int, rounds: int, workdir: Path) -> dict[str, An
             sides[name](graphs)
             rates[name].append(graphs / (time.perf_counter() - start))
     memory = {}
-    for name in ("ours_jsonl", "ours_parquet", "baseline_jsonl"):
+    for name in ("ours_jsonl", "baseline_jsonl", "ours_parquet", "baseline_parquet"):
         quarter = _measure(sides[name], max(1, graphs // 4))[1]
         whole = _measure(sides[name], graphs)[1]
         memory[name] = {"peak_mib_quarter_file": quarter, "peak_mib_whole_file": whole}
+    ratios = {  # per round, each side over its format's peer measured in the same round
+        k: [a / b for a, b in zip(v, rates["baseline_parquet" if "parquet" in k else "baseline_jsonl"])]
+        for k, v in rates.items()
+    }
     base = statistics.median(rates["baseline_jsonl"])
     return {
         "graphs": graphs,
+        "rounds": rounds,
         "file_mib": {"jsonl": jsonl.stat().st_size / 2**20, "parquet": parquet.stat().st_size / 2**20},
         "graphs_per_s_median": {k: statistics.median(v) for k, v in rates.items()},
+        "graphs_per_s_per_round": rates,
         "ratio_to_baseline_median": {k: statistics.median(v) / base for k, v in rates.items()},
+        "ratio_to_peer_median": {k: statistics.median(v) for k, v in ratios.items()},
+        "ratio_to_peer_range": {k: [min(v), max(v)] for k, v in ratios.items()},
         "peak_memory": memory,
     }
 

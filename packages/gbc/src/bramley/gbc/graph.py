@@ -147,7 +147,7 @@ class Description:
     @classmethod
     def from_dict(cls, d: Any, where: str = "desc") -> Description:
         try:
-            return _fast_description(d)
+            return _fast_descriptions([d])[0]
         except _NotFast:
             return cls._checked(d, where)
 
@@ -184,7 +184,7 @@ class Edge:
     @classmethod
     def from_dict(cls, d: Any, where: str = "edge") -> Edge:
         try:
-            return _fast_edge(d)
+            return _fast_edges([d])[0]
         except _NotFast:
             return cls._checked(d, where)
 
@@ -357,32 +357,42 @@ _STRING_OR_NONE = frozenset({str, type(None)})
 _ABSENT: Any = ()  # a missing in_edges / out_edges (``d.get(key, _ABSENT)``); never a JSON value
 
 
-def _fast_edge(d: Any) -> Edge:
-    if type(d) is not dict:
-        raise _NotFast
-    source, text, target = d.get("source"), d.get("text"), d.get("target")
-    if type(source) is not str or type(text) is not str or type(target) is not str:
-        raise _NotFast
-    keys = tuple(d)
-    if len(keys) == 3:
-        return Edge(source, text, target, {}, None if keys == Edge.FIELDS else keys)
-    extra = d.copy()
-    del extra["source"], extra["text"], extra["target"]
-    return Edge(source, text, target, extra, None if keys[:3] == Edge.FIELDS else keys)
+def _fast_edges(items: list[Any]) -> list[Edge]:
+    edges = []
+    fields = Edge.FIELDS
+    for d in items:
+        if type(d) is not dict:
+            raise _NotFast
+        source, text, target = d.get("source"), d.get("text"), d.get("target")
+        if type(source) is not str or type(text) is not str or type(target) is not str:
+            raise _NotFast
+        keys = tuple(d)
+        if len(keys) == 3:
+            edges.append(Edge(source, text, target, {}, None if keys == fields else keys))
+            continue
+        extra = d.copy()
+        del extra["source"], extra["text"], extra["target"]
+        edges.append(Edge(source, text, target, extra, None if keys[:3] == fields else keys))
+    return edges
 
 
-def _fast_description(d: Any) -> Description:
-    if type(d) is not dict:
-        raise _NotFast
-    text, label = d.get("text"), d.get("label")
-    if type(text) is not str or type(label) is not str:
-        raise _NotFast
-    keys = tuple(d)
-    if len(keys) == 2:
-        return Description(text, label, {}, None if keys == Description.FIELDS else keys)
-    extra = d.copy()
-    del extra["text"], extra["label"]
-    return Description(text, label, extra, None if keys[:2] == Description.FIELDS else keys)
+def _fast_descriptions(items: list[Any]) -> list[Description]:
+    descs = []
+    fields = Description.FIELDS
+    for d in items:
+        if type(d) is not dict:
+            raise _NotFast
+        text, label = d.get("text"), d.get("label")
+        if type(text) is not str or type(label) is not str:
+            raise _NotFast
+        keys = tuple(d)
+        if len(keys) == 2:
+            descs.append(Description(text, label, {}, None if keys == fields else keys))
+            continue
+        extra = d.copy()
+        del extra["text"], extra["label"]
+        descs.append(Description(text, label, extra, None if keys[:2] == fields else keys))
+    return descs
 
 
 def _fast_bbox(d: Any) -> Bbox:
@@ -415,15 +425,15 @@ def _fast_vertex(d: Any) -> Vertex:
     if type(vertex_id) is not str or type(label) is not str or type(descs) is not list:
         raise _NotFast
     bbox = _fast_bbox(d.get("bbox"))
-    descs = [_fast_description(x) for x in descs]
+    descs = _fast_descriptions(descs)
     if type(in_edges) is list:
-        in_edges = [_fast_edge(x) for x in in_edges]
+        in_edges = _fast_edges(in_edges)
     elif in_edges is _ABSENT:
         in_edges = []
     else:
         raise _NotFast
     if type(out_edges) is list:
-        out_edges = [_fast_edge(x) for x in out_edges]
+        out_edges = _fast_edges(out_edges)
     elif out_edges is _ABSENT:
         out_edges = []
     else:

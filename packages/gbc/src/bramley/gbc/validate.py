@@ -75,23 +75,25 @@ def validate_graph(graph: GbcGraph, strict_edge_text: bool = False) -> list[Prob
         elif right < left or bottom < top:
             errors.append(f"vertex {vid!r}: bbox is inverted (left={left}, right={right}, top={top}, bottom={bottom})")
         for e in v.out_edges:
-            if e.source != vid:
-                errors.append(f"vertex {vid!r}: out_edges lists an edge with source {e.source!r}")
-            elif e.target not in by_id:
-                errors.append(f"vertex {vid!r}: dangling edge {e.text!r} to missing vertex {e.target!r}")
-            elif (vid, e.text, e.target) not in in_keys:
-                errors.append(
-                    f"vertex {vid!r}: edge {e.text!r} -> {e.target!r} is missing from {e.target!r}'s in_edges"
-                )
+            source, text, target = e.source, e.text, e.target
+            if source != vid:
+                errors.append(f"vertex {vid!r}: out_edges lists an edge with source {source!r}")
+            elif (source, text, target) in in_keys:
+                continue  # mirrored, hence its target exists
+            elif target not in by_id:
+                errors.append(f"vertex {vid!r}: dangling edge {text!r} to missing vertex {target!r}")
+            else:
+                errors.append(f"vertex {vid!r}: edge {text!r} -> {target!r} is missing from {target!r}'s in_edges")
         for e in v.in_edges:
-            if e.target != vid:
-                errors.append(f"vertex {vid!r}: in_edges lists an edge with target {e.target!r}")
-            elif e.source not in by_id:
-                errors.append(f"vertex {vid!r}: dangling edge {e.text!r} to missing vertex {e.source!r}")
-            elif (e.source, e.text, vid) not in out_keys:
-                errors.append(
-                    f"vertex {vid!r}: edge {e.text!r} -> {e.target!r} is missing from {e.source!r}'s out_edges"
-                )
+            source, text, target = e.source, e.text, e.target
+            if target != vid:
+                errors.append(f"vertex {vid!r}: in_edges lists an edge with target {target!r}")
+            elif (source, text, target) in out_keys:
+                continue
+            elif source not in by_id:
+                errors.append(f"vertex {vid!r}: dangling edge {text!r} to missing vertex {source!r}")
+            else:
+                errors.append(f"vertex {vid!r}: edge {text!r} -> {target!r} is missing from {source!r}'s out_edges")
         if v.out_edges:
             captions = [d.text.lower() for d in v.descs]
             for e in v.out_edges:
