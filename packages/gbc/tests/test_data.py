@@ -232,6 +232,7 @@ def test_fast_parse_hands_anything_unusual_to_the_checked_path():
         (("bbox", "confidence"), "high", r"vertices\[1\]\.bbox\.confidence: expected a number"),
         (("in_edges",), None, r"vertices\[1\]\.in_edges: expected a list, got NoneType"),
         (("descs",), {}, r"vertices\[1\]\.descs: expected a list, got dict"),
+        (("out_edges",), (), r"vertices\[1\]\.out_edges: expected a list, got tuple"),
         (("label",), 3, r"vertices\[1\]\.label: expected a string, got int 3"),
     ]:
         d = graph_dict()

@@ -43,3 +43,14 @@ def test_readme_table_is_the_committed_run():
     assert table.split("\n", 2)[2] in block  # the table rows, as measured
     results = json.loads((RESULTS / "results.json").read_text())
     assert not results["quick"] and results["steps"] == 400 and results["per_seed"]
+
+
+def test_readme_bench_numbers_are_the_committed_run():
+    bench = json.loads((PACKAGE / "results" / "bench-cpu.json").read_text())
+    streaming = bench["streaming"]
+    block = README.read_text().split("<!-- bench:start -->", 1)[1].split("<!-- bench:end -->", 1)[0]
+    assert f"--graphs {streaming['graphs']} --rounds {streaming['rounds']}" in block
+    for side in ("ours_jsonl", "ours_jsonl_no_validate", "ours_parquet", "ours_parquet_no_validate"):
+        low, high = streaming["ratio_to_peer_range"][side]
+        assert f"{streaming['ratio_to_peer_median'][side]:.2f}x ({low:.2f}-{high:.2f})" in block, side
+    assert f"{bench['sia']['packed_over_padded_median']:.2f}x" in block

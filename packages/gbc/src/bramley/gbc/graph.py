@@ -354,7 +354,7 @@ class _NotFast(Exception):
 _NUMBER = frozenset({int, float})
 _NUMBER_OR_NONE = frozenset({int, float, type(None)})
 _STRING_OR_NONE = frozenset({str, type(None)})
-_ABSENT: Any = ()  # a missing in_edges / out_edges (``d.get(key, _ABSENT)``); never a JSON value
+_ABSENT: Any = object()  # a missing in_edges / out_edges (``d.get(key, _ABSENT)``)
 
 
 def _fast_edges(items: list[Any]) -> list[Edge]:
