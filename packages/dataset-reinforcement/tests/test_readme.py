@@ -49,6 +49,12 @@ def test_readme_table_is_the_committed_results():
     assert readme_table(results) in README.read_text()
 
 
+def test_readme_longer_run_table_is_its_committed_results():
+    longer = json.loads((RESULTS.parent.parent / "reproduce-30-epochs" / "results.json").read_text())
+    assert longer["config"]["epochs"] == 30 and longer["config"]["teacher_epochs"] == 60
+    assert readme_table(longer) in README.read_text()
+
+
 @pytest.mark.parametrize("name", ["CHANGELOG.md"])
 def test_docs_exist(name):
     assert (PACKAGE / name).is_file()

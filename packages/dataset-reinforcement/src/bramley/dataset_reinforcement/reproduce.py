@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/reproduce-dataset-reinforcement"))
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke version (tiny data, one seed)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="student seeds (default 0 1)")
-    parser.add_argument("--epochs", type=int, default=None, help="student epochs (default 15)")
+    parser.add_argument("--epochs", type=int, default=None, help="student epochs (default 6)")
     parser.add_argument("--teacher-epochs", type=int, default=None, help="default 15")
     parser.add_argument("--teachers", type=int, default=None, help="ensemble size (default 2)")
     parser.add_argument("--num-augmentations", type=int, default=10, help="NS (default 10)")
