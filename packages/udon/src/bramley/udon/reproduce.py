@@ -151,11 +151,12 @@ def plot(path: Path, runs: dict[int, dict[str, Any]], methods: Sequence[str], do
         ax.legend(fontsize=8, ncols=3)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``epochs`` resolved (default 16; ``--quick`` 1)."""
     parser = argparse.ArgumentParser(prog="bramley reproduce udon", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/reproduce-udon"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per method (default 6; --quick 1)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per method (default 16; --quick 1)")
     parser.add_argument("--domains", nargs="+", default=list(MINI_DOMAINS), choices=MINI_DOMAINS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--image-size", type=int, default=20)
@@ -167,7 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds = args.seeds[:1]
-    args.epochs = args.epochs or (1 if args.quick else 6)
+    args.epochs = args.epochs or (1 if args.quick else 16)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     test = EvalImages({(d, "test"): mini_domain(d, "test", args.image_size, DATA_SEED) for d in args.domains})
