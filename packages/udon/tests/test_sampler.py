@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bramley.core.errors import ConfigError
-from bramley.udon.sampler import DomainBatchSampler, DynamicWeights, largest_remainder
+from bramley.udon.sampler import POOL_BLOCKS, DomainBatchSampler, DynamicWeights, largest_remainder
 
 SIZES = [40, 100, 24]
 
@@ -35,10 +35,23 @@ def test_each_domain_pass_covers_its_samples_once():
     assert set(seen) == set(range(32)) and set(seen.values()) == {1}
 
 
-@pytest.mark.parametrize(("strategy", "expected"), [("uniform", [10, 10, 10]), ("size", [7, 18, 5])])
+# a pool of 3 * POOL_BLOCKS = 150 batches: 150 * [40, 100, 24] / 164 = 36.59, 91.46, 21.95 by largest remainders
+@pytest.mark.parametrize(("strategy", "expected"), [("uniform", [50, 50, 50]), ("size", [37, 91, 22])])
 def test_static_weights(strategy, expected):
-    s = DomainBatchSampler(SIZES, 4, strategy, update_every=30)
-    assert Counter(s.domain_of(i) for i in range(30)) == dict(enumerate(expected))
+    """Exact proportions over each pool of POOL_BLOCKS blocks (largest remainders), in a seeded order."""
+    assert POOL_BLOCKS == 50
+    s = DomainBatchSampler(SIZES, 4, strategy, update_every=3)
+    for first in (0, 150):
+        assert Counter(s.domain_of(i) for i in range(first, first + 150)) == dict(enumerate(expected))
+
+
+def test_a_small_weight_still_gets_batches():
+    """A weight under 1 / (2 * update_every) is not rounded to zero batches per block: over a pool the domain gets
+    its share (the official sampler draws from a pool as long as the run; per-block rounding starved such a domain)."""
+    s = DomainBatchSampler(SIZES, 4, "dynamic", update_every=20)
+    s.set_weights([0.985, 0.015, 0.0])
+    counts = Counter(s.domain_of(i) for i in range(20 * POOL_BLOCKS))
+    assert counts == {0: 985, 1: 15}
 
 
 def test_largest_remainder():
@@ -77,8 +90,8 @@ def test_dynamic_weights_follow_the_window_losses():
     # window of 6 round-robin batches: mean losses 1, 3, 0 -> weights 1/4, 3/4, 0
     assert s.weights == pytest.approx([0.25, 0.75, 0.0])
     assert w.updates[0]["from_batch"] == 6
-    counts = Counter(s.domain_of(i) for i in range(6, 12))
-    assert counts == {0: 2, 1: 4}  # 6 * [0.25, 0.75, 0] by largest remainders: 1.5 -> 2, 4.5 -> 4
+    counts = Counter(s.domain_of(i) for i in range(6, 6 + 6 * POOL_BLOCKS))
+    assert counts == {0: 75, 1: 225}  # a pool of 300 batches at [0.25, 0.75, 0]
 
 
 def test_absent_domain_keeps_its_weight():
@@ -87,7 +100,8 @@ def test_absent_domain_keeps_its_weight():
     for domain, loss in ((0, 2.0), (1, 2.0), (0, 2.0), (1, 2.0)):  # domain 2 absent from the window
         w.record(domain, torch.tensor(loss))
     w()
-    assert s.weights == pytest.approx([2 / (4 + 1 / 3), 2 / (4 + 1 / 3), (1 / 3) / (4 + 1 / 3)])
+    # as officially: the seen losses normalised (1/2, 1/2), the absent domain's 1/3 beside them, all renormalised
+    assert s.weights == pytest.approx([0.375, 0.375, 0.25])
 
 
 def test_state_round_trip_replays_the_plan():

@@ -13,12 +13,16 @@ Strategies:
   ``dataset_size``);
 - ``dynamic`` (UDON): round robin until the first update; then every ``update_every`` batches (1000 in the paper)
   each domain's weight becomes proportional to the mean teacher classification loss of its batches **in the window
-  of the last ``update_every`` batches** (non-overlapping windows of fixed length: ours). A domain absent from the
-  window keeps its previous weight and the weights are renormalised (as officially).
+  of the last ``update_every`` batches** (non-overlapping windows of fixed length: ours). As officially, the seen
+  domains' mean losses are normalised to sum to one, a domain absent from the window keeps its previous weight, and
+  all weights are renormalised.
 
-With weights, batches come in blocks of ``update_every``: a block holds ``round(update_every * w_d)`` batches of
-domain ``d`` (largest remainders) in a seeded random order; the official sampler does the same over the whole
-run (``int(total_steps * w)``, the last domain taking the rest).
+With weights, domains are drawn from pools of ``POOL_BLOCKS * update_every`` batches: a pool holds
+``round(pool * w_d)`` batches of domain ``d`` (largest remainders) in a seeded random order, and successive blocks of
+``update_every`` batches take successive slices of it. The official sampler draws from one pool as long as the whole
+run (``int(total_steps * w)``, the last domain taking the rest), so a domain of small weight still gets a batch now
+and then and is measured again; a pool of one block would round any weight under ``1 / (2 * update_every)`` to no
+batch at all, and the domain would never come back (what the first mini reproduction showed at ``update_every=20``).
 
 The official window is not fixed: the per-domain losses are the training metrics accumulated since the last
 training-summary log, which is reset every ``log_summary_steps`` (a tenth of an epoch), so the window the update
@@ -41,9 +45,11 @@ import torch.distributed as dist
 
 from bramley.core.errors import ConfigError
 
-__all__ = ["STRATEGIES", "DomainBatchSampler", "DynamicWeights", "largest_remainder"]
+__all__ = ["POOL_BLOCKS", "STRATEGIES", "DomainBatchSampler", "DynamicWeights", "largest_remainder"]
 
 STRATEGIES = ("dynamic", "round_robin", "uniform", "size")
+#: Blocks of ``update_every`` batches per pool that weighted sampling draws from (weights are rounded to 1 / pool).
+POOL_BLOCKS = 50
 
 
 def _mix(*values: int) -> int:
@@ -124,6 +130,7 @@ class DomainBatchSampler:
         #: ``[(first batch index, weights or None for round robin), ...]``, in order
         self.history: list[tuple[int, list[float] | None]] = [(0, weights)]
         self._plan: list[int] = []
+        self._pool_cache: tuple[tuple[int, int] | None, list[int]] = (None, [])
         self.drawn = 0  # global index of the next batch to draw
 
     @property
@@ -176,15 +183,22 @@ class DomainBatchSampler:
         if weights is None:
             block = [(at + i) % self.num_domains for i in range(self.update_every)]
         else:
-            block_index = (at - start) // self.update_every
-            counts = largest_remainder(self.update_every, weights)
-            order = [d for d, c in enumerate(counts) for _ in range(c)]
-            g = torch.Generator().manual_seed(_mix(self.seed, 1, start, block_index))
-            block = [order[i] for i in torch.randperm(len(order), generator=g).tolist()]
-            block = block[(at - start) % self.update_every :]
+            pool_index, block_index = divmod((at - start) // self.update_every, POOL_BLOCKS)
+            first = block_index * self.update_every + (at - start) % self.update_every
+            block = self._pool(start, pool_index, weights)[first : (block_index + 1) * self.update_every]
         if end is not None:
             block = block[: end - at]
         self._plan.extend(block)
+
+    def _pool(self, start: int, pool_index: int, weights: list[float]) -> list[int]:
+        """The domains of one pool of a weighted segment, in their seeded order (the last one is cached)."""
+        key = (start, pool_index)
+        if self._pool_cache[0] != key:
+            counts = largest_remainder(POOL_BLOCKS * self.update_every, weights)
+            order = torch.tensor([d for d, c in enumerate(counts) for _ in range(c)])
+            g = torch.Generator().manual_seed(_mix(self.seed, 1, start, pool_index))
+            self._pool_cache = (key, order[torch.randperm(len(order), generator=g)].tolist())
+        return self._pool_cache[1]
 
     def _indices(self, domain: int, k: int) -> list[int]:
         """This rank's share of the ``k``-th global batch of ``domain``."""
@@ -212,6 +226,7 @@ class DomainBatchSampler:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = [(int(start), None if w is None else [float(x) for x in w]) for start, w in state["history"]]
         self._plan = []
+        self._pool_cache = (None, [])
 
 
 class DynamicWeights:
@@ -247,7 +262,11 @@ class DynamicWeights:
             sums, counts = both.cpu()
         previous = self.sampler.weights
         seen = counts > 0
-        new = [float(sums[d] / counts[d]) if seen[d] else previous[d] for d in range(len(previous))]
+        means = {d: float(sums[d] / counts[d]) for d in range(len(previous)) if seen[d]}
+        total = sum(means.values())
+        # as officially: the seen domains' losses normalised to sum 1, an absent domain's previous weight beside them,
+        # then all renormalised (mixing raw losses with normalised weights would shrink an absent domain each time)
+        new = [means[d] / total if d in means else previous[d] for d in range(len(previous))] if total > 0 else []
         if sum(new) > 0:
             start = self.sampler.set_weights([w / sum(new) for w in new])
             self.updates.append({"from_batch": start, "weights": self.sampler.weights})
