@@ -1,4 +1,4 @@
-"""Code blocks and shell commands of a Markdown file, for the tests that run every README command."""
+"""Code blocks, shell commands and table rows of a Markdown file, for the tests that hold a README to what runs."""
 
 from __future__ import annotations
 
@@ -58,3 +58,10 @@ def run_python_blocks(path: Path) -> int:
     for block in code:
         run_python(path, block)
     return len(code)
+
+
+def has_table_row(text: str, cells: Sequence[str], whole_line: bool = False) -> bool:
+    """Whether ``text`` holds a Markdown table row with ``cells`` in order, consecutive, whatever their padding
+    (``whole_line``: and nothing else on that line)."""
+    row = r"\|\s*" + r"\s*\|\s*".join(map(re.escape, cells)) + r"\s*\|"
+    return re.search(f"^{row}$" if whole_line else row, text, flags=re.M) is not None

@@ -2,7 +2,6 @@
 
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from bramley.core.data import (
 )
 from bramley.core.data.synthetic import ObjectSpec, class_frequencies, mask_box, object_layer, place
 from bramley.core.errors import ConfigError
+from shared.markdown import has_table_row
 
 CORE = Path(__file__).resolve().parents[1]
 SMALL = {"train_size": 40, "val_size": 16, "test_size": 16, "shapes": ("circle", "square"), "colors": ("red", "blue")}
@@ -251,7 +251,7 @@ def test_readme_calibration_numbers_come_from_the_committed_results():
     readme = (CORE / "README.md").read_text(encoding="utf-8")
     for row in results["table"]:
         cells = list(row.values())
-        assert re.search(r"\|\s*" + r"\s*\|\s*".join(map(re.escape, cells)) + r"\s*\|", readme), row
+        assert has_table_row(readme, cells), row
     import dataclasses
 
     config = dataclasses.asdict(SyntheticConfig())

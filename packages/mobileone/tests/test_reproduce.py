@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from bramley.mobileone import reproduce
+from shared.markdown import has_table_row
 
 PACKAGE = Path(__file__).resolve().parents[1]
 README = PACKAGE / "README.md"
@@ -58,8 +59,7 @@ def readme_cells(row: dict[str, Any]) -> list[str]:
 
 def assert_rows_shown(results: dict[str, Any], text: str) -> None:
     for row in results["table"]:
-        pattern = r"^\|\s*" + r"\s*\|\s*".join(map(re.escape, readme_cells(row))) + r"\s*\|$"
-        assert re.search(pattern, text, flags=re.M), row
+        assert has_table_row(text, readme_cells(row), whole_line=True), row
 
 
 def test_readme_digits_table_is_the_committed_run():

@@ -417,6 +417,15 @@ def _fast_bbox(d: Any) -> Bbox:
     return Bbox(left, top, right, bottom, confidence, extra, None if keys[:5] == Bbox.FIELDS else keys)
 
 
+def _fast_edge_list(value: Any) -> list[Edge]:
+    """An optional edge list of the fast path: absent is empty; anything but a plain list takes the checked path."""
+    if value is _ABSENT:
+        return []
+    if type(value) is not list:
+        raise _NotFast
+    return _fast_edges(value)
+
+
 def _fast_vertex(d: Any) -> Vertex:
     if type(d) is not dict:
         raise _NotFast
@@ -426,18 +435,7 @@ def _fast_vertex(d: Any) -> Vertex:
         raise _NotFast
     bbox = _fast_bbox(d.get("bbox"))
     descs = _fast_descriptions(descs)
-    if type(in_edges) is list:
-        in_edges = _fast_edges(in_edges)
-    elif in_edges is _ABSENT:
-        in_edges = []
-    else:
-        raise _NotFast
-    if type(out_edges) is list:
-        out_edges = _fast_edges(out_edges)
-    elif out_edges is _ABSENT:
-        out_edges = []
-    else:
-        raise _NotFast
+    in_edges, out_edges = _fast_edge_list(in_edges), _fast_edge_list(out_edges)
     keys = tuple(d)
     if keys == Vertex.FIELDS:
         return Vertex(vertex_id, bbox, label, descs, in_edges, out_edges, {}, None)

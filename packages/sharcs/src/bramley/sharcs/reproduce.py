@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
 from bramley.core.registry import create_model
 
@@ -44,20 +44,6 @@ PAPER = (
     "Paper (Table 1, RoBERTa-base on GLUE, 3 widths): SHARCS matches or beats the full model's accuracy at about "
     "2x fewer FLOPs (e.g. QQP, MNLI, SST-2 within ~1 pt at ~2x speed-up) and beats every fixed width of equal cost."
 )
-
-
-class DigitsTensors(Dataset):
-    """The digits tensors as a dataset (no augmentation: a 1-pixel shift of an 8x8 digit is a large change)."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels
-        self.classes = [str(c) for c in range(int(labels.max()) + 1)]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int):
-        return self.images[index], self.labels[index]
 
 
 def load_digits(train_size: int | None) -> dict[str, Any]:
@@ -97,7 +83,7 @@ def train_one(data: dict[str, Any], seed: int, setting: dict[str, Any], fixed_wi
         log_every=10_000,
         progress=False,
     )
-    dataset = IndexedDataset(DigitsTensors(xtr, ytr))
+    dataset = IndexedDataset(TensorDataset(xtr, ytr))  # no augmentation: a 1-pixel shift of an 8x8 digit is large
     trainer = Trainer(model, cfg, train_data=dataset, loss_fn=SharcsTrainLoss(tracker, loss), callbacks=[tracker])
     trainer.fit()
     return trainer.model.eval(), tracker.bucket_sizes()
