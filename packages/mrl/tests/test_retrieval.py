@@ -44,6 +44,19 @@ def test_exact_search_matches_brute_force(n, nq, d, chunk, qbatch, data):
     assert result.mflops_per_query == pytest.approx(n * dim / 1e6)
 
 
+@pytest.mark.parametrize("dim", [8, 32, 33, 48])
+def test_default_query_batch_follows_the_search_size_and_finds_the_same_neighbours(dim):
+    gen = torch.Generator().manual_seed(dim)
+    db, q = torch.randn(600, 48, generator=gen), torch.randn(150, 48, generator=gen)  # 150 queries: 3 or 2 batches
+    default = MatryoshkaIndex(db, chunk_size=256)
+    assert default.query_batch is None
+    result = default.search(q, 9, dim)
+    for query_batch in (1, 64, 128, 150):
+        other = MatryoshkaIndex(db, chunk_size=256, query_batch=query_batch).search(q, 9, dim)
+        assert torch.equal(result.indices, other.indices)  # no ties in this data
+        torch.testing.assert_close(result.scores, other.scores, atol=1e-6, rtol=0)  # the product's blocking differs
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_16bit_storage_is_exact_over_the_stored_values(dtype):
     db, q = torch.randn(500, 32).to(dtype), torch.randn(7, 32)

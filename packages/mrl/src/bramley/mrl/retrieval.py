@@ -29,6 +29,10 @@ from .nesting import check_nesting
 __all__ = ["MatryoshkaIndex", "SearchResult", "exact_search", "faiss_available", "funnel_mflops", "neighbor_recall"]
 
 _CACHE_BYTES = 1 << 30  # normalised prefixes up to this size are kept as float32 copies
+# Default queries scored together: at <= 32 dims writing and ranking the scores dominates the product, and a smaller
+# score block is faster (one thread, 200k rows, k = 200: 1.2x at 8 dims, 1.06x at 32); above, the product dominates
+# and more queries per block are faster (64 instead of 128 queries: 0.95x at 128 dims, 0.78x at 2048).
+_NARROW_DIM, _NARROW_QUERY_BATCH, _QUERY_BATCH = 32, 64, 128
 
 
 @dataclass
@@ -113,7 +117,7 @@ class MatryoshkaIndex:
     Args:
         embeddings: ``(N, D)`` database vectors (any float dtype; the dtype is kept for storage).
         chunk_size: database rows scored per block (bounds memory: ``query_batch x chunk_size`` floats).
-        query_batch: queries scored together.
+        query_batch: queries scored together (default: 64 when searching at 32 dims or fewer, else 128).
         backend: ``"torch"`` (default) or ``"faiss"`` for the full-database stage.
         copy: keep a normalised copy (default); ``False`` normalises ``embeddings`` in place to save memory.
     """
@@ -122,7 +126,7 @@ class MatryoshkaIndex:
         self,
         embeddings: torch.Tensor,
         chunk_size: int = 131072,
-        query_batch: int = 128,
+        query_batch: int | None = None,
         backend: str = "torch",
         copy: bool = True,
     ) -> None:
@@ -135,7 +139,7 @@ class MatryoshkaIndex:
             raise ConfigError(f"backend must be 'torch' or 'faiss', got {backend!r}")
         if backend == "faiss" and not faiss_available():
             raise ModuleNotFoundError("backend='faiss' needs FAISS: pip install 'bramley-mrl[faiss]'")
-        if chunk_size < 1 or query_batch < 1:
+        if chunk_size < 1 or (query_batch is not None and query_batch < 1):
             raise ConfigError("chunk_size and query_batch must be >= 1")
         self.chunk_size = chunk_size
         self.query_batch = query_batch
@@ -223,14 +227,15 @@ class MatryoshkaIndex:
         # Database blocks outside, query batches inside: each (possibly 16-bit) block is converted once. Every
         # block keeps its own top-k candidates; one final top-k per query merges them. All score blocks are written
         # into one buffer: a fresh one per block (tens of MB) cost more in page faults than the product itself.
-        batches = range(0, q.shape[0], self.query_batch)
+        query_batch = self.query_batch or (_NARROW_QUERY_BATCH if dim <= _NARROW_DIM else _QUERY_BATCH)
+        batches = range(0, q.shape[0], query_batch)
         cand_s: list[list[torch.Tensor]] = [[] for _ in batches]
         cand_i: list[list[torch.Tensor]] = [[] for _ in batches]
-        buffer = torch.empty(min(self.query_batch, q.shape[0]) * min(self.chunk_size, self.size))
+        buffer = torch.empty(min(query_batch, q.shape[0]) * min(self.chunk_size, self.size))
         for start, block in self._blocks(dim):
             kk = min(k, block.shape[0])
             for b, qs in enumerate(batches):
-                qb = q[qs : qs + self.query_batch]
+                qb = q[qs : qs + query_batch]
                 scores = torch.mm(qb, block.T, out=buffer[: qb.shape[0] * block.shape[0]].view(qb.shape[0], -1))
                 s, i = _row_topk(scores, kk)
                 cand_s[b].append(s)
