@@ -155,3 +155,36 @@ def test_overrides_intermixed_with_options(capsys):
     with pytest.raises(SystemExit):  # a subcommand without overrides does not accept key=value strings
         method_main(parser, ["info", "lr=1"])
     assert "unrecognized arguments: lr=1" in capsys.readouterr().err
+
+
+def test_torch_threads_sets_and_restores_the_count():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the test session runs on one thread: start from another count to see the change
+    try:
+        with cli.torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="boom"), cli.torch_threads(1):
+            raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2, "restored after an error too"
+        with cli.torch_threads(None):
+            assert torch.get_num_threads() == 2, "None leaves the count as it is"
+            torch.set_num_threads(3)
+        assert torch.get_num_threads() == 2, "a change inside the block is undone"
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("default", [1, None])
+def test_threads_argument_is_a_positive_int(capsys, default):
+    parser = argparse.ArgumentParser(prog="bramley-demo")
+    cli.add_threads_argument(parser, default=default)
+    assert parser.parse_args([]).threads == default
+    assert parser.parse_args(["--threads", "3"]).threads == 3
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["--threads", "0"])
+    assert info.value.code == 2 and "--threads: must be >= 1, got 0" in capsys.readouterr().err
+    parser.print_help()
+    assert "torch CPU threads (default" in capsys.readouterr().out

@@ -61,7 +61,7 @@ def test_bench_cli(tmp_path):
             "--tokens-per-step", "32", "--steps", "1", "--rounds", "2", "--warmup", "0", "--threads", "1",
             "--device", "cpu", "--out", out, "--markdown", markdown]  # fmt: skip
     assert main([str(a) for a in argv]) == 0
-    torch.set_num_threads(threads)  # the CLI's --threads changed the process-wide setting
+    assert torch.get_num_threads() == threads, "the command restores torch's thread count"
     assert out.is_file()
     text = markdown.read_text()  # the table replaced the old block, names the command that made it and the versions
     assert text.startswith("prose before") and "old" not in text and "| 16 | 4 ... 16 |" in text

@@ -196,5 +196,5 @@ def test_benchmarks_commands_run(tmp_path, monkeypatch):
         if "--model" not in argv:  # the CPU lines use the default dd_gpt_tiny: shrink it too
             argv += ["--dim", "16", "--depth", "1", "--num-heads", "2"]
         assert bramley_main(argv) == 0, line
-    torch.set_num_threads(threads)  # --threads 1 changed the process-wide setting
+    assert torch.get_num_threads() == threads, "the commands restore torch's thread count"
     assert (tmp_path / "benchmarks" / "cpu_context1024.json").is_file() and (tmp_path / "bench-8k.json").is_file()

@@ -55,12 +55,8 @@ def test_bench_command_writes_its_table(tmp_path, capsys):
     md.write_text("# t\n<!-- bench_mrl:torch-3000-1t:start -->\nold\n<!-- bench_mrl:torch-3000-1t:end -->\ntail\n")
     faiss = pytest.importorskip("faiss") if faiss_available() else None
     threads = torch.get_num_threads(), faiss.omp_get_max_threads() if faiss else None
-    try:
-        main([*TINY, "--rounds", "1", "--threads", "1", "--markdown", str(md)])
-    finally:  # --threads sets the process's torch and FAISS threads
-        torch.set_num_threads(threads[0])
-        if faiss:
-            faiss.omp_set_num_threads(threads[1])
+    main([*TINY, "--rounds", "1", "--threads", "1", "--markdown", str(md)])
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads() if faiss else None) == threads, "both restored"
     text = md.read_text()
     assert "old" not in text and text.endswith("tail\n") and "1 thread," in text
     table = [line for line in text.splitlines() if line.startswith("| ")]

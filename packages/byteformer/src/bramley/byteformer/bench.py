@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bramley.core.cli import positive_int
+from bramley.core.cli import add_threads_argument, positive_int, torch_threads
 from bramley.core.errors import ConfigError
 
 __all__ = ["add_bench_arguments", "bench", "main", "photo_crop_bytes"]
@@ -50,7 +50,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--warmup", type=positive_int, default=1, help="untimed steps per mode before the rounds")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast dtype on CUDA")
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: leave as is)")
+    add_threads_argument(parser, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     parser.add_argument("--markdown", type=Path, default=None, help="write the result table into this file")
@@ -242,35 +242,34 @@ def main(args: argparse.Namespace) -> int:
 
     check_writable(args.out)
     load_before = os.getloadavg()[0]
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    overrides = {"depth": args.depth, "embed_dim": args.embed_dim, "num_heads": args.num_heads}
-    model_kwargs = {k: v for k, v in overrides.items() if v is not None}
-    if "depth" in model_kwargs:  # per-block lists follow the depth: corenet's pattern, cut or repeated
-        depth = model_kwargs["depth"]
-        model_kwargs["window_shifts"] = [(0, 64)[i % 2] for i in range(depth)]
-        model_kwargs["downsample"] = [i in (0, 1, 3, 5, 7, 9) for i in range(depth)]
-    result = bench(
-        args.model,
-        kernel_size=args.kernel_size,
-        model_kwargs=model_kwargs,
-        samples=args.samples,
-        min_size=args.min_size,
-        max_size=args.max_size,
-        batch_size=args.batch_size,
-        rounds=args.rounds,
-        warmup=args.warmup,
-        device=args.device,
-        amp=args.amp,
-        seed=args.seed,
-    )
-    result["load_average"] = [load_before, os.getloadavg()[0]]
-    write_json(args.out, result)
-    if args.markdown is not None:
-        from bramley.core.report import replace_marked
+    with torch_threads(args.threads):  # the environment and the table record the count used
+        overrides = {"depth": args.depth, "embed_dim": args.embed_dim, "num_heads": args.num_heads}
+        model_kwargs = {k: v for k, v in overrides.items() if v is not None}
+        if "depth" in model_kwargs:  # per-block lists follow the depth: corenet's pattern, cut or repeated
+            depth = model_kwargs["depth"]
+            model_kwargs["window_shifts"] = [(0, 64)[i % 2] for i in range(depth)]
+            model_kwargs["downsample"] = [i in (0, 1, 3, 5, 7, 9) for i in range(depth)]
+        result = bench(
+            args.model,
+            kernel_size=args.kernel_size,
+            model_kwargs=model_kwargs,
+            samples=args.samples,
+            min_size=args.min_size,
+            max_size=args.max_size,
+            batch_size=args.batch_size,
+            rounds=args.rounds,
+            warmup=args.warmup,
+            device=args.device,
+            amp=args.amp,
+            seed=args.seed,
+        )
+        result["load_average"] = [load_before, os.getloadavg()[0]]
+        write_json(args.out, result)
+        if args.markdown is not None:
+            from bramley.core.report import replace_marked
 
-        command = " ".join(["bramley byteformer bench", *_non_default_options(args)])
-        body = markdown_table(result, command, (result["load_average"][0], result["load_average"][1]))
-        replace_marked(args.markdown, f"bench_byteformer:{result['device']}", body)
-        print(body)
+            command = " ".join(["bramley byteformer bench", *_non_default_options(args)])
+            body = markdown_table(result, command, (result["load_average"][0], result["load_average"][1]))
+            replace_marked(args.markdown, f"bench_byteformer:{result['device']}", body)
+            print(body)
     return 0

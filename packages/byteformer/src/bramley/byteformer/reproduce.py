@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bramley.core.cli import positive_int
+from bramley.core.cli import add_threads_argument, torch_threads
 
 from .batching import collate_packed, token_budget_sampler
 from .model import ByteFormer, conv_output_lengths
@@ -201,16 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/reproduce-byteformer"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one run per seed; mean and std reported")
     parser.add_argument("--quick", action="store_true", help="a few seconds: 16 samples, 2 steps (tests)")
-    parser.add_argument(
-        "--threads", type=positive_int, default=1, help="torch CPU threads (1: robust on a shared machine, see README)"
-    )
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from .errors import ConfigError, DataError, UserError
 __all__ = [
     "ENTRY_POINT_GROUP",
     "MethodCLI",
+    "add_threads_argument",
     "check_writable",
     "discover_methods",
     "main",
@@ -45,6 +46,7 @@ __all__ = [
     "non_negative_int",
     "positive_int",
     "run_training",
+    "torch_threads",
     "unit_float",
     "write_json",
 ]
@@ -162,6 +164,41 @@ def unit_float(text: str) -> float:
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
     return value
+
+
+# ---------------------------------------------------------------------------------------------- torch threads
+def add_threads_argument(parser: argparse.ArgumentParser, default: int | None = 1) -> argparse.Action:
+    """``--threads N``: torch's CPU threads for the command, with one help text everywhere; run the command's work
+    under :func:`torch_threads` (``None``: torch's own choice is left as is)."""
+    if default is None:
+        text = "torch CPU threads (default: torch's choice)"
+    elif default == 1:
+        text = (
+            "torch CPU threads (default 1: small models train fastest on one thread, and a busy machine slows every "
+            "multi-threaded op)"
+        )
+    else:
+        text = f"torch CPU threads (default {default})"
+    return parser.add_argument("--threads", type=positive_int, default=default, help=text)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` torch CPU threads (``None``: as they are) and restore the previous count after
+    it, also on an error: commands are called in-process too (tests, ``bramley``), and must leave torch as found.
+
+    Cheap when nothing changes (no ``set_num_threads`` call), so it may wrap small hot operations too.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    if count is not None and count != previous:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
 
 
 # ----------------------------------------------------------------------------------------------- the method CLI

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bramley.core.cli import MethodCLI, positive_int, write_json
+from bramley.core.cli import MethodCLI, add_threads_argument, positive_int, torch_threads, write_json
 
 from .make_buckets import add_make_buckets_arguments, run_make_buckets
 from .model import CONFIGS
@@ -71,15 +71,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import markdown_table, run_benchmark
 
     load_before = os.getloadavg()[0]
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     kwargs = {k: v for k, v in (("dim", args.dim), ("depth", args.depth), ("num_heads", args.num_heads)) if v}
-    result = run_benchmark(
-        args.model, model_kwargs=kwargs, min_log2=args.min_log2, max_log2=args.max_log2,
-        tokens_per_step=args.tokens_per_step, steps=args.steps, rounds=args.rounds, warmup=args.warmup,
-        device=args.device, amp=args.amp, methods=tuple(args.methods), seed=args.seed,
-    )  # fmt: skip
-    result["environment"] = environment()
+    with torch_threads(args.threads):
+        result = run_benchmark(
+            args.model, model_kwargs=kwargs, min_log2=args.min_log2, max_log2=args.max_log2,
+            tokens_per_step=args.tokens_per_step, steps=args.steps, rounds=args.rounds, warmup=args.warmup,
+            device=args.device, amp=args.amp, methods=tuple(args.methods), seed=args.seed,
+        )  # fmt: skip
+        result["environment"] = environment()  # records the thread count used, as the table does
+        threads = torch.get_num_threads()
     result["load_average"] = [load_before, os.getloadavg()[0]]
     shown = ("min_log2", "max_log2", "tokens_per_step", "steps", "rounds", "warmup")  # the sizes, even at defaults
     defaults = vars(_bench_parser().parse_args([]))
@@ -89,7 +89,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if value != default or name in shown:
             value = " ".join(value) if isinstance(value, list) else value
             words += [f"--{name.replace('_', '-')}", str(value)]
-    body = markdown_table(result, " ".join(["bramley dataset-decomposition bench", *words]), torch.get_num_threads())
+    body = markdown_table(result, " ".join(["bramley dataset-decomposition bench", *words]), threads)
     print(body)
     write_json(args.out, result)
     if args.markdown is not None:
@@ -112,7 +112,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_argument(p, default=None)
     p.add_argument("--out", type=Path, default=None, help="also write the JSON results to this file")
     p.add_argument("--markdown", type=Path, default=None, help="write the result table into this markdown file")
 

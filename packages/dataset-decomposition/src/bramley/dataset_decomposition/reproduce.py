@@ -303,7 +303,7 @@ def _table(results: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bramley.core.cli import positive_int
+    from bramley.core.cli import add_threads_argument, positive_int, torch_threads
 
     parser = argparse.ArgumentParser(prog="bramley reproduce dataset-decomposition", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/reproduce-dataset-decomposition"))
@@ -313,12 +313,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--steps", type=positive_int, default=None, help="training steps per method (equal tokens; one whole DD pass)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads", type=positive_int, default=1, help="torch CPU threads (1: stable timings on a shared machine)"
-    )
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    with torch_threads(args.threads):
+        return _run(args)
 
+
+def _run(args: argparse.Namespace) -> int:
     from bramley.core.report import environment
 
     from .make_buckets import write_buckets

@@ -40,6 +40,7 @@ def run_bench(
     num_teachers: int = 2,
 ) -> dict[str, Any]:
     """Time the three training modes in interleaved rounds, then ``reinforce``; returns the JSON-able results."""
+    from bramley.core.cli import torch_threads
     from bramley.core.data.reinforced import AugmentConfig
     from bramley.core.registry import create_model
     from bramley.core.report import environment
@@ -48,10 +49,7 @@ def run_bench(
     from .losses import OnlineDistillationLoss, SoftTargetLoss
     from .reinforce import TeacherEnsemble, reinforce
 
-    saved_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         torch.manual_seed(0)
         synthetic = {"counts": [1], "train_size": num_images, "val_size": 0, "test_size": 0, "imbalance": 1.0}
         images = raw_images("synthetic", "train", image_size=IMAGE_SIZE, synthetic=synthetic)
@@ -99,15 +97,14 @@ def run_bench(
                     for _ in range(steps):
                         step(m)
                     times[m].append((time.perf_counter() - start) / steps)
-    finally:
-        torch.set_num_threads(saved_threads)
+        used_threads, env = torch.get_num_threads(), environment()  # the count the rounds ran with
     ratios = {m: _quantiles([t / p for t, p in zip(times[m], times["plain"])]) for m in METHODS if m != "plain"}
     return {
         "config": {
             "rounds": rounds,
             "steps_per_round": steps,
             "batch_size": batch_size,
-            "threads": threads or saved_threads,
+            "threads": used_threads,
             "image_size": IMAGE_SIZE,
             "student": STUDENT,
             "teacher": TEACHER,
@@ -119,7 +116,7 @@ def run_bench(
         "step_seconds": {m: _quantiles(times[m]) for m in METHODS},
         "step_time_vs_plain": ratios,
         "reinforce": {k: stats[k] for k in ("augmented_images", "seconds", "images_per_s", "bytes_per_image")},
-        "environment": environment(),
+        "environment": env,
     }
 
 

@@ -13,7 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bramley.core.cli import MethodCLI, check_writable, non_negative_int, positive_int, unit_float, write_json
+from bramley.core.cli import (
+    MethodCLI,
+    add_threads_argument,
+    check_writable,
+    non_negative_int,
+    positive_int,
+    unit_float,
+    write_json,
+)
 from bramley.core.errors import ConfigError, DataError
 
 from .train import RECIPES, train
@@ -176,7 +184,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=positive_int, default=7, help="interleaved rounds (median ratio reported)")
     p.add_argument("--steps", type=positive_int, default=5, help="timed student steps per method per round")
     p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
+    add_threads_argument(p, default=None)
     p.add_argument("--images", type=positive_int, default=512, help="training images reinforced and sampled")
     p.add_argument("--out", type=Path, default=None, help="also write the results to this JSON file")
 

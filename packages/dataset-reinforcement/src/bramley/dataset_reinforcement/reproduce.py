@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from bramley.core.cli import add_threads_argument, torch_threads
 from bramley.core.data.reinforced import AugmentConfig
 
 MODES = ("plain", "online_kd", "reinforced")
@@ -193,9 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--teachers", type=int, default=None, help="ensemble size (default 2)")
     parser.add_argument("--num-augmentations", type=int, default=10, help="NS (default 10)")
     parser.add_argument("--topk", type=int, default=3)
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1: fastest on a shared 2-core machine; measured)"
-    )
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     quick = args.quick
     seeds = args.seeds or ([0] if quick else [0, 1])
@@ -204,26 +203,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     num_teachers = args.teachers or (1 if quick else 2)
     num_augmentations = 2 if quick else args.num_augmentations
     synthetic = QUICK_SYNTHETIC if quick else SYNTHETIC
-    if min(epochs, teacher_epochs, num_teachers, num_augmentations, args.topk, args.threads) < 1:
-        parser.error("epochs, teachers, augmentations, top-k and threads must be >= 1")
-    args.out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    try:
-        results = _run(args, seeds, epochs, teacher_epochs, num_teachers, num_augmentations, synthetic)
-    finally:
-        torch.set_num_threads(threads)
+    if min(epochs, teacher_epochs, num_teachers, num_augmentations, args.topk) < 1:
+        parser.error("epochs, teachers, augmentations and top-k must be >= 1")
     from bramley.core.report import write_results
 
-    rows, claims = summarize(results)
-    results.update({"claims": claims, "seconds": time.perf_counter() - t0, "quick": quick})
-    title = (
-        f"Dataset Reinforcement on synthetic {IMAGE_SIZE} px images ({results['config']['num_classes']} classes, "
-        f"{synthetic['train_size']} training images), NS={num_augmentations}, top-{args.topk}, {epochs} student "
-        f"epochs; mean ± std over seeds {seeds}"
-    )
-    write_results(args.out, results, rows, title=title)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with torch_threads(args.threads):  # write_results records the count in the environment
+        results = _run(args, seeds, epochs, teacher_epochs, num_teachers, num_augmentations, synthetic)
+        rows, claims = summarize(results)
+        results.update({"claims": claims, "seconds": time.perf_counter() - t0, "quick": quick})
+        title = (
+            f"Dataset Reinforcement on synthetic {IMAGE_SIZE} px images ({results['config']['num_classes']} classes, "
+            f"{synthetic['train_size']} training images), NS={num_augmentations}, top-{args.topk}, {epochs} student "
+            f"epochs; mean ± std over seeds {seeds}"
+        )
+        write_results(args.out, results, rows, title=title)
     plot(results, args.out / "dataset_reinforcement.png")
     print(
         f"reinforced - plain: {claims['reinforced_minus_plain_top1']:+.2f} pt top-1 "

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bramley.core.cli import MethodCLI, positive_int, write_json
+from bramley.core.cli import MethodCLI, add_threads_argument, positive_int, torch_threads, write_json
 
 from .convert import convert_official
 from .model import FASTVIT_CONFIGS
@@ -27,8 +27,6 @@ def _columns(name: str) -> dict[str, Any]:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import torch
-
     from bramley.core.errors import ConfigError
     from bramley.core.registry import list_models
 
@@ -37,9 +35,10 @@ def _bench(args: argparse.Namespace) -> int:
     names = list_models(package="fastvit")
     if args.model not in names:
         raise ConfigError(f"unknown FastViT model {args.model!r} (known: {', '.join(names)})")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = bench_variant(args.model, args.image_size, args.batch_size, iters=args.iters, with_timm=not args.no_timm)
+    with torch_threads(args.threads):  # the result records the count used
+        result = bench_variant(
+            args.model, args.image_size, args.batch_size, iters=args.iters, with_timm=not args.no_timm
+        )
     write_json(args.out, result)
     return 0
 
@@ -49,7 +48,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=positive_int, default=256)
     p.add_argument("--batch-size", type=positive_int, default=1)
     p.add_argument("--iters", type=positive_int, default=20, help="timed calls per model (median reported)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: leave as is)")
+    add_threads_argument(p, default=None)
     p.add_argument("--no-timm", action="store_true", help="skip timm's fused model")
     p.add_argument("--out", type=Path, default=None, help="also write the result to this JSON file")
 

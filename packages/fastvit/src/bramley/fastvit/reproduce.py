@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bramley.core.cli import positive_int
+from bramley.core.cli import add_threads_argument, positive_int, torch_threads
 from bramley.core.layers import MobileOneBlock, reparameterize_model
 
 from .bench import _interleaved
@@ -255,12 +255,13 @@ def run(
     out: str | Path,
     quick: bool = False,
     seed: int = 0,
-    threads: int = 1,
+    threads: int | None = 1,
     data: str = "digits",
     seeds: int | None = None,
     epochs: int | None = None,
 ) -> dict[str, Any]:
-    """Run both experiments with ``threads`` torch CPU threads; returns what is written to ``out/results.json``.
+    """Run both experiments with ``threads`` torch CPU threads (``None``: as they are; restored afterwards); returns
+    what is written to ``out/results.json``.
 
     ``seeds`` training seeds ``seed, seed + 1, ...`` and ``epochs`` per model default to the data set's
     (:data:`DEFAULT_SEEDS`, :data:`DEFAULT_EPOCHS`); ``quick`` trains 1 epoch on 64 images, one seed unless given.
@@ -273,13 +274,8 @@ def run(
     if count < 1 or (epochs is not None and epochs < 1):
         raise ValueError(f"need at least one seed and one epoch, got seeds={count}, epochs={epochs}")
     epochs = 1 if quick else (epochs if epochs is not None else DEFAULT_EPOCHS[data])
-    previous = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _run(Path(out), quick, list(range(seed, seed + count)), data, epochs)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run(out: Path, quick: bool, seeds: list[int], data_name: str, epochs: int) -> dict[str, Any]:
@@ -441,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=positive_int, default=None, help=f"how many seeds from --seed ({defaults})")
     defaults = ", ".join(f"{n} for {d}" for d, n in DEFAULT_EPOCHS.items())
     parser.add_argument("--epochs", type=positive_int, default=None, help=f"epochs per model ({defaults})")
-    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     out = args.out or "runs/reproduce-fastvit" + ("" if args.data == "digits" else f"-{args.data}")
     kwargs = {"seed": args.seed, "threads": args.threads, "data": args.data, "seeds": args.seeds, "epochs": args.epochs}

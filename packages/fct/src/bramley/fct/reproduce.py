@@ -24,8 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 # The paper's headline ordering of cross-model retrieval: BCT < FCT w/o side-info < FCT w/ side-info <= new/new.
 ORDERING = [("BCT", "FCT w/o side-info"), ("FCT w/o side-info", "FCT w/ side-info"), ("FCT w/ side-info", "new/new")]
 CLAIM = (
@@ -115,19 +113,24 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from bramley.core.cli import add_threads_argument, torch_threads
+
     parser = argparse.ArgumentParser(prog="bramley reproduce fct", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/reproduce-fct"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="one seed, one epoch per stage (a smoke test)")
     parser.add_argument("--side-objective", choices=["simclr", "autoencoder"], default="simclr")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these tiny nets)")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
+    with torch_threads(args.threads):
+        return _run(args)
 
+
+def _run(args: argparse.Namespace) -> int:
     import tempfile
 
     from bramley.core.report import write_results
 
-    torch.set_num_threads(args.threads)
     seeds = args.seeds[:1] if args.quick else args.seeds
     recipe = mini_recipe(args.quick, args.side_objective)
     start = time.perf_counter()

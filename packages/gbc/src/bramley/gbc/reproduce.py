@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 RUNS = {
     "a_short": {"mode": "short", "drop": []},
     "b_captions": {"mode": "captions", "drop": []},
@@ -197,6 +195,7 @@ def _combine(folders: Sequence[Path], out: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from bramley.core.cli import add_threads_argument, torch_threads
     from bramley.core.report import format_table, write_results
 
     parser = argparse.ArgumentParser(prog="bramley reproduce gbc", description=__doc__.split("\n\n")[0])
@@ -207,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-train", type=int, default=2000, help="training scenes")
     parser.add_argument("--num-val", type=int, default=300, help="held-out scenes")
     parser.add_argument("--quick", action="store_true", help="one seed, 2 steps, tiny splits (for tests)")
+    add_threads_argument(parser)
     parser.add_argument(
         "--combine",
         type=Path,
@@ -224,19 +224,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if steps < 1 or not seeds or batch < 2 or num_train < batch or num_val < 2:
         parser.error("need --steps >= 1, a seed, --batch-size >= 2, --num-train >= batch size, --num-val >= 2")
     start = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small trains fastest on one thread (more only spin-wait on 2 cores)
-    try:
+    with torch_threads(args.threads):  # write_results records the count in the environment
         results = run(seeds, steps, num_train, num_val, batch)
-    finally:
-        torch.set_num_threads(threads)
-    rows, claims = summarize(results)
-    results.update({"claims": claims, "seconds": time.perf_counter() - start, "quick": args.quick})
-    title = (
-        f"GBC-CLIP on synthetic scenes: held-out R@1/R@5 and probes (%), mean ± std over seeds {list(seeds)}, "
-        f"{steps} steps of {batch}"
-    )
-    write_results(args.out, results, rows, columns=["run", *METRICS], title=title)
+        rows, claims = summarize(results)
+        results.update({"claims": claims, "seconds": time.perf_counter() - start, "quick": args.quick})
+        title = (
+            f"GBC-CLIP on synthetic scenes: held-out R@1/R@5 and probes (%), mean ± std over seeds {list(seeds)}, "
+            f"{steps} steps of {batch}"
+        )
+        write_results(args.out, results, rows, columns=["run", *METRICS], title=title)
     plot(results, args.out / "gbc.png")
     print(format_table([{"claim": k, "holds": v} for k, v in claims.items() if k != "mean_R@1"]))
     print(f"total {results['seconds']:.0f}s; plot {args.out / 'gbc.png'}")

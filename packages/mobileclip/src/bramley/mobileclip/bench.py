@@ -142,7 +142,7 @@ def step_time(rounds: int, repeats: int, batch_size: int = 64) -> list[dict[str,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bramley.core.report import format_table
+    from bramley.core.cli import add_threads_argument, torch_threads
 
     parser = argparse.ArgumentParser(prog="bramley mobileclip bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=["latency", "step", "all"], nargs="?", default="all")
@@ -150,11 +150,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=None, help="latency: image size (default: the model's)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per candidate and round (median)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    add_threads_argument(parser, default=None)
     parser.add_argument("--out", type=Path, default=None, help="also write the tables and environment to this JSON")
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    with torch_threads(args.threads):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bramley.core.report import format_table
+
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds")
     results: dict[str, Any] = {"model": args.model, "rounds": args.rounds, "threads": torch.get_num_threads()}
     if args.what in ("latency", "all"):

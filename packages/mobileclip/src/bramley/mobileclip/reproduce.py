@@ -247,6 +247,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from bramley.core.cli import add_threads_argument, torch_threads
     from bramley.core.report import write_results
 
     parser = argparse.ArgumentParser(prog="bramley reproduce mobileclip", description=__doc__.split("\n\n")[0])
@@ -256,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="one seed, 2 epochs, tiny sets (for tests)")
     parser.add_argument("--readme", type=Path, default=None, help="also put the table into this README's markers")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     sizes = {"train": 512, "test": 256, "teacher": 2048}
     seeds, epochs, teacher_epochs = args.seeds, args.epochs, args.teacher_epochs
@@ -264,16 +266,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if epochs < 1 or teacher_epochs < 1 or not seeds:
         parser.error("need --epochs >= 1, --teacher-epochs >= 1 and at least one seed")
     t0 = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # models this small train fastest on one thread (more threads only spin-wait)
-    try:
+    with torch_threads(args.threads):  # write_results records the count in the environment
         results = run(seeds, epochs, teacher_epochs, sizes, args.out)
-    finally:
-        torch.set_num_threads(threads)
-    rows, claims = summarize(results)
-    results.update({"claims": claims, "seconds": time.perf_counter() - t0, "quick": args.quick})
-    title = f"MobileCLIP mini reproduction: plain vs reinforced student, {epochs} epochs, seeds {list(seeds)}"
-    write_results(args.out, results, rows, title=title)
+        rows, claims = summarize(results)
+        results.update({"claims": claims, "seconds": time.perf_counter() - t0, "quick": args.quick})
+        title = f"MobileCLIP mini reproduction: plain vs reinforced student, {epochs} epochs, seeds {list(seeds)}"
+        write_results(args.out, results, rows, title=title)
     plot(results, args.out / "mobileclip.png")
     if args.readme is not None:
         from bramley.core.report import replace_marked

@@ -163,16 +163,14 @@ def benchmark_variant(
     and restores them afterwards. ``channels_last`` puts every contender's weights and the input in that memory
     format (all contenders alike: a layout comparison against timm's model in another layout would not be fair).
     """
+    from bramley.core.cli import torch_threads
     from bramley.core.layers import reparameterize_model
 
     from .convert import bramley_to_timm
     from .model import build_mobileone
 
     variant = variant.removeprefix("mobileone_")
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         unfused = build_mobileone(variant).eval()
         models = {"fused": reparameterize_model(unfused)}
         if include_timm:
@@ -211,8 +209,6 @@ def benchmark_variant(
             row["rounds_ms"] = ms
             rows.append(row)
         return rows
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def format_ratio(stats: Mapping[str, float]) -> str:

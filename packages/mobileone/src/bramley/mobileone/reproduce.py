@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from bramley.core.cli import check_writable, positive_int
+from bramley.core.cli import add_threads_argument, check_writable, positive_int, torch_threads
 
 ARMS = {
     # name: (num_conv_branches, use_scale_branch, use_identity)
@@ -374,18 +374,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     defaults = ", ".join(f"{' '.join(map(str, e))} for {d}" for d, e in DEFAULT_EPOCHS.items())
     parser.add_argument("--epochs", type=positive_int, nargs="+", default=None, help=f"training budgets ({defaults})")
     parser.add_argument("--quick", action="store_true", help="1 seed, 3 optimizer steps, small latency check (tests)")
-    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (1: robust when shared)")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = Path("runs/reproduce-mobileone" + ("" if args.data == "digits" else f"-{args.data}"))
     check_writable(args.out / "results.json", "--out")
-    torch.set_num_threads(args.threads)
     seeds = list(range(args.seeds if args.seeds is not None else DEFAULT_SEEDS[args.data]))
     budgets = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.data]
-    if args.quick:
-        run(args.out, seeds=[0], budgets=[1], steps=3, s0_size=64, iters=2, data_name=args.data, quick=True)
-    else:
-        run(args.out, seeds, budgets, steps=None, s0_size=224, iters=20, data_name=args.data)
+    with torch_threads(args.threads):  # the results record the count used
+        if args.quick:
+            run(args.out, seeds=[0], budgets=[1], steps=3, s0_size=64, iters=2, data_name=args.data, quick=True)
+        else:
+            run(args.out, seeds, budgets, steps=None, s0_size=224, iters=20, data_name=args.data)
     return 0
 
 

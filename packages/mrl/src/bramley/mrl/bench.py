@@ -17,11 +17,12 @@ contenders run once per round in a rotating order, so they share the machine's l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -287,7 +288,7 @@ def markdown_table(result: Mapping[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run :func:`run_benchmark` with the given threads and write its table into BENCHMARKS.md (``--markdown``)."""
-    from bramley.core.report import environment, replace_marked
+    from bramley.core.cli import add_threads_argument, torch_threads
 
     parser = argparse.ArgumentParser(description="funnel vs exact search vs the FAISS peer, interleaved")
     parser.add_argument("--num-database", type=int, default=1_000_000)
@@ -295,16 +296,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch and FAISS threads (default: torch's)")
+    add_threads_argument(parser, default=None)  # FAISS's threads follow
     parser.add_argument("--backend", choices=["torch", "faiss"], default="torch")
     parser.add_argument("--markdown", type=Path, default=None, help="write the table into this file")
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-        if faiss_available():
-            import faiss
+    with _faiss_threads(args.threads), torch_threads(args.threads):  # the results record the count used
+        return _run(args, argv)
 
-            faiss.omp_set_num_threads(args.threads)
+
+@contextlib.contextmanager
+def _faiss_threads(count: int | None) -> Iterator[None]:
+    """FAISS's OpenMP threads set to ``count`` for the block (``None``, or no FAISS: as they are), then restored."""
+    if count is None or not faiss_available():
+        yield
+        return
+    import faiss
+
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
+    from bramley.core.report import environment, replace_marked
+
     load = os.getloadavg()[0]
     result = run_benchmark(
         num_database=args.num_database,

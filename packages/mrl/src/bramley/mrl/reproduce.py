@@ -300,6 +300,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from bramley.core.cli import add_threads_argument, torch_threads
     from bramley.core.report import write_results
 
     parser = argparse.ArgumentParser(prog="bramley reproduce mrl", description=__doc__.split("\n\n")[0])
@@ -313,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="epochs per model (default: " + ", ".join(f"{n} for {d}" for d, n in DEFAULT_EPOCHS.items()) + ")",
     )
     parser.add_argument("--quick", action="store_true", help="one seed, 2 epochs, sizes 4 and 64 (for tests)")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = Path("runs/reproduce-mrl" + ("" if args.data == "digits" else f"-{args.data}"))
@@ -323,18 +325,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if epochs < 1 or not seeds:
         parser.error("need --epochs >= 1 and at least one seed")
     t0 = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # models this small train fastest on one thread (more threads only spin-wait)
-    try:
+    with torch_threads(args.threads):  # write_results records the count in the environment
         results = run(seeds, epochs, sizes, data_name=args.data, quick=args.quick)
-    finally:
-        torch.set_num_threads(threads)
-    rows, claims = summarize(results)
-    results.update({"claims": claims, "seconds": time.perf_counter() - t0, "quick": args.quick})
-    title = f"MRL vs FF on {args.data}: top-1 (%) by representation size, mean ± std over seeds {list(seeds)}"
-    retrieval = retrieval_rows(results)
-    results["retrieval_table"] = retrieval
-    write_results(args.out, results, rows, title=title)
+        rows, claims = summarize(results)
+        results.update({"claims": claims, "seconds": time.perf_counter() - t0, "quick": args.quick})
+        title = f"MRL vs FF on {args.data}: top-1 (%) by representation size, mean ± std over seeds {list(seeds)}"
+        retrieval = retrieval_rows(results)
+        results["retrieval_table"] = retrieval
+        write_results(args.out, results, rows, title=title)
     from bramley.core.report import format_table
 
     print(f"## Retrieval on {args.data} (database = train split, queries = test split)\n")

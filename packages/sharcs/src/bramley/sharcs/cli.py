@@ -14,7 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bramley.core.cli import MethodCLI, check_writable, positive_int, unit_float, write_json
+from bramley.core.cli import (
+    MethodCLI,
+    add_threads_argument,
+    check_writable,
+    positive_int,
+    torch_threads,
+    unit_float,
+    write_json,
+)
 from bramley.core.errors import CheckpointError
 
 from .train import GLUE_RECIPES, RECIPES, train, train_glue
@@ -138,13 +146,13 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench import run_benchmark
 
     check_writable(args.out)
-    torch.set_num_threads(args.threads)
-    model = _sharcs_model(load_model(args.checkpoint), args.checkpoint)
-    data = _dataset(model, args)
-    images = torch.stack([data[i][0] for i in range(len(data))])
-    labels = torch.tensor([int(data[i][1]) for i in range(len(data))])
-    result = run_benchmark(model, images, labels, args.batch_size, args.rounds, args.repeats, args.threshold)
-    result["environment"] = environment()
+    with torch_threads(args.threads):  # the environment records the count used
+        model = _sharcs_model(load_model(args.checkpoint), args.checkpoint)
+        data = _dataset(model, args)
+        images = torch.stack([data[i][0] for i in range(len(data))])
+        labels = torch.tensor([int(data[i][1]) for i in range(len(data))])
+        result = run_benchmark(model, images, labels, args.batch_size, args.rounds, args.repeats, args.threshold)
+        result["environment"] = environment()
     print(
         f"{result['samples']} inputs in batches of {args.batch_size}, {args.threads} threads, {args.rounds} "
         f"interleaved rounds: full width {result['full_samples_per_s']:.0f} samples/s (top-1 {result['full_top1']:.2f}"
@@ -162,7 +170,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=_threshold, default=None, help="confidence knob (default: router argmax)")
     p.add_argument("--rounds", type=positive_int, default=11)
     p.add_argument("--repeats", type=positive_int, default=3)
-    p.add_argument("--threads", type=positive_int, default=1)
+    add_threads_argument(p)
     p.add_argument("--out", type=Path, default=None, help="also write the results to this JSON file")
 
 

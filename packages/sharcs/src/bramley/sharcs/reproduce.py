@@ -212,17 +212,23 @@ def plot(summary: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bramley.core.cli import write_json
-    from bramley.core.report import environment
+    from bramley.core.cli import add_threads_argument, torch_threads
 
     parser = argparse.ArgumentParser(prog="bramley reproduce sharcs", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/reproduce-sharcs"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--quick", action="store_true", help="a few epochs on 256 images (seconds; for tests)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_threads_argument(parser)
     parser.add_argument("--merge", type=Path, nargs="+", default=None, help="merge results.json files of single seeds")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    with torch_threads(args.threads):  # the environment records the count used
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bramley.core.cli import write_json
+    from bramley.core.report import environment
+
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if args.merge:

@@ -12,7 +12,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bramley.core.cli import MethodCLI, check_writable, positive_int, unit_float, write_json
+from bramley.core.cli import (
+    MethodCLI,
+    add_threads_argument,
+    check_writable,
+    positive_int,
+    torch_threads,
+    unit_float,
+    write_json,
+)
 from bramley.core.errors import CheckpointError, ConfigError
 
 from .train import RECIPES, train
@@ -145,24 +153,21 @@ cli.add_command("eval", _eval, "UnED kNN table per domain (mMP@k, R@1; separate 
 
 # -------------------------------------------------------------------------------------------------------- bench
 def _bench(args: argparse.Namespace) -> int:
-    import torch
-
     from bramley.core.report import environment
 
     from .bench import run_benchmark
 
     check_writable(args.out)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    result = run_benchmark(
-        backbone=args.backbone,
-        num_classes=[args.num_classes] * args.domains,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        steps=args.steps,
-        rounds=args.rounds,
-    )
-    result["environment"] = environment()
+    with torch_threads(args.threads):  # the results record the count used
+        result = run_benchmark(
+            backbone=args.backbone,
+            num_classes=[args.num_classes] * args.domains,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            steps=args.steps,
+            rounds=args.rounds,
+        )
+        result["environment"] = environment()
     lo, hi = result["ratio_iqr"]
     print(
         f"{args.backbone}, batch {args.batch_size} at {args.image_size} px, {args.domains} domains: UDON "
@@ -181,7 +186,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=positive_int, default=32)
     p.add_argument("--steps", type=positive_int, default=5, help="training steps per method per round")
     p.add_argument("--rounds", type=positive_int, default=7)
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    add_threads_argument(p, default=None)
     p.add_argument("--out", type=Path, default=None, help="also write the results to this JSON file")
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from bramley.core.cli import add_threads_argument, torch_threads
 from bramley.core.recipe import load_recipe
 from bramley.core.report import figure, mean_std, write_results
 
@@ -163,7 +164,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--update-every", type=int, default=20, help="dynamic sampler period (batches)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadiest on a busy machine)")
+    add_threads_argument(parser)
     parser.add_argument("--quick", action="store_true", help="one seed, one epoch, a narrower backbone (a test)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -174,7 +175,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    with torch_threads(args.threads):  # write_results records the count in the environment
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     test = EvalImages({(d, "test"): mini_domain(d, "test", args.image_size, DATA_SEED) for d in args.domains})
     runs = {seed: run_seed(args, seed, test) for seed in args.seeds}

@@ -33,13 +33,12 @@ Nothing is unpickled: safetensors tensors and JSON only.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +47,7 @@ import numpy as np
 import torch
 
 from .._optional import optional_import
+from ..cli import torch_threads
 from ..errors import ConfigError, DataError
 
 __all__ = [
@@ -338,7 +338,10 @@ class ReplayableAugment:
             raise DataError(
                 f"the image has {image.shape[0]} channels but augment mean/std have {len(self.config.mean)}"
             )
-        with _one_thread():
+        # One intra-op thread: one image's operations are too small to split, and splitting them costs up to 5x on a
+        # loaded 2-core machine (measured: 10 ms vs 2 ms per 16 px augmentation). DataLoader workers already run
+        # single-threaded (then nothing changes); in the main process the count is restored afterwards.
+        with torch_threads(1):
             return self._replay(image, params)
 
     def _replay(self, image: torch.Tensor, params: Mapping[str, Any]) -> torch.Tensor:
@@ -412,22 +415,6 @@ class ReplayableAugment:
                 raise DataError(f"erase box {params['erase'][:4]} does not fit the {size_h}x{size_w} output")
             if not 0 <= noise_seed < _ERASE_SEED_BOUND:
                 raise DataError(f"erase seed must be in [0, 2**31), got {noise_seed}")
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run one image's operations on one intra-op thread: they are too small to split, and splitting them costs up
-    to 5x on a loaded 2-core machine (measured: 10 ms vs 2 ms per 16 px augmentation). DataLoader workers already
-    run single-threaded; in the main process the setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _ints(value: Any, length: int, name: str = "src") -> list[int]:

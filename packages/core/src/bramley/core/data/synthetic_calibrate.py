@@ -161,7 +161,7 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..cli import positive_int
+    from ..cli import add_threads_argument, positive_int, torch_threads
     from ..report import write_results
 
     parser = argparse.ArgumentParser(
@@ -170,17 +170,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/synthetic-calibration"), help="output directory")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="data and training seeds")
     parser.add_argument("--cnn-epochs", type=positive_int, nargs="+", default=[3, 15], help="tiny CNN budgets")
-    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
+    add_threads_argument(parser)
     parser.add_argument("--no-digits", action="store_true", help="score the synthetic data only")
     parser.add_argument("--set", nargs="*", default=[], metavar="KNOB=VALUE", help="SyntheticConfig fields (JSON)")
     args = parser.parse_args(argv)
     config = with_knobs(SyntheticConfig(), _parse_knobs(parser, args.set))
-    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    results = calibrate(args.seeds, config, args.cnn_epochs, digits=not args.no_digits)
-    results.update({"seconds": time.perf_counter() - t0, "threads": args.threads})
-    title = f"Pixel baselines, test top-1 (%), mean ± std over seeds {args.seeds}"
-    write_results(args.out, results, table_rows(results), title=title)
+    with torch_threads(args.threads):  # write_results records the count in the environment
+        results = calibrate(args.seeds, config, args.cnn_epochs, digits=not args.no_digits)
+        results.update({"seconds": time.perf_counter() - t0, "threads": args.threads})
+        title = f"Pixel baselines, test top-1 (%), mean ± std over seeds {args.seeds}"
+        write_results(args.out, results, table_rows(results), title=title)
     return 0
 
 
