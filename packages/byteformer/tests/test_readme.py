@@ -98,3 +98,32 @@ def test_readme_measured_numbers_come_from_results():
     assert f"{len(results['seeds'])} seeds" in text and f"{results['seconds']:.0f} s on a 2-core CPU" in text
     assert f"scores {results['pixel_logistic_regression_top1']:.1f}%" in text
     assert f"**{bench['packed_over_padded']:.1f}x**" in text and f"{100 * bench['padding_fraction']:.1f}% of a" in text
+
+
+def test_readme_verdict_is_the_checks_on_the_committed_table():
+    """The PASS / FAIL lines and the verdict the README shows are :func:`check_claims` on results/'s table."""
+    from bramley.byteformer.reproduce import check_claims
+
+    results = json.loads((README.parent / "results" / "results.json").read_text())
+    claims = check_claims(results["table"])
+    assert results["claims"] == claims
+    text = README.read_text()
+    for claim, ok in claims.items():
+        assert f"{'PASS' if ok else 'FAIL'}  {claim}\n" in text, claim
+    failed = [claim for claim, ok in claims.items() if not ok]
+    assert f"verdict: {len(claims) - len(failed)} of {len(claims)} checks hold; fails: {', '.join(failed)}" in text
+
+
+def test_compressed_check_needs_both_formats_learned_and_below_tiff():
+    from bramley.byteformer.reproduce import check_claims
+
+    def rows(png, jpeg):
+        specs = {"tiff": 80.0, "tiff+permute:seed=7": 80.0, "tiff+mask:keep=0.25,seed=3": 75.0,
+                 "png:level=9": png, "jpeg:quality=90": jpeg, "wav:int16": 60.0}  # fmt: skip
+        chance = {"wav:int16": 16.7}
+        return [{"spec": spec, "top1": top1, "chance": chance.get(spec, 10.0)} for spec, top1 in specs.items()]
+
+    assert check_claims(rows(65.0, 60.0))["compressed_learned_but_harder"]
+    assert not check_claims(rows(16.7, 14.9))["compressed_learned_but_harder"]  # near chance: not learned
+    assert not check_claims(rows(65.0, 25.0))["compressed_learned_but_harder"]  # JPEG not learned
+    assert not check_claims(rows(82.0, 60.0))["compressed_learned_but_harder"]  # PNG not below TIFF

@@ -79,6 +79,24 @@ PAPER = {
 }
 
 
+def check_claims(rows: list[dict[str, Any]]) -> dict[str, bool]:
+    """The pre-registered checks of :data:`CLAIM` on the table's rows (``spec``, ``top1``, ``chance`` each).
+
+    "Lower on compressed formats" counts only where the model learned them (PNG and JPEG at 3x chance or more): a
+    format the model cannot learn at all is not evidence of the paper's gap (its JPEG is 10-15 points below TIFF).
+    """
+    by_spec = {r["spec"]: r for r in rows}
+    tiff = by_spec["tiff"]["top1"]
+    compressed = [by_spec[spec] for spec in ("png:level=9", "jpeg:quality=90")]
+    return {
+        "bytes_beat_chance_by_5x": tiff >= 5 * by_spec["tiff"]["chance"],
+        "obfuscation_within_3_points": abs(by_spec["tiff+permute:seed=7"]["top1"] - tiff) <= 3.0,
+        "masking_costs_under_10_points": tiff - by_spec["tiff+mask:keep=0.25,seed=3"]["top1"] <= 10.0,
+        "compressed_learned_but_harder": all(3 * r["chance"] <= r["top1"] < tiff for r in compressed),
+        "audio_beats_chance_by_3x": by_spec["wav:int16"]["top1"] >= 3 * by_spec["wav:int16"]["chance"],
+    }
+
+
 class _Head(torch.utils.data.Dataset):
     """The first ``n`` items of a source dataset (for ``--quick``); the bundled splits are shuffled."""
 
@@ -230,15 +248,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(f"{name:34s} top1 {mean:5.1f} +- {std:4.1f}   ({sum(r['seconds'] for r in results):.0f} s)", flush=True)
     pixel = pixel_baseline(args.seeds[0], args.quick)
-    by_spec = {r["spec"]: r["top1"] for r in rows}
-    tiff = by_spec["tiff"]
-    claims = {
-        "bytes_beat_chance_by_5x": tiff >= 5 * rows[0]["chance"],
-        "obfuscation_within_3_points": abs(by_spec["tiff+permute:seed=7"] - tiff) <= 3.0,
-        "masking_costs_under_10_points": tiff - by_spec["tiff+mask:keep=0.25,seed=3"] <= 10.0,
-        "compressed_harder": max(by_spec["png:level=9"], by_spec["jpeg:quality=90"]) < tiff,
-        "audio_beats_chance_by_3x": by_spec["wav:int16"] >= 3 * rows[-1]["chance"],
-    }
+    claims = check_claims(rows)
     elapsed = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
     _plot(rows, pixel, args.out / "byteformer_reproduction.png")
