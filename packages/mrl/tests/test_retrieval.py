@@ -44,7 +44,7 @@ def test_exact_search_matches_brute_force(n, nq, d, chunk, qbatch, data):
     assert result.mflops_per_query == pytest.approx(n * dim / 1e6)
 
 
-@pytest.mark.parametrize("dim", [8, 32, 33, 48])
+@pytest.mark.parametrize("dim", [8, 16, 17, 48])
 def test_default_query_batch_follows_the_search_size_and_finds_the_same_neighbours(dim):
     gen = torch.Generator().manual_seed(dim)
     db, q = torch.randn(600, 48, generator=gen), torch.randn(150, 48, generator=gen)  # 150 queries: 3 or 2 batches
