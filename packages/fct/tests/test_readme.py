@@ -51,3 +51,22 @@ def test_bash_blocks(tmp_path, monkeypatch, image_folder, tiny_chain):
 
 def test_installed():
     assert version("bramley-fct") == "0.1.0"
+
+
+def test_readme_reproduction_numbers_are_the_committed_runs():
+    """The README's table is results/reproduce's table.md; the autoencoder paragraph and timings are its results."""
+    import json
+
+    results = README.parent / "results"
+    text = README.read_text(encoding="utf-8")
+    table = (results / "reproduce" / "table.md").read_text(encoding="utf-8")
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(rows) == 7 and all(row in text.splitlines() for row in rows)  # header + 6 cases, verbatim
+    simclr = json.loads((results / "reproduce" / "results.json").read_text())
+    assert simclr["side_objective"] == "simclr" and simclr["seeds"] == [0, 1, 2] and not simclr["quick"]
+    assert f"{simclr['seconds']:.0f} s for three seeds" in text and simclr["verdict"].startswith("HOLDS")
+    autoencoder = json.loads((results / "reproduce-autoencoder" / "results.json").read_text())
+    assert autoencoder["side_objective"] == "autoencoder" and autoencoder["seeds"] == [0, 1, 2]
+    side = autoencoder["summary"]["FCT w/ side-info"]
+    shown = ", ".join(f"{side[k]['mean']:.1f} ± {side[k]['std']:.1f} {k if k != 'top1' else 'top-1'}" for k in side)
+    assert shown.replace("top5", "top-5") in " ".join(text.split()), shown
