@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from bramley.core.checkpoint import from_pretrained, save_pretrained
 from bramley.core.convert import build_converted
-from bramley.core.errors import CheckpointError, ConfigError
+from bramley.core.errors import CheckpointError, ConfigError, DataError
 from bramley.core.registry import create_model
 from bramley.fct.augment import BatchAugment
 from bramley.fct.models import FCTTransformation, convert_official, nt_xent
@@ -182,21 +182,29 @@ def test_batch_augment_shapes_and_randomness():
         BatchAugment()(torch.randn(3, 16, 16))
 
 
-def test_bct_synthesized_classifier_for_new_classes():
+def test_bct_synthesized_classifier_covers_every_class_with_normalised_means():
     from torch.utils.data import TensorDataset
 
     from bramley.fct.train import embed_dataset, synthesized_class_weights
 
     old = create_model("fct_convnet", widths=[8], embedding_dim=6, num_classes=2).eval()
     x, y = torch.randn(12, 1, 8, 8), torch.tensor([0, 1, 2, 3] * 3)
-    w = synthesized_class_weights(old, TensorDataset(x, y), num_old_classes=2)
+    w = synthesized_class_weights(old, TensorDataset(x, y))
     emb, _ = embed_dataset(old, TensorDataset(x, y))
-    torch.testing.assert_close(w, torch.stack([emb[y == 2].mean(0), emb[y == 3].mean(0)]))
+    unit = F.normalize(emb, dim=1)
+    torch.testing.assert_close(w, torch.stack([unit[y == c].mean(0) for c in range(4)]))  # old classes too
     new = create_model("fct_convnet", widths=[8], embedding_dim=6, num_classes=4)
-    loss_fn = BCTLoss(old.head.classifier.weight, 1.0, 0.0, new_class_weights=w)
-    _, extras = loss_fn(new, (x, y))
-    e = new.embed(x)
-    full = torch.cat([old.head.classifier.weight, w])
-    torch.testing.assert_close(extras["influence"], F.cross_entropy(e @ full.T, y).item())
-    with pytest.raises(ValueError, match="class 2 has no training sample"):
-        synthesized_class_weights(old, TensorDataset(x[y != 2], y[y != 2]), num_old_classes=2)
+    _, extras = BCTLoss(w, 1.0, 0.0)(new, (x, y))
+    torch.testing.assert_close(extras["influence"], F.cross_entropy(new.embed(x) @ w.T, y).item())
+    with pytest.raises(DataError, match="class 1 has no training sample"):
+        synthesized_class_weights(old, TensorDataset(x[y != 1], y[y != 1]))
+
+
+def test_bct_with_the_trained_old_classifier_skips_unknown_classes():
+    old = create_model("fct_convnet", widths=[8], embedding_dim=6, num_classes=2).eval()
+    new = create_model("fct_convnet", widths=[8], embedding_dim=6, num_classes=4)
+    x, y = torch.randn(12, 1, 8, 8), torch.tensor([0, 1, 2, 3] * 3)
+    _, extras = BCTLoss(old.head.classifier.weight, 1.0, 0.0)(new, (x, y))
+    known = y < 2
+    expected = F.cross_entropy(new.embed(x)[known] @ old.head.classifier.weight.T, y[known]).item()
+    assert extras["influence"] == pytest.approx(expected, rel=1e-5)

@@ -136,8 +136,9 @@ class OldStage:
 
 @dataclass
 class BCTSection:
-    """``loss.bct``: the BCT baseline's influence loss (Shen et al., CVPR 2020): its ``weight``, and whether the new
-    classes get synthesized old-classifier rows (the mean old embedding of each new class)."""
+    """``loss.bct``: the BCT baseline's influence loss (Shen et al., CVPR 2020): its ``weight``, and whether it uses
+    BCT's synthesized classifier over every class (the mean L2-normalised old embedding of each class, as the BCT
+    authors' code builds it) instead of the old model's trained classifier, which covers the old classes only."""
 
     weight: float = 1.0
     synthesize_new_classes: bool = True

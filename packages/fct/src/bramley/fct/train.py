@@ -36,33 +36,22 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # ----------------------------------------------------------------------------------------------------------- losses
 class BCTLoss:
     """Backward compatible training (Shen et al., CVPR 2020): the new model's own classification loss plus the
-    "influence" loss, i.e. the new embeddings classified by the frozen old classifier, on samples of the old classes.
+    "influence" loss, i.e. the new embeddings classified by a frozen classifier in the old embedding space.
 
-    Classes the old classifier does not know get no influence loss, unless ``new_class_weights`` supplies them:
-    BCT's "synthesized classifier", the mean old-model embedding of each new class's training samples
-    (:func:`synthesized_class_weights`), appended to the old classifier.
+    That classifier is either the old model's trained classifier (then samples of classes it does not know get no
+    influence loss) or BCT's synthesized classifier over every class (:func:`synthesized_class_weights`).
 
     Args:
-        old_classifier: the old model's classifier weight ``(old_classes, dim)``; the new embedding must have the
-            same ``dim`` (BCT's constraint).
+        old_classifier: ``(classes, dim)`` rows for labels ``0, 1, ...``; the new embedding must have the same ``dim``
+            (BCT's constraint). Samples with a label past the last row get no influence loss.
         weight: weight of the influence loss (BCT uses 1).
         label_smoothing: applied to both terms.
-        new_class_weights: optional ``(new_classes, dim)`` rows for labels ``old_classes, old_classes + 1, ...``.
     """
 
-    def __init__(
-        self,
-        old_classifier: torch.Tensor,
-        weight: float = 1.0,
-        label_smoothing: float = 0.1,
-        new_class_weights: torch.Tensor | None = None,
-    ) -> None:
+    def __init__(self, old_classifier: torch.Tensor, weight: float = 1.0, label_smoothing: float = 0.1) -> None:
         self.label_smoothing = label_smoothing
-        w = old_classifier.detach().clone()
-        if new_class_weights is not None:
-            w = torch.cat([w, new_class_weights.detach().to(w.dtype)])
-        self.old_classifier = w
-        self.num_old_classes = w.shape[0]
+        self.old_classifier = old_classifier.detach().clone()
+        self.num_old_classes = self.old_classifier.shape[0]
         self.weight = weight
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -227,21 +216,25 @@ def embed_dataset(
 
 
 @torch.no_grad()
-def synthesized_class_weights(old_model: nn.Module, data: Dataset, num_old_classes: int) -> torch.Tensor:
-    """BCT's classifier rows for classes the old model never saw: the mean old embedding of each such class.
+def synthesized_class_weights(old_model: nn.Module, data: Dataset) -> torch.Tensor:
+    """BCT's synthesized classifier, built as the BCT authors' code builds it (openBCT's pseudo classifier): for every
+    class of ``data`` (labels ``0 ... max``), the mean of the old model's L2-normalised embeddings of its samples.
 
-    Returns ``(num_classes - num_old_classes, dim)`` rows for labels ``num_old_classes ...`` (every label in that
-    range must occur in ``data``).
+    It replaces the old model's trained classifier in the influence loss (old classes included), so all rows live on
+    one scale. Appending raw mean embeddings of the new classes to the trained classifier instead (the paper's text,
+    and this package before 2026-12-03) puts rows of a different scale and sign pattern side by side: on the digits
+    reproduction that classifier sent ~98 % of the old model's own embeddings of old classes to new classes, and
+    BCT's new-to-old retrieval fell below old-to-old. Every label in range must occur in ``data``.
     """
     emb, labels = embed_dataset(old_model, data, device="cuda" if torch.cuda.is_available() else "cpu")
-    num_classes = int(labels.max()) + 1
+    emb = F.normalize(emb, dim=1)
     rows = []
-    for c in range(num_old_classes, num_classes):
+    for c in range(int(labels.max()) + 1):
         mask = labels == c
         if not mask.any():
             raise DataError(f"class {c} has no training sample to synthesize its BCT classifier weight from")
         rows.append(emb[mask].mean(0))
-    return torch.stack(rows) if rows else emb.new_zeros(0, emb.shape[1])
+    return torch.stack(rows)
 
 
 def _fit(model: nn.Module, cfg: TrainConfig, data: Dataset, loss_fn: Callable, **kw: Any) -> dict[str, Any]:
@@ -261,15 +254,18 @@ def train_backbone(
 ) -> dict[str, Any]:
     """Train an old or new embedding model by classification; with ``bct_old_model``, train it with BCT.
 
-    ``bct_synthesize_new_classes``: extend the old classifier to the new classes with mean old embeddings (BCT's
-    synthesized classifier), so the influence loss covers every sample; otherwise only old-class samples.
+    ``bct_synthesize_new_classes``: the influence loss uses BCT's synthesized classifier over every class
+    (:func:`synthesized_class_weights`), so it covers every sample; otherwise the old model's trained classifier and
+    only old-class samples.
     """
     if bct_old_model is None:
         loss_fn: Callable = ClassificationLoss(model.num_classes, LossSection(label_smoothing=label_smoothing))
     else:
-        old_w = bct_old_model.head.classifier.weight
-        extra = synthesized_class_weights(bct_old_model, data, old_w.shape[0]) if bct_synthesize_new_classes else None
-        loss_fn = BCTLoss(old_w, bct_weight, label_smoothing, extra)
+        if bct_synthesize_new_classes:
+            classifier = synthesized_class_weights(bct_old_model, data)
+        else:
+            classifier = bct_old_model.head.classifier.weight
+        loss_fn = BCTLoss(classifier, bct_weight, label_smoothing)
     return _fit(model, cfg, data, loss_fn)
 
 
