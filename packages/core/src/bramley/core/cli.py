@@ -28,12 +28,13 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, DataError, UserError
+from .threads import torch_threads
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -180,25 +181,6 @@ def add_threads_argument(parser: argparse.ArgumentParser, default: int | None = 
     else:
         text = f"torch CPU threads (default {default})"
     return parser.add_argument("--threads", type=positive_int, default=default, help=text)
-
-
-@contextlib.contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
-    """Run the block with ``count`` torch CPU threads (``None``: as they are) and restore the previous count after
-    it, also on an error: commands are called in-process too (tests, ``bramley``), and must leave torch as found.
-
-    Cheap when nothing changes (no ``set_num_threads`` call), so it may wrap small hot operations too.
-    """
-    import torch
-
-    previous = torch.get_num_threads()
-    if count is not None and count != previous:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != previous:
-            torch.set_num_threads(previous)
 
 
 # ----------------------------------------------------------------------------------------------- the method CLI

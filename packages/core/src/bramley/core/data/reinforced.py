@@ -47,8 +47,8 @@ import numpy as np
 import torch
 
 from .._optional import optional_import
-from ..cli import torch_threads
 from ..errors import ConfigError, DataError
+from ..threads import torch_threads
 
 __all__ = [
     "DENSIFY_METHODS",
