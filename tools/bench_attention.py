@@ -55,6 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bramley.core.bench import busy_cores
 from bramley.core.ops import attention
 from bramley.core.packing import best_fit_decreasing, cu_seqlens_from_lengths, pack, unpack
 from bramley.core.report import cpu_model, replace_marked
@@ -377,7 +378,8 @@ def bench_cpu_attention(args) -> list[dict[str, Any]]:
         for backward in (False, True):
             key = "fwd+bwd" if backward else "fwd"
             steps = cpu_contenders(lengths, args.cpu_heads, args.cpu_head_dim, causal, backward)
-            times = dict(zip(steps, round_times(list(steps.values()), torch.device("cpu"), 1, args.cpu_rounds)))
+            with busy_cores(args.busy_cores):
+                times = dict(zip(steps, round_times(list(steps.values()), torch.device("cpu"), 1, args.cpu_rounds)))
             row[f"{key} bramley ms"] = round(statistics.median(times["bramley"]), 2)
             for peer in ("SDPA loop", "SDPA padded"):
                 row[f"{key} {peer} / bramley"] = spread([p / o for p, o in zip(times[peer], times["bramley"])])
@@ -583,7 +585,9 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
     header = (
         f"Measured {env['date']} on {env['device']} (torch {env['torch']}, triton {env['triton']}, "
         f"Python {env['python']}, {env['cpu_threads']} torch threads on {env['cpu_count']} CPUs, load average "
-        f"{env['load_average']} at the start), `{results['command']}`."
+        f"{env['load_average']} at the start"
+        + (f", {results['busy_cores']} spinning process(es) alongside" if results.get("busy_cores") else "")
+        + f"), `{results['command']}`."
     )
     if "attention" in results:
         replace_marked(path, "bench_attention:attention", header + "\n\n" + markdown_table(results["attention"]))
@@ -592,7 +596,8 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
         replace_marked(path, "bench_attention:auto-table", body)
     if "cpu_attention" in results:
         threads = env["cpu_threads"]
-        name = f"cpu-attention-{threads}-thread{'s' if threads > 1 else ''}"
+        busy = f"-{results['busy_cores']}-busy" if results.get("busy_cores") else ""
+        name = f"cpu-attention-{threads}-thread{'s' if threads > 1 else ''}{busy}"
         replace_marked(path, f"bench_attention:{name}", header + "\n\n" + markdown_table(results["cpu_attention"]))
     if "packing" in results:
         body = header + "\n\n" + markdown_table([results["packing"]])
@@ -626,6 +631,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cpu-head-dim", type=int, default=64)
     parser.add_argument("--cpu-rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--busy-cores", type=int, default=0, help="CPU attention: processes spinning while it is timed (a set load)"
+    )
     parser.add_argument("--bfd-items", type=int, default=1_000_000)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10, help="timed rounds")
@@ -669,6 +677,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": " ".join(["python tools/bench_attention.py", *(argv if argv is not None else sys.argv[1:])]),
         "environment": environment(device),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "busy_cores": args.busy_cores,
     }
     if not args.packing_only:
         if args.cpu:

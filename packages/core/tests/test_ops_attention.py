@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from bramley.core.ops import BACKENDS, _attention, _sdpa, attention, normalize_window, reference_attention, set_debug
+from bramley.core.threads import torch_threads
 
 CPU_BACKENDS = ["sdpa", "reference"]
 
@@ -137,6 +138,29 @@ def test_sdpa_runs_of_equal_lengths_match_reference(causal):
     assert _sdpa._runs(_cu([9, 9, 9, 2, 9, 13, 0, 1, 13])) == [
         (0, 3, 9), (27, 1, 2), (29, 1, 9), (38, 1, 13), (51, 1, 1), (52, 1, 13),
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_with_several_threads_is_bit_identical_to_one(causal):
+    """With several torch threads the CPU runs (a long run cut in pieces) go to single-threaded workers: outputs, LSE
+    and gradients (LSE's included) equal one thread's bit for bit; autograd sees one graph from the caller's thread."""
+    lengths = [9, 9, 9, 9, 9, 2, 40, 13, 0, 1, 13, 70]
+    assert _sdpa._pieces(_cu(lengths), 2) == [
+        (0, 3, 9), (27, 2, 9), (45, 1, 2), (47, 1, 40), (87, 1, 13), (100, 1, 1), (101, 1, 13), (114, 1, 70),
+    ]  # fmt: skip
+    (q, k, v), cu = _packed(lengths, heads=4, kv_heads=2, dim=16, dtype=torch.float32, requires_grad=True)
+    results = {}
+    for threads in (1, 2):
+        with torch_threads(threads):
+            out, lse = attention(q, k, v, cu_seqlens=cu, causal=causal, return_lse=True)
+            assert out.requires_grad and out.grad_fn is not None
+            weight = torch.linspace(-1, 1, out.numel()).view_as(out)
+            grads = torch.autograd.grad((out * weight).sum() + lse.square().sum(), (q, k, v))
+            with torch.no_grad():
+                assert not attention(q, k, v, cu_seqlens=cu, causal=causal).requires_grad
+        results[threads] = (out, lse, *grads)
+    for one, two in zip(results[1], results[2]):
+        assert torch.equal(one, two)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

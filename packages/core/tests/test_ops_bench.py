@@ -80,6 +80,10 @@ def test_readme_bench_command_cpu_smoke_writes_json_and_markdown(tmp_path):
     assert "old" not in text and "tail" in text and "bfd_docs_per_s" in text
     threads = results["environment"]["cpu_threads"]
     assert f"<!-- bench_attention:cpu-attention-{threads}-thread" in text and "SDPA loop / bramley" in text
+    bench.main([*args, "--attention-only", "--busy-cores", "1"])  # beside a spinning process: a table of its own
+    marker = f"<!-- bench_attention:cpu-attention-{threads}-thread{'s' if threads > 1 else ''}-1-busy:start -->"
+    busy = md.read_text().split(marker)[1]
+    assert "1 spinning process(es) alongside" in busy.split(":end -->")[0]
 
 
 def _gpu_check(*args: str, **kwargs) -> subprocess.CompletedProcess:

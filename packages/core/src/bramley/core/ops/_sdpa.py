@@ -10,6 +10,11 @@ run is returned as a view, several runs are joined with one ``cat`` of one view 
 Every document runs whole: splitting long documents into tiles (forward merged by LSE, backward summed) was measured
 slower at every length from 256 to 2,048 tokens, with 1 and 2 threads (the kernels' rate grows with the length).
 
+With several CPU threads and several runs, the runs (a long one cut into one piece per thread) go to single-threaded
+workers, costliest first (:func:`bramley.core.threads.map_single_threaded`), instead of one multi-threaded kernel call
+after another: on a machine where another process holds a core, each such call waits for its descheduled thread. The
+kernels compute every row on one thread, so the result is the same bit for bit with any thread count.
+
 On CUDA this backend is a correctness fallback (per-run ``F.scaled_dot_product_attention``, the backward recomputes
 it under autograd); ``auto`` uses it there only where the GPU benchmark measured it fastest.
 """
@@ -22,6 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..threads import map_single_threaded
 from ._lse import empty_lse, lse_dtype, lse_shape
 
 __all__ = ["sdpa_backward", "sdpa_forward"]
@@ -47,15 +53,36 @@ def _token_view(t: torch.Tensor, start: int, count: int, length: int) -> torch.T
     return t[start : start + count * length].view(count, length, *t.shape[1:]).transpose(1, 2)
 
 
-def _run_views(tensors, cu_seqlens):
-    """Per run, ``(count, heads, length, dim)`` views of each of ``tensors`` (dense: the whole batch is one run)."""
+def _pieces(cu_seqlens: torch.Tensor, parts: int) -> list[tuple[int, int, int]]:
+    """Several runs, each cut into at most ``parts`` pieces of adjacent documents, as ``(first row, documents,
+    length)``; a single run stays whole (one call's output is returned as a view: pieces would need a ``cat``)."""
+    runs = _runs(cu_seqlens)
+    if len(runs) < 2:
+        return runs
+    pieces = []
+    for start, count, length in runs:
+        step = -(-count // parts)
+        for first in range(0, count, step):
+            pieces.append((start + first * length, min(step, count - first), length))
+    return pieces
+
+
+def _map_runs(function, tensors, cu_seqlens) -> list:
+    """``function(views)`` per run (dense: the whole batch), where ``views`` are ``(count, heads, length, dim)`` views
+    of each of ``tensors``; results in packed order. Several CPU threads: pieces of runs on single-threaded workers."""
     if tensors[0].numel() == 0:  # the kernels do not take empty shapes
-        return
+        return []
     if cu_seqlens is None:
-        yield [t.transpose(1, 2) for t in tensors]
-        return
-    for run in _runs(cu_seqlens):
-        yield [_token_view(t, *run) for t in tensors]
+        return [function([t.transpose(1, 2) for t in tensors])]
+    if tensors[0].device.type != "cpu":
+        return [function([_token_view(t, *run) for t in tensors]) for run in _runs(cu_seqlens)]
+    pieces = _pieces(cu_seqlens, torch.get_num_threads())
+    costliest_first = sorted(range(len(pieces)), key=lambda i: -pieces[i][1] * pieces[i][2] ** 2)
+    results = map_single_threaded(lambda i: function([_token_view(t, *pieces[i]) for t in tensors]), costliest_first)
+    in_order = [None] * len(pieces)
+    for i, result in zip(costliest_first, results):
+        in_order[i] = result
+    return in_order
 
 
 def _assemble(parts: list[torch.Tensor], like: torch.Tensor, dense: bool) -> torch.Tensor:
@@ -153,11 +180,10 @@ def sdpa_forward(
     """``(out, lse)`` on validated inputs (packed with ``cu_seqlens`` or dense); ``lse`` is empty unless
     ``need_lse``. Reads ``cu_seqlens`` on the host (a device sync on CUDA)."""
     dense = cu_seqlens is None
-    outs, lses = [], []
-    for qv, kv, vv in _run_views((q, k, v), cu_seqlens):
-        o, l = _forward_run(qv, kv, vv, scale, window_left, window_right, need_lse)
-        outs.append(o)
-        lses.append(l)
+    results = _map_runs(
+        lambda views: _forward_run(*views, scale, window_left, window_right, need_lse), (q, k, v), cu_seqlens
+    )
+    outs, lses = [o for o, _ in results], [l for _, l in results]
     if not need_lse:
         return _assemble(outs, q, dense), empty_lse(q)
     return _assemble(outs, q, dense), _assemble_lse(lses, q, dense)
@@ -178,9 +204,11 @@ def sdpa_backward(
     """``(dq, dk, dv)`` from the output gradient and the forward's output and LSE."""
     dense = cu_seqlens is None
     lse_like_q = (lse.transpose(1, 2) if dense else lse.t()).unsqueeze(-1)  # runs of it: (count, heads, length, 1)
-    grads = ([], [], [])
-    for gv, qv, kv, vv, ov, lv in _run_views((grad_out, q, k, v, out, lse_like_q), cu_seqlens):
-        parts = _backward_run(gv, qv, kv, vv, ov, lv.squeeze(-1), scale, window_left, window_right)
-        for part, grad in zip(grads, parts):
-            part.append(grad)
+
+    def backward_run(views):
+        g, qv, kv, vv, o, l = views
+        return _backward_run(g, qv, kv, vv, o, l.squeeze(-1), scale, window_left, window_right)
+
+    results = _map_runs(backward_run, (grad_out, q, k, v, out, lse_like_q), cu_seqlens)
+    grads = [[result[i] for result in results] for i in range(3)]
     return tuple(_assemble(part, t, dense) for part, t in zip(grads, (q, k, v)))
