@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bramley.core.errors import DataError
+from bramley.core.threads import torch_threads
 from bramley.mrl import MatryoshkaIndex, exact_search, funnel_mflops, neighbor_recall, retrieval_metrics
 from bramley.mrl.bench import faiss_funnel
 from bramley.mrl.retrieval import _row_topk, faiss_available
@@ -55,6 +56,22 @@ def test_default_query_batch_follows_the_search_size_and_finds_the_same_neighbou
         other = MatryoshkaIndex(db, chunk_size=256, query_batch=query_batch).search(q, 9, dim)
         assert torch.equal(result.indices, other.indices)  # no ties in this data
         torch.testing.assert_close(result.scores, other.scores, atol=1e-6, rtol=0)  # the product's blocking differs
+
+
+def test_several_threads_give_one_threads_neighbours_and_scores_bit_for_bit():
+    """With several threads the query batches of each block run on single-threaded workers (each its own buffer):
+    the same products as on one thread, so the same scores, also for a 16-bit database converted per block."""
+    gen = torch.Generator().manual_seed(3)
+    db, queries = torch.randn(3000, 32, generator=gen), torch.randn(150, 32, generator=gen)
+    for dtype in (torch.float32, torch.bfloat16):
+        index = MatryoshkaIndex(db.to(dtype), chunk_size=1024, query_batch=40)
+        found = {}
+        for threads in (1, 2):
+            with torch_threads(threads):
+                exact, funnel = index.search(queries, 20, dim=8), index.funnel(queries, 8, [16, 32], [50, 10])
+            found[threads] = (exact.scores, exact.indices, funnel.scores, funnel.indices)
+        for one, two in zip(found[1], found[2]):
+            assert torch.equal(one, two)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

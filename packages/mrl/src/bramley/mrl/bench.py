@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bramley.core.bench import busy_cores, interleaved_rounds, ratio_spread
 from bramley.core.errors import ConfigError
 from bramley.core.retrieval import ranking_metrics
 
@@ -107,21 +108,9 @@ def faiss_funnel(
     return funnel
 
 
-def _interleaved(contenders: Mapping[str, Callable[[], Any]], rounds: int) -> tuple[dict[str, Any], dict[str, list]]:
-    """Run every contender once per round, in an order rotated each round; the last results and all wall times."""
-    names, results, seconds = list(contenders), {}, {name: [] for name in contenders}
-    for step in range(rounds):
-        for name in names[step % len(names) :] + names[: step % len(names)]:
-            t0 = time.perf_counter()
-            results[name] = contenders[name]()
-            seconds[name].append(time.perf_counter() - t0)
-    return results, seconds
-
-
 def _ratio(numerator: list[float], denominator: list[float]) -> dict[str, float]:
     """Median and range over rounds of the per-round ratio ``numerator / denominator`` (a speed-up of times)."""
-    ratios = [a / b for a, b in zip(numerator, denominator)]
-    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    return dict(zip(("median", "min", "max"), ratio_spread(numerator, denominator)))
 
 
 def run_benchmark(
@@ -136,6 +125,7 @@ def run_benchmark(
     backend: str = "torch",
     signal: float = 2.5,
     peer: bool = True,
+    busy: int = 0,
 ) -> dict[str, Any]:
     """Time full-size exact search, each funnel and its FAISS peer on the same generated data, interleaved.
 
@@ -147,7 +137,8 @@ def run_benchmark(
     neighbour list equals the peer's. Timings cover all per-query work (checking and normalising queries, scoring,
     top-k, reranking). Building the index (normalising the database, caching the funnels' small prefixes, the
     peer's FAISS index) is timed separately. The peer runs when FAISS is installed and ``peer`` is set. A funnel's
-    last rerank size is clamped to ``dim``.
+    last rerank size is clamped to ``dim``. ``busy`` other processes spin while the rounds run (a set load:
+    :func:`bramley.core.bench.busy_cores`).
     """
     if dtype not in _DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -172,12 +163,18 @@ def run_benchmark(
 
     k_max = max(f["shortlists"][-1] for f in funnels)
     queries_np = queries.numpy()
-    contenders: dict[str, Callable[[], Any]] = {"exact": lambda: index.search(queries, k_max, dim).indices}
+    searches: dict[str, Callable[[], torch.Tensor]] = {"exact": lambda: index.search(queries, k_max, dim).indices}
     for i, f in enumerate(funnels):
-        contenders[f"funnel {i}"] = lambda f=f: index.funnel(queries, **f).indices
+        searches[f"funnel {i}"] = lambda f=f: index.funnel(queries, **f).indices
         if i in peers:
-            contenders[f"peer {i}"] = lambda i=i: torch.from_numpy(peers[i](queries_np))
-    found, seconds = _interleaved(contenders, repeats)
+            searches[f"peer {i}"] = lambda i=i: torch.from_numpy(peers[i](queries_np))
+    found: dict[str, torch.Tensor] = {}  # the last round's neighbours of each
+
+    def keep(name: str) -> Callable[[], None]:
+        return lambda: found.__setitem__(name, searches[name]())
+
+    with busy_cores(busy):
+        seconds = interleaved_rounds({name: keep(name) for name in searches}, repeats)
     exact, exact_s = found["exact"], statistics.median(seconds["exact"])
     exact_top1 = ranking_metrics(exact, query_labels, db_labels)["top1"]
     results = []
@@ -222,6 +219,7 @@ def run_benchmark(
             "repeats": repeats,
             "seed": seed,
             "threads": torch.get_num_threads(),
+            "busy_cores": busy,
         },
         "versions": _versions(),
         "generate_s": generate_s,
@@ -298,6 +296,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=3)
     add_threads_argument(parser, default=None)  # FAISS's threads follow
     parser.add_argument("--backend", choices=["torch", "faiss"], default="torch")
+    parser.add_argument(
+        "--busy-cores", type=int, default=0, help="processes spinning while the rounds run (a set load; default 0)"
+    )
     parser.add_argument("--markdown", type=Path, default=None, help="write the table into this file")
     args = parser.parse_args(argv)
     with _faiss_threads(args.threads), torch_threads(args.threads):  # the results record the count used
@@ -331,6 +332,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
         num_classes=args.num_classes,
         repeats=args.rounds,
         backend=args.backend,
+        busy=args.busy_cores,
     )
     env = result["environment"] = environment()
     result["load_average"] = [load, os.getloadavg()[0]]
@@ -339,15 +341,23 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     threads = result["config"]["threads"]
     header = (
         f"Measured {env['date']} on {env['cpu']} ({os.cpu_count()} cores, load average {load:.1f} before and "
-        f"{result['load_average'][1]:.1f} after), {threads} thread{'s' if threads > 1 else ''}, {versions}, "
+        f"{result['load_average'][1]:.1f} after), {threads} thread{'s' if threads > 1 else ''}, "
+        f"{_busy_text(args.busy_cores)}, {versions}, "
         f"{args.num_database:,} x {args.dim} float32, {args.num_queries} queries, {args.backend} backend, "
         f"{args.rounds} interleaved rounds (ratios: median and range over rounds), `{command}`."
     )
     body = header + "\n\n" + markdown_table(result)
     print(body)
     if args.markdown is not None:
-        replace_marked(args.markdown, f"bench_mrl:{args.backend}-{args.num_database}-{threads}t", body)
+        busy = f"-{args.busy_cores}busy" if args.busy_cores else ""
+        replace_marked(args.markdown, f"bench_mrl:{args.backend}-{args.num_database}-{threads}t{busy}", body)
     return result
+
+
+def _busy_text(count: int) -> str:
+    if not count:
+        return "no set load"
+    return f"{count} spinning process{'es' if count > 1 else ''} alongside (`--busy-cores {count}`)"
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from bramley.core.errors import ConfigError, DataError
+from bramley.core.threads import map_single_threaded
 
 from .nesting import check_nesting
 
@@ -153,6 +155,7 @@ class MatryoshkaIndex:
             self.data[start : start + chunk_size] = F.normalize(block, dim=1).to(self.data.dtype)
         self._prefix_cache: dict[int, torch.Tensor] = {}
         self._faiss_cache: dict[int, object] = {}
+        self._buffers = threading.local()  # each thread's block of scores, kept: first touching one costs page faults
 
     @property
     def size(self) -> int:
@@ -228,17 +231,26 @@ class MatryoshkaIndex:
         # Database blocks outside, query batches inside: each (possibly 16-bit) block is converted once. Every
         # block keeps its own top-k candidates; one final top-k per query merges them. All score blocks are written
         # into one buffer: a fresh one per block (tens of MB) cost more in page faults than the product itself.
+        # With several threads the query batches of a block go to single-threaded workers, each with its own buffer
+        # (:func:`bramley.core.threads.map_single_threaded`): on a busy machine a free worker takes the next batch
+        # instead of every small op waiting for a descheduled thread, and the result is the same as on one thread.
         query_batch = self.query_batch or (_NARROW_QUERY_BATCH if dim <= _NARROW_DIM else _QUERY_BATCH)
         batches = range(0, q.shape[0], query_batch)
         cand_s: list[list[torch.Tensor]] = [[] for _ in batches]
         cand_i: list[list[torch.Tensor]] = [[] for _ in batches]
-        buffer = torch.empty(min(query_batch, q.shape[0]) * min(self.chunk_size, self.size))
+        buffer_size = min(query_batch, q.shape[0]) * min(self.chunk_size, self.size)
         for start, block in self._blocks(dim):
             kk = min(k, block.shape[0])
-            for b, qs in enumerate(batches):
-                qb = q[qs : qs + query_batch]
+
+            def top(first: int, block: torch.Tensor = block, kk: int = kk) -> tuple[torch.Tensor, torch.Tensor]:
+                qb = q[first : first + query_batch]
+                buffer = getattr(self._buffers, "scores", None)
+                if buffer is None or buffer.numel() < buffer_size:
+                    buffer = self._buffers.scores = torch.empty(buffer_size)
                 scores = torch.mm(qb, block.T, out=buffer[: qb.shape[0] * block.shape[0]].view(qb.shape[0], -1))
-                s, i = _row_topk(scores, kk)
+                return _row_topk(scores, kk)
+
+            for b, (s, i) in enumerate(map_single_threaded(top, batches)):
                 cand_s[b].append(s)
                 cand_i[b].append(i + start)
         scores, indices = [], []
