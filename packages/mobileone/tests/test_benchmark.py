@@ -12,25 +12,35 @@ import statistics
 import pytest
 import torch
 
-from bramley.mobileone.profile import CONTENDERS, benchmark_variant, interleaved_rounds, ratio_stats, table_rows
+from bramley.core.bench import interleaved_rounds
+from bramley.mobileone import profile
+from bramley.mobileone.profile import CONTENDERS, benchmark_variant, measure_latency, ratio_stats, table_rows
 
 
-def test_interleaved_rounds_alternate_the_order():
+def test_benchmark_variant_times_in_core_interleaved_rounds(monkeypatch):
+    """The contenders run in core's rotating rounds, each ``iters`` times back to back, after ``warmup`` rounds."""
     calls = []
-    contenders = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
-    seconds, orders = interleaved_rounds(contenders, rounds=4, iters=2, warmup=1)
-    assert orders == [["a", "b", "c"], ["c", "b", "a"]] * 2
-    # warmup once each, then every round runs each contender `iters` times back to back, in the round's order
-    expected = ["a", "b", "c"] + [name for order in orders for name in order for _ in range(2)]
-    assert calls == expected
-    assert {name: len(times) for name, times in seconds.items()} == {"a": 4, "b": 4, "c": 4}
-    assert all(t >= 0 for times in seconds.values() for t in times)
+
+    def spy(contenders, rounds, **kwargs):
+        calls.append((list(contenders), rounds, kwargs["repeats"], kwargs["warmup"]))
+        return interleaved_rounds(contenders, rounds, **kwargs)
+
+    monkeypatch.setattr(profile, "interleaved_rounds", spy)
+    (row,) = benchmark_variant("s0", (1,), image_size=32, rounds=2, iters=3, warmup=1, include_timm=False)
+    assert calls == [(["fused", "unfused"], 2, 3, 1)]
+    assert all(len(times) == 2 for times in row["rounds_ms"].values())
 
 
 @pytest.mark.parametrize("rounds, iters, warmup", [(0, 1, 0), (1, 0, 0), (1, 1, -1)])
-def test_interleaved_rounds_refuse_bad_counts(rounds, iters, warmup):
-    with pytest.raises(ValueError, match="rounds >= 1"):
-        interleaved_rounds({"a": lambda: None}, rounds, iters, warmup)
+def test_benchmark_variant_refuses_bad_counts(rounds, iters, warmup):
+    with pytest.raises(ValueError, match=">= 1"):
+        benchmark_variant("s0", (1,), image_size=32, rounds=rounds, iters=iters, warmup=warmup, include_timm=False)
+
+
+def test_measure_latency_times_the_model():
+    assert measure_latency(torch.nn.Identity(), torch.zeros(1), warmup=1, iters=3) >= 0
+    with pytest.raises(ValueError, match="iters must be >= 1"):
+        measure_latency(torch.nn.Identity(), torch.zeros(1), iters=0)
 
 
 def test_ratio_stats_are_per_round():

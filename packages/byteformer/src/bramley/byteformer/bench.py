@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bramley.core.bench import interleaved_rounds, ratio_spread
 from bramley.core.cli import add_threads_argument, positive_int, torch_threads
 from bramley.core.errors import ConfigError
 
@@ -155,16 +156,15 @@ def bench(
     for mode in ("packed", "padded"):
         for b in range(warmup):
             _step(model, optimizer, moved[mode][b % len(groups)], mode == "padded", amp_dtype, dev)
-    times: dict[str, list[float]] = {"packed": [], "padded": []}
-    for r in range(rounds):
-        for mode in ("packed", "padded") if r % 2 == 0 else ("padded", "packed"):
-            synchronize(dev)
-            start = time.perf_counter()
-            for batch in moved[mode]:
-                _step(model, optimizer, batch, mode == "padded", amp_dtype, dev)
-            synchronize(dev)
-            times[mode].append(time.perf_counter() - start)
+
+    def all_batches(mode: str) -> None:
+        for batch in moved[mode]:
+            _step(model, optimizer, batch, mode == "padded", amp_dtype, dev)
+
+    contenders = {mode: partial(all_batches, mode) for mode in ("packed", "padded")}
+    times = interleaved_rounds(contenders, rounds, sync=partial(synchronize, dev))
     n = len(groups) * batch_size
+    median, low, high = ratio_spread(times["padded"], times["packed"])
     ratios = [pad / pack for pack, pad in zip(times["packed"], times["padded"], strict=True)]
     quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
     return {
@@ -188,9 +188,9 @@ def bench(
         "max_abs_logit_diff_packed_vs_padded": diff,
         "packed_samples_per_s": n / statistics.median(times["packed"]),
         "padded_samples_per_s": n / statistics.median(times["padded"]),
-        "packed_over_padded": statistics.median(ratios),
+        "packed_over_padded": median,
         "ratio_iqr": [quartiles[0], quartiles[2]],
-        "ratio_range": [min(ratios), max(ratios)],
+        "ratio_range": [low, high],
         "round_ratios": ratios,
         "round_seconds": times,
         "peer": f"padded batch, torch {torch.__version__} F.scaled_dot_product_attention with a key-padding mask",

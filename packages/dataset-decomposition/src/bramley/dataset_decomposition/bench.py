@@ -22,12 +22,13 @@ documents for ``cc_dm``).
 from __future__ import annotations
 
 import statistics
-import time
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
+from bramley.core.bench import interleaved_rounds, ratio_spread
 from bramley.core.errors import ConfigError
 from bramley.core.train.distributed import synchronize
 
@@ -76,9 +77,12 @@ def make_batches(
     raise ConfigError(f"unknown method {method!r}; choose from {', '.join(BENCH_METHODS)}")
 
 
-def _spread(values: list[float]) -> dict[str, Any]:
-    quartiles = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
-    return {"iqr": [quartiles[0], quartiles[2]], "range": [min(values), max(values)], "rounds": values}
+def _spread(numerator: list[float], denominator: list[float]) -> tuple[float, dict[str, Any]]:
+    """The median over rounds of ``numerator[r] / denominator[r]``, and its interquartile range, range and rounds."""
+    median, low, high = ratio_spread(numerator, denominator)
+    ratios = [a / b for a, b in zip(numerator, denominator, strict=True)]
+    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return median, {"iqr": [quartiles[0], quartiles[2]], "range": [low, high], "rounds": ratios}
 
 
 def run_benchmark(
@@ -138,23 +142,16 @@ def run_benchmark(
         attn = sum(attention_flops(batch_sequence_lengths(b), model.dim, model.depth) for b in batches[warmup:])
         batches = [{k: v.to(dev) for k, v in b.items()} if isinstance(b, dict) else b.to(dev) for b in batches]
         states[method] = {
-            "model": model, "opt": torch.optim.AdamW(model.parameters(), lr=1e-4), "batches": batches,
-            "attn": attn, "seconds": [],
+            "model": model, "opt": torch.optim.AdamW(model.parameters(), lr=1e-4), "batches": batches, "attn": attn,
         }  # fmt: skip
         train_steps(states[method], batches[:warmup])
-    for r in range(rounds):
-        for method in methods[r % len(methods) :] + methods[: r % len(methods)]:
-            state = states[method]
-            synchronize(dev)
-            start = time.perf_counter()
-            train_steps(state, state["batches"][warmup:])
-            synchronize(dev)
-            state["seconds"].append(time.perf_counter() - start)
+    timed = {method: partial(train_steps, state, state["batches"][warmup:]) for method, state in states.items()}
+    seconds = interleaved_rounds(timed, rounds, sync=partial(synchronize, dev))
     results = {
         method: {
-            "tokens_per_s": steps * tokens_per_step / statistics.median(state["seconds"]),
-            "s_per_step": statistics.median(state["seconds"]) / steps,
-            "round_seconds": state["seconds"],
+            "tokens_per_s": steps * tokens_per_step / statistics.median(seconds[method]),
+            "s_per_step": statistics.median(seconds[method]) / steps,
+            "round_seconds": seconds[method],
             "attention_flops_per_step": state["attn"] / steps,
             "model_flops_per_token": 6 * state["model"].num_parameters(embedding=False),
         }
@@ -164,9 +161,7 @@ def run_benchmark(
     if "dd" in states:
         for m in states:
             if m != "dd":  # equal tokens per round: the ratio of tokens/s is the inverse ratio of seconds
-                per_round = [t / d for t, d in zip(states[m]["seconds"], states["dd"]["seconds"], strict=True)]
-                ratios[f"dd_over_{m}"] = statistics.median(per_round)
-                spread[f"dd_over_{m}"] = _spread(per_round)
+                ratios[f"dd_over_{m}"], spread[f"dd_over_{m}"] = _spread(seconds[m], seconds["dd"])
     return {
         "model": model_name,
         "model_kwargs": kwargs,

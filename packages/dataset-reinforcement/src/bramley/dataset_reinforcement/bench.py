@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
+from functools import partial
 from itertools import cycle
 from typing import Any
 
@@ -40,6 +40,7 @@ def run_bench(
     num_teachers: int = 2,
 ) -> dict[str, Any]:
     """Time the three training modes in interleaved rounds, then ``reinforce``; returns the JSON-able results."""
+    from bramley.core.bench import interleaved_rounds
     from bramley.core.cli import torch_threads
     from bramley.core.data.reinforced import AugmentConfig
     from bramley.core.registry import create_model
@@ -89,14 +90,7 @@ def run_bench(
 
             for m in METHODS:  # warm-up: first batches, allocator, shard cache
                 step(m)
-            times: dict[str, list[float]] = {m: [] for m in METHODS}
-            for r in range(rounds):
-                order = METHODS[r % len(METHODS) :] + METHODS[: r % len(METHODS)]
-                for m in order:
-                    start = time.perf_counter()
-                    for _ in range(steps):
-                        step(m)
-                    times[m].append((time.perf_counter() - start) / steps)
+            times = interleaved_rounds({m: partial(step, m) for m in METHODS}, rounds, repeats=steps)
         used_threads, env = torch.get_num_threads(), environment()  # the count the rounds ran with
     ratios = {m: _quantiles([t / p for t, p in zip(times[m], times["plain"])]) for m in METHODS if m != "plain"}
     return {

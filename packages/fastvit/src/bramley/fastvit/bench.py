@@ -1,19 +1,21 @@
 """CPU latency of a FastViT variant: unfused (train-time) vs fused (reparameterized) vs timm's fused model.
 
-Every number is a median over repeated timed calls measured in one process, and the report gives ratios against
-the fused bramley model so that machine load cancels out as far as possible.
+Every number is a median over repeated timed calls measured in one process, the models timed in interleaved rounds
+(the order rotating every round), and the report gives ratios against the fused bramley model so that machine load
+cancels out as far as possible.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from bramley.core.bench import interleaved_rounds
 from bramley.core.registry import create_model
 
 from .convert import bramley_to_timm
@@ -25,29 +27,14 @@ __all__ = ["bench_variant", "median_latency_ms"]
 @torch.inference_mode()
 def median_latency_ms(fn: Callable[[], Any], iters: int = 20, warmup: int = 3) -> float:
     """Median wall-clock milliseconds of ``fn()`` over ``iters`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return 1e3 * statistics.median(interleaved_rounds({"fn": fn}, iters, warmup=warmup)["fn"])
 
 
 def _interleaved(models: dict[str, nn.Module], x: torch.Tensor, iters: int, warmup: int) -> dict[str, float]:
-    """Median latency per model, timing the models round-robin so that load drifts hit all of them alike."""
+    """Median latency (ms) per model, timed in interleaved rounds so that load drifts hit all of them alike."""
     with torch.inference_mode():
-        for _ in range(warmup):
-            for m in models.values():
-                m(x)
-        times: dict[str, list[float]] = {k: [] for k in models}
-        for _ in range(iters):
-            for name, m in models.items():
-                start = time.perf_counter()
-                m(x)
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+        seconds = interleaved_rounds({k: partial(m, x) for k, m in models.items()}, iters, warmup=warmup)
+    return {k: 1e3 * statistics.median(times) for k, times in seconds.items()}
 
 
 def bench_variant(

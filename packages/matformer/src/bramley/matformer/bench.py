@@ -5,20 +5,19 @@ Inference: the forward latency of one sub-model three ways, the full model as th
 extract`: dense copies), and the full model. Training: the step time (forward, backward, AdamW step) of joint training
 (every granularity's loss) against training one granularity (the full model), on the same batch.
 
-Each round times every variant once (a median of ``repeats`` calls), in an order that rotates from round to round, and
-the ratios are taken within a round; the report gives the median ratio over the rounds with its interquartile range,
-next to the FLOP ratio the counts predict.
+After one untimed round, each round times every variant once (the mean of ``repeats`` calls), in an order that rotates
+from round to round, and the ratios are taken within a round; the report gives the median ratio over the rounds with
+its interquartile range, next to the FLOP ratio the counts predict.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from bramley.core.bench import interleaved_rounds
 from bramley.core.registry import create_model
 
 from .model import MatLM
@@ -28,31 +27,11 @@ from .train import JointLoss
 __all__ = ["bench_section", "run_benchmark"]
 
 
-def _time(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _quartiles(values: list[float]) -> dict[str, float]:
     if len(values) < 2:
         return {"median": values[0], "q1": values[0], "q3": values[0], "min": values[0], "max": values[0]}
     q1, _, q3 = statistics.quantiles(values, n=4)
     return {"median": statistics.median(values), "q1": q1, "q3": q3, "min": min(values), "max": max(values)}
-
-
-def _rounds(variants: dict[str, Callable[[], Any]], rounds: int, repeats: int) -> list[dict[str, float]]:
-    names = list(variants)
-    for fn in variants.values():  # warm-up: allocator, kernels
-        fn()
-    results = []
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        results.append({name: _time(variants[name], repeats) for name in order})
-    return results
 
 
 def run_benchmark(
@@ -76,7 +55,7 @@ def run_benchmark(
         seq_len: MatLM sequence length.
         spec: the sub-model (default: the smallest granularity).
         rounds: interleaved rounds.
-        repeats: calls per variant per round (their median is the round's time).
+        repeats: calls per variant per round (their mean is the round's time).
         train_batch_size: training batch.
         seed: inputs and weights.
     """
@@ -103,7 +82,7 @@ def run_benchmark(
         "extracted": lambda: small(x),
     }
     with torch.inference_mode():
-        latency = _rounds(infer, rounds, repeats)
+        latency = interleaved_rounds(infer, rounds, repeats=repeats, warmup=1)
 
     train_model = create_model(model_name).train()
     optimizer = torch.optim.AdamW(train_model.parameters(), lr=1e-4)
@@ -127,7 +106,7 @@ def run_benchmark(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    steps = _rounds({"joint": joint_step, "one": one_step}, rounds, 1)
+    steps = interleaved_rounds({"joint": joint_step, "one": one_step}, rounds, warmup=1)
 
     full_flops, spec_flops = flops(model, None, tokens), flops(model, spec, tokens)
     joint_flops = sum(flops(model, list(g), tokens) for g in granularity_specs(model))
@@ -140,12 +119,12 @@ def run_benchmark(
         "repeats": repeats,
         "threads": torch.get_num_threads(),
         "extracted_vs_sliced_max_abs_diff": max_diff,
-        "latency_ms": {k: _quartiles([r[k] * 1e3 for r in latency]) for k in infer},
-        "sliced_over_extracted": _quartiles([r["sliced"] / r["extracted"] for r in latency]),
-        "full_over_extracted": _quartiles([r["full"] / r["extracted"] for r in latency]),
+        "latency_ms": {k: _quartiles([t * 1e3 for t in latency[k]]) for k in infer},
+        "sliced_over_extracted": _quartiles([s / e for s, e in zip(latency["sliced"], latency["extracted"])]),
+        "full_over_extracted": _quartiles([f / e for f, e in zip(latency["full"], latency["extracted"])]),
         "flop_ratio_full_over_sub": full_flops / spec_flops,
-        "step_ms": {k: _quartiles([r[k] * 1e3 for r in steps]) for k in ("joint", "one")},
-        "joint_over_one": _quartiles([r["joint"] / r["one"] for r in steps]),
+        "step_ms": {k: _quartiles([t * 1e3 for t in steps[k]]) for k in ("joint", "one")},
+        "joint_over_one": _quartiles([j / o for j, o in zip(steps["joint"], steps["one"])]),
         "flop_ratio_joint_over_one": joint_flops / full_flops,
         "budget_example": list(select_for_budget(model, (full_flops + spec_flops) / 2, "flops", tokens)),
     }

@@ -13,48 +13,27 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bramley.core.bench import interleaved_rounds, ratio_spread
+
 OPEN_CLIP_NAMES = {"mobileclip_s1": "MobileCLIP-S1", "mobileclip_s2": "MobileCLIP-S2", "mobileclip_b": "MobileCLIP-B"}
-
-
-def _time(fn: Callable[[], Any], repeats: int) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up call."""
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
-def _rounds(candidates: dict[str, Callable[[], Any]], rounds: int, repeats: int) -> dict[str, list[float]]:
-    """Interleaved rounds: every candidate timed once per round, the order rotating."""
-    names = list(candidates)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            times[name].append(_time(candidates[name], repeats))
-    return times
 
 
 def _summary(times: dict[str, list[float]], baseline: str) -> list[dict[str, Any]]:
     rows = []
     for name, values in times.items():
-        ratios = [b / v for v, b in zip(values, times[baseline], strict=True)]
+        median, low, high = ratio_spread(times[baseline], values)
         rows.append(
             {
                 "candidate": name,
                 "median_ms": 1000 * statistics.median(values),
-                f"speedup_vs_{baseline}": statistics.median(ratios),
-                "range": f"{min(ratios):.2f}-{max(ratios):.2f}",
+                f"speedup_vs_{baseline}": median,
+                "range": f"{low:.2f}-{high:.2f}",
             }
         )
     return rows
@@ -87,7 +66,7 @@ def latency(model_name: str, image_size: int | None, rounds: int, repeats: int) 
         ref.eval()
         candidates["open_clip"] = lambda: ref(images, tokens)
     with torch.inference_mode():
-        times = _rounds(candidates, rounds, repeats)
+        times = interleaved_rounds(candidates, rounds, repeats=repeats, warmup=1)
     return _summary(times, "unfused")
 
 
@@ -137,7 +116,9 @@ def step_time(rounds: int, repeats: int, batch_size: int = 64) -> list[dict[str,
 
         return run
 
-    times = _rounds({"online_teacher": step(online), "reinforced": step(stored)}, rounds, repeats)
+    times = interleaved_rounds(
+        {"online_teacher": step(online), "reinforced": step(stored)}, rounds, repeats=repeats, warmup=1
+    )
     return _summary(times, "online_teacher")
 
 
@@ -149,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default="mobileclip_s1", help="latency: the model (mobileclip_s0/s1/s2/b)")
     parser.add_argument("--image-size", type=int, default=None, help="latency: image size (default: the model's)")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per candidate and round (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per candidate and round (mean)")
     add_threads_argument(parser, default=None)
     parser.add_argument("--out", type=Path, default=None, help="also write the tables and environment to this JSON")
     args = parser.parse_args(argv)

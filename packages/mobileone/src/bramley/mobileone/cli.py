@@ -84,7 +84,7 @@ def _bench(args: argparse.Namespace) -> int:
         f"{results['load_average'][0]:.1f} before, {results['load_average'][1]:.1f} after), device {device.type}, "
         f"torch {env['torch']}, {'timm ' + peer['timm'] if peer else 'no timm'}, {args.image_size} px, "
         f"{'channels_last weights and input for every contender, ' if args.channels_last else ''}"
-        f"{args.rounds} interleaved rounds (order reversed every other round; a round's time is the median of "
+        f"{args.rounds} interleaved rounds (order rotating every round; a round's time is the mean of "
         f"{args.iters} call{'s' if args.iters > 1 else ''}), ratios computed per round: median (IQR; range). "
         f"`{results['command']}`"
     )
@@ -128,8 +128,8 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[1, 16])
     p.add_argument("--image-size", type=positive_int, default=224)
     p.add_argument("--rounds", type=positive_int, default=15, help="interleaved rounds, one ratio each")
-    p.add_argument("--iters", type=positive_int, default=1, help="timed calls per contender and round (median kept)")
-    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed calls per contender before the rounds")
+    p.add_argument("--iters", type=positive_int, default=1, help="timed calls per contender and round (mean kept)")
+    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed rounds before the timed ones")
     p.add_argument(
         "--threads", nargs="+", type=positive_int, default=None, help="torch CPU thread counts, each measured in turn"
     )

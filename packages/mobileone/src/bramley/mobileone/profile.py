@@ -4,22 +4,16 @@ timm's fused vs unfused, interleaved rounds, per-round ratios)."""
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-__all__ = [
-    "benchmark_variant",
-    "count_macs",
-    "count_params",
-    "interleaved_rounds",
-    "measure_latency",
-    "ratio_stats",
-]
+from bramley.core.bench import interleaved_rounds, ratio_spread
+
+__all__ = ["benchmark_variant", "count_macs", "count_params", "measure_latency", "ratio_stats"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -62,63 +56,12 @@ def measure_latency(model: nn.Module, x: torch.Tensor, warmup: int = 3, iters: i
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
     model.eval()
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(iters):
-        synchronize(x.device)
-        start = time.perf_counter()
-        model(x)
-        synchronize(x.device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = interleaved_rounds({"model": partial(model, x)}, iters, warmup=warmup, sync=partial(synchronize, x.device))
+    return statistics.median(times["model"])
 
 
-#: The contenders of :func:`benchmark_variant`, in the order of even rounds (odd rounds run them in reverse).
+#: The contenders of :func:`benchmark_variant`, in the order of the first round (each round starts one later).
 CONTENDERS = ("fused", "timm_fused", "unfused")
-
-
-def interleaved_rounds(
-    contenders: Mapping[str, Callable[[], Any]],
-    rounds: int,
-    iters: int = 1,
-    warmup: int = 0,
-    device: str | torch.device = "cpu",
-) -> tuple[dict[str, list[float]], list[list[str]]]:
-    """Time every contender once per round, the order reversed every other round, so that load from other processes
-    and the cost of running first or second hit all contenders alike.
-
-    Each contender runs ``warmup`` untimed calls first (in the same alternating order); a round's time of a
-    contender is the median of its ``iters`` consecutive calls. Ratios of two contenders should be taken round by
-    round (:func:`ratio_stats`), never across rounds.
-
-    Returns:
-        ``(seconds, orders)``: per contender its ``rounds`` times in seconds, and the order each round ran in.
-    """
-    from bramley.core.train.distributed import synchronize
-
-    if rounds < 1 or iters < 1 or warmup < 0:
-        raise ValueError(f"need rounds >= 1, iters >= 1, warmup >= 0; got {rounds}, {iters}, {warmup}")
-    device = torch.device(device)
-    names = list(contenders)
-    for step in range(warmup):
-        for name in names if step % 2 == 0 else names[::-1]:
-            contenders[name]()
-    seconds: dict[str, list[float]] = {name: [] for name in names}
-    orders = []
-    for step in range(rounds):
-        order = names if step % 2 == 0 else names[::-1]
-        orders.append(list(order))
-        for name in order:
-            times = []
-            for _ in range(iters):
-                synchronize(device)
-                start = time.perf_counter()
-                contenders[name]()
-                synchronize(device)
-                times.append(time.perf_counter() - start)
-            seconds[name].append(statistics.median(times))
-    return seconds, orders
 
 
 def ratio_stats(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, float]:
@@ -126,18 +69,10 @@ def ratio_stats(numerator: Sequence[float], denominator: Sequence[float]) -> dic
 
     With times as arguments, ``ratio_stats(baseline, ours)`` is our speed relative to the baseline (> 1: faster).
     """
-    if len(numerator) != len(denominator) or not numerator:
-        raise ValueError(f"need one time per round on both sides, got {len(numerator)} and {len(denominator)}")
+    median, low, high = ratio_spread(numerator, denominator)
     ratios = [a / b for a, b in zip(numerator, denominator)]
     q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else (ratios[0],) * 3
-    return {
-        "median": statistics.median(ratios),
-        "q1": q1,
-        "q3": q3,
-        "min": min(ratios),
-        "max": max(ratios),
-        "rounds": ratios,
-    }
+    return {"median": median, "q1": q1, "q3": q3, "min": low, "max": high, "rounds": ratios}
 
 
 def benchmark_variant(
@@ -153,7 +88,8 @@ def benchmark_variant(
     channels_last: bool = False,
 ) -> list[dict[str, Any]]:
     """Latency of one variant's fused model against timm's fused model and its own unfused form, on the same random
-    weights, in interleaved rounds (:func:`interleaved_rounds`) on ``device``.
+    weights, in interleaved rounds (:func:`bramley.core.bench.interleaved_rounds`, ``iters`` calls per contender and
+    round, their mean kept, after ``warmup`` untimed rounds) on ``device``.
 
     One row per batch size: the median per-round milliseconds of each contender, and two speed ratios computed round
     by round, each as median, quartiles and range: ``speed_vs_timm`` = timm's fused time / bramley's fused time
@@ -165,6 +101,7 @@ def benchmark_variant(
     """
     from bramley.core.cli import torch_threads
     from bramley.core.layers import reparameterize_model
+    from bramley.core.train.distributed import synchronize
 
     from .convert import bramley_to_timm
     from .model import build_mobileone
@@ -183,14 +120,14 @@ def benchmark_variant(
         models["unfused"] = unfused
         layout = torch.channels_last if channels_last else torch.contiguous_format
         models = {name: models[name].to(device, memory_format=layout) for name in CONTENDERS if name in models}
+        sync = partial(synchronize, torch.device(device))
         rows = []
         for batch in batch_sizes:
             x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=layout)
             with torch.inference_mode():
                 outputs = {name: m(x) for name, m in models.items()}
-                seconds, _ = interleaved_rounds(
-                    {name: partial(m, x) for name, m in models.items()}, rounds, iters, warmup, device
-                )
+                contenders = {name: partial(m, x) for name, m in models.items()}
+                seconds = interleaved_rounds(contenders, rounds, repeats=iters, warmup=warmup, sync=sync)
             ms = {name: [1e3 * t for t in times] for name, times in seconds.items()}
             row: dict[str, Any] = {
                 "model": f"mobileone_{variant}",

@@ -8,22 +8,15 @@ round; the figure is the median over rounds of the per-round throughput ratio, w
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from bramley.core.bench import interleaved_rounds, ratio_spread
+
 from .model import SharcsModel
 
 __all__ = ["run_benchmark"]
-
-
-def _time(fn: Callable[[], Any], repeats: int) -> float:
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
 
 
 def _quartiles(values: list[float]) -> tuple[float, float]:
@@ -55,14 +48,10 @@ def run_benchmark(
     full = lambda: [model.forward_width(b, 1.0) for b in batches]  # noqa: E731
     for fn in (routed, full):  # warm-up: allocator, kernels, caches
         fn()
-    times: dict[str, list[float]] = {"routed": [], "full": []}
-    for r in range(rounds):
-        order = (("routed", routed), ("full", full)) if r % 2 == 0 else (("full", full), ("routed", routed))
-        for name, fn in order:
-            times[name].append(_time(fn, repeats))
+    times = interleaved_rounds({"routed": routed, "full": full}, rounds, repeats=repeats)
     n = images.shape[0]
-    ratios = [f / s for f, s in zip(times["full"], times["routed"])]
-    q1, q3 = _quartiles(ratios)
+    speedup, low, high = ratio_spread(times["full"], times["routed"])
+    q1, q3 = _quartiles([f / s for f, s in zip(times["full"], times["routed"])])
     outputs = [model.predict(b, threshold) for b in batches]
     index = torch.cat([i for _, i in outputs])
     result: dict[str, Any] = {
@@ -73,9 +62,9 @@ def run_benchmark(
         "threads": torch.get_num_threads(),
         "full_samples_per_s": n / statistics.median(times["full"]),
         "routed_samples_per_s": n / statistics.median(times["routed"]),
-        "speedup_median": statistics.median(ratios),
+        "speedup_median": speedup,
         "speedup_iqr": [q1, q3],
-        "speedup_range": [min(ratios), max(ratios)],
+        "speedup_range": [low, high],
         "mean_width": float(torch.tensor(model.widths)[index].mean()),
         "share": {f"{w:g}": float((index == i).float().mean()) for i, w in enumerate(model.widths)},
     }

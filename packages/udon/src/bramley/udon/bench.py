@@ -8,10 +8,11 @@ is the median and the spread of the per-round ratios, so machine load drifting d
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any
 
 import torch
+
+from bramley.core.bench import interleaved_rounds, ratio_spread
 
 from .losses import cosine_cross_entropy, udon_loss
 from .model import JointEmbeddingModel, UdonModel
@@ -43,13 +44,6 @@ def _step_fns(backbone: str, num_classes: list[int], batch: int, size: int, back
     return udon_step, joint_step
 
 
-def _time(fn, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - start) / steps
-
-
 def run_benchmark(
     backbone: str = "convnet",
     num_classes: list[int] | None = None,
@@ -67,16 +61,9 @@ def run_benchmark(
     for _ in range(warmup):
         udon_step()
         joint_step()
-    times: dict[str, list[float]] = {"udon": [], "joint": []}
-    ratios = []
-    for r in range(rounds):
-        order = [("udon", udon_step), ("joint", joint_step)]
-        if r % 2:
-            order.reverse()
-        got = {name: _time(fn, steps) for name, fn in order}
-        for name, t in got.items():
-            times[name].append(t)
-        ratios.append(got["udon"] / got["joint"])
+    times = interleaved_rounds({"udon": udon_step, "joint": joint_step}, rounds, repeats=steps)
+    median, low, high = ratio_spread(times["udon"], times["joint"])
+    ratios = [u / j for u, j in zip(times["udon"], times["joint"])]
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return {
         "backbone": backbone,
@@ -88,7 +75,7 @@ def run_benchmark(
         "threads": torch.get_num_threads(),
         "udon_step_ms": 1000 * statistics.median(times["udon"]),
         "joint_step_ms": 1000 * statistics.median(times["joint"]),
-        "ratio_median": statistics.median(ratios),
+        "ratio_median": median,
         "ratio_iqr": [q[0], q[2]],
-        "ratio_range": [min(ratios), max(ratios)],
+        "ratio_range": [low, high],
     }
