@@ -8,8 +8,9 @@
 2. **SIA packed vs padded.** Forward + backward of a CLIP text tower under the SIA masks, real (non-padding) tokens/s
    with graphs packed in rows (best-fit decreasing) against every caption padded to its graph's longest caption.
 
-Rounds alternate the sides' order; ``ratio_to_peer`` is the median (and range) over rounds of each side over its
-format's peer measured in the same round; ``ratio_to_baseline`` divides medians by the .jsonl peer's.
+Rounds rotate the sides' order (:func:`bramley.core.bench.interleaved_rounds`; SIA after one untimed round);
+``ratio_to_peer`` is the median (and range) over rounds of each side over its format's peer measured in the same
+round; ``ratio_to_baseline`` divides medians by the .jsonl peer's.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ import tempfile
 import time
 import tracemalloc
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from bramley.core.bench import interleaved_rounds
 
 from .graph import GbcGraph
 from .io import parquet_schema, read_graphs, write_graphs
@@ -253,13 +257,8 @@ def streaming_benchmark(graphs: int, rounds: int, workdir: Path) -> dict[str, An
         "ours_parquet_no_validate": lambda n: _ours(parquet, n, False),
         "baseline_parquet": lambda n: _baseline_parquet(parquet, n),
     }
-    rates: dict[str, list[float]] = {k: [] for k in sides}
-    for r in range(rounds):
-        names = list(sides) if r % 2 == 0 else list(sides)[::-1]
-        for name in names:
-            start = time.perf_counter()
-            sides[name](graphs)
-            rates[name].append(graphs / (time.perf_counter() - start))
+    seconds = interleaved_rounds({name: partial(read, graphs) for name, read in sides.items()}, rounds)
+    rates = {name: [graphs / t for t in times] for name, times in seconds.items()}
     memory = {}
     for name in ("ours_jsonl", "baseline_jsonl", "ours_parquet", "baseline_parquet"):
         quarter = _measure(sides[name], max(1, graphs // 4))[1]
@@ -300,22 +299,13 @@ def sia_benchmark(num_graphs: int, rounds: int, width: int = 256, layers: int = 
     check = [sia_encode(tower, b).detach() for b in batches.values()]
     torch.testing.assert_close(check[0], check[1], atol=1e-4, rtol=1e-4)  # the same function
 
-    def step(batch) -> float:
-        start = time.perf_counter()
+    def step(batch) -> None:
         sia_encode(tower, batch).square().mean().backward()
         tower.zero_grad(set_to_none=True)
-        return batch.real_tokens / (time.perf_counter() - start)
 
-    for b in batches.values():
-        step(b)  # warm-up
-    rates: dict[str, list[float]] = {k: [] for k in batches}
-    ratios = []
-    for r in range(rounds):
-        order = list(batches) if r % 2 == 0 else list(batches)[::-1]
-        got = {name: step(batches[name]) for name in order}
-        for name, v in got.items():
-            rates[name].append(v)
-        ratios.append(got["packed"] / got["padded"])
+    seconds = interleaved_rounds({name: partial(step, b) for name, b in batches.items()}, rounds, warmup=1)
+    rates = {name: [batches[name].real_tokens / t for t in times] for name, times in seconds.items()}
+    ratios = [packed / padded for packed, padded in zip(rates["packed"], rates["padded"])]
     shape = {k: list(b.tokens.shape) for k, b in batches.items()}
     padding = {k: 1 - b.real_tokens / b.tokens.numel() for k, b in batches.items()}
     return {
