@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 
 import pytest
@@ -50,3 +51,21 @@ def test_workers_take_the_callers_grad_mode_and_raise_its_errors():
 
         with pytest.raises(ValueError, match="item 2 is bad"):
             map_single_threaded(fail, [0, 1, 2, 3])
+
+
+def _child_maps() -> None:
+    with torch_threads(2):
+        assert [r[1] for r in map_single_threaded(_kernel_threads, [0, 1, 2])] == [1, 1, 1]
+
+
+def test_a_forked_child_makes_its_own_workers():
+    """A fork copies the pool object but not its threads: the child must not queue work on threads it does not have."""
+    with torch_threads(2):
+        map_single_threaded(_kernel_threads, [0, 1])  # the parent's pool exists
+    child = multiprocessing.get_context("fork").Process(target=_child_maps)
+    child.start()
+    child.join(timeout=120)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung on the parent's worker pool")
+    assert child.exitcode == 0

@@ -14,6 +14,7 @@ count (tests check it bit for bit).
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,16 +45,18 @@ def torch_threads(count: int | None) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
-_pools: dict[int, ThreadPoolExecutor] = {}
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
 def _single_threaded_pool(count: int) -> ThreadPoolExecutor:
-    """``count`` worker threads, each running torch kernels on one thread; made once per count and kept."""
+    """``count`` worker threads, each running torch kernels on one thread; made once per process and count, and kept
+    (a forked child, e.g. a DataLoader worker, inherits the pool object but not its threads, so it makes its own)."""
     import torch
 
+    key = (os.getpid(), count)
     with _pools_lock:
-        if count not in _pools:
+        if key not in _pools:
             # Each thread takes torch's shared count once, when it first asks for it, and keeps its own from then on.
             # A worker takes it (get), then sets its own to one (set, which also changes the shared count); once every
             # worker has (the barrier), the caller sets the shared count back to its own.
@@ -70,8 +73,8 @@ def _single_threaded_pool(count: int) -> ThreadPoolExecutor:
                 pool.submit(start)
             started.wait()
             torch.set_num_threads(previous)
-            _pools[count] = pool
-        return _pools[count]
+            _pools[key] = pool
+        return _pools[key]
 
 
 def map_single_threaded(function: Callable[[T], R], items: Sequence[T]) -> list[R]:
