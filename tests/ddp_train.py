@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from bramley.core.train import TrainConfig, Trainer
+from bramley.core.train import distributed as distributed_module
 
 
 def make_data() -> TensorDataset:
@@ -92,6 +93,7 @@ def main(out: Path) -> None:
     from_ddp = run(out / "fsdp_from_ddp", 4, distributed="fsdp", resume=str(out / "ddp_step3.pt"))
     results["fsdp_from_ddp"] = from_ddp.losses
     results["world_size"] = dist.get_world_size()
+    results["settled_barriers"] = len(distributed_module._settled)  # each fit() settled; only the last one is kept
     if dist.get_rank() == 0:
         (out / "results.json").write_text(json.dumps(results))
 

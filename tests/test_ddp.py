@@ -69,6 +69,11 @@ def test_ddp_rank0_writes_checkpoint_and_metrics(distributed_run, single_run):
     assert steps == [1, 2, 3, 4, 5, 6]  # written once (by rank 0), not once per rank
 
 
+def test_fit_ends_with_one_kept_barrier(distributed_run):
+    _, results = distributed_run  # and the launch exited 0: see settle() for the abort it prevents
+    assert results["settled_barriers"] == 1
+
+
 def test_ddp_resume_is_exact(distributed_run):
     _, results = distributed_run
     assert results["ddp_resumed"] == results["ddp"][3:]

@@ -5,7 +5,7 @@ See :class:`Trainer` for the loop and :class:`TrainConfig` for every setting.
 
 from .config import TrainConfig
 from .data import ResumableBatchSampler, ShardedBatchSampler, move_to_device
-from .distributed import DistInfo, init_distributed
+from .distributed import DistInfo, init_distributed, settle
 from .ema import ModelEma
 from .optim import build_optimizer, param_groups
 from .rng import seed_everything
@@ -31,4 +31,5 @@ __all__ = [
     "param_groups",
     "resolve_amp",
     "seed_everything",
+    "settle",
 ]

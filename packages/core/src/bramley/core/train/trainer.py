@@ -45,6 +45,7 @@ from .distributed import (
     init_distributed,
     load_full_model_state_dict,
     load_full_optimizer_state_dict,
+    settle,
     wrap_model,
 )
 from .ema import ModelEma
@@ -388,11 +389,14 @@ class Trainer:
 
         The main process holds ``out_dir``'s run lock throughout (:func:`bramley.core.run.run_lock`): a second run
         on the same folder is refused while this one is alive. A fresh run refuses a folder that already holds a
-        run (resume it, or remove it first).
+        run (resume it, or remove it first). Under torchrun it returns after :func:`settle`, so the script may end
+        right after it.
         """
         owns_folder = self.out_dir is not None and self.dist.is_main
         with run_lock(self.out_dir) if owns_folder else contextlib.nullcontext():
-            return self._fit()
+            metrics = self._fit()
+        settle(self.dist)
+        return metrics
 
     def _fit(self) -> dict[str, float]:
         cfg = self.cfg
