@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bramley.core.bench import busy_cores, interleaved_rounds, ratio_spread, spread_text
+from bramley.core.bench import busy_cores, interleaved_rounds, ratio_spread, spread_text, summary
 
 
 def test_rounds_rotate_the_order_and_keep_one_time_per_round():
@@ -37,6 +37,15 @@ def test_ratio_spread_is_per_round():
     assert spread_text((median, low, high)) == "2.00x (1.00-3.00)"
     with pytest.raises(ValueError, match="one time per round"):
         ratio_spread([1.0], [1.0, 2.0])
+
+
+def test_summary_has_inclusive_quartiles_inside_the_data():
+    # sorted 1, 2, 4, 8: q1 = 1 + 0.75 * (2 - 1), q3 = 4 + 0.25 * (8 - 4), as numpy.percentile's default
+    assert summary([8.0, 1.0, 4.0, 2.0]) == {"median": 3.0, "q1": 1.75, "q3": 5.0, "min": 1.0, "max": 8.0}
+    assert summary([1.0, 2.0]) == {"median": 1.5, "q1": 1.25, "q3": 1.75, "min": 1.0, "max": 2.0}  # exclusive: 0.75
+    assert summary([2.5]) == dict.fromkeys(("median", "q1", "q3", "min", "max"), 2.5)
+    with pytest.raises(ValueError, match="at least one value"):
+        summary([])
 
 
 def test_bad_round_counts_are_refused():

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bramley.core.bench import interleaved_rounds, ratio_spread
+from bramley.core.bench import interleaved_rounds, summary
 from bramley.core.cli import add_threads_argument, positive_int, torch_threads
 from bramley.core.errors import ConfigError
 
@@ -164,9 +164,8 @@ def bench(
     contenders = {mode: partial(all_batches, mode) for mode in ("packed", "padded")}
     times = interleaved_rounds(contenders, rounds, sync=partial(synchronize, dev))
     n = len(groups) * batch_size
-    median, low, high = ratio_spread(times["padded"], times["packed"])
     ratios = [pad / pack for pack, pad in zip(times["packed"], times["padded"], strict=True)]
-    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    spread = summary(ratios)
     return {
         "model": model_name,
         "model_kwargs": {k: v for k, v in kwargs.items() if k != "num_classes"},
@@ -188,9 +187,9 @@ def bench(
         "max_abs_logit_diff_packed_vs_padded": diff,
         "packed_samples_per_s": n / statistics.median(times["packed"]),
         "padded_samples_per_s": n / statistics.median(times["padded"]),
-        "packed_over_padded": median,
-        "ratio_iqr": [quartiles[0], quartiles[2]],
-        "ratio_range": [low, high],
+        "packed_over_padded": spread["median"],
+        "ratio_iqr": [spread["q1"], spread["q3"]],
+        "ratio_range": [spread["min"], spread["max"]],
         "round_ratios": ratios,
         "round_seconds": times,
         "peer": f"padded batch, torch {torch.__version__} F.scaled_dot_product_attention with a key-padding mask",

@@ -2,7 +2,8 @@
 
 A shared machine's speed drifts by more than most changes being measured, so a benchmark here runs every contender
 once per round, each round starting one contender later (none always follows the same other one), and reports the
-*per-round ratio* to the peer: both saw the same load. :func:`busy_cores` makes that load a setting instead of the
+*per-round ratio* to the peer: both saw the same load; :func:`summary` gives the median, quartiles and range of such
+ratios (or of the times) over rounds. :func:`busy_cores` makes that load a setting instead of the
 neighbours' mood: ``count`` processes spinning for the duration of the block, so "two threads, one core taken" can be
 measured again by anyone.
 """
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-__all__ = ["busy_cores", "interleaved_rounds", "ratio_spread", "spread_text"]
+__all__ = ["busy_cores", "interleaved_rounds", "ratio_spread", "spread_text", "summary"]
 
 _SPIN = "while True: pass"
 
@@ -55,12 +56,26 @@ def interleaved_rounds(
     return times
 
 
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """``median``, quartiles ``q1`` / ``q3`` and range ``min`` / ``max`` of per-round times or ratios.
+
+    The quartiles are inclusive (``statistics.quantiles(..., method="inclusive")``, numpy's default): interpolated
+    between the data, so they never fall outside ``min``-``max`` however few the rounds. A single value is the value of
+    every key; no values is a ``ValueError``.
+    """
+    data = sorted(values)
+    if not data:
+        raise ValueError("summary needs at least one value (one per round), got none")
+    q1, _, q3 = statistics.quantiles(data, n=4, method="inclusive") if len(data) > 1 else data * 3
+    return {"median": statistics.median(data), "q1": q1, "q3": q3, "min": data[0], "max": data[-1]}
+
+
 def ratio_spread(numerator: Sequence[float], denominator: Sequence[float]) -> tuple[float, float, float]:
     """``(median, min, max)`` over rounds of ``numerator[r] / denominator[r]`` (peer time / ours: > 1, ours faster)."""
     if len(numerator) != len(denominator) or not numerator:
         raise ValueError(f"need one time per round on both sides, got {len(numerator)} and {len(denominator)}")
-    ratios = [a / b for a, b in zip(numerator, denominator)]
-    return statistics.median(ratios), min(ratios), max(ratios)
+    stats = summary([a / b for a, b in zip(numerator, denominator)])
+    return stats["median"], stats["min"], stats["max"]
 
 
 def spread_text(spread: tuple[float, float, float]) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bramley.core.bench import interleaved_rounds, ratio_spread
+from bramley.core.bench import interleaved_rounds, summary
 from bramley.core.errors import ConfigError
 from bramley.core.train.distributed import synchronize
 
@@ -79,10 +79,9 @@ def make_batches(
 
 def _spread(numerator: list[float], denominator: list[float]) -> tuple[float, dict[str, Any]]:
     """The median over rounds of ``numerator[r] / denominator[r]``, and its interquartile range, range and rounds."""
-    median, low, high = ratio_spread(numerator, denominator)
     ratios = [a / b for a, b in zip(numerator, denominator, strict=True)]
-    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
-    return median, {"iqr": [quartiles[0], quartiles[2]], "range": [low, high], "rounds": ratios}
+    stats = summary(ratios)
+    return stats["median"], {"iqr": [stats["q1"], stats["q3"]], "range": [stats["min"], stats["max"]], "rounds": ratios}
 
 
 def run_benchmark(

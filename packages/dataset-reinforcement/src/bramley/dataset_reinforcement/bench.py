@@ -11,7 +11,6 @@ architectures with random weights (time does not depend on the weights).
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 from functools import partial
 from itertools import cycle
@@ -22,11 +21,6 @@ import torch
 from .reproduce import AUGMENT, IMAGE_SIZE, STUDENT, TEACHER
 
 METHODS = ("plain", "reinforced", "online_kd")
-
-
-def _quantiles(values: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-    return {"median": statistics.median(values), "q1": q[0], "q3": q[2], "min": min(values), "max": max(values)}
 
 
 def run_bench(
@@ -40,7 +34,7 @@ def run_bench(
     num_teachers: int = 2,
 ) -> dict[str, Any]:
     """Time the three training modes in interleaved rounds, then ``reinforce``; returns the JSON-able results."""
-    from bramley.core.bench import interleaved_rounds
+    from bramley.core.bench import interleaved_rounds, summary
     from bramley.core.cli import torch_threads
     from bramley.core.data.reinforced import AugmentConfig
     from bramley.core.registry import create_model
@@ -92,7 +86,7 @@ def run_bench(
                 step(m)
             times = interleaved_rounds({m: partial(step, m) for m in METHODS}, rounds, repeats=steps)
         used_threads, env = torch.get_num_threads(), environment()  # the count the rounds ran with
-    ratios = {m: _quantiles([t / p for t, p in zip(times[m], times["plain"])]) for m in METHODS if m != "plain"}
+    ratios = {m: summary([t / p for t, p in zip(times[m], times["plain"])]) for m in METHODS if m != "plain"}
     return {
         "config": {
             "rounds": rounds,
@@ -107,7 +101,7 @@ def run_bench(
             "num_augmentations": num_augmentations,
             "topk": topk,
         },
-        "step_seconds": {m: _quantiles(times[m]) for m in METHODS},
+        "step_seconds": {m: summary(times[m]) for m in METHODS},
         "step_time_vs_plain": ratios,
         "reinforce": {k: stats[k] for k in ("augmented_images", "seconds", "images_per_s", "bytes_per_image")},
         "environment": env,

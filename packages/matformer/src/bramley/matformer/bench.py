@@ -12,12 +12,11 @@ its interquartile range, next to the FLOP ratio the counts predict.
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
 import torch
 
-from bramley.core.bench import interleaved_rounds
+from bramley.core.bench import interleaved_rounds, summary
 from bramley.core.registry import create_model
 
 from .model import MatLM
@@ -25,13 +24,6 @@ from .nested import extract, flops, granularity_specs, select_for_budget
 from .train import JointLoss
 
 __all__ = ["bench_section", "run_benchmark"]
-
-
-def _quartiles(values: list[float]) -> dict[str, float]:
-    if len(values) < 2:
-        return {"median": values[0], "q1": values[0], "q3": values[0], "min": values[0], "max": values[0]}
-    q1, _, q3 = statistics.quantiles(values, n=4)
-    return {"median": statistics.median(values), "q1": q1, "q3": q3, "min": min(values), "max": max(values)}
 
 
 def run_benchmark(
@@ -119,12 +111,12 @@ def run_benchmark(
         "repeats": repeats,
         "threads": torch.get_num_threads(),
         "extracted_vs_sliced_max_abs_diff": max_diff,
-        "latency_ms": {k: _quartiles([t * 1e3 for t in latency[k]]) for k in infer},
-        "sliced_over_extracted": _quartiles([s / e for s, e in zip(latency["sliced"], latency["extracted"])]),
-        "full_over_extracted": _quartiles([f / e for f, e in zip(latency["full"], latency["extracted"])]),
+        "latency_ms": {k: summary([t * 1e3 for t in latency[k]]) for k in infer},
+        "sliced_over_extracted": summary([s / e for s, e in zip(latency["sliced"], latency["extracted"])]),
+        "full_over_extracted": summary([f / e for f, e in zip(latency["full"], latency["extracted"])]),
         "flop_ratio_full_over_sub": full_flops / spec_flops,
-        "step_ms": {k: _quartiles([t * 1e3 for t in steps[k]]) for k in ("joint", "one")},
-        "joint_over_one": _quartiles([j / o for j, o in zip(steps["joint"], steps["one"])]),
+        "step_ms": {k: summary([t * 1e3 for t in steps[k]]) for k in ("joint", "one")},
+        "joint_over_one": summary([j / o for j, o in zip(steps["joint"], steps["one"])]),
         "flop_ratio_joint_over_one": joint_flops / full_flops,
         "budget_example": list(select_for_budget(model, (full_flops + spec_flops) / 2, "flops", tokens)),
     }

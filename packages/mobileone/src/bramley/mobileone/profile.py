@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from bramley.core.bench import interleaved_rounds, ratio_spread
+from bramley.core.bench import interleaved_rounds, summary
 
 __all__ = ["benchmark_variant", "count_macs", "count_params", "measure_latency", "ratio_stats"]
 
@@ -64,15 +64,16 @@ def measure_latency(model: nn.Module, x: torch.Tensor, warmup: int = 3, iters: i
 CONTENDERS = ("fused", "timm_fused", "unfused")
 
 
-def ratio_stats(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, float]:
+def ratio_stats(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, Any]:
     """Median, quartiles and range over rounds of the per-round ratio ``numerator[r] / denominator[r]``.
 
     With times as arguments, ``ratio_stats(baseline, ours)`` is our speed relative to the baseline (> 1: faster).
+    :func:`bramley.core.bench.summary` of the ratios, and the ratios under ``rounds``.
     """
-    median, low, high = ratio_spread(numerator, denominator)
+    if len(numerator) != len(denominator):
+        raise ValueError(f"need one time per round on both sides, got {len(numerator)} and {len(denominator)}")
     ratios = [a / b for a, b in zip(numerator, denominator)]
-    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else (ratios[0],) * 3
-    return {"median": median, "q1": q1, "q3": q3, "min": low, "max": high, "rounds": ratios}
+    return {**summary(ratios), "rounds": ratios}
 
 
 def benchmark_variant(

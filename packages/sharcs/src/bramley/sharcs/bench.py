@@ -12,18 +12,11 @@ from typing import Any
 
 import torch
 
-from bramley.core.bench import interleaved_rounds, ratio_spread
+from bramley.core.bench import interleaved_rounds, summary
 
 from .model import SharcsModel
 
 __all__ = ["run_benchmark"]
-
-
-def _quartiles(values: list[float]) -> tuple[float, float]:
-    if len(values) < 2:
-        return values[0], values[0]
-    q = statistics.quantiles(values, n=4)
-    return q[0], q[2]
 
 
 @torch.inference_mode()
@@ -50,8 +43,7 @@ def run_benchmark(
         fn()
     times = interleaved_rounds({"routed": routed, "full": full}, rounds, repeats=repeats)
     n = images.shape[0]
-    speedup, low, high = ratio_spread(times["full"], times["routed"])
-    q1, q3 = _quartiles([f / s for f, s in zip(times["full"], times["routed"])])
+    speedup = summary([f / s for f, s in zip(times["full"], times["routed"])])
     outputs = [model.predict(b, threshold) for b in batches]
     index = torch.cat([i for _, i in outputs])
     result: dict[str, Any] = {
@@ -62,9 +54,9 @@ def run_benchmark(
         "threads": torch.get_num_threads(),
         "full_samples_per_s": n / statistics.median(times["full"]),
         "routed_samples_per_s": n / statistics.median(times["routed"]),
-        "speedup_median": speedup,
-        "speedup_iqr": [q1, q3],
-        "speedup_range": [low, high],
+        "speedup_median": speedup["median"],
+        "speedup_iqr": [speedup["q1"], speedup["q3"]],
+        "speedup_range": [speedup["min"], speedup["max"]],
         "mean_width": float(torch.tensor(model.widths)[index].mean()),
         "share": {f"{w:g}": float((index == i).float().mean()) for i, w in enumerate(model.widths)},
     }

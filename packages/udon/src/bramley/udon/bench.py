@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from bramley.core.bench import interleaved_rounds, ratio_spread
+from bramley.core.bench import interleaved_rounds, summary
 
 from .losses import cosine_cross_entropy, udon_loss
 from .model import JointEmbeddingModel, UdonModel
@@ -62,9 +62,7 @@ def run_benchmark(
         udon_step()
         joint_step()
     times = interleaved_rounds({"udon": udon_step, "joint": joint_step}, rounds, repeats=steps)
-    median, low, high = ratio_spread(times["udon"], times["joint"])
-    ratios = [u / j for u, j in zip(times["udon"], times["joint"])]
-    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    ratio = summary([u / j for u, j in zip(times["udon"], times["joint"])])
     return {
         "backbone": backbone,
         "num_classes": classes,
@@ -75,7 +73,7 @@ def run_benchmark(
         "threads": torch.get_num_threads(),
         "udon_step_ms": 1000 * statistics.median(times["udon"]),
         "joint_step_ms": 1000 * statistics.median(times["joint"]),
-        "ratio_median": median,
-        "ratio_iqr": [q[0], q[2]],
-        "ratio_range": [low, high],
+        "ratio_median": ratio["median"],
+        "ratio_iqr": [ratio["q1"], ratio["q3"]],
+        "ratio_range": [ratio["min"], ratio["max"]],
     }
