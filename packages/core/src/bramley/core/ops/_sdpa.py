@@ -32,6 +32,11 @@ from ._lse import empty_lse, lse_dtype, lse_shape
 
 __all__ = ["sdpa_backward", "sdpa_forward"]
 
+# torch's Python binding of the CPU kernel: the same op as ``torch.ops.aten``'s, without that wrapper's overhead.
+_cpu_flash_forward = getattr(
+    torch, "_scaled_dot_product_flash_attention_for_cpu", torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+)
+
 
 # ------------------------------------------------------------------------------------------------------ runs
 def _runs(cu_seqlens: torch.Tensor) -> list[tuple[int, int, int]]:
@@ -135,9 +140,8 @@ def _forward_run(q, k, v, scale, window_left, window_right, need_lse):
     """``(out, lse or None)`` of one run: ``(count, heads, length, dim)`` views in, ``(count, heads, length)`` LSE."""
     causal, mask = _mask(q.shape[2], window_left, window_right, q)
     if q.device.type == "cpu":
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, causal, attn_mask=mask, scale=scale
-        )
+        out, lse = _cpu_flash_forward(q, k, v, 0.0, causal, attn_mask=mask, scale=scale)
+        return out, lse if need_lse else None  # the kernel computes the LSE anyway; kept only when asked
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
     )
