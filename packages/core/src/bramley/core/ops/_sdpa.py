@@ -5,7 +5,7 @@ tensors (a dense batch is one run), so each run is one batched kernel call and n
 go straight to torch's fused flash-attention kernels for CPU (``aten._scaled_dot_product_flash_attention_for_cpu``
 and its backward, what ``F.scaled_dot_product_attention`` runs), which return the LSE the backward needs anyway. Those
 kernels write their outputs and gradients in ``(count, length, heads, dim)`` memory, the packed layout itself: a single
-run is returned as a view, several runs are joined with one ``cat`` of one view each.
+run is returned as a view; with several runs, whoever computed a run copies it into its rows of the packed output.
 
 Every document runs whole: splitting long documents into tiles (forward merged by LSE, backward summed) was measured
 slower at every length from 256 to 2,048 tokens, with 1 and 2 threads (the kernels' rate grows with the length).
@@ -62,11 +62,16 @@ def _token_view(t: torch.Tensor, start: int, count: int, length: int) -> torch.T
     )
 
 
+def _lse_view(lse: torch.Tensor, start: int, count: int, length: int) -> torch.Tensor:
+    """A run's columns of the packed ``(heads, total)`` LSE as ``(count, heads, length)``, the kernels' LSE shape."""
+    return lse.as_strided((count, lse.shape[0], length), (length, lse.stride(0), 1), lse.storage_offset() + start)
+
+
 def _pieces(cu_seqlens: torch.Tensor, parts: int) -> list[tuple[int, int, int]]:
-    """Several runs, each cut into at most ``parts`` pieces of adjacent documents, as ``(first row, documents,
-    length)``; a single run stays whole (one call's output is returned as a view: pieces would need a ``cat``)."""
+    """The runs, each cut into at most ``parts`` pieces of adjacent documents, as ``(first row, documents, length)``;
+    a single run stays whole (it is returned as the kernel's output, see :func:`_packed`)."""
     runs = _runs(cu_seqlens)
-    if len(runs) < 2:
+    if len(runs) < 2 or parts < 2:
         return runs
     pieces = []
     for start, count, length in runs:
@@ -76,45 +81,32 @@ def _pieces(cu_seqlens: torch.Tensor, parts: int) -> list[tuple[int, int, int]]:
     return pieces
 
 
-def _map_runs(function, tensors, cu_seqlens) -> list:
-    """``function(views)`` per run (dense: the whole batch), where ``views`` are ``(count, heads, length, dim)`` views
-    of each of ``tensors``; results in packed order. Several CPU threads: pieces of runs on single-threaded workers."""
-    if tensors[0].numel() == 0:  # the kernels do not take empty shapes
-        return []
-    if cu_seqlens is None:
-        return [function([t.transpose(1, 2) for t in tensors])]
+def _packed(function, tensors, cu_seqlens, outputs) -> list[torch.Tensor] | None:
+    """Run ``function`` on every run of documents and gather its results into ``outputs``: the packed tensors.
+
+    ``function(views)`` takes ``(count, heads, length, dim)`` views of each of ``tensors`` and returns one result per
+    entry of ``outputs``, each shaped ``(count, heads, length, dim)`` (``(count, heads, length)`` for an LSE, whose
+    packed output is ``(heads, total)``). Whoever computed a run copies its results into its rows: with several CPU
+    threads that is the single-threaded worker that ran it, so no multi-threaded ``cat`` follows (on a machine where
+    another process holds a core, a 16 MB ``cat`` on two threads was measured at 120-160 ms instead of ~1 ms: each
+    parallel region waits for its descheduled thread). ``outputs`` are made by ``outputs()``, only when needed; the
+    entries ``None`` are not kept. Returns ``None`` when there is a single run: then the caller takes the kernel's
+    results as they are (a view, no copy), see :func:`_whole`.
+    """
     threads = torch.get_num_threads() if tensors[0].device.type == "cpu" else 1
-    if threads == 1:
-        return [function([_token_view(t, *run) for t in tensors]) for run in _runs(cu_seqlens)]
     pieces = _pieces(cu_seqlens, threads)
-    costliest_first = sorted(range(len(pieces)), key=lambda i: -pieces[i][1] * pieces[i][2] ** 2)
-    results = map_single_threaded(lambda i: function([_token_view(t, *pieces[i]) for t in tensors]), costliest_first)
-    in_order = [None] * len(pieces)
-    for i, result in zip(costliest_first, results):
-        in_order[i] = result
-    return in_order
+    if len(pieces) < 2:
+        return None
+    gathered = outputs()
 
+    def run(piece: tuple[int, int, int]) -> None:
+        results = function([_token_view(t, *piece) for t in tensors])
+        for result, out in zip(results, gathered):
+            if out is not None:
+                (_token_view(out, *piece) if out.dim() == 3 else _lse_view(out, *piece)).copy_(result)
 
-def _assemble(parts: list[torch.Tensor], like: torch.Tensor, dense: bool) -> torch.Tensor:
-    """The packed (or dense) tensor shaped like ``like`` from per-run ``(count, heads, length, dim)`` results: a view
-    of a single run's result (the CPU kernels write ``(count, length, heads, dim)`` memory), else one ``cat``."""
-    if not parts:
-        return torch.zeros(like.shape, dtype=like.dtype, device=like.device)
-    if dense:
-        return parts[0].transpose(1, 2).contiguous()
-    rows = [part.transpose(1, 2).reshape(-1, *like.shape[1:]) for part in parts]
-    return rows[0].contiguous() if len(rows) == 1 else torch.cat(rows)
-
-
-def _assemble_lse(parts: list[torch.Tensor], q: torch.Tensor, dense: bool) -> torch.Tensor:
-    """``(heads, total)`` (or dense ``(batch, heads, seq)``) LSE from per-run ``(count, heads, length)`` results."""
-    dtype = lse_dtype(q)
-    if not parts:
-        return q.new_zeros(lse_shape(q, dense), dtype=dtype)
-    if dense:
-        return parts[0].to(dtype).contiguous()
-    rows = torch.cat([part.transpose(1, 2).reshape(-1, q.shape[1]) for part in parts])  # (total, heads)
-    return rows.t().to(dtype).contiguous()
+    map_single_threaded(run, sorted(pieces, key=lambda piece: -piece[1] * piece[2] ** 2))  # costliest first
+    return gathered
 
 
 def _mask(length: int, window_left: int, window_right: int, like: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
@@ -176,6 +168,24 @@ def _backward_run(grad_out, q, k, v, out, lse, scale, window_left, window_right)
 
 
 # ------------------------------------------------------------------------------------------------------ public
+def _whole(function, tensors, cu_seqlens):
+    """``function`` on the whole input in one call (dense, or a single run of packed documents); its
+    ``(count, heads, length, dim)`` results as packed ``(total, heads, dim)`` or dense ``(batch, seq, heads, dim)``
+    tensors (views where the kernels' output memory already is that layout) and an LSE as ``(heads, total)`` or
+    ``(batch, heads, seq)``."""
+    dense = cu_seqlens is None
+    views = [t.transpose(1, 2) if dense else _token_view(t, *_runs(cu_seqlens)[0]) for t in tensors]
+    laid_out = []
+    for result in function(views):
+        if result is not None and result.dim() == 4:  # (count, heads, length, dim)
+            count, heads, length, dim = result.shape
+            result = result.transpose(1, 2) if dense else result.transpose(1, 2).reshape(count * length, heads, dim)
+        elif result is not None and not dense:  # an LSE, (count, heads, length)
+            result = result.transpose(0, 1).reshape(result.shape[1], -1)
+        laid_out.append(result)
+    return laid_out
+
+
 def sdpa_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -188,14 +198,22 @@ def sdpa_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, lse)`` on validated inputs (packed with ``cu_seqlens`` or dense); ``lse`` is empty unless
     ``need_lse``. Reads ``cu_seqlens`` on the host (a device sync on CUDA)."""
-    dense = cu_seqlens is None
-    results = _map_runs(
-        lambda views: _forward_run(*views, scale, window_left, window_right, need_lse), (q, k, v), cu_seqlens
-    )
-    outs, lses = [o for o, _ in results], [l for _, l in results]
-    if not need_lse:
-        return _assemble(outs, q, dense), empty_lse(q)
-    return _assemble(outs, q, dense), _assemble_lse(lses, q, dense)
+    lse_like = {"dtype": lse_dtype(q), "device": q.device}
+    if q.numel() == 0:  # the kernels do not take empty shapes
+        return torch.zeros(q.shape, dtype=q.dtype, device=q.device), (
+            torch.zeros(lse_shape(q, cu_seqlens is None), **lse_like) if need_lse else empty_lse(q)
+        )
+
+    def forward_run(views):
+        return _forward_run(*views, scale, window_left, window_right, need_lse)
+
+    def outputs():
+        lse = torch.empty(lse_shape(q, False), **lse_like) if need_lse else None
+        return [torch.empty(q.shape, dtype=q.dtype, device=q.device), lse]
+
+    gathered = None if cu_seqlens is None else _packed(forward_run, (q, k, v), cu_seqlens, outputs)
+    out, lse = gathered or _whole(forward_run, (q, k, v), cu_seqlens)
+    return out.contiguous(), lse.to(lse_like["dtype"]).contiguous() if need_lse else empty_lse(q)
 
 
 def sdpa_backward(
@@ -211,6 +229,8 @@ def sdpa_backward(
     window_right: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` from the output gradient and the forward's output and LSE."""
+    if q.numel() == 0:
+        return tuple(torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
     dense = cu_seqlens is None
     lse_like_q = (lse.transpose(1, 2) if dense else lse.t()).unsqueeze(-1)  # runs of it: (count, heads, length, 1)
 
@@ -218,6 +238,9 @@ def sdpa_backward(
         g, qv, kv, vv, o, l = views
         return _backward_run(g, qv, kv, vv, o, l.squeeze(-1), scale, window_left, window_right)
 
-    results = _map_runs(backward_run, (grad_out, q, k, v, out, lse_like_q), cu_seqlens)
-    grads = [[result[i] for result in results] for i in range(3)]
-    return tuple(_assemble(part, t, dense) for part, t in zip(grads, (q, k, v)))
+    def outputs():
+        return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v)]
+
+    tensors = (grad_out, q, k, v, out, lse_like_q)
+    gathered = None if dense else _packed(backward_run, tensors, cu_seqlens, outputs)
+    return tuple(grad.contiguous() for grad in gathered or _whole(backward_run, tensors, cu_seqlens))
