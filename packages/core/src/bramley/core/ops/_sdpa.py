@@ -109,6 +109,24 @@ def _packed(function, tensors, cu_seqlens, outputs) -> list[torch.Tensor] | None
     return gathered
 
 
+def _whole(function, tensors, cu_seqlens):
+    """``function`` on the whole input in one call (dense, or a single run of packed documents); its
+    ``(count, heads, length, dim)`` results as packed ``(total, heads, dim)`` or dense ``(batch, seq, heads, dim)``
+    tensors (views where the kernels' output memory already is that layout) and an LSE as ``(heads, total)`` or
+    ``(batch, heads, seq)``."""
+    dense = cu_seqlens is None
+    views = [t.transpose(1, 2) if dense else _token_view(t, *_runs(cu_seqlens)[0]) for t in tensors]
+    laid_out = []
+    for result in function(views):
+        if result is not None and result.dim() == 4:  # (count, heads, length, dim)
+            count, heads, length, dim = result.shape
+            result = result.transpose(1, 2) if dense else result.transpose(1, 2).reshape(count * length, heads, dim)
+        elif result is not None and not dense:  # an LSE, (count, heads, length)
+            result = result.transpose(0, 1).reshape(result.shape[1], -1)
+        laid_out.append(result)
+    return laid_out
+
+
 def _mask(length: int, window_left: int, window_right: int, like: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
     """``(is_causal, additive mask or None)`` of the window on a ``length`` document (sides past it are unbounded)."""
     left = -1 if window_left >= length - 1 else window_left
@@ -168,24 +186,6 @@ def _backward_run(grad_out, q, k, v, out, lse, scale, window_left, window_right)
 
 
 # ------------------------------------------------------------------------------------------------------ public
-def _whole(function, tensors, cu_seqlens):
-    """``function`` on the whole input in one call (dense, or a single run of packed documents); its
-    ``(count, heads, length, dim)`` results as packed ``(total, heads, dim)`` or dense ``(batch, seq, heads, dim)``
-    tensors (views where the kernels' output memory already is that layout) and an LSE as ``(heads, total)`` or
-    ``(batch, heads, seq)``."""
-    dense = cu_seqlens is None
-    views = [t.transpose(1, 2) if dense else _token_view(t, *_runs(cu_seqlens)[0]) for t in tensors]
-    laid_out = []
-    for result in function(views):
-        if result is not None and result.dim() == 4:  # (count, heads, length, dim)
-            count, heads, length, dim = result.shape
-            result = result.transpose(1, 2) if dense else result.transpose(1, 2).reshape(count * length, heads, dim)
-        elif result is not None and not dense:  # an LSE, (count, heads, length)
-            result = result.transpose(0, 1).reshape(result.shape[1], -1)
-        laid_out.append(result)
-    return laid_out
-
-
 def sdpa_forward(
     q: torch.Tensor,
     k: torch.Tensor,
