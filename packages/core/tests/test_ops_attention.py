@@ -163,6 +163,30 @@ def test_sdpa_with_several_threads_is_bit_identical_to_one(causal):
         assert torch.equal(one, two)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sdpa_gathers_runs_without_a_final_cat(threads, monkeypatch):
+    """With several runs each result is copied into the packed output by the thread that computed it: no ``cat`` of
+    the parts afterwards, forward or backward. That ``cat`` is a parallel region on the calling thread, which with
+    another process on a core took 120-160 ms instead of ~1 ms (BENCHMARKS.md). Values: the reference backend's."""
+    (q, k, v), cu = _packed([9, 9, 2, 40, 13, 0, 1], requires_grad=True)
+
+    def run(backend):
+        out, lse = attention(q, k, v, cu_seqlens=cu, causal=True, return_lse=True, backend=backend)
+        return out, lse, *torch.autograd.grad((out * out).sum() + lse.sum(), (q, k, v))
+
+    expected = run("reference")
+
+    def no_cat(*args, **kwargs):
+        raise AssertionError("torch.cat was called")
+
+    with torch_threads(threads):
+        monkeypatch.setattr(torch, "cat", no_cat)
+        got = run("sdpa")
+        monkeypatch.undo()
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_empty_inputs_give_empty_or_zero_outputs(backend):
     (q, k, v), cu = _packed([0, 0], requires_grad=True)
