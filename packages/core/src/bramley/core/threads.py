@@ -85,8 +85,8 @@ def map_single_threaded(function: Callable[[T], R], items: Sequence[T]) -> list[
     Serial (in the calling thread, as written above) with one thread or one item. The workers run with the caller's
     grad mode; an exception from any item is raised here. Gather large results inside ``function`` (each item copies
     its result into a preallocated output) rather than with a ``cat`` of the returned pieces: the calling thread runs
-    that ``cat`` as a parallel region of all its threads, which waits for a descheduled one as every kernel call did
-    (16 MB of attention output: 120-160 ms instead of ~1 ms in one round in five, with another process on a core).
+    that ``cat`` as a parallel region of all its threads, and with another process on a core such a region stalled
+    (16 MB of attention output: 120-160 ms instead of ~1 ms in about one call in five).
     """
     import torch
 

@@ -88,8 +88,8 @@ def _packed(function, tensors, cu_seqlens, outputs) -> list[torch.Tensor] | None
     entry of ``outputs``, each shaped ``(count, heads, length, dim)`` (``(count, heads, length)`` for an LSE, whose
     packed output is ``(heads, total)``). Whoever computed a run copies its results into its rows: with several CPU
     threads that is the single-threaded worker that ran it, so no multi-threaded ``cat`` follows (on a machine where
-    another process holds a core, a 16 MB ``cat`` on two threads was measured at 120-160 ms instead of ~1 ms: each
-    parallel region waits for its descheduled thread). ``outputs`` are made by ``outputs()``, only when needed; the
+    another process holds a core, a 16 MB ``cat`` on two threads was measured at 120-160 ms instead of ~1 ms in about
+    one call in five). ``outputs`` are made by ``outputs()``, only when needed; the
     entries ``None`` are not kept. Returns ``None`` when there is a single run: then the caller takes the kernel's
     results as they are (a view, no copy), see :func:`_whole`.
     """
