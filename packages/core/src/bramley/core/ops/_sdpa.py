@@ -69,7 +69,7 @@ def _lse_view(lse: torch.Tensor, start: int, count: int, length: int) -> torch.T
 
 def _pieces(cu_seqlens: torch.Tensor, parts: int) -> list[tuple[int, int, int]]:
     """The runs, each cut into at most ``parts`` pieces of adjacent documents, as ``(first row, documents, length)``;
-    a single run stays whole (it is returned as the kernel's output, see :func:`_packed`)."""
+    a single run stays whole (it is returned as the kernel's output, see :func:`_per_run`)."""
     runs = _runs(cu_seqlens)
     if len(runs) < 2 or parts < 2:
         return runs
@@ -81,22 +81,33 @@ def _pieces(cu_seqlens: torch.Tensor, parts: int) -> list[tuple[int, int, int]]:
     return pieces
 
 
-def _packed(function, tensors, cu_seqlens, outputs) -> list[torch.Tensor] | None:
-    """Run ``function`` on every run of documents and gather its results into ``outputs``: the packed tensors.
+def _per_run(function, tensors, cu_seqlens, outputs) -> list[torch.Tensor | None]:
+    """``function`` on every run of documents, its results laid out as the packed (or dense) outputs.
 
     ``function(views)`` takes ``(count, heads, length, dim)`` views of each of ``tensors`` and returns one result per
-    entry of ``outputs``, each shaped ``(count, heads, length, dim)`` (``(count, heads, length)`` for an LSE, whose
-    packed output is ``(heads, total)``). Whoever computed a run copies its results into its rows: with several CPU
-    threads that is the single-threaded worker that ran it, so no multi-threaded ``cat`` follows (on a machine where
-    another process holds a core, a 16 MB ``cat`` on two threads was measured at 120-160 ms instead of ~1 ms in about
-    one call in five). ``outputs`` are made by ``outputs()``, only when needed; the
-    entries ``None`` are not kept. Returns ``None`` when there is a single run: then the caller takes the kernel's
-    results as they are (a view, no copy), see :func:`_whole`.
+    output, shaped ``(count, heads, length, dim)`` or, for an LSE, ``(count, heads, length)`` (``None``: not kept).
+    Dense input or a single run: one call, whose results are returned in the packed ``(total, heads, dim)`` / dense
+    ``(batch, seq, heads, dim)`` layout (views: the kernels' output memory already is that layout) and an LSE as
+    ``(heads, total)`` / ``(batch, heads, seq)``. Several runs: ``outputs()`` makes the packed outputs and each run's
+    results are copied into its rows by the thread that computed it (with several CPU threads, the single-threaded
+    worker that ran it), so no multi-threaded ``cat`` follows: on a machine where another process holds a core, a
+    16 MB ``cat`` on two threads was measured at 120-160 ms instead of ~1 ms in about one call in five.
     """
+    dense = cu_seqlens is None
     threads = torch.get_num_threads() if tensors[0].device.type == "cpu" else 1
-    pieces = _pieces(cu_seqlens, threads)
-    if len(pieces) < 2:
-        return None
+    pieces = None if dense else _pieces(cu_seqlens, threads)
+    if dense or len(pieces) == 1:
+        views = [t.transpose(1, 2) if dense else _token_view(t, *pieces[0]) for t in tensors]
+        laid_out = []
+        for result in function(views):
+            if result is not None and result.dim() == 4:  # (count, heads, length, dim)
+                count, heads, length, dim = result.shape
+                result = result.transpose(1, 2)
+                result = result if dense else result.reshape(count * length, heads, dim)
+            elif result is not None and not dense:  # an LSE, (count, heads, length)
+                result = result.transpose(0, 1).reshape(result.shape[1], -1)
+            laid_out.append(result)
+        return laid_out
     gathered = outputs()
 
     def run(piece: tuple[int, int, int]) -> None:
@@ -107,24 +118,6 @@ def _packed(function, tensors, cu_seqlens, outputs) -> list[torch.Tensor] | None
 
     map_single_threaded(run, sorted(pieces, key=lambda piece: -piece[1] * piece[2] ** 2))  # costliest first
     return gathered
-
-
-def _whole(function, tensors, cu_seqlens):
-    """``function`` on the whole input in one call (dense, or a single run of packed documents); its
-    ``(count, heads, length, dim)`` results as packed ``(total, heads, dim)`` or dense ``(batch, seq, heads, dim)``
-    tensors (views where the kernels' output memory already is that layout) and an LSE as ``(heads, total)`` or
-    ``(batch, heads, seq)``."""
-    dense = cu_seqlens is None
-    views = [t.transpose(1, 2) if dense else _token_view(t, *_runs(cu_seqlens)[0]) for t in tensors]
-    laid_out = []
-    for result in function(views):
-        if result is not None and result.dim() == 4:  # (count, heads, length, dim)
-            count, heads, length, dim = result.shape
-            result = result.transpose(1, 2) if dense else result.transpose(1, 2).reshape(count * length, heads, dim)
-        elif result is not None and not dense:  # an LSE, (count, heads, length)
-            result = result.transpose(0, 1).reshape(result.shape[1], -1)
-        laid_out.append(result)
-    return laid_out
 
 
 def _mask(length: int, window_left: int, window_right: int, like: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
@@ -211,8 +204,7 @@ def sdpa_forward(
         lse = torch.empty(lse_shape(q, False), **lse_like) if need_lse else None
         return [torch.empty(q.shape, dtype=q.dtype, device=q.device), lse]
 
-    gathered = None if cu_seqlens is None else _packed(forward_run, (q, k, v), cu_seqlens, outputs)
-    out, lse = gathered or _whole(forward_run, (q, k, v), cu_seqlens)
+    out, lse = _per_run(forward_run, (q, k, v), cu_seqlens, outputs)
     return out.contiguous(), lse.to(lse_like["dtype"]).contiguous() if need_lse else empty_lse(q)
 
 
@@ -241,6 +233,5 @@ def sdpa_backward(
     def outputs():
         return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v)]
 
-    tensors = (grad_out, q, k, v, out, lse_like_q)
-    gathered = None if dense else _packed(backward_run, tensors, cu_seqlens, outputs)
-    return tuple(grad.contiguous() for grad in gathered or _whole(backward_run, tensors, cu_seqlens))
+    grads = _per_run(backward_run, (grad_out, q, k, v, out, lse_like_q), cu_seqlens, outputs)
+    return tuple(grad.contiguous() for grad in grads)
