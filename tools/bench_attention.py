@@ -7,7 +7,8 @@ causal, x3.5 for forward+backward, divided by the time. Contenders, interleaved 
 (``triton``, ``flash``, ``flex``, ``sdpa``, ``reference``), ``torch.nn.attention.varlen.varlen_attn`` and compiled
 FlexAttention with a document mask called directly, and torch SDPA dense (cuDNN, flash) on equal-length batches of
 the same token count. ``--auto-table PATH`` writes the fastest bramley backend per case (the table of
-``backend="auto"``); ``--short`` is the few-iterations run of tools/gpu_check.sh.
+``backend="auto"``); ``--short`` is the few-iterations run of tools/gpu_check.sh (no ``reference``). The JSON is
+rewritten after every (GQA, head dim, causal) group, so a run stopped by a time limit keeps what it measured.
 
 Attention, CPU (``--cpu``): 8,192 tokens at several length spreads (equal lengths to log-uniform [16, 4096]), d64,
 8 heads, causal and not, forward and forward+backward: ``attention`` (``backend="auto"``, i.e. ``sdpa`` on CPU)
@@ -294,6 +295,8 @@ def bench_attention(args, device: torch.device) -> list[dict[str, Any]]:
         for row in table.values():
             rows.append(row)
             print(json.dumps(row), flush=True)
+        if args.json is not None:  # what is done so far survives a time limit (gpu_check.sh runs under one)
+            args.json.write_text(json.dumps({"partial": True, "attention": rows}, indent=2, default=str))
     return rows
 
 
@@ -654,8 +657,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.cpu_tokens, args.cpu_heads, args.cpu_head_dim, args.cpu_rounds = 256, 2, 16, 1
         args.cpu_spreads = {"none (8 x 32)": (32, 32), "wide [4, 128]": (4, 128)}
         args.bfd_items, args.warmup, args.iters = 5_000, 0, 1
-    if args.short:
+    if args.short:  # the materialising reference is no speed contender, and slow to run at 65k tokens
         args.warmup, args.iters, args.dense_seqs = 1, 5, [4096]
+        args.backends = [backend for backend in args.backends if backend != "reference"]
     if args.compile_evidence:
         import triton
 

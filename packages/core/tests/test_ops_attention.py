@@ -277,6 +277,54 @@ def test_backends_that_cannot_run_here_raise(monkeypatch):
         attention(q, q, q, backend="flash")
 
 
+def _fake_varlen(takes_gqa):
+    """A CPU stand-in for ``varlen_attn`` with torch 2.11's signature (no ``enable_gqa``) or a later one's."""
+
+    def attend(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+               window_size=(-1, -1), **gqa):  # fmt: skip
+        assert gqa.get("enable_gqa", False) == (key.shape[1] != query.shape[1]), "enable_gqa must match the heads"
+        return reference_attention(query, key, value, cu_seq_q, scale, *window_size)[0]
+
+    if takes_gqa:
+        return attend
+
+    def without_gqa(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                    window_size=(-1, -1)):  # fmt: skip
+        return attend(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale=scale, window_size=window_size)
+
+    return without_gqa
+
+
+@pytest.mark.parametrize("takes_gqa", [False, True], ids=["torch-2.11", "enable_gqa"])
+def test_flash_adapts_to_the_varlen_attn_signature(takes_gqa):
+    """torch 2.11's varlen_attn has no enable_gqa (every flash case failed on an H200 with it passed): key/value heads
+    are then repeated, and their gradients summed back over each group."""
+    from bramley.core.ops._flash_flex import varlen_attend
+
+    (q, k, v), cu = _packed([5, 0, 9], heads=6, kv_heads=2, requires_grad=True)
+    attend = varlen_attend(_fake_varlen(takes_gqa), cu, 9, 0.3, (-1, 0))
+    out = attend(q, k, v)
+    expected = reference_attention(q, k, v, cu, 0.3, -1, 0)[0]
+    torch.testing.assert_close(out, expected)
+    dout = torch.randn_like(out)
+    for ours, exact in zip(torch.autograd.grad(out, (q, k, v), dout), torch.autograd.grad(expected, (q, k, v), dout)):
+        torch.testing.assert_close(ours, exact)
+
+
+def test_flash_needs_a_varlen_attn_with_window_and_scale(monkeypatch):
+    from torch.nn.attention import varlen
+
+    from bramley.core.ops._flash_flex import flash_available
+
+    def first_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(varlen, "varlen_attn", first_varlen_attn)
+    assert not flash_available()
+    monkeypatch.setattr(varlen, "varlen_attn", _fake_varlen(False))
+    assert flash_available()
+
+
 def test_auto_is_sdpa_on_cpu(monkeypatch):
     calls = []
     monkeypatch.setattr(_attention, "sdpa_forward", lambda *a: calls.append(a) or _sdpa.sdpa_forward(*a))

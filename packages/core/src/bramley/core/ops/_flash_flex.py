@@ -9,6 +9,7 @@ Neither differentiates its LSE; :class:`_LseGradient` adds that gradient (see it
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -18,13 +19,23 @@ from ._lse import lse_dtype
 __all__ = ["flash_attention", "flash_available", "flex_attention"]
 
 
+# What bramley passes to varlen_attn. An earlier varlen_attn took ``is_causal`` and no window or scale; torch 2.11's
+# takes these but not ``enable_gqa`` (seen on an H200, 2026-12-04): there, key/value heads are repeated instead.
+_VARLEN_NEEDS = frozenset({"scale", "window_size", "return_aux"})
+
+
+@functools.cache
+def _parameters(function: Callable[..., object]) -> frozenset[str]:
+    return frozenset(inspect.signature(function).parameters)
+
+
 def flash_available() -> bool:
-    """Whether this torch has ``torch.nn.attention.varlen.varlen_attn``."""
+    """Whether this torch has ``torch.nn.attention.varlen.varlen_attn`` with a window and a scale (torch >= 2.11)."""
     try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+        from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return False
-    return True
+    return _parameters(varlen_attn) >= _VARLEN_NEEDS
 
 
 class _LseGradient(torch.autograd.Function):
@@ -61,6 +72,29 @@ def _differentiable_lse(lse, q, k, attend, scale, per_row):
 
 
 # ------------------------------------------------------------------------------------------------------ flash
+def varlen_attend(
+    varlen_attn: Callable[..., object], cu_seqlens: torch.Tensor, max_seqlen: int, scale: float, window: tuple[int, int]
+) -> Callable[..., object]:
+    """``attend(q, k, v, aux=None)``: ``varlen_attn`` on packed documents, for any of its signatures that take a window
+    and a scale; with fewer key/value heads it passes ``enable_gqa`` where that exists, else repeats them (each
+    key/value head serves ``heads // kv_heads`` adjacent query heads either way)."""
+    takes_gqa = "enable_gqa" in _parameters(varlen_attn)
+
+    def attend(q, k, v, aux=None):
+        group = q.shape[1] // k.shape[1]
+        extra = {}
+        if group > 1 and takes_gqa:
+            extra["enable_gqa"] = True
+        elif group > 1:
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        return varlen_attn(
+            q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, return_aux=aux, scale=scale, window_size=window,
+            **extra,
+        )  # fmt: skip
+
+    return attend
+
+
 def flash_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -75,7 +109,8 @@ def flash_attention(
     """``varlen_attn`` on validated inputs; dense inputs run as packed documents of equal length."""
     if not flash_available():
         raise RuntimeError(
-            f"backend='flash' needs torch.nn.attention.varlen (torch >= 2.10), not in {torch.__version__}"
+            "backend='flash' needs torch.nn.attention.varlen.varlen_attn with window_size and scale (torch >= 2.11), "
+            f"not in {torch.__version__}"
         )
     if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
         raise RuntimeError(f"backend='flash' runs on CUDA fp16/bf16 tensors; got {q.dtype} on {q.device}")
@@ -86,13 +121,7 @@ def flash_attention(
         batch, seq = q.shape[:2]
         cu_seqlens = torch.arange(batch + 1, dtype=torch.int32, device=q.device) * seq
     packed = [t.flatten(0, 1) if dense else t for t in (q, k, v)]
-
-    def attend(q_, k_, v_, aux=None):
-        return varlen_attn(
-            q_, k_, v_, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, return_aux=aux, scale=scale,
-            window_size=(window_left, window_right), enable_gqa=q_.shape[1] != k_.shape[1],
-        )  # fmt: skip
-
+    attend = varlen_attend(varlen_attn, cu_seqlens, max_seqlen, scale, (window_left, window_right))
     if not return_lse:
         out = attend(*packed)
         return (out.unflatten(0, q.shape[:2]) if dense else out), None
