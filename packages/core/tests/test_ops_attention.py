@@ -325,6 +325,26 @@ def test_flash_needs_a_varlen_attn_with_window_and_scale(monkeypatch):
     assert flash_available()
 
 
+def test_flash_signature_checks_compile_without_graph_breaks_or_warnings():
+    """auto and flash read varlen_attn's signature inside the code torch.compile traces (fullgraph in the CUDA test)."""
+    import warnings
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    from bramley.core.ops._flash_flex import flash_available, varlen_attend
+
+    def step(x):
+        varlen_attend(varlen_attn, None, 4, 0.5, (-1, 0))
+        return x + 1 if flash_available() else x - 1
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = torch.compile(step, fullgraph=True, backend="eager")(torch.zeros(2))
+    assert torch.equal(out, step(torch.zeros(2)))
+    assert not [w for w in caught if "bramley" in str(w.filename) or "_flash_flex" in str(w.message)]
+
+
 def test_auto_is_sdpa_on_cpu(monkeypatch):
     calls = []
     monkeypatch.setattr(_attention, "sdpa_forward", lambda *a: calls.append(a) or _sdpa.sdpa_forward(*a))

@@ -24,9 +24,15 @@ __all__ = ["flash_attention", "flash_available", "flex_attention"]
 _VARLEN_NEEDS = frozenset({"scale", "window_size", "return_aux"})
 
 
-@functools.cache
+_parameter_names: dict[Callable[..., object], frozenset[str]] = {}
+
+
 def _parameters(function: Callable[..., object]) -> frozenset[str]:
-    return frozenset(inspect.signature(function).parameters)
+    """``function``'s parameter names, cached (a plain dict: torch.compile warns about ``functools.cache`` here)."""
+    names = _parameter_names.get(function)
+    if names is None:
+        names = _parameter_names[function] = frozenset(inspect.signature(function).parameters)
+    return names
 
 
 def flash_available() -> bool:
