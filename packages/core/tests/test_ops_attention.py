@@ -277,38 +277,57 @@ def test_backends_that_cannot_run_here_raise(monkeypatch):
         attention(q, q, q, backend="flash")
 
 
-def _fake_varlen(takes_gqa):
-    """A CPU stand-in for ``varlen_attn`` with torch 2.11's signature (no ``enable_gqa``) or a later one's."""
+def _fake_varlen(takes_gqa, calls=None):
+    """A CPU stand-in for ``varlen_attn`` with torch 2.11's signature (no ``enable_gqa``) or a later one's; ``calls``
+    collects the ``enable_gqa`` each call got."""
 
     def attend(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
-               window_size=(-1, -1), **gqa):  # fmt: skip
-        assert gqa.get("enable_gqa", False) == (key.shape[1] != query.shape[1]), "enable_gqa must match the heads"
-        return reference_attention(query, key, value, cu_seq_q, scale, *window_size)[0]
+               window_size=(-1, -1), enable_gqa=False):  # fmt: skip
+        if calls is not None:
+            calls.append(enable_gqa)
+        if not enable_gqa:
+            assert key.shape[1] == query.shape[1], "fewer key/value heads without enable_gqa"
+        out, lse = reference_attention(query, key, value, cu_seq_q, scale, *window_size)
+        return (out, lse) if return_aux is not None and return_aux.lse else out
 
     if takes_gqa:
         return attend
 
     def without_gqa(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
                     window_size=(-1, -1)):  # fmt: skip
-        return attend(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale=scale, window_size=window_size)
+        return attend(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, return_aux=return_aux, scale=scale,
+                      window_size=window_size)  # fmt: skip
 
     return without_gqa
 
 
+@pytest.mark.parametrize("dense", [False, True], ids=["packed", "dense"])
 @pytest.mark.parametrize("takes_gqa", [False, True], ids=["torch-2.11", "enable_gqa"])
-def test_flash_adapts_to_the_varlen_attn_signature(takes_gqa):
+def test_flash_adapts_to_the_varlen_attn_signature(takes_gqa, dense):
     """torch 2.11's varlen_attn has no enable_gqa (every flash case failed on an H200 with it passed): key/value heads
-    are then repeated, and their gradients summed back over each group."""
-    from bramley.core.ops._flash_flex import varlen_attend
+    are then repeated, and their gradients summed back over each group. Output, LSE and gradients (the LSE's too) of
+    the flash backend's code past its CUDA checks, against the reference backend."""
+    from torch.nn.attention.varlen import AuxRequest
 
-    (q, k, v), cu = _packed([5, 0, 9], heads=6, kv_heads=2, requires_grad=True)
-    attend = varlen_attend(_fake_varlen(takes_gqa), cu, 9, 0.3, (-1, 0))
-    out = attend(q, k, v)
-    expected = reference_attention(q, k, v, cu, 0.3, -1, 0)[0]
+    from bramley.core.ops._flash_flex import run_varlen
+
+    lengths = [7, 7, 7] if dense else [5, 0, 9]
+    (q, k, v), cu = _packed(lengths, heads=6, kv_heads=2, requires_grad=True)
+    if dense:
+        q, k, v = (t.detach().view(3, 7, *t.shape[1:]).requires_grad_() for t in (q, k, v))
+        cu = None
+    calls = []
+    out, lse = run_varlen(_fake_varlen(takes_gqa, calls), AuxRequest, q, k, v, cu, max(lengths), 0.3, -1, 0, True)
+    assert calls and set(calls) == {takes_gqa}, "enable_gqa is passed exactly where the signature has it"
+    expected, expected_lse = attention(q, k, v, cu_seqlens=cu, causal=True, scale=0.3, return_lse=True,
+                                       backend="reference")  # fmt: skip
     torch.testing.assert_close(out, expected)
-    dout = torch.randn_like(out)
-    for ours, exact in zip(torch.autograd.grad(out, (q, k, v), dout), torch.autograd.grad(expected, (q, k, v), dout)):
-        torch.testing.assert_close(ours, exact)
+    torch.testing.assert_close(lse, expected_lse)
+    dout, dlse = torch.randn_like(out), torch.randn_like(lse)
+    ours = torch.autograd.grad([out, lse], (q, k, v), [dout, dlse])
+    exact = torch.autograd.grad([expected, expected_lse], (q, k, v), [dout, dlse])
+    for a, b in zip(ours, exact):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)  # the LSE's gradient is computed in fp32
 
 
 def test_flash_needs_a_varlen_attn_with_window_and_scale(monkeypatch):
@@ -331,12 +350,14 @@ def test_flash_signature_checks_compile_without_graph_breaks_or_warnings():
 
     from torch.nn.attention.varlen import varlen_attn
 
+    from bramley.core.ops import _flash_flex
     from bramley.core.ops._flash_flex import flash_available, varlen_attend
 
     def step(x):
         varlen_attend(varlen_attn, None, 4, 0.5, (-1, 0))
         return x + 1 if flash_available() else x - 1
 
+    assert varlen_attn in _flash_flex._parameter_names, "read at import, so compiled code never inspects it"
     torch._dynamo.reset()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -35,6 +35,19 @@ def _parameters(function: Callable[..., object]) -> frozenset[str]:
     return names
 
 
+def _read_torch_signature() -> None:
+    """Cache torch's own varlen_attn's parameters at import: compiled code then only looks them up (on a cache miss
+    dynamo would trace ``inspect.signature``, one more recompile, and perhaps a graph break on some torch)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return
+    _parameters(varlen_attn)
+
+
+_read_torch_signature()
+
+
 def flash_available() -> bool:
     """Whether this torch has ``torch.nn.attention.varlen.varlen_attn`` with a window and a scale (torch >= 2.11)."""
     try:
@@ -122,6 +135,13 @@ def flash_attention(
         raise RuntimeError(f"backend='flash' runs on CUDA fp16/bf16 tensors; got {q.dtype} on {q.device}")
     from torch.nn.attention.varlen import AuxRequest, varlen_attn
 
+    return run_varlen(varlen_attn, AuxRequest, q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right,
+                      return_lse)  # fmt: skip
+
+
+def run_varlen(varlen_attn, aux_request, q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, return_lse):
+    """:func:`flash_attention` past its checks, with ``varlen_attn`` and its ``AuxRequest`` passed in (the tests run it
+    on CPU with stand-ins of either signature)."""
     dense = cu_seqlens is None
     if dense:
         batch, seq = q.shape[:2]
@@ -131,7 +151,7 @@ def flash_attention(
     if not return_lse:
         out = attend(*packed)
         return (out.unflatten(0, q.shape[:2]) if dense else out), None
-    out, lse = attend(*packed, AuxRequest(lse=True))
+    out, lse = attend(*packed, aux_request(lse=True))
     lse = _differentiable_lse(lse.to(lse_dtype(q)), packed[0], packed[1], attend, scale, lambda g: g.t()[..., None])
     if dense:
         return out.unflatten(0, q.shape[:2]), lse.unflatten(1, q.shape[:2]).transpose(0, 1)
