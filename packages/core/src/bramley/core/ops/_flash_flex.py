@@ -35,19 +35,6 @@ def _parameters(function: Callable[..., object]) -> frozenset[str]:
     return names
 
 
-def _read_torch_signature() -> None:
-    """Cache torch's own varlen_attn's parameters at import: compiled code then only looks them up (on a cache miss
-    dynamo would trace ``inspect.signature``, one more recompile, and perhaps a graph break on some torch)."""
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return
-    _parameters(varlen_attn)
-
-
-_read_torch_signature()
-
-
 def flash_available() -> bool:
     """Whether this torch has ``torch.nn.attention.varlen.varlen_attn`` with a window and a scale (torch >= 2.11)."""
     try:
@@ -55,6 +42,11 @@ def flash_available() -> bool:
     except ImportError:
         return False
     return _parameters(varlen_attn) >= _VARLEN_NEEDS
+
+
+# Read torch's signature at import: compiled code then only looks it up (on a cache miss dynamo would trace
+# ``inspect.signature``: one more recompile, and perhaps a graph break on some torch).
+flash_available()
 
 
 class _LseGradient(torch.autograd.Function):
