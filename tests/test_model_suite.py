@@ -10,6 +10,10 @@ Checks (the ``check_*`` functions below; ``test_checks_catch_broken_models`` pro
 
 - **forward** (every model): eval mode, ``torch.inference_mode``; every floating output is finite and a second
   call returns the same values (no randomness or state left on in eval mode).
+- **channels_last** (every model with 4-D parameters): eval outputs under
+  :func:`bramley.core.layers.channels_last_inference` (how the image ``eval`` verb runs convolutions) equal NCHW's
+  within 1e-5 of the output scale, and every parameter has its own memory back afterwards (a ``.view()`` that
+  assumes a contiguous weight fails here).
 - **backward** (every model): train mode, a random projection of every floating output is back-propagated; every
   trainable parameter gets a finite gradient. Parameters that ``forward`` legitimately never touches are declared
   per model in ``SETTINGS`` (``no_grad``) and must then get *no* gradient, so a stale declaration fails too.
@@ -75,7 +79,7 @@ import torch.nn as nn
 from bramley.core import registry
 from bramley.core.checkpoint import check_state_dict, from_pretrained, save_pretrained
 from bramley.core.cli import discover_methods
-from bramley.core.layers import reparameterize_model
+from bramley.core.layers import channels_last_inference, reparameterize_model
 from bramley.core.registry import ExampleInputs, create_model, get_model_entry, list_models, register_model
 
 IMAGE_SIZE = 64
@@ -242,6 +246,26 @@ def check_forward(model: nn.Module, make: Callable[[], ExampleInputs], shape: tu
         if not torch.isfinite(t).all():
             raise AssertionError(f"forward: {path} has {(~torch.isfinite(t)).sum().item()} non-finite values")
     _assert_close(second, first, 0.0, "forward called twice in eval mode")
+
+
+def check_channels_last(model: nn.Module, make: Callable[[], ExampleInputs]) -> None:
+    """Eval outputs under :func:`bramley.core.layers.channels_last_inference` (convolution weights in
+    channels_last, how the image ``eval`` verb runs) equal NCHW's to float rounding (1e-5 of the output scale), and
+    every parameter gets its own tensor back afterwards."""
+    model.eval()
+    inputs = make()
+    before = {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()}
+    with torch.inference_mode():
+        expected = _run(model, inputs)
+    try:
+        with channels_last_inference(model):
+            actual = _run(model, inputs)
+    except RuntimeError as e:  # e.g. a .view() that assumes a contiguous weight
+        raise AssertionError(f"channels_last: forward failed: {e}") from e
+    _assert_close(actual, expected, 1e-5, "channels_last vs NCHW")
+    changed = [name for name, p in model.named_parameters() if (p.data_ptr(), p.stride()) != before[name]]
+    if changed:
+        raise AssertionError(f"channels_last_inference left {len(changed)} parameters replaced: {changed[0]}")
 
 
 def check_backward(model: nn.Module, make: Callable[[], ExampleInputs], no_grad: tuple[str, ...] = ()) -> None:
@@ -494,6 +518,13 @@ def test_forward(case: Case):
     check_forward(case.fresh(), case.make, case.settings.shape)
 
 
+def test_channels_last(case: Case):
+    model = case.fresh()
+    if not any(p.dim() == 4 for p in model.parameters()):
+        pytest.skip(f"{case.name} has no 4-D parameters (no convolutions)")
+    check_channels_last(model, case.make)
+
+
 def test_backward(case: Case):
     check_backward(case.fresh(), case.make, case.settings.no_grad)
 
@@ -583,6 +614,10 @@ class ToyRepBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "reparam_conv"):
             return torch.relu(self.reparam_conv(x))
+        if self.bug == "weight_view":  # assumes a contiguous weight: this view of a channels_last one fails
+            w = self.conv3[0].weight
+            y = self.conv3[1](nn.functional.conv2d(x, w.view(len(w), -1).view_as(w), padding=1))
+            return torch.relu(y + self.conv1(x))
         return torch.relu(self.conv3(x) + self.conv1(x))
 
     def reparameterize(self) -> None:
@@ -619,6 +654,7 @@ def toy_registry(monkeypatch):
 def test_checks_pass_on_a_correct_toy(toy_registry, tmp_path):
     make = get_model_entry("suite_toy").make_example_inputs
     check_forward(toy_registry(), make)
+    check_channels_last(toy_registry(), make)
     check_backward(toy_registry(), make)
     check_round_trip(toy_registry(), make, tmp_path)
     check_scripted(toy_registry(), make)
@@ -630,6 +666,7 @@ BROKEN = [  # (bug planted in Toy, the check that must catch it, its message)
     ("nan_output", check_forward, "forward: output has 8 non-finite values"),
     ("wrong_shape", check_forward, r"forward: output is \(2, 3\), expected shape \(2, 4\)"),
     ("eval_dropout", check_forward, "forward called twice in eval mode: output differs"),
+    ("weight_view", check_channels_last, "channels_last: forward failed: view size is not compatible"),
     ("detached_parameter", check_backward, "backward: 1 parameters got no gradient: gate"),
     ("inf_gradient", check_backward, "backward: 1 parameters got non-finite gradients: gate"),
     ("unsaved_buffer", check_round_trip, r"round trip \(from_pretrained vs saved model\): output differs"),

@@ -14,8 +14,10 @@ Attention, CPU (``--cpu``): 8,192 tokens at several length spreads (equal length
 8 heads, causal and not, forward and forward+backward: ``attention`` (``backend="auto"``, i.e. ``sdpa`` on CPU)
 against the two things a user would write with torch alone: a loop of ``F.scaled_dot_product_attention`` over the
 documents (outputs concatenated) and one SDPA call on the zero-padded batch (causal: no mask, the padded keys are
-invisible to real queries; otherwise a key-padding mask; the padding is done outside the timing). Same-run ratios,
-contenders interleaved round by round, median over rounds and its range.
+invisible to real queries; otherwise a key-padding mask; the padding is done outside the timing), the padded batch
+once as head-major contiguous tensors (``SDPA padded``) and once in the layout a model's projection gives,
+``(batch, seq, heads, dim)`` passed as transposed views (``SDPA padded views``, what timm's ``Attention`` does).
+Same-run ratios, contenders interleaved round by round, median over rounds and its range.
 
 Packing (CPU): best-fit-decreasing of 1M log-uniform lengths into 65,536-token bins (docs/s, fill ratio); pack/unpack
 (gather/scatter) bandwidth against a plain copy of the same bytes (into a preallocated and into a new tensor), on the
@@ -353,16 +355,27 @@ def cpu_contenders(lengths: list[int], heads: int, head_dim: int, causal: bool, 
     def pad():
         return F.scaled_dot_product_attention(*padded, attn_mask=key_mask, is_causal=causal)
 
+    # The same padded batch in the layout a model's projection gives, (batch, seq, heads, dim), handed to SDPA as
+    # (batch, heads, seq, dim) views (what timm's and bramley's attention modules do): no head-major copies.
+    projected = [t.detach().transpose(1, 2).contiguous().requires_grad_(backward) for t in padded]
+
+    def pad_views():
+        views = [t.transpose(1, 2) for t in projected]
+        return F.scaled_dot_product_attention(*views, attn_mask=key_mask, is_causal=causal).transpose(1, 2)
+
     pad_grad = valid[:, None, :, None].expand(batch, heads, longest, head_dim).float()  # no gradient into padding
     with torch.no_grad():  # the three compute one function: checked once, outside the timing
         expected = ours()
         torch.testing.assert_close(loop(), expected, atol=1e-4, rtol=1e-4)
         unpadded = torch.cat([doc[:, :n].transpose(0, 1) for doc, n in zip(pad(), lengths)])
         torch.testing.assert_close(unpadded, expected, atol=1e-4, rtol=1e-4)
+        unpadded = torch.cat([doc[:n] for doc, n in zip(pad_views(), lengths)])
+        torch.testing.assert_close(unpadded, expected, atol=1e-4, rtol=1e-4)
     return {
         "bramley": step_fn(ours, [q, k, v], backward),
         "SDPA loop": step_fn(loop, [q, k, v], backward),
         "SDPA padded": step_fn(pad, padded, backward, grad=pad_grad),
+        "SDPA padded views": step_fn(pad_views, projected, backward, grad=pad_grad.transpose(1, 2)),
     }
 
 
@@ -384,7 +397,7 @@ def bench_cpu_attention(args) -> list[dict[str, Any]]:
             with busy_cores(args.busy_cores):
                 times = dict(zip(steps, round_times(list(steps.values()), torch.device("cpu"), 1, args.cpu_rounds)))
             row[f"{key} bramley ms"] = round(statistics.median(times["bramley"]), 2)
-            for peer in ("SDPA loop", "SDPA padded"):
+            for peer in ("SDPA loop", "SDPA padded", "SDPA padded views"):
                 row[f"{key} {peer} / bramley"] = spread([p / o for p, o in zip(times[peer], times["bramley"])])
         rows.append(row)
         print(json.dumps(row), flush=True)

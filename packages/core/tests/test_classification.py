@@ -14,6 +14,7 @@ from bramley.core.classification import (
     MultiScale,
     accuracy_eval,
     build_image_datasets,
+    evaluate_image_folder,
     num_classes_of,
 )
 from bramley.core.errors import ConfigError, DataError
@@ -125,3 +126,27 @@ def test_num_classes_of_every_kind_of_dataset():
     assert num_classes_of(Targets()) == 5
     with pytest.raises(DataError, match="cannot tell the number of classes of Nothing"):
         num_classes_of(Nothing())
+
+
+def test_evaluate_image_folder_runs_convolutions_channels_last(image_folder, monkeypatch):
+    """The same metrics as the NCHW model, computed with channels_last weights, and the model handed back as it was."""
+    import bramley.core.layers as layers
+    from bramley.core.data import ImageFolder
+
+    torch.manual_seed(0)
+    layers_ = [nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)]
+    model = nn.Sequential(*layers_)
+    data = ImageFolder(image_folder, image_size=16, crop_pct=1.0)
+    expected = accuracy_eval()(model.eval(), torch.utils.data.DataLoader(data, batch_size=5))
+    seen = []
+    original = layers.channels_last_inference
+
+    def spy(m):
+        seen.append(m)
+        return original(m)
+
+    monkeypatch.setattr(layers, "channels_last_inference", spy)
+    metrics = evaluate_image_folder(model, image_folder, image_size=16, crop_pct=1.0, batch_size=5)
+    assert seen == [model]
+    assert metrics["top1"] == expected["top1"] and metrics["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert model[0].weight.is_contiguous()

@@ -60,7 +60,7 @@ def test_benchmark_variant_rows_come_from_the_rounds():
     assert [(r["model"], r["batch"], r["threads"]) for r in rows] == [("mobileone_s0", 1, 1), ("mobileone_s0", 2, 1)]
     for row in rows:
         ms = row["rounds_ms"]
-        assert list(ms) == list(CONTENDERS) and all(len(times) == 3 for times in ms.values())
+        assert list(ms) == ["fused", "timm_fused", "unfused"] and all(len(times) == 3 for times in ms.values())
         assert row["fused_ms"] == statistics.median(ms["fused"])
         assert row["speed_vs_timm"]["rounds"] == [t / f for t, f in zip(ms["timm_fused"], ms["fused"])]
         assert row["fusion_speedup"]["rounds"] == [u / f for u, f in zip(ms["unfused"], ms["fused"])]
@@ -79,8 +79,14 @@ def test_benchmark_variant_without_timm():
 
 
 def test_benchmark_variant_channels_last():
-    (row,) = benchmark_variant("s0", (2,), image_size=32, rounds=1, iters=1, warmup=0, channels_last=True)
+    (row,) = benchmark_variant("s0", (2,), image_size=32, rounds=2, iters=1, warmup=0, channels_last=True)
     assert row["layout"] == "channels_last" and row["max_abs_diff_vs_timm"] < 1e-3
+    ms = row["rounds_ms"]
+    assert list(ms) == list(CONTENDERS)  # timm's fused model also in its default layout
+    assert row["speed_vs_timm_nchw"]["rounds"] == [t / f for t, f in zip(ms["timm_fused_nchw"], ms["fused"])]
+    assert table_rows([row])[0]["fused speed vs timm fused NCHW"].startswith(
+        f"{row['speed_vs_timm_nchw']['median']:.2f} (IQR "
+    )
 
 
 @pytest.mark.parametrize("batch", [1, 16])

@@ -13,6 +13,7 @@ recipes use them to check an install in seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -271,15 +272,21 @@ def evaluate_image_folder(
 ) -> dict[str, float]:
     """Top-1 / top-5 (%) and mean cross-entropy of ``model`` on the ImageFolder at ``root`` under the eval transform
     (resize to ``image_size / crop_pct``, center crop ``image_size``), on the model's device. A folder whose class
-    count differs from the model's is a :class:`DataError`."""
+    count differs from the model's is a :class:`DataError`.
+
+    On CPU, convolution weights run in channels_last (:func:`bramley.core.layers.channels_last_inference`: 1.5-2x
+    faster convolutions; the model is left as it was). Other devices run the model as it is (not measured there)."""
     from .data import ImageFolder
+    from .layers import channels_last_inference
 
     data = ImageFolder(root, image_size=image_size, crop_pct=crop_pct, interpolation=interpolation)
     num_classes = getattr(model, "num_classes", len(data.classes))
     if len(data.classes) != num_classes:
         raise DataError(f"{root} has {len(data.classes)} classes but the model predicts {num_classes}")
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size)
-    return accuracy_eval(device=next(model.parameters()).device)(model.eval(), loader)
+    device = next(model.parameters()).device
+    with channels_last_inference(model) if device.type == "cpu" else contextlib.nullcontext():
+        return accuracy_eval(device=device)(model.eval(), loader)
 
 
 # ---------------------------------------------------------------------------------------------------------- run

@@ -79,11 +79,12 @@ def _bench(args: argparse.Namespace) -> int:
         "load_average": [load_before, os.getloadavg()[0]],
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     }
+    layout = "channels_last weights for every contender (input NCHW) and timm fused in NCHW, "
     header = (
         f"Measured {env['date']} on {env['cpu']} ({results['cpus']} cores, load average "
         f"{results['load_average'][0]:.1f} before, {results['load_average'][1]:.1f} after), device {device.type}, "
         f"torch {env['torch']}, {'timm ' + peer['timm'] if peer else 'no timm'}, {args.image_size} px, "
-        f"{'channels_last weights and input for every contender, ' if args.channels_last else ''}"
+        f"{layout if args.channels_last else ''}"
         f"{args.rounds} interleaved rounds (order rotating every round; a round's time is the mean of "
         f"{args.iters} call{'s' if args.iters > 1 else ''}), ratios computed per round: median (IQR; range). "
         f"`{results['command']}`"
@@ -134,7 +135,11 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         "--threads", nargs="+", type=positive_int, default=None, help="torch CPU thread counts, each measured in turn"
     )
     p.add_argument("--no-timm", action="store_true", help="skip timm's model")
-    p.add_argument("--channels-last", action="store_true", help="every contender in channels_last memory format")
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="every contender's weights in channels_last, plus timm's fused model in NCHW",
+    )
     p.add_argument("--device", default="cpu", help="cpu (the paper's setting is a phone CPU), cuda, cuda:N, mps")
     p.add_argument("--out", type=Path, default=None, help="write results.json (every round) + table.md here")
     p.add_argument(

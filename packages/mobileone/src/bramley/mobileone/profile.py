@@ -3,6 +3,7 @@ timm's fused vs unfused, interleaved rounds, per-round ratios)."""
 
 from __future__ import annotations
 
+import copy
 import statistics
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -61,7 +62,8 @@ def measure_latency(model: nn.Module, x: torch.Tensor, warmup: int = 3, iters: i
 
 
 #: The contenders of :func:`benchmark_variant`, in the order of the first round (each round starts one later).
-CONTENDERS = ("fused", "timm_fused", "unfused")
+#: ``timm_fused_nchw`` (timm's fused model in its default layout) only runs with ``channels_last``.
+CONTENDERS = ("fused", "timm_fused", "timm_fused_nchw", "unfused")
 
 
 def ratio_stats(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, Any]:
@@ -97,8 +99,11 @@ def benchmark_variant(
     (>= 1: bramley's fused model is no slower than timm's) and ``fusion_speedup`` = unfused time / fused time. Also
     ``max_abs_diff_vs_timm``, the largest logit difference between the two fused models (they compute the same
     function), and the per-round milliseconds under ``rounds_ms``. ``threads`` sets torch's CPU threads for the run
-    and restores them afterwards. ``channels_last`` puts every contender's weights and the input in that memory
-    format (all contenders alike: a layout comparison against timm's model in another layout would not be fair).
+    and restores them afterwards. ``channels_last`` puts every contender's weights in that memory format (the
+    input stays NCHW, as a data loader delivers it; the first convolution converts it), so ``speed_vs_timm`` compares
+    the models in one layout, and adds timm's fused model in its default NCHW layout as a fourth contender:
+    ``speed_vs_timm_nchw`` = its time / bramley's channels_last time, what running bramley's way (the image ``eval``
+    verb, :func:`bramley.core.layers.channels_last_inference`) gains over running timm's model as it comes.
     """
     from bramley.core.cli import torch_threads
     from bramley.core.layers import reparameterize_model
@@ -118,13 +123,19 @@ def benchmark_variant(
             theirs = timm.create_model(f"mobileone_{variant}", pretrained=False)
             theirs.load_state_dict(bramley_to_timm(unfused.state_dict()))
             models["timm_fused"] = timm_reparameterize(theirs.eval())
+            if channels_last:
+                models["timm_fused_nchw"] = copy.deepcopy(models["timm_fused"]).to(device)
         models["unfused"] = unfused
         layout = torch.channels_last if channels_last else torch.contiguous_format
-        models = {name: models[name].to(device, memory_format=layout) for name in CONTENDERS if name in models}
+        models = {
+            name: models[name] if name == "timm_fused_nchw" else models[name].to(device, memory_format=layout)
+            for name in CONTENDERS
+            if name in models
+        }
         sync = partial(synchronize, torch.device(device))
         rows = []
         for batch in batch_sizes:
-            x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=layout)
+            x = torch.randn(batch, 3, image_size, image_size, device=device)
             with torch.inference_mode():
                 outputs = {name: m(x) for name, m in models.items()}
                 contenders = {name: partial(m, x) for name, m in models.items()}
@@ -143,6 +154,8 @@ def benchmark_variant(
             if include_timm:
                 row["speed_vs_timm"] = ratio_stats(ms["timm_fused"], ms["fused"])
                 row["max_abs_diff_vs_timm"] = float((outputs["fused"] - outputs["timm_fused"]).abs().max())
+                if channels_last:
+                    row["speed_vs_timm_nchw"] = ratio_stats(ms["timm_fused_nchw"], ms["fused"])
             row["fusion_speedup"] = ratio_stats(ms["unfused"], ms["fused"])
             row["rounds_ms"] = ms
             rows.append(row)
@@ -171,6 +184,9 @@ def table_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             line["timm fused ms"] = f"{row['timm_fused_ms']:.1f}"
             line["fused speed vs timm fused"] = format_ratio(row["speed_vs_timm"])
             line["max logit diff vs timm"] = f"{row['max_abs_diff_vs_timm']:.1e}"
+        if "speed_vs_timm_nchw" in row:
+            line["timm fused NCHW ms"] = f"{row['timm_fused_nchw_ms']:.1f}"
+            line["fused speed vs timm fused NCHW"] = format_ratio(row["speed_vs_timm_nchw"])
         line["fusion speed-up"] = format_ratio(row["fusion_speedup"])
         out.append(line)
     return out

@@ -3,6 +3,7 @@
 from .checks import check_image_batch, is_traced
 from .drop import DropPath
 from .layer_scale import LayerScale, LayerScale2d
+from .layout import channels_last_inference
 from .reparam import (
     ConvNorm,
     MobileOneBlock,
@@ -42,6 +43,7 @@ __all__ = [
     "SwiGLU",
     "WidthLayerNorm",
     "apply_rotary",
+    "channels_last_inference",
     "check_image_batch",
     "check_widths",
     "fuse_conv_bn",
