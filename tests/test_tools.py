@@ -316,15 +316,19 @@ def test_new_package_scaffold_is_complete_and_clean(tmp_path, monkeypatch, capsy
         assert result.returncode == 0, f"scaffold is not ruff clean ({cmd[0]}):\n{result.stdout}{result.stderr}"
 
     # the scaffold's CLI is a core MethodCLI: it runs, and its reproduce verb reaches the package's module
+    def forget_demo_net() -> None:  # other tests (test_config) import a package of this name from their own folder
+        for name in [m for m in sys.modules if m == "bramley.demo_net" or m.startswith("bramley.demo_net.")]:
+            del sys.modules[name]
+
     monkeypatch.syspath_prepend(str(pkg / "src"))
+    forget_demo_net()  # an earlier test's bramley.demo_net has no cli module: import this one
     try:
         cli = importlib.import_module("bramley.demo_net.cli")
         assert cli.main(["info"]) == 0 and "(no rows)" in capsys.readouterr().out
         with pytest.raises(NotImplementedError, match="the demo-net mini reproduction is not written yet"):
             cli.main(["reproduce"])
-    finally:  # other tests make a package of this name in their own folder
-        for name in [m for m in sys.modules if m == "bramley.demo_net" or m.startswith("bramley.demo_net.")]:
-            del sys.modules[name]
+    finally:
+        forget_demo_net()
 
     with pytest.raises(SystemExit, match="already exists"):
         new_package.scaffold("demo-net", "Again", tmp_path)
