@@ -10,10 +10,10 @@ Checks (the ``check_*`` functions below; ``test_checks_catch_broken_models`` pro
 
 - **forward** (every model): eval mode, ``torch.inference_mode``; every floating output is finite and a second
   call returns the same values (no randomness or state left on in eval mode).
-- **channels_last** (every model with 4-D parameters): eval outputs under
-  :func:`bramley.core.layers.channels_last_inference` (how the image ``eval`` verb runs convolutions) equal NCHW's
-  within 1e-5 of the output scale, and every parameter has its own memory back afterwards (a ``.view()`` that
-  assumes a contiguous weight fails here).
+- **channels_last** (every model with 4-D parameters, and its fused form when the expensive checks run): eval
+  outputs under :func:`bramley.core.layers.channels_last_inference` (how the image ``eval`` verb runs convolutions)
+  equal NCHW's within 1e-5 of the output scale, and every parameter has its own memory back afterwards (a
+  ``.view()`` that assumes a contiguous weight fails here).
 - **backward** (every model): train mode, a random projection of every floating output is back-propagated; every
   trainable parameter gets a finite gradient. Parameters that ``forward`` legitimately never touches are declared
   per model in ``SETTINGS`` (``no_grad``) and must then get *no* gradient, so a stale declaration fails too.
@@ -523,6 +523,8 @@ def test_channels_last(case: Case):
     if not any(p.dim() == 4 for p in model.parameters()):
         pytest.skip(f"{case.name} has no 4-D parameters (no convolutions)")
     check_channels_last(model, case.make)
+    if case.expensive and is_reparameterizable(model):  # the deployment form too (`eval --fuse`)
+        check_channels_last(reparameterize_model(model.eval()), case.make)
 
 
 def test_backward(case: Case):
