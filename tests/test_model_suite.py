@@ -10,7 +10,7 @@ Checks (the ``check_*`` functions below; ``test_checks_catch_broken_models`` pro
 
 - **forward** (every model): eval mode, ``torch.inference_mode``; every floating output is finite and a second
   call returns the same values (no randomness or state left on in eval mode).
-- **channels_last** (every model with 4-D parameters, and its fused form when the expensive checks run): eval
+- **channels_last** (every model with 4-D parameters; the fused form of each package's smallest model too): eval
   outputs under :func:`bramley.core.layers.channels_last_inference` (how the image ``eval`` verb runs convolutions)
   equal NCHW's within 1e-5 of the output scale, and every parameter has its own memory back afterwards (a
   ``.view()`` that assumes a contiguous weight fails here).
@@ -523,7 +523,8 @@ def test_channels_last(case: Case):
     if not any(p.dim() == 4 for p in model.parameters()):
         pytest.skip(f"{case.name} has no 4-D parameters (no convolutions)")
     check_channels_last(model, case.make)
-    if case.expensive and is_reparameterizable(model):  # the deployment form too (`eval --fuse`)
+    smallest = case.name == smallest_model(get_model_entry(case.name).package)
+    if smallest and is_reparameterizable(model):  # the deployment form too (`eval --fuse`), once per package
         check_channels_last(reparameterize_model(model.eval()), case.make)
 
 
