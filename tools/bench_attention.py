@@ -16,7 +16,8 @@ against the two things a user would write with torch alone: a loop of ``F.scaled
 documents (outputs concatenated) and one SDPA call on the zero-padded batch (causal: no mask, the padded keys are
 invisible to real queries; otherwise a key-padding mask; the padding is done outside the timing), the padded batch
 once as head-major contiguous tensors (``SDPA padded``) and once in the layout a model's projection gives,
-``(batch, seq, heads, dim)`` passed as transposed views (``SDPA padded views``, what timm's ``Attention`` does).
+``(batch, seq, heads, dim)`` passed as transposed views (``SDPA padded views``: what bramley's attention modules
+hand SDPA; timm's ``Attention`` hands it the same kind of views, of one fused qkv tensor).
 Same-run ratios, contenders interleaved round by round, median over rounds and its range.
 
 Packing (CPU): best-fit-decreasing of 1M log-uniform lengths into 65,536-token bins (docs/s, fill ratio); pack/unpack
@@ -356,7 +357,7 @@ def cpu_contenders(lengths: list[int], heads: int, head_dim: int, causal: bool, 
         return F.scaled_dot_product_attention(*padded, attn_mask=key_mask, is_causal=causal)
 
     # The same padded batch in the layout a model's projection gives, (batch, seq, heads, dim), handed to SDPA as
-    # (batch, heads, seq, dim) views (what timm's and bramley's attention modules do): no head-major copies.
+    # (batch, heads, seq, dim) views (as bramley's attention modules do; timm's, views of one fused qkv tensor).
     projected = [t.detach().transpose(1, 2).contiguous().requires_grad_(backward) for t in padded]
 
     def pad_views():
@@ -364,7 +365,7 @@ def cpu_contenders(lengths: list[int], heads: int, head_dim: int, causal: bool, 
         return F.scaled_dot_product_attention(*views, attn_mask=key_mask, is_causal=causal).transpose(1, 2)
 
     pad_grad = valid[:, None, :, None].expand(batch, heads, longest, head_dim).float()  # no gradient into padding
-    with torch.no_grad():  # the three compute one function: checked once, outside the timing
+    with torch.no_grad():  # the four compute one function: checked once, outside the timing
         expected = ours()
         torch.testing.assert_close(loop(), expected, atol=1e-4, rtol=1e-4)
         unpadded = torch.cat([doc[:, :n].transpose(0, 1) for doc, n in zip(pad(), lengths)])

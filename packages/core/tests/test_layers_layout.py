@@ -52,9 +52,14 @@ def test_restores_the_model_when_the_block_raises():
     assert [p.data_ptr() for p in model.parameters()] == before
 
 
-def test_a_model_without_convolutions_runs_unchanged():
-    model = nn.Linear(4, 2)
+def test_parameters_it_cannot_restride_are_left_alone():
+    lazy = nn.Sequential(nn.LazyConv2d(4, 3), nn.Conv2d(4, 4, 3))  # the lazy weight has no shape yet
+    with channels_last_inference(lazy):
+        assert isinstance(lazy[0].weight, nn.parameter.UninitializedParameter)
+        assert lazy[1].weight.is_contiguous(memory_format=torch.channels_last) and not lazy[1].weight.is_contiguous()
+    assert lazy[1].weight.is_contiguous()
+    linear = nn.Linear(4, 2)  # no 4-D parameters: nothing to do
     x = torch.randn(3, 4)
-    with channels_last_inference(model):
-        out = model(x)
-    torch.testing.assert_close(out, model(x).detach())
+    with channels_last_inference(linear):
+        out = linear(x)
+    torch.testing.assert_close(out, linear(x).detach())

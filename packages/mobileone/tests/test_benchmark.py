@@ -82,11 +82,28 @@ def test_benchmark_variant_channels_last():
     (row,) = benchmark_variant("s0", (2,), image_size=32, rounds=2, iters=1, warmup=0, channels_last=True)
     assert row["layout"] == "channels_last" and row["max_abs_diff_vs_timm"] < 1e-3
     ms = row["rounds_ms"]
-    assert list(ms) == list(CONTENDERS)  # timm's fused model also in its default layout
+    assert list(ms) == list(CONTENDERS)  # both fused models also in their default layout
     assert row["speed_vs_timm_nchw"]["rounds"] == [t / f for t, f in zip(ms["timm_fused_nchw"], ms["fused"])]
-    assert table_rows([row])[0]["fused speed vs timm fused NCHW"].startswith(
-        f"{row['speed_vs_timm_nchw']['median']:.2f} (IQR "
-    )
+    assert row["layout_speedup"]["rounds"] == [n / f for n, f in zip(ms["fused_nchw"], ms["fused"])]
+    assert row["max_rel_diff_vs_nchw"] < 1e-5  # the same function, summed in another order
+    line = table_rows([row])[0]
+    assert line["fused speed vs timm fused NCHW"].startswith(f"{row['speed_vs_timm_nchw']['median']:.2f} (IQR ")
+    assert line["channels_last speed-up (fused NCHW / fused)"].startswith(f"{row['layout_speedup']['median']:.2f}")
+
+
+def test_benchmark_variant_runs_each_contender_in_its_layout(monkeypatch):
+    """Each contender's convolutions run in its stated layout: channels_last, except the two NCHW twins."""
+    seen = {}
+
+    def record(contenders, *args, **kwargs):  # contenders: {name: partial(model, x)}; both models have a `stem`
+        for name, call in contenders.items():
+            out = call.func.stem(*call.args)
+            seen[name] = out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+        return {name: [1.0] for name in contenders}
+
+    monkeypatch.setattr(profile, "interleaved_rounds", record)
+    benchmark_variant("s0", (2,), image_size=32, rounds=1, iters=1, warmup=0, channels_last=True)
+    assert seen == {"fused": True, "fused_nchw": False, "timm_fused": True, "timm_fused_nchw": False, "unfused": True}
 
 
 @pytest.mark.parametrize("batch", [1, 16])

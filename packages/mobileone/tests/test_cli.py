@@ -178,7 +178,8 @@ def test_bench_prints_without_out(capsys):
     assert main([*args, "--channels-last"]) == 0
     out = capsys.readouterr().out
     assert "no timm" in out and "fusion speed-up" in out and "timm fused ms" not in out
-    assert "channels_last weights for every contender (input NCHW)" in out and "--channels-last" in out
+    assert "channels_last weights for every contender (input NCHW) and bramley's fused model also in NCHW" in out
+    assert "--channels-last" in out and "channels_last speed-up" in out and "timm fused NCHW" not in out
 
 
 @pytest.mark.parametrize(

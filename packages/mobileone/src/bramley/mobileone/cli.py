@@ -79,7 +79,8 @@ def _bench(args: argparse.Namespace) -> int:
         "load_average": [load_before, os.getloadavg()[0]],
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     }
-    layout = "channels_last weights for every contender (input NCHW) and timm fused in NCHW, "
+    twins = "bramley's fused model" if args.no_timm else "both fused models"
+    layout = f"channels_last weights for every contender (input NCHW) and {twins} also in NCHW, "
     header = (
         f"Measured {env['date']} on {env['cpu']} ({results['cpus']} cores, load average "
         f"{results['load_average'][0]:.1f} before, {results['load_average'][1]:.1f} after), device {device.type}, "
@@ -138,7 +139,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--channels-last",
         action="store_true",
-        help="every contender's weights in channels_last, plus timm's fused model in NCHW",
+        help="every contender's weights in channels_last, plus the fused models in NCHW",
     )
     p.add_argument("--device", default="cpu", help="cpu (the paper's setting is a phone CPU), cuda, cuda:N, mps")
     p.add_argument("--out", type=Path, default=None, help="write results.json (every round) + table.md here")

@@ -62,8 +62,9 @@ def measure_latency(model: nn.Module, x: torch.Tensor, warmup: int = 3, iters: i
 
 
 #: The contenders of :func:`benchmark_variant`, in the order of the first round (each round starts one later).
-#: ``timm_fused_nchw`` (timm's fused model in its default layout) only runs with ``channels_last``.
-CONTENDERS = ("fused", "timm_fused", "timm_fused_nchw", "unfused")
+#: ``fused_nchw`` / ``timm_fused_nchw`` (the fused models in the default NCHW layout) only run with ``channels_last``.
+CONTENDERS = ("fused", "fused_nchw", "timm_fused", "timm_fused_nchw", "unfused")
+NCHW_TWINS = {"fused_nchw": "fused", "timm_fused_nchw": "timm_fused"}
 
 
 def ratio_stats(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, Any]:
@@ -101,9 +102,11 @@ def benchmark_variant(
     function), and the per-round milliseconds under ``rounds_ms``. ``threads`` sets torch's CPU threads for the run
     and restores them afterwards. ``channels_last`` puts every contender's weights in that memory format (the
     input stays NCHW, as a data loader delivers it; the first convolution converts it), so ``speed_vs_timm`` compares
-    the models in one layout, and adds timm's fused model in its default NCHW layout as a fourth contender:
-    ``speed_vs_timm_nchw`` = its time / bramley's channels_last time, what running bramley's way (the image ``eval``
-    verb, :func:`bramley.core.layers.channels_last_inference`) gains over running timm's model as it comes.
+    the models in one layout, and adds both fused models in the default NCHW layout as contenders: ``layout_speedup``
+    = bramley's NCHW time / its channels_last time (what the image ``eval`` verb gains by
+    :func:`bramley.core.layers.channels_last_inference`), with ``max_rel_diff_vs_nchw`` between the two layouts'
+    logits (relative to the largest), and ``speed_vs_timm_nchw`` = timm's NCHW time / bramley's channels_last time
+    (against timm's model run as it comes).
     """
     from bramley.core.cli import torch_threads
     from bramley.core.layers import reparameterize_model
@@ -123,12 +126,12 @@ def benchmark_variant(
             theirs = timm.create_model(f"mobileone_{variant}", pretrained=False)
             theirs.load_state_dict(bramley_to_timm(unfused.state_dict()))
             models["timm_fused"] = timm_reparameterize(theirs.eval())
-            if channels_last:
-                models["timm_fused_nchw"] = copy.deepcopy(models["timm_fused"]).to(device)
         models["unfused"] = unfused
+        if channels_last:
+            models |= {twin: copy.deepcopy(models[name]) for twin, name in NCHW_TWINS.items() if name in models}
         layout = torch.channels_last if channels_last else torch.contiguous_format
         models = {
-            name: models[name] if name == "timm_fused_nchw" else models[name].to(device, memory_format=layout)
+            name: models[name].to(device, memory_format=torch.contiguous_format if name in NCHW_TWINS else layout)
             for name in CONTENDERS
             if name in models
         }
@@ -156,6 +159,10 @@ def benchmark_variant(
                 row["max_abs_diff_vs_timm"] = float((outputs["fused"] - outputs["timm_fused"]).abs().max())
                 if channels_last:
                     row["speed_vs_timm_nchw"] = ratio_stats(ms["timm_fused_nchw"], ms["fused"])
+            if channels_last:
+                row["layout_speedup"] = ratio_stats(ms["fused_nchw"], ms["fused"])
+                diff = (outputs["fused"] - outputs["fused_nchw"]).abs().max() / outputs["fused_nchw"].abs().max()
+                row["max_rel_diff_vs_nchw"] = float(diff)  # logits of random weights reach 1e5
             row["fusion_speedup"] = ratio_stats(ms["unfused"], ms["fused"])
             row["rounds_ms"] = ms
             rows.append(row)
@@ -184,6 +191,10 @@ def table_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             line["timm fused ms"] = f"{row['timm_fused_ms']:.1f}"
             line["fused speed vs timm fused"] = format_ratio(row["speed_vs_timm"])
             line["max logit diff vs timm"] = f"{row['max_abs_diff_vs_timm']:.1e}"
+        if "layout_speedup" in row:
+            line["fused NCHW ms"] = f"{row['fused_nchw_ms']:.1f}"
+            line["channels_last speed-up (fused NCHW / fused)"] = format_ratio(row["layout_speedup"])
+            line["max logit diff vs NCHW (relative)"] = f"{row['max_rel_diff_vs_nchw']:.1e}"
         if "speed_vs_timm_nchw" in row:
             line["timm fused NCHW ms"] = f"{row['timm_fused_nchw_ms']:.1f}"
             line["fused speed vs timm fused NCHW"] = format_ratio(row["speed_vs_timm_nchw"])

@@ -3,8 +3,9 @@
 A convolution whose weight is in channels_last memory format runs in channels_last whatever the input's layout and
 returns a channels_last output, so converting the weights is enough: inputs straight from a data loader (NCHW) are
 converted inside the first convolution. Measured on the 2-core development CPU (packages/mobileone/BENCHMARKS.md):
-MobileOne's fused models run 1.5-2x faster with channels_last weights than in NCHW, timm's the same; the outputs differ
-from NCHW's only by float rounding (another summation order).
+MobileOne's fused models run 1.32-1.69x faster with channels_last weights than in NCHW at batch 16 (1.09-1.26x at
+batch 1, one thread), timm's the same; the outputs differ from NCHW's only by float rounding (another summation
+order).
 
 For inference only. Training in channels_last on CPU can corrupt memory with torch's bundled oneDNN: the weight
 gradient of a 1x1 convolution with stride > 1 and fewer than 16 input channels per group (``jit_1x1``
@@ -31,9 +32,12 @@ def channels_last_inference(model: nn.Module) -> Iterator[nn.Module]:
 
     Inside the block every 4-D parameter holds a channels_last copy of its values and gradients are off
     (``torch.no_grad()``); on exit each parameter gets its original tensor back, so the model leaves exactly as it
-    came in (same layout, same values). A model without 4-D parameters runs unchanged. Yields ``model``.
+    came in (same layout, same values). Consequences of the copies: an in-place change to a weight inside the block
+    is dropped on exit, and parameters that shared storage do not share it inside. Parameters that are not plain
+    strided tensors (uninitialized lazy parameters, tensor subclasses such as DTensor, sparse or mkldnn tensors) are
+    left as they are, and a model without 4-D parameters runs unchanged. Yields ``model``.
     """
-    params = [p for p in model.parameters() if p.dim() == 4]
+    params = [p for p in model.parameters() if _plain(p) and p.dim() == 4]
     originals = [p.data for p in params]
     try:
         for p in params:
@@ -43,3 +47,9 @@ def channels_last_inference(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for p, original in zip(params, originals):
             p.data = original
+
+
+def _plain(p: nn.Parameter) -> bool:
+    """A materialised, strided, plain ``torch.Tensor`` parameter (what ``.to(memory_format=...)`` can restride)."""
+    uninitialized = isinstance(p, nn.parameter.UninitializedParameter)
+    return not uninitialized and type(p.data) is torch.Tensor and p.layout is torch.strided
