@@ -458,6 +458,7 @@ class Case:
     model: nn.Module  # pristine, built once per module; checks get deep copies
     settings: Settings
     n_params: int
+    smallest: bool  # the smallest model of its package
     expensive: bool  # run the expensive checks (see the module docstring)
 
     def skip_unless_expensive(self) -> None:
@@ -489,10 +490,10 @@ def case(request) -> Iterator[Case]:
         if n_params > MAX_PARAMS:  # a factory that cannot build on the meta device
             pytest.fail(f"{request.param} has {n_params:,} parameters, over the suite's budget of {MAX_PARAMS:,}")
         name = request.param
-        expensive = n_params <= EXPENSIVE_MAX_PARAMS or name == smallest_model(get_model_entry(name).package)
+        smallest = name == smallest_model(get_model_entry(name).package)
     finally:
         torch.set_num_threads(threads)
-    yield Case(name, model, settings_for(name), n_params, expensive)
+    yield Case(name, model, settings_for(name), n_params, smallest, n_params <= EXPENSIVE_MAX_PARAMS or smallest)
 
 
 def test_discovery():
@@ -523,8 +524,7 @@ def test_channels_last(case: Case):
     if not any(p.dim() == 4 for p in model.parameters()):
         pytest.skip(f"{case.name} has no 4-D parameters (no convolutions)")
     check_channels_last(model, case.make)
-    smallest = case.name == smallest_model(get_model_entry(case.name).package)
-    if smallest and is_reparameterizable(model):  # the deployment form too (`eval --fuse`), once per package
+    if case.smallest and is_reparameterizable(model):  # the deployment form too (`eval --fuse`), once per package
         check_channels_last(reparameterize_model(model.eval()), case.make)
 
 
